@@ -1,0 +1,338 @@
+"""The drifting field V and its variants (pure functions, no learnable state).
+
+Notation follows Deng et al. 2026, "Generative Modeling via Drifting":
+
+* ``x``      generated samples, the points being drifted            ``[B, N, D]``
+* ``y_pos``  positive samples y+ ~ p (data)                           ``[B, P, D]``
+* ``y_neg``  negative samples y- ~ q (generated; the first N may be x) ``[B, M, D]``
+* ``T``      the kernel temperature tau of Eq. (12)
+
+``B`` counts independent problems (classes x feature locations); every function also
+accepts unbatched ``[N, D]`` inputs and then returns ``[N, D]``.
+
+Every field is computed under ``torch.no_grad`` on detached inputs: the drifting loss (Eq. 6)
+treats ``x + V`` as a frozen target, so no gradient may flow through V.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+
+Normalize = Literal["both", "y", "none"]
+NORMALIZE_CHOICES = ("both", "y", "none")
+
+# Logit given to a masked (self) pair. Alg. 2 adds 1e6 to the distance; we mask in logit
+# space so the mask works at any temperature. Finite (not -inf) so that a column whose only
+# entry is masked (N = 1) still has a well-defined softmax, exactly as with Alg. 2.
+_MASKED_LOGIT = -1e30
+
+
+# --------------------------------------------------------------------------- validation
+def _as_batched(name: str, t: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() == 2:
+        return t.unsqueeze(0), False
+    if t.dim() == 3:
+        return t, True
+    raise ValueError(f"{name} must have shape [N, D] or [B, N, D]; got {tuple(t.shape)}")
+
+
+def _check_finite(name: str, t: torch.Tensor) -> None:
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+
+
+def _check_positive(name: str, T: float) -> float:
+    try:
+        T = float(T)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {T!r}") from None
+    if not (T > 0 and math.isfinite(T)):
+        raise ValueError(f"{name} must be a positive finite number, got {T}")
+    return T
+
+
+def _prepare(
+    x: torch.Tensor, y_pos: torch.Tensor, y_neg: torch.Tensor, T: float, T_name: str = "T"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool, float]:
+    """Validate shapes/values, add the batch axis, detach. Returns (x, y_pos, y_neg, batched, T)."""
+    xb, bx = _as_batched("x", x)
+    pb, bp = _as_batched("y_pos", y_pos)
+    nb, bn = _as_batched("y_neg", y_neg)
+    if not (bx == bp == bn):
+        raise ValueError(
+            "x, y_pos and y_neg must all be batched [B, *, D] or all unbatched [*, D]; got shapes "
+            f"{tuple(x.shape)}, {tuple(y_pos.shape)}, {tuple(y_neg.shape)}"
+        )
+    B, N, D = xb.shape
+    if pb.shape[-1] != D:
+        raise ValueError(f"y_pos has feature dim {pb.shape[-1]} but x has D={D}")
+    if nb.shape[-1] != D:
+        raise ValueError(f"y_neg has feature dim {nb.shape[-1]} but x has D={D}")
+    if pb.shape[0] != B or nb.shape[0] != B:
+        raise ValueError(
+            f"batch sizes differ: x has B={B}, y_pos has {pb.shape[0]}, y_neg has {nb.shape[0]}"
+        )
+    if N < 1:
+        raise ValueError("x must hold at least one sample (N >= 1)")
+    if pb.shape[1] < 1:
+        raise ValueError("y_pos must hold at least one positive sample (P >= 1)")
+    for name, t in (("x", xb), ("y_pos", pb), ("y_neg", nb)):
+        _check_finite(name, t)
+    return xb.detach(), pb.detach(), nb.detach(), bx, _check_positive(T_name, T)
+
+
+def _neg_weights(neg_weights, B: int, M: int, like: torch.Tensor) -> torch.Tensor | None:
+    """Broadcast per-negative weights to ``[B, 1, M]`` (or None), in fp32+ on ``like``'s device."""
+    if neg_weights is None:
+        return None
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    w = torch.as_tensor(neg_weights, device=like.device).detach().to(dtype)
+    if w.dim() == 1:
+        if w.shape[0] != M:
+            raise ValueError(f"neg_weights has {w.shape[0]} entries, expected M={M} (one per negative)")
+        w = w.expand(B, M)
+    elif w.dim() == 2:
+        if tuple(w.shape) != (B, M):
+            raise ValueError(f"neg_weights must be [M] or [B, M] = [{B}, {M}]; got {tuple(w.shape)}")
+    else:
+        raise ValueError(f"neg_weights must be [M] or [B, M]; got shape {tuple(w.shape)}")
+    if not torch.isfinite(w).all() or (w < 0).any():
+        raise ValueError("neg_weights must be finite and >= 0")
+    return w.unsqueeze(1)  # [B, 1, M]
+
+
+def pairwise_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances ``[B, n, m]`` between rows of ``a [B, n, D]`` and ``b [B, m, D]``, in fp32+."""
+    dtype = torch.promote_types(a.dtype, torch.float32)
+    return torch.cdist(a.to(dtype), b.to(dtype))
+
+
+# --------------------------------------------------------------------------- Alg. 2 core
+def drift_from_distances(
+    x: torch.Tensor,
+    y_pos: torch.Tensor,
+    y_neg: torch.Tensor,
+    dist_pos: torch.Tensor,
+    dist_neg: torch.Tensor,
+    T: float,
+    *,
+    normalize: Normalize = "both",
+    mask_self: bool = True,
+    neg_weights: torch.Tensor | None = None,
+    attraction: float = 1.0,
+    repulsion: float = 1.0,
+) -> torch.Tensor:
+    """Alg. 2 given precomputed distances (all batched, already validated).
+
+    ``dist_pos [B, N, P]``, ``dist_neg [B, N, M]``; ``neg_weights [B, 1, M]`` or None.
+    Returns ``V [B, N, D]`` in the dtype of the distances.
+
+    The per-negative weights (CFG, A.7) multiply the affinity after the softmax normalization
+    and before the cross-weighting, as in the authors' release (the paper says only that the
+    unconditional negatives are "weighted by w when computing the kernel").
+    """
+    N, P = dist_pos.shape[1], dist_pos.shape[2]
+    logit_pos = -dist_pos / T  # [B, N, P]
+    logit_neg = -dist_neg / T  # [B, N, M]
+    if mask_self:  # ignore self: the first N negatives are x itself
+        eye = torch.eye(N, dtype=torch.bool, device=dist_neg.device)
+        logit_neg = logit_neg.clone()
+        logit_neg[:, :, :N] = logit_neg[:, :, :N].masked_fill(eye, _MASKED_LOGIT)
+    logit = torch.cat([logit_pos, logit_neg], dim=-1)  # [B, N, P+M]
+
+    if normalize == "both":
+        A_row = logit.softmax(dim=-1)  # normalize over y
+        A_col = logit.softmax(dim=-2)  # normalize over x
+        A = torch.sqrt(A_row * A_col)  # geometric mean
+    elif normalize == "y":
+        A = logit.softmax(dim=-1)
+    elif normalize == "none":  # Z = 1: the raw Laplace kernel exp(-dist / T)
+        A = logit.exp()
+    else:
+        raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")
+
+    A_pos, A_neg = A[..., :P], A[..., P:]  # [B, N, P], [B, N, M]
+    if neg_weights is not None:
+        A_neg = A_neg * neg_weights
+    s_pos = A_pos.sum(dim=-1, keepdim=True)  # [B, N, 1]
+    s_neg = A_neg.sum(dim=-1, keepdim=True)  # [B, N, 1]
+    W_pos = A_pos * s_neg  # attraction weighted by total repulsion
+    W_neg = A_neg * s_pos  # repulsion weighted by total attraction
+
+    dtype = dist_pos.dtype
+    drift_pos = W_pos @ y_pos.to(dtype)  # [B, N, D]
+    drift_neg = W_neg @ y_neg.to(dtype)  # [B, N, D]
+    if attraction == 1.0 and repulsion == 1.0:
+        # sum(W_pos) == sum(W_neg) == s_pos * s_neg, so the "- x" terms of Eq. (8) cancel.
+        return drift_pos - drift_neg
+    # Table 1's destructive variants a*V+ - r*V-: the "- x" terms no longer cancel.
+    # V+ = sum_i W_pos_i (y_i - x), V- = sum_j W_neg_j (y_j - x), with sum W = s_pos * s_neg.
+    coeff_x = (attraction - repulsion) * (s_pos * s_neg)  # [B, N, 1]
+    return attraction * drift_pos - repulsion * drift_neg - coeff_x * x.to(dtype)
+
+
+def compute_V(
+    x: torch.Tensor,
+    y_pos: torch.Tensor,
+    y_neg: torch.Tensor,
+    T: float,
+    *,
+    normalize: Normalize = "both",
+    mask_self: bool = True,
+    neg_weights: torch.Tensor | None = None,
+    attraction: float = 1.0,
+    repulsion: float = 1.0,
+) -> torch.Tensor:
+    """The drifting field V_{p,q}(x) of Eq. (11), computed as in Alg. 2 (paper A.1).
+
+    Laplace kernel ``k(x, y) = exp(-||x - y|| / T)`` (Eq. 12), normalized by a softmax over
+    the joint set of positives and negatives (y axis) and, with ``normalize="both"``, also by
+    a softmax over the generated samples (x axis), combined by a geometric mean; then
+    cross-weighted so that ``V = V+ - V-`` (Eq. 10) with the ``x`` terms cancelling.
+
+    Args:
+        x: generated samples ``[N, D]`` or ``[B, N, D]``.
+        y_pos: positives ``[P, D]`` or ``[B, P, D]``.
+        y_neg: negatives ``[M, D]`` or ``[B, M, D]``; with ``mask_self`` the first N are x.
+        T: temperature (> 0).
+        normalize: ``"both"`` (Alg. 2, default), ``"y"`` (softmax over y only) or ``"none"``
+            (Z = 1) — the three rows of Table 11.
+        mask_self: ignore the pair (x_i, y_neg_i) for i < N (Alg. 2 "ignore self").
+        neg_weights: per-negative weights ``[M]`` or ``[B, M]`` (CFG, A.7).
+        attraction, repulsion: scales a, r of ``a V+ - r V-`` (Table 1's anti-symmetry study;
+            ``repulsion=0`` is attraction-only). The defaults give the anti-symmetric field.
+
+    Returns:
+        ``V`` with the shape of ``x``, float32 (or float64 for float64 inputs), no gradient.
+    """
+    xb, pb, nb, batched, T = _prepare(x, y_pos, y_neg, T)
+    if normalize not in NORMALIZE_CHOICES:
+        raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")
+    B, N, _ = xb.shape
+    M = nb.shape[1]
+    if mask_self and M < N:
+        raise ValueError(
+            f"mask_self=True needs the first N={N} negatives to be x itself, but y_neg has only M={M}"
+        )
+    for name, v in (("attraction", attraction), ("repulsion", repulsion)):
+        if not (math.isfinite(float(v)) and float(v) >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+    with torch.no_grad():
+        w = _neg_weights(neg_weights, B, M, xb)
+        V = drift_from_distances(
+            xb, pb, nb,
+            pairwise_distances(xb, pb), pairwise_distances(xb, nb), T,
+            normalize=normalize, mask_self=mask_self, neg_weights=w,
+            attraction=float(attraction), repulsion=float(repulsion),
+        )
+    return V if batched else V.squeeze(0)
+
+
+# --------------------------------------------------------------------------- C.2: MMD field
+def mmd_field(
+    x: torch.Tensor,
+    y_pos: torch.Tensor,
+    y_neg: torch.Tensor,
+    sigma: float,
+    *,
+    mask_self: bool = True,
+) -> torch.Tensor:
+    """The drifting field that MMD with a Gaussian kernel induces (paper C.2, Eq. 43-45).
+
+    ``V(x) = E_p[k~(x, y+)(y+ - x)] - E_q[k~(x, y-)(y- - x)]`` with the *unnormalized* kernel
+    ``k~(x, y) = exp(-||x - y||^2 / (2 sigma^2)) / sigma^2`` (Eq. 45), i.e. ``-1/2`` times the
+    gradient of squared MMD with respect to x (Eq. 36). Expectations are empirical means;
+    with ``mask_self`` the self pair is left out of the mean over negatives (the first N
+    negatives are x), the usual unbiased estimate.
+    """
+    xb, pb, nb, batched, sigma = _prepare(x, y_pos, y_neg, sigma, "sigma")
+    B, N, _ = xb.shape
+    M = nb.shape[1]
+    if mask_self and M < N:
+        raise ValueError(f"mask_self=True needs y_neg to start with the N={N} samples of x; M={M}")
+    with torch.no_grad():
+        dtype = torch.promote_types(xb.dtype, torch.float32)
+        xb, pb, nb = xb.to(dtype), pb.to(dtype), nb.to(dtype)
+        k_pos = torch.exp(-pairwise_distances(xb, pb).square() / (2 * sigma**2)) / sigma**2  # [B, N, P]
+        k_neg = torch.exp(-pairwise_distances(xb, nb).square() / (2 * sigma**2)) / sigma**2  # [B, N, M]
+        n_neg = M
+        if mask_self:
+            eye = torch.eye(N, dtype=torch.bool, device=xb.device)
+            k_neg = k_neg.clone()
+            k_neg[:, :, :N] = k_neg[:, :, :N].masked_fill(eye, 0.0)
+            n_neg = M - 1
+        # E[k (y - x)] = (k @ y - k.sum() x) / count
+        v_pos = (k_pos @ pb - k_pos.sum(-1, keepdim=True) * xb) / pb.shape[1]
+        v_neg = (k_neg @ nb - k_neg.sum(-1, keepdim=True) * xb) / max(n_neg, 1)
+        V = v_pos - v_neg
+    return V if batched else V.squeeze(0)
+
+
+# --------------------------------------------------------------------------- Drift-RAE field
+def drift_rae_field(
+    x: torch.Tensor,
+    y_pos: torch.Tensor,
+    y_neg: torch.Tensor,
+    T: float,
+    *,
+    exponent: float = 1.0,
+    distance_factor: bool = False,
+    mask_self: bool = True,
+    normalize_output: bool = True,
+    eps: float = 1e-12,
+) -> torch.Tensor:
+    """The Drift-RAE field (Zhang et al. 2026, Eq. 5 / Eq. 11, Prop. 1).
+
+    A single softmax over samples for each of the two sums (no x-axis softmax, no joint
+    normalization, no cross-weighting)::
+
+        V(x) = sum_i a+_i(x) g(|y+_i - x|) (y+_i - x) - sum_{k != self} a-_k(x) g(|y-_k - x|) (y-_k - x)
+        a+_i = softmax_i(-|y+_i - x|^l / T),   a-_k = softmax_k(-|y-_k - x|^l / T)
+
+    with ``l = exponent``. Eq. (11) is ``l = 1`` and ``g = 1``. With ``distance_factor=True``,
+    ``g(r) = r^(l-2)`` as in Prop. 1 (Eq. 38), which makes ``(l / T) V`` the gradient of the
+    logit of the optimal discriminator between the kernel-smoothed empirical densities (Eq. 40);
+    at ``l = 2`` the factor is 1 (the Gaussian/RBF field).
+
+    With ``normalize_output`` (Eq. 10) each row is returned as ``V / ||V||``.
+    Self pairs (the first N negatives) are excluded with ``mask_self``.
+    """
+    xb, pb, nb, batched, T = _prepare(x, y_pos, y_neg, T)
+    B, N, _ = xb.shape
+    M = nb.shape[1]
+    if mask_self and M < N + 1:
+        raise ValueError(
+            f"mask_self=True needs y_neg to start with the N={N} samples of x plus at least one other "
+            f"negative; M={M}"
+        )
+    if not (math.isfinite(float(exponent)) and exponent > 0):
+        raise ValueError(f"exponent must be a positive number (the kernel exponent l), got {exponent}")
+    with torch.no_grad():
+        dist_pos = pairwise_distances(xb, pb)  # [B, N, P]
+        dist_neg = pairwise_distances(xb, nb)  # [B, N, M]
+        dtype = dist_pos.dtype
+        logit_pos = -dist_pos.pow(exponent) / T
+        logit_neg = -dist_neg.pow(exponent) / T
+        if mask_self:
+            eye = torch.eye(N, dtype=torch.bool, device=xb.device)
+            logit_neg = logit_neg.clone()
+            logit_neg[:, :, :N] = logit_neg[:, :, :N].masked_fill(eye, _MASKED_LOGIT)
+        a_pos = logit_pos.softmax(dim=-1)  # [B, N, P]
+        a_neg = logit_neg.softmax(dim=-1)  # [B, N, M]
+        if distance_factor and exponent != 2:
+            a_pos = a_pos * dist_pos.clamp_min(eps).pow(exponent - 2)
+            a_neg = a_neg * dist_neg.clamp_min(eps).pow(exponent - 2)
+            if mask_self:
+                a_neg[:, :, :N] = a_neg[:, :, :N].masked_fill(eye, 0.0)
+        xd = xb.to(dtype)
+        v_pos = a_pos @ pb.to(dtype) - a_pos.sum(-1, keepdim=True) * xd  # [B, N, D]
+        v_neg = a_neg @ nb.to(dtype) - a_neg.sum(-1, keepdim=True) * xd  # [B, N, D]
+        V = v_pos - v_neg
+        if normalize_output:
+            V = V / V.norm(dim=-1, keepdim=True).clamp_min(eps)
+    return V if batched else V.squeeze(0)

@@ -1,0 +1,180 @@
+"""The drifting loss with feature normalization, drift normalization and several temperatures.
+
+Paper: Deng et al. 2026, Eq. (6) and (13)-(14) for the loss, A.6 (Eq. 18-26) for the
+normalizations. A *feature group* ``j`` is one kind of feature vector (one feature map of an
+encoder, one pooled statistic, the raw output, ...). Its tensor has shape
+
+* ``[B, N, C]``     B independent problems (e.g. classes), N samples, C channels, or
+* ``[B, N, L, C]``  with L locations that share one normalization (A.6, "normalization
+  across spatial locations"); every (b, l) pair is its own drifting problem.
+
+For each group the loss computes, all under stop-gradient except ``phi~(x)`` itself:
+
+* ``S_j``  (Eq. 21): mean distance between generated and target features over the whole
+  group (targets = generated, positives, extra negatives weighted by their weights; self
+  pairs included, as in the authors' release), divided by ``sqrt(C_j)``. ``phi~ = phi / S_j``.
+* for each ``tau``: ``V_{j,tau}`` from Alg. 2 at temperature ``tau * sqrt(C_j)`` (Eq. 22) on the
+  normalized features, and ``lambda_{j,tau} = sqrt(E[||V||^2 / C_j])`` over the group (Eq. 25).
+* ``V~_j = sum_tau V_{j,tau} / lambda_{j,tau}`` and ``L_j = MSE(phi~ - sg(phi~ + V~_j))`` (Eq. 26).
+
+The total is ``sum_j L_j``. With drift normalization the loss is near a constant by design;
+``stats[f"{j}/V2@{tau}"]`` holds the raw mean ``||V_{j,tau}||^2`` (in normalized-feature units,
+before ``lambda``), the number that goes down as q approaches p.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from .field import NORMALIZE_CHOICES, Normalize, _neg_weights, drift_from_distances, pairwise_distances
+
+DEFAULT_TEMPERATURES = (0.02, 0.05, 0.2)
+_EPS = 1e-12
+
+
+def _to_problems(name: str, t: torch.Tensor, B: int | None = None) -> tuple[torch.Tensor, int]:
+    """``[B, n, C]`` or ``[B, n, L, C]`` -> ``([B*L, n, C], L)``."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() == 3:
+        t = t.unsqueeze(2)  # [B, n, 1, C]
+    if t.dim() != 4:
+        raise ValueError(f"{name} must have shape [B, n, C] or [B, n, L, C]; got {tuple(t.shape)}")
+    if B is not None and t.shape[0] != B:
+        raise ValueError(f"{name} has B={t.shape[0]} problems but the generated features have B={B}")
+    b, n, L, C = t.shape
+    return t.permute(0, 2, 1, 3).reshape(b * L, n, C), L  # [B*L, n, C]
+
+
+def _as_groups(name: str, v) -> dict[str, torch.Tensor]:
+    if v is None:
+        return {}
+    if isinstance(v, torch.Tensor):
+        return {"x": v}
+    if isinstance(v, Mapping):
+        return dict(v)
+    raise TypeError(f"{name} must be a tensor or a mapping of group name -> tensor, got {type(v).__name__}")
+
+
+def drifting_loss(
+    gen,
+    pos,
+    neg=None,
+    *,
+    neg_weights: torch.Tensor | None = None,
+    temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+    gen_as_negatives: bool = True,
+    normalize_features: bool = True,
+    normalize_drift: bool = True,
+    normalize: Normalize = "both",
+    attraction: float = 1.0,
+    repulsion: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Drifting loss summed over feature groups (Eq. 14 with A.6's normalizations).
+
+    Args:
+        gen: generated features, a tensor or ``{group: tensor}``; ``[B, N, C]`` or ``[B, N, L, C]``.
+            Gradients flow into ``gen`` only.
+        pos: positive features with the same keys, ``[B, P, C]`` / ``[B, P, L, C]``.
+        neg: optional extra negatives (e.g. unconditional real samples for CFG) with the same
+            keys, ``[B, M, C]`` / ``[B, M, L, C]``.
+        neg_weights: weights of the extra negatives, ``[M]`` or ``[B, M]`` (the CFG weight w of
+            A.7), shared by all groups; used in the kernel and in ``S_j``.
+        temperatures: the tau values; each gives one normalized drift, summed (A.6).
+        gen_as_negatives: the generated samples are also the first N negatives, with the self
+            pair masked (Alg. 1-2). If False, ``neg`` must be given and is the only negative set.
+        normalize_features, normalize_drift: apply ``S_j`` (Eq. 21) / ``lambda_j`` (Eq. 25).
+        normalize, attraction, repulsion: passed to the field (see :func:`drifting.compute_V`).
+
+    Returns:
+        ``(loss, stats)``: scalar loss (fp32) and a dict of detached scalars:
+        ``{j}/loss``, ``{j}/S``, ``{j}/V2@{tau}`` (raw mean ``||V||^2``) and ``{j}/lambda@{tau}``.
+    """
+    gens, poss, negs = _as_groups("gen", gen), _as_groups("pos", pos), _as_groups("neg", neg)
+    if not gens:
+        raise ValueError("gen must hold at least one feature group")
+    if set(poss) != set(gens):
+        raise ValueError(f"pos must have the same groups as gen: {sorted(gens)} vs {sorted(poss)}")
+    if negs and set(negs) != set(gens):
+        raise ValueError(f"neg must have the same groups as gen: {sorted(gens)} vs {sorted(negs)}")
+    if not gen_as_negatives and not negs:
+        raise ValueError("gen_as_negatives=False needs explicit negatives in neg")
+    if neg_weights is not None and not negs:
+        raise ValueError("neg_weights given but there are no extra negatives (neg is None)")
+    temperatures = tuple(float(t) for t in temperatures)
+    if not temperatures or any(not (t > 0 and math.isfinite(t)) for t in temperatures):
+        raise ValueError(f"temperatures must be a non-empty list of positive numbers, got {temperatures}")
+    if normalize not in NORMALIZE_CHOICES:
+        raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")
+
+    total = None
+    stats: dict[str, torch.Tensor] = {}
+    for j, g in gens.items():
+        if not torch.isfinite(g).all():
+            raise ValueError(f"gen[{j!r}] contains non-finite values (NaN or inf)")
+        B = g.shape[0]
+        x, L = _to_problems(f"gen[{j!r}]", g)  # [B*L, N, C]
+        y_pos, _ = _to_problems(f"pos[{j!r}]", poss[j], B)  # [B*L, P, C]
+        BL, N, C = x.shape
+        if y_pos.shape[-1] != C or y_pos.shape[0] != BL:
+            raise ValueError(f"pos[{j!r}] must match gen[{j!r}] in L and C; got {tuple(poss[j].shape)}")
+        if y_pos.shape[1] < 1:
+            raise ValueError(f"pos[{j!r}] must hold at least one positive sample")
+        x_sg = x.detach()
+        parts, w_parts = [], []
+        if gen_as_negatives:
+            parts.append(x_sg)
+        if negs:
+            extra, _ = _to_problems(f"neg[{j!r}]", negs[j], B)  # [B*L, M, C]
+            if extra.shape[-1] != C or extra.shape[0] != BL:
+                raise ValueError(f"neg[{j!r}] must match gen[{j!r}] in L and C; got {tuple(negs[j].shape)}")
+            parts.append(extra.detach())
+        y_neg = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # [B*L, M_all, C]
+        for name, t in ((f"pos[{j!r}]", y_pos), (f"neg[{j!r}]", y_neg)):
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+
+        with torch.no_grad():
+            w = None  # [BL, 1, M_all]
+            if neg_weights is not None:
+                M = y_neg.shape[1] - (N if gen_as_negatives else 0)
+                w_extra = _neg_weights(neg_weights, B, M, x_sg)  # [B, 1, M]
+                w_extra = w_extra.expand(B, L, M).reshape(BL, 1, M)
+                if gen_as_negatives:
+                    w = torch.cat([torch.ones(BL, 1, N, dtype=w_extra.dtype, device=x.device), w_extra], -1)
+                else:
+                    w = w_extra
+            dist_pos = pairwise_distances(x_sg, y_pos)  # [BL, N, P]
+            dist_neg = pairwise_distances(x_sg, y_neg)  # [BL, N, M_all]
+            if normalize_features:  # Eq. (21), weighted mean over every (x, y) pair in the group
+                wn = torch.ones_like(dist_neg[:, :1]) if w is None else w  # [BL, 1, M_all]
+                num = dist_pos.sum() + (dist_neg * wn).sum()
+                den = dist_pos.numel() + N * wn.sum()
+                S = (num / den / math.sqrt(C)).clamp_min(_EPS)
+            else:
+                S = torch.ones((), dtype=dist_pos.dtype, device=x.device)
+            xs_sg = x_sg.to(S.dtype) / S
+            ys_pos, ys_neg = y_pos.to(S.dtype) / S, y_neg.to(S.dtype) / S
+            dpos, dneg = dist_pos / S, dist_neg / S
+            V_total = torch.zeros_like(xs_sg)
+            for tau in temperatures:
+                V = drift_from_distances(
+                    xs_sg, ys_pos, ys_neg, dpos, dneg, tau * math.sqrt(C),
+                    normalize=normalize, mask_self=gen_as_negatives, neg_weights=w,
+                    attraction=attraction, repulsion=repulsion,
+                )  # [BL, N, C]
+                V2 = V.square().sum(-1).mean()  # raw mean ||V||^2
+                lam = (V2 / C).sqrt().clamp_min(_EPS) if normalize_drift else torch.ones_like(V2)
+                V_total += V / lam
+                stats[f"{j}/V2@{tau:g}"] = V2
+                stats[f"{j}/lambda@{tau:g}"] = lam
+            goal = xs_sg + V_total  # frozen target, Eq. (26)
+        xs = x.to(S.dtype) / S  # gradient flows here only
+        loss_j = (xs - goal).square().mean()
+        stats[f"{j}/loss"] = loss_j.detach()
+        stats[f"{j}/S"] = S
+        total = loss_j if total is None else total + loss_j
+    return total, stats

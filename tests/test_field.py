@@ -1,0 +1,277 @@
+"""The drifting field: equality to a literal Alg. 2, exact properties, variants, errors."""
+
+import math
+
+import pytest
+import torch
+
+from drifting import compute_V, drift_rae_field, mmd_field
+
+
+def alg2_literal(x, y_pos, y_neg, T, mask_self=True):
+    """A line-by-line transcription of Alg. 2 (paper A.1), unbatched, float64."""
+    x, y_pos, y_neg = x.double(), y_pos.double(), y_neg.double()
+    N = x.shape[0]
+    N_pos = y_pos.shape[0]
+    dist_pos = torch.cdist(x, y_pos)  # [N, N_pos]
+    dist_neg = torch.cdist(x, y_neg)  # [N, N_neg]
+    if mask_self:
+        dist_neg = dist_neg + torch.nn.functional.pad(torch.eye(N), (0, y_neg.shape[0] - N)).double() * 1e6
+    logit_pos = -dist_pos / T
+    logit_neg = -dist_neg / T
+    logit = torch.cat([logit_pos, logit_neg], dim=1)
+    A_row = logit.softmax(dim=-1)
+    A_col = logit.softmax(dim=-2)
+    A = torch.sqrt(A_row * A_col)
+    A_pos, A_neg = torch.split(A, [N_pos, A.shape[1] - N_pos], dim=1)
+    W_pos = A_pos.clone()
+    W_neg = A_neg.clone()
+    W_pos *= A_neg.sum(dim=1, keepdim=True)
+    W_neg *= A_pos.sum(dim=1, keepdim=True)
+    drift_pos = W_pos @ y_pos
+    drift_neg = W_neg @ y_neg
+    return drift_pos - drift_neg
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("N,P,extra,D,T", [(8, 8, 0, 2, 0.5), (16, 5, 7, 33, 1.0), (1, 3, 2, 4, 0.3), (32, 64, 16, 128, 8.0)])
+def test_equals_literal_alg2_unbatched(N, P, extra, D, T):
+    g = torch.Generator().manual_seed(N * 100 + D)
+    x = torch.randn(N, D, generator=g)
+    y_pos = torch.randn(P, D, generator=g) + 0.5
+    y_neg = torch.cat([x, torch.randn(extra, D, generator=g)])
+    V = compute_V(x, y_pos, y_neg, T)
+    assert V.shape == x.shape and V.dtype == torch.float32
+    assert rel_err(V, alg2_literal(x, y_pos, y_neg, T)) < 1e-5
+
+
+def test_equals_literal_alg2_batched_and_no_mask():
+    g = torch.Generator().manual_seed(0)
+    B, N, P, M, D = 5, 12, 9, 20, 6
+    x = torch.randn(B, N, D, generator=g)
+    y_pos = torch.randn(B, P, D, generator=g)
+    y_neg = torch.cat([x, torch.randn(B, M - N, D, generator=g)], dim=1)
+    for mask in (True, False):
+        V = compute_V(x, y_pos, y_neg, 0.7, mask_self=mask)
+        assert V.shape == (B, N, D)
+        for b in range(B):
+            ref = alg2_literal(x[b], y_pos[b], y_neg[b], 0.7, mask_self=mask)
+            assert rel_err(V[b], ref) < 1e-5
+    # B independent problems: changing problem 0 leaves the others untouched
+    x2 = x.clone()
+    x2[0] += 1.0
+    y_neg2 = torch.cat([x2, y_neg[:, N:]], dim=1)
+    V2 = compute_V(x2, y_pos, y_neg2, 0.7)
+    assert torch.equal(V2[1:], compute_V(x, y_pos, y_neg, 0.7)[1:])
+    assert not torch.allclose(V2[0], compute_V(x, y_pos, y_neg, 0.7)[0])
+
+
+def test_float64_inputs_stay_float64():
+    x = torch.randn(6, 3, dtype=torch.float64)
+    V = compute_V(x, torch.randn(4, 3, dtype=torch.float64), x, 1.0)
+    assert V.dtype == torch.float64
+
+
+@pytest.mark.parametrize("normalize", ["both", "y", "none"])
+def test_antisymmetry_exact(normalize):
+    """V_{p,q}(x) = -V_{q,p}(x): swapping positives and negatives flips the sign (no self-mask)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 10, 4, generator=g)
+    p = torch.randn(3, 7, 4, generator=g)
+    q = torch.randn(3, 7, 4, generator=g) * 2
+    V_pq = compute_V(x, p, q, 1.5, mask_self=False, normalize=normalize)
+    V_qp = compute_V(x, q, p, 1.5, mask_self=False, normalize=normalize)
+    assert torch.allclose(V_pq, -V_qp, atol=1e-6, rtol=0)
+    assert V_pq.abs().max() > 1e-3  # not trivially zero
+
+
+@pytest.mark.parametrize("normalize", ["both", "y", "none"])
+def test_zero_when_positives_equal_negatives(normalize):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(16, 5, generator=g)
+    y = torch.randn(24, 5, generator=g)
+    V = compute_V(x, y, y.clone(), 0.8, mask_self=False, normalize=normalize)
+    assert V.abs().max() < 1e-6
+    # and nonzero once the negatives differ
+    assert compute_V(x, y, y + 0.5, 0.8, mask_self=False, normalize=normalize).abs().max() > 1e-3
+
+
+def test_drift_points_from_negatives_toward_positives():
+    """One sample between a positive cluster on the right and a negative cluster on the left."""
+    x = torch.zeros(1, 2)
+    y_pos = torch.tensor([[2.0, 0.0], [2.0, 0.1]])
+    y_neg = torch.tensor([[-2.0, 0.0], [-2.0, 0.1]])
+    V = compute_V(x, y_pos, y_neg, 1.0, mask_self=False)
+    assert V[0, 0] > 0.5 and abs(V[0, 1]) < 0.1
+
+
+def test_no_gradient_through_V():
+    x = torch.randn(8, 3, requires_grad=True)
+    y_pos = torch.randn(8, 3, requires_grad=True)
+    V = compute_V(x, y_pos, x, 1.0)
+    assert not V.requires_grad and V.grad_fn is None
+    # the loss ||x - sg(x + V)||^2 has gradient -2 V / numel with respect to x
+    loss = (x - (x + V).detach()).square().mean()
+    loss.backward()
+    assert torch.allclose(x.grad, -2 * V / V.numel(), atol=1e-7)
+    assert y_pos.grad is None
+
+
+def test_attraction_repulsion_scales():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 9, 3, generator=g)
+    y_pos = torch.randn(2, 6, 3, generator=g)
+    y_neg = torch.cat([x, torch.randn(2, 4, 3, generator=g)], 1)
+    # reference: V+ and V- from Eq. (8) with Alg. 2's cross-weighted affinities
+    V_default = compute_V(x, y_pos, y_neg, 1.0)
+    V_attr = compute_V(x, y_pos, y_neg, 1.0, repulsion=0.0)  # attraction-only, = V+
+    V_rep = V_attr - V_default  # = V-
+    for a, r in [(1.5, 1.0), (1.0, 1.5), (2.0, 1.0), (1.0, 2.0)]:
+        V = compute_V(x, y_pos, y_neg, 1.0, attraction=a, repulsion=r)
+        assert torch.allclose(V, a * V_attr - r * V_rep, atol=1e-5)
+    # attraction-only differs from the default (it is not anti-symmetric), and points to y_pos
+    assert (V_attr - V_default).abs().max() > 1e-3
+    # with positives == negatives and no mask, only equal scales give V = 0
+    y = torch.randn(2, 6, 3, generator=g)
+    assert compute_V(x, y, y, 1.0, mask_self=False).abs().max() < 1e-6
+    assert compute_V(x, y, y, 1.0, mask_self=False, attraction=1.5).abs().max() > 1e-3
+
+
+def test_neg_weights():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 2, generator=g)
+    y_pos = torch.randn(5, 2, generator=g)
+    y_neg = torch.cat([x, torch.randn(3, 2, generator=g)])
+    # unit weights change nothing; [M] and [B, M] agree
+    V = compute_V(x, y_pos, y_neg, 1.0)
+    assert torch.allclose(compute_V(x, y_pos, y_neg, 1.0, neg_weights=torch.ones(9)), V)
+    w = torch.tensor([1.0] * 6 + [3.0, 0.5, 2.0])
+    Vw = compute_V(x, y_pos, y_neg, 1.0, neg_weights=w)
+    Vb = compute_V(x[None], y_pos[None], y_neg[None], 1.0, neg_weights=w[None])[0]
+    assert torch.allclose(Vw, Vb)
+    # weight 0 on an extra negative == that negative's affinity removed after normalization
+    w0 = torch.tensor([1.0] * 6 + [0.0, 1.0, 1.0])
+    assert not torch.allclose(compute_V(x, y_pos, y_neg, 1.0, neg_weights=w0), V)
+    # weights scale the negative affinities after the softmax (release convention):
+    # doubling every negative weight doubles V- relative to V+ only through the cross-weights,
+    # so V scales by exactly 2 (W_pos and W_neg both pick up the factor 2).
+    assert torch.allclose(compute_V(x, y_pos, y_neg, 1.0, neg_weights=2 * torch.ones(9)), 2 * V, atol=1e-6)
+
+
+def test_bad_inputs_name_the_argument():
+    x = torch.randn(4, 3)
+    y = torch.randn(5, 3)
+    with pytest.raises(ValueError, match="y_pos"):
+        compute_V(x, torch.randn(5, 2), x, 1.0)
+    with pytest.raises(ValueError, match="y_neg"):
+        compute_V(x, y, torch.randn(4, 2), 1.0)
+    for T in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="T"):
+            compute_V(x, y, x, T)
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="x"):
+        compute_V(bad, y, x, 1.0)
+    with pytest.raises(ValueError, match="y_pos"):
+        compute_V(x, torch.full((5, 3), float("inf")), x, 1.0)
+    with pytest.raises(ValueError, match="M=2"):
+        compute_V(x, y, x[:2], 1.0, mask_self=True)
+    compute_V(x, y, x[:2], 1.0, mask_self=False)  # fine without the mask
+    with pytest.raises(ValueError, match="normalize"):
+        compute_V(x, y, x, 1.0, normalize="x")
+    with pytest.raises(ValueError, match="neg_weights"):
+        compute_V(x, y, x, 1.0, neg_weights=torch.ones(3))
+    with pytest.raises(ValueError, match="neg_weights"):
+        compute_V(x, y, x, 1.0, neg_weights=-torch.ones(4))
+    with pytest.raises(ValueError, match="shape"):
+        compute_V(torch.randn(3), y, x, 1.0)
+    with pytest.raises(ValueError, match="batch"):
+        compute_V(x[None].expand(2, 4, 3), y[None], x[None].expand(2, 4, 3), 1.0)
+    with pytest.raises(ValueError, match="repulsion"):
+        compute_V(x, y, x, 1.0, repulsion=-1)
+
+
+# ----------------------------------------------------------------------------- MMD (C.2)
+def test_mmd_field_is_minus_half_gradient_of_mmd2():
+    """Eq. (36)/(40)/(41): V_MMD(x) = -1/2 dL(x)/dx with dL/dx = 2 E_q[dxi/dx] - 2 E_p[dxi/dx]."""
+    sigma = 0.9
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(7, 3, dtype=torch.float64, generator=g)
+    y = torch.randn(9, 3, dtype=torch.float64, generator=g) + 0.3
+    V = mmd_field(x, y, x, sigma)
+    xi = lambda a, b: torch.exp(-torch.cdist(a, b).square() / (2 * sigma**2))  # noqa: E731
+    for i in range(x.shape[0]):
+        xv = x[i : i + 1].clone().requires_grad_(True)
+        others = torch.cat([x[:i], x[i + 1 :]])  # negatives y- ~ q, self left out
+        L = 2 * xi(xv, others).mean() - 2 * xi(xv, y).mean()
+        (grad,) = torch.autograd.grad(L, xv)
+        assert torch.allclose(V[i], -0.5 * grad[0], atol=1e-10)
+
+
+def test_mmd_field_antisymmetric_and_zero():
+    x = torch.randn(5, 2)
+    p, q = torch.randn(6, 2), torch.randn(6, 2)
+    assert torch.allclose(mmd_field(x, p, q, 1.0, mask_self=False), -mmd_field(x, q, p, 1.0, mask_self=False), atol=1e-6)
+    assert mmd_field(x, p, p, 1.0, mask_self=False).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="sigma"):
+        mmd_field(x, p, q, 0.0)
+
+
+# ----------------------------------------------------------------------------- Drift-RAE
+def rae_literal(x, y_pos, x_neg, T, l=1.0, factor=False):
+    """Eq. (11) (l = 1, no factor) / Prop. 1 Eq. (38), term by term, with k != j for negatives."""
+    out = []
+    for j in range(x.shape[0]):
+        xj = x[j].double()
+        d = lambda a: (a.double() - xj).norm()  # noqa: E731
+        kp = torch.stack([torch.exp(-d(y) ** l / T) for y in y_pos])
+        ks = [k for k in range(x_neg.shape[0]) if k != j]
+        kn = torch.stack([torch.exp(-d(x_neg[k]) ** l / T) for k in ks])
+        v = torch.zeros_like(xj)
+        for i, y in enumerate(y_pos):
+            g = d(y) ** (l - 2) if factor else 1.0
+            v += kp[i] / kp.sum() * g * (y.double() - xj)
+        for n, k in enumerate(ks):
+            g = d(x_neg[k]) ** (l - 2) if factor else 1.0
+            v -= kn[n] / kn.sum() * g * (x_neg[k].double() - xj)
+        out.append(v)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("l,factor", [(1.0, False), (1.0, True), (2.0, False), (1.5, True)])
+def test_drift_rae_field_matches_eq11_by_hand(l, factor):
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(5, 3, generator=g)
+    y = torch.randn(4, 3, generator=g)
+    neg = torch.cat([x, torch.randn(2, 3, generator=g)])
+    ref = rae_literal(x, y, neg, 0.7, l, factor)
+    V = drift_rae_field(x, y, neg, 0.7, exponent=l, distance_factor=factor, normalize_output=False)
+    assert rel_err(V, ref) < 1e-5
+    Vn = drift_rae_field(x, y, neg, 0.7, exponent=l, distance_factor=factor)
+    assert torch.allclose(Vn.norm(dim=-1), torch.ones(5), atol=1e-5)
+    assert torch.allclose(Vn, (ref / ref.norm(dim=-1, keepdim=True)).float(), atol=1e-5)
+
+
+def test_drift_rae_prop1_is_discriminator_logit_gradient():
+    """Prop. 1 (Eq. 40): (l / T) V_l(x) = grad_x [log q_l(x) - log p_l(x)] with exponential kernels."""
+    T, l = 0.9, 1.5
+    g = torch.Generator().manual_seed(7)
+    y = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    xs = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    x = torch.randn(1, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    k = lambda a: torch.exp(-(a - x).norm(dim=-1) ** l / T).mean()  # noqa: E731
+    logit = torch.log(k(y)) - torch.log(k(xs))
+    (grad,) = torch.autograd.grad(logit, x)
+    V = drift_rae_field(x.detach(), y, xs, T, exponent=l, distance_factor=True, mask_self=False, normalize_output=False)
+    assert torch.allclose(l / T * V, grad, atol=1e-9)
+
+
+def test_drift_rae_errors():
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="exponent"):
+        drift_rae_field(x, x, torch.cat([x, x]), 1.0, exponent=0)
+    with pytest.raises(ValueError, match="y_neg"):
+        drift_rae_field(x, x, x, 1.0)  # only self negatives: nothing to repel from

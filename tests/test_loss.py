@@ -1,0 +1,150 @@
+"""The drifting loss: Eq. (6)/(26) with S_j (Eq. 21) and lambda_j (Eq. 25), several temperatures."""
+
+import math
+
+import pytest
+import torch
+
+from drifting import compute_V, drifting_loss
+
+
+def reference_loss(gen, pos, extra=None, w=None, temps=(0.02, 0.05, 0.2)):
+    """Literal A.6 for one group [B, N, L, C]: loop over (b, l) problems, compute_V per problem."""
+    B, N, L, C = gen.shape
+    P = pos.shape[1]
+    x = gen.detach().double()
+    # S_j: weighted mean over all generated-to-target distances (self pairs included), / sqrt(C)
+    num, den = 0.0, 0.0
+    for b in range(B):
+        for l in range(L):
+            targets = [x[b, :, l]] + ([extra[b, :, l].double()] if extra is not None else [])
+            wt = [torch.ones(N)] + ([w[b] if w.dim() == 2 else w] if extra is not None else [])
+            num += torch.cdist(x[b, :, l], pos[b, :, l].double()).sum()
+            den += N * P
+            for t, ww in zip(targets, wt):
+                num += (torch.cdist(x[b, :, l], t) * ww.double()).sum()
+                den += N * ww.sum().double()
+    S = num / den / math.sqrt(C)
+    V_total = torch.zeros_like(x)
+    for tau in temps:
+        Vs = torch.zeros_like(x)
+        for b in range(B):
+            for l in range(L):
+                neg = x[b, :, l]
+                nw = None
+                if extra is not None:
+                    neg = torch.cat([neg, extra[b, :, l].double()])
+                    ww = w[b] if w.dim() == 2 else w
+                    nw = torch.cat([torch.ones(N, dtype=torch.float64), ww.double()])
+                Vs[b, :, l] = compute_V(x[b, :, l] / S, pos[b, :, l].double() / S, neg / S, tau * math.sqrt(C), neg_weights=nw)
+        lam = torch.sqrt(Vs.square().sum(-1).mean() / C)
+        V_total += Vs / lam
+    xs = gen.double() / S
+    return (xs - (xs.detach() + V_total)).square().mean()
+
+
+def test_matches_literal_A6_with_locations_and_cfg_weights():
+    g = torch.Generator().manual_seed(0)
+    B, N, L, C, P, U = 3, 6, 4, 5, 7, 3
+    gen = torch.randn(B, N, L, C, generator=g, dtype=torch.float64, requires_grad=True)
+    pos = torch.randn(B, P, L, C, generator=g, dtype=torch.float64) + 0.3
+    unc = torch.randn(B, U, L, C, generator=g, dtype=torch.float64)
+    w = torch.rand(B, U, generator=g, dtype=torch.float64) * 3
+    loss, stats = drifting_loss({"f": gen}, {"f": pos}, {"f": unc}, neg_weights=w)
+    ref = reference_loss(gen, pos, unc, w)
+    assert abs(loss.item() - ref.item()) < 1e-9 * max(1.0, abs(ref.item()))
+    (g1,) = torch.autograd.grad(loss, gen)
+    (g2,) = torch.autograd.grad(reference_loss(gen, pos, unc, w), gen)
+    assert torch.allclose(g1, g2, atol=1e-10)
+    assert set(stats) >= {"f/loss", "f/S", "f/V2@0.02", "f/V2@0.05", "f/V2@0.2", "f/lambda@0.2"}
+
+
+def test_unnormalized_single_temperature_is_plain_eq6():
+    """No S_j, no lambda_j, one tau: loss = mean ||V||^2 / D and dL/dx = -2 V / numel."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 32, 2, generator=g, requires_grad=True)
+    y = torch.randn(1, 40, 2, generator=g)
+    loss, stats = drifting_loss(x, y, temperatures=[0.5], normalize_features=False, normalize_drift=False)
+    V = compute_V(x[0], y[0], x[0], 0.5 * math.sqrt(2))
+    assert torch.allclose(loss, V.square().mean(), rtol=1e-5)
+    assert torch.allclose(stats["x/V2@0.5"], V.square().sum(-1).mean(), rtol=1e-5)
+    loss.backward()
+    assert torch.allclose(x.grad[0], -2 * V / V.numel(), atol=1e-7)
+
+
+def test_drift_normalization_makes_unit_per_dim_drift():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 16, 8, generator=g)
+    y = torch.randn(2, 16, 8, generator=g) * 3
+    loss, _ = drifting_loss(x, y, temperatures=[0.05])
+    assert abs(loss.item() - 1.0) < 1e-5  # E[||V~||^2 / C] = 1  (Eq. 24)
+
+
+def test_invariant_to_feature_rescaling():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 12, 3, 6, generator=g)
+    y = torch.randn(2, 10, 3, 6, generator=g) + 1
+    n = torch.randn(2, 4, 3, 6, generator=g)
+    base, s1 = drifting_loss(x, y, n)
+    for k in (1e-3, 7.0, 250.0):
+        scaled, s2 = drifting_loss(k * x, k * y, k * n)
+        assert abs(scaled.item() - base.item()) < 1e-4 * base.item()
+        assert torch.allclose(s2["x/V2@0.05"], s1["x/V2@0.05"], rtol=1e-3)
+    # without feature normalization the kernel sees the scale: values differ
+    raw1, _ = drifting_loss(x, y, normalize_features=False)
+    raw2, _ = drifting_loss(7 * x, 7 * y, normalize_features=False)
+    assert abs(raw1.item() - raw2.item()) > 1e-3
+
+
+def test_groups_sum_and_gradient_only_into_gen():
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(2, 8, 4, generator=g, requires_grad=True)
+    b = torch.randn(2, 8, 5, 3, generator=g, requires_grad=True)
+    pa = torch.randn(2, 6, 4, generator=g, requires_grad=True)
+    pb = torch.randn(2, 6, 5, 3, generator=g)
+    total, stats = drifting_loss({"a": a, "b": b}, {"a": pa, "b": pb})
+    la, _ = drifting_loss({"a": a}, {"a": pa})
+    lb, _ = drifting_loss({"b": b}, {"b": pb})
+    assert torch.allclose(total, la + lb)
+    assert torch.allclose(stats["a/loss"] + stats["b/loss"], total)
+    total.backward()
+    assert pa.grad is None and a.grad is not None and b.grad.abs().sum() > 0
+
+
+def test_drift_norm_goes_down_as_q_approaches_p():
+    """The raw drift norm at the widest temperature falls monotonically as q approaches p.
+
+    (At small tau the raw norm of a finite batch is dominated by nearest-neighbour noise, and
+    for far-apart sets the small-tau kernel underflows, so only the wide tau is monotone.)
+    """
+    g = torch.Generator().manual_seed(5)
+    y = torch.randn(1, 256, 2, generator=g)
+    eps = torch.randn(1, 256, 2, generator=g)
+    v2 = [drifting_loss(eps + off, y)[1]["x/V2@0.2"].item() for off in (3.0, 1.0, 0.5, 0.0)]
+    assert all(a > 2 * b for a, b in zip(v2, v2[1:])), v2
+
+
+def test_bad_inputs():
+    x = torch.randn(2, 4, 3)
+    with pytest.raises(ValueError, match="pos"):
+        drifting_loss({"a": x}, {"b": x})
+    with pytest.raises(ValueError, match="temperatures"):
+        drifting_loss(x, x, temperatures=[0.1, -1])
+    with pytest.raises(ValueError, match="temperatures"):
+        drifting_loss(x, x, temperatures=[])
+    with pytest.raises(ValueError, match="gen"):
+        drifting_loss(torch.full_like(x, float("nan")), x)
+    with pytest.raises(ValueError, match="pos"):
+        drifting_loss(x, torch.randn(3, 4, 3))
+    with pytest.raises(ValueError, match="pos"):
+        drifting_loss(x, torch.randn(2, 4, 2))
+    with pytest.raises(ValueError, match="neg_weights"):
+        drifting_loss(x, x, neg_weights=torch.ones(4))
+    with pytest.raises(ValueError, match="neg_weights"):
+        drifting_loss(x, x, torch.randn(2, 5, 3), neg_weights=torch.ones(4))
+    with pytest.raises(ValueError, match="gen_as_negatives"):
+        drifting_loss(x, x, gen_as_negatives=False)
+    with pytest.raises(ValueError, match="normalize"):
+        drifting_loss(x, x, normalize="bad")
+    with pytest.raises(ValueError, match="shape"):
+        drifting_loss(torch.randn(4, 3), torch.randn(4, 3))
