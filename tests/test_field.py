@@ -75,7 +75,7 @@ def test_float64_inputs_stay_float64():
     assert V.dtype == torch.float64
 
 
-@pytest.mark.parametrize("normalize", ["both", "y", "none"])
+@pytest.mark.parametrize("normalize", ["both", "y", "none", "separate"])
 def test_antisymmetry_exact(normalize):
     """V_{p,q}(x) = -V_{q,p}(x): swapping positives and negatives flips the sign (no self-mask)."""
     g = torch.Generator().manual_seed(1)
@@ -88,7 +88,7 @@ def test_antisymmetry_exact(normalize):
     assert V_pq.abs().max() > 1e-3  # not trivially zero
 
 
-@pytest.mark.parametrize("normalize", ["both", "y", "none"])
+@pytest.mark.parametrize("normalize", ["both", "y", "none", "separate"])
 def test_zero_when_positives_equal_negatives(normalize):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(16, 5, generator=g)
@@ -275,3 +275,27 @@ def test_drift_rae_errors():
         drift_rae_field(x, x, torch.cat([x, x]), 1.0, exponent=0)
     with pytest.raises(ValueError, match="y_neg"):
         drift_rae_field(x, x, x, 1.0)  # only self negatives: nothing to repel from
+
+
+def test_separate_normalization_is_eq8_to_10():
+    """normalize="separate": V = V+_p - V-_q with their own softmaxes (Eq. 8-10), which is the
+    unnormalized Drift-RAE field at l = 1, and Alg. 2's "y" variant is it times Zp Zq / (Zp + Zq)^2."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 6, 3, generator=g)
+    y = torch.randn(2, 5, 3, generator=g)
+    neg = torch.cat([x, torch.randn(2, 4, 3, generator=g)], 1)
+    V = compute_V(x, y, neg, 0.6, normalize="separate")
+    assert torch.allclose(V, drift_rae_field(x, y, neg, 0.6, normalize_output=False), atol=1e-6)
+    # relation to the joint softmax of Alg. 2 (row softmax only)
+    dp = torch.cdist(x, y)
+    dn = torch.cdist(x, neg) + torch.nn.functional.pad(torch.eye(6), (0, 4)) * 1e6
+    Zp, Zq = torch.exp(-dp / 0.6).sum(-1, keepdim=True), torch.exp(-dn / 0.6).sum(-1, keepdim=True)
+    Vy = compute_V(x, y, neg, 0.6, normalize="y")
+    assert torch.allclose(Vy, V * Zp * Zq / (Zp + Zq) ** 2, atol=1e-6)
+    # weights: a weighted mean over the negatives
+    w = torch.tensor([1.0] * 6 + [2.0, 0.0, 1.0, 3.0])
+    Vw = compute_V(x[0], y[0], neg[0], 0.6, normalize="separate", neg_weights=w)
+    kn = torch.exp(-dn[0] / 0.6) * w
+    kp = torch.exp(-dp[0] / 0.6)
+    ref = (kp / kp.sum(-1, keepdim=True)) @ y[0] - (kn / kn.sum(-1, keepdim=True)) @ neg[0]
+    assert torch.allclose(Vw, ref, atol=1e-5)

@@ -21,8 +21,8 @@ from typing import Literal
 
 import torch
 
-Normalize = Literal["both", "y", "none"]
-NORMALIZE_CHOICES = ("both", "y", "none")
+Normalize = Literal["both", "y", "none", "separate"]
+NORMALIZE_CHOICES = ("both", "y", "none", "separate")
 
 # Logit given to a masked (self) pair. Alg. 2 adds 1e6 to the distance; we mask in logit
 # space so the mask works at any temperature. Finite (not -inf) so that a column whose only
@@ -153,12 +153,16 @@ def drift_from_distances(
         A = logit.softmax(dim=-1)
     elif normalize == "none":  # Z = 1: the raw Laplace kernel exp(-dist / T)
         A = logit.exp()
+    elif normalize == "separate":  # Eq. (8)-(9): Z_p and Z_q each normalize their own set
+        A = torch.cat([logit_pos.softmax(dim=-1), logit_neg.softmax(dim=-1)], dim=-1)
     else:
         raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")
 
     A_pos, A_neg = A[..., :P], A[..., P:]  # [B, N, P], [B, N, M]
     if neg_weights is not None:
         A_neg = A_neg * neg_weights
+        if normalize == "separate":  # weighted mean over negatives: renormalize Z_q with weights
+            A_neg = A_neg / A_neg.sum(dim=-1, keepdim=True).clamp_min(1e-30)
     s_pos = A_pos.sum(dim=-1, keepdim=True)  # [B, N, 1]
     s_neg = A_neg.sum(dim=-1, keepdim=True)  # [B, N, 1]
     W_pos = A_pos * s_neg  # attraction weighted by total repulsion
@@ -201,7 +205,11 @@ def compute_V(
         y_neg: negatives ``[M, D]`` or ``[B, M, D]``; with ``mask_self`` the first N are x.
         T: temperature (> 0).
         normalize: ``"both"`` (Alg. 2, default), ``"y"`` (softmax over y only) or ``"none"``
-            (Z = 1) — the three rows of Table 11.
+            (Z = 1) — the three rows of Table 11 — or ``"separate"``: Eq. (8)-(10) literally,
+            ``V = V+_p - V-_q`` with ``Z_p`` and ``Z_q`` normalizing positives and negatives
+            separately. Alg. 2's joint row softmax with cross-weighting equals ``"separate"``
+            times ``Z_p Z_q / (Z_p + Z_q)^2`` per sample (for ``"y"``), which shrinks the drift of
+            samples in regions where q outweighs p.
         mask_self: ignore the pair (x_i, y_neg_i) for i < N (Alg. 2 "ignore self").
         neg_weights: per-negative weights ``[M]`` or ``[B, M]`` (CFG, A.7).
         attraction, repulsion: scales a, r of ``a V+ - r V-`` (Table 1's anti-symmetry study;

@@ -271,7 +271,8 @@ def load_points(path: str | os.PathLike) -> torch.Tensor:
             f"{path}: row {row} (0-based, header excluded) holds NaN or inf ({arr[row].tolist()}); "
             f"{int(bad.sum())} row(s) in all; only finite values are allowed"
         )
-    out = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))  # [n, d]
+    with np.errstate(over="ignore"):
+        out = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))  # [n, d]
     bad32 = ~torch.isfinite(out).all(dim=1)
     if bad32.any():
         row = int(torch.nonzero(bad32)[0, 0])
@@ -285,7 +286,8 @@ def resolve_points(
     """Turn a ``--data`` value into points.
 
     Args:
-        data: a built-in target name (see :data:`TARGETS`) or a path to a ``.npy``/``.csv`` file.
+        data: a built-in target name (see :data:`TARGETS`) or a path to a ``.npy``/``.csv`` file;
+            a target name wins over a file of the same name in the working directory.
         n: number of points to sample from a built-in target (ignored for files, whose rows are all used).
         generator: randomness for target sampling.
 
@@ -360,7 +362,10 @@ class PointSampler:
 
 
 class TargetSampler:
-    """Fresh samples from a built-in target, with the same ``sample(k, generator)`` method as :class:`PointSampler`."""
+    """Fresh samples from a built-in target each call.
+
+    Has the same ``sample(k, generator)`` method as :class:`PointSampler`, so a trainer can use either.
+    """
 
     dim = 2
 

@@ -36,7 +36,8 @@ _MEDIAN_MAX_POINTS = 2000
 _MEDIAN_SEED = 0
 _BANDWIDTH_SCALES = (0.5, 1.0, 2.0)
 
-PairFn = Callable[[torch.Tensor], torch.Tensor]
+PairSum = Callable[[torch.Tensor], torch.Tensor]
+"""Maps a freshly computed distance block ``[c, m]`` (which it may overwrite) to ``sum f(d)`` (a scalar)."""
 
 
 def _as_points(x: object, arg: str) -> torch.Tensor:
@@ -72,25 +73,25 @@ def _dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
 
 
-def _cross_sum(x: torch.Tensor, y: torch.Tensor, fn: PairFn, chunk_size: int | None) -> float:
+def _cross_sum(x: torch.Tensor, y: torch.Tensor, fn: PairSum, chunk_size: int | None) -> float:
     """``sum_ij fn(|x_i - y_j|)`` over all pairs, in row chunks of ``x``."""
     step = _rows_per_chunk(y.shape[0], chunk_size)
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for i in range(0, x.shape[0], step):
-        total += fn(_dist(x[i : i + step], y)).sum()  # [c, m] -> scalar
+        total += fn(_dist(x[i : i + step], y))  # [c, m] -> scalar
     return float(total)
 
 
-def _self_sum(x: torch.Tensor, fn: PairFn, chunk_size: int | None) -> float:
+def _self_sum(x: torch.Tensor, fn: PairSum, chunk_size: int | None) -> float:
     """``sum_ij fn(|x_i - x_j|)`` over all ordered pairs (diagonal included), using symmetry."""
     n = x.shape[0]
     step = _rows_per_chunk(n, chunk_size)
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for i in range(0, n, step):
         j = min(i + step, n)
-        total += fn(_dist(x[i:j], x[i:j])).sum()  # diagonal block [c, c]
+        total += fn(_dist(x[i:j], x[i:j]))  # diagonal block [c, c]
         if j < n:
-            total += 2.0 * fn(_dist(x[i:j], x[j:])).sum()  # block above the diagonal [c, n - j], twice
+            total += 2.0 * fn(_dist(x[i:j], x[j:]))  # block above the diagonal [c, n - j], twice
     return float(total)
 
 
@@ -124,7 +125,7 @@ def energy_distance(a: torch.Tensor, b: torch.Tensor, *, chunk_size: int | None 
     n, m = a.shape[0], b.shape[0]
 
     def ident(d: torch.Tensor) -> torch.Tensor:
-        return d
+        return d.sum()
 
     ab = _cross_sum(a, b, ident, chunk_size) / (n * m)
     aa = _self_sum(a, ident, chunk_size) / (n * n)
@@ -159,16 +160,33 @@ def median_bandwidths(
 
 
 def _check_bandwidths(bandwidths: float | Sequence[float]) -> tuple[float, ...]:
-    items = [bandwidths] if isinstance(bandwidths, (int, float)) or torch.is_tensor(bandwidths) and bandwidths.ndim == 0 else list(bandwidths)
+    """Return ``bandwidths`` as a tuple of positive finite floats, or raise ValueError."""
     try:
+        items = [bandwidths] if torch.as_tensor(bandwidths).ndim == 0 else list(bandwidths)
         bw = tuple(float(s) for s in items)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RuntimeError):
         bw = ()
     if not bw or not all(math.isfinite(s) and s > 0 for s in bw):
         raise ValueError(
             f"bandwidths must be a positive finite number or a non-empty sequence of them, got {bandwidths!r}"
         )
     return bw
+
+
+def _kernel_plan(bandwidths: tuple[float, ...]) -> list[tuple[float, int | None]]:
+    """Order the Gaussian terms from widest to narrowest bandwidth; a term whose coefficient
+    ``-1/(2 s^2)`` is ``2^k`` times the previous one is obtained by ``k`` squarings instead of an exp.
+    The default scales (0.5, 1, 2) need one exp and four squarings."""
+    coefs = sorted((-0.5 / s**2 for s in bandwidths), reverse=True)  # widest (closest to 0) first
+    plan: list[tuple[float, int | None]] = []
+    for i, c in enumerate(coefs):
+        squarings = None
+        if i > 0:
+            k = round(math.log2(c / coefs[i - 1]))
+            if 0 <= k <= 4 and math.isclose(c, coefs[i - 1] * 2**k, rel_tol=1e-12, abs_tol=0.0):
+                squarings = k
+        plan.append((c, squarings))
+    return plan
 
 
 def mmd2(
@@ -198,12 +216,20 @@ def mmd2(
         return math.nan
     if bandwidths is None:
         bandwidths = median_bandwidths(torch.cat([a, b], dim=0))
-    coefs = [-0.5 / s**2 for s in _check_bandwidths(bandwidths)]
+    steps = _kernel_plan(_check_bandwidths(bandwidths))
     n, m = a.shape[0], b.shape[0]
 
     def kernel(d: torch.Tensor) -> torch.Tensor:
-        d2 = d.square()  # [c, m]
-        return sum(torch.exp(c * d2) for c in coefs)  # [c, m]
+        d2 = d.square_()  # [c, m], overwritten in place to save memory traffic
+        total, e = d2.new_zeros(()), d2
+        for coef, squarings in steps:
+            if squarings is None:
+                e = torch.mul(d2, coef).exp_()  # [c, m] = exp(-d^2 / (2 s^2))
+            else:
+                for _ in range(squarings):  # exp(x)^(2^k) = exp(2^k x), cheaper than exp
+                    e = e.square_()
+            total += e.sum()
+        return total
 
     aa = _self_sum(a, kernel, chunk_size) / (n * n)
     bb = _self_sum(b, kernel, chunk_size) / (m * m)

@@ -1,0 +1,342 @@
+"""Point-cloud generation with the drifting loss: the toy setting of the paper (Alg. 1, Fig. 3-4)
+on a built-in 2-D target or on a user's ``[n, d]`` file.
+
+One training step (Alg. 1): draw N noise vectors, generate ``x = f(eps)``, draw P positives,
+and minimize :func:`drifting.drifting_loss` with the generated batch as its own negatives.
+The raw points form a single feature group (B = 1 problem, C = d channels), so feature
+normalization (A.6) makes the method independent of the data's units.
+
+Randomness of step ``t`` comes from a generator seeded by ``(seed, t)``, so a run resumed from
+its checkpoint repeats the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.points import TARGETS, load_points, sample_target
+from ..eval.distances import compare
+from ..field import NORMALIZE_CHOICES
+from ..loss import DEFAULT_TEMPERATURES, drifting_loss
+from ..models.mlp import MLPConfig, MLPGenerator
+from ..training.checkpoint import export_model, load_state, save_state
+
+FLOOR_DRAWS = 3  # independent data sets averaged for the data-vs-data floor
+_TARGET_ALIASES = {"8-gaussians": "8gaussians", "two-moons": "moons", "swiss-roll": "swissroll"}
+
+
+@dataclass
+class PointsConfig:
+    """Everything a point-cloud run depends on (saved beside its checkpoint and export)."""
+
+    data: str = "checkerboard"  # built-in target name or path to .npy/.csv [n, d]
+    steps: int = 4000
+    batch: int = 256  # N generated samples per step (also the negatives)
+    n_pos: int = 256  # P positive (data) samples per step
+    lr: float = 2e-3
+    warmup: int = 100
+    min_lr_ratio: float = 0.05  # cosine decay to lr * min_lr_ratio
+    grad_clip: float = 2.0
+    hidden: int = 256
+    depth: int = 3
+    noise_dim: int = 0  # 0: max(8, 2 d)
+    style_tokens: int = 0  # random style embeddings (A.2); 0 = Gaussian noise only
+    codebook_size: int = 64
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+    normalize: str = "both"  # kernel normalization: both | y | none (Table 11) | separate (Eq. 8-10)
+    attraction: float = 1.0  # a in a V+ - r V- (Table 1)
+    repulsion: float = 1.0  # r in a V+ - r V- (Table 1)
+    normalize_features: bool = True
+    normalize_drift: bool = True
+    seed: int = 0
+    n_samples: int = 5000  # k points written to samples.npy and used for the metrics
+    heldout_fraction: float = 0.2  # for a user file: rows kept out of training for the metrics
+    log_every: int = 10
+    ckpt_every: int = 500
+    n_snapshots: int = 6  # evolution snapshots (log-spaced steps) for the figures
+    init_center: tuple[float, ...] | None = None  # start q near this point (Fig. 3)
+    init_spread: float = 0.3
+
+    def validate(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(msg)
+
+        need(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        need(self.batch >= 2, f"batch must be >= 2 (the generated samples are their own negatives), got {self.batch}")
+        need(self.n_pos >= 1, f"n_pos must be >= 1, got {self.n_pos}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.n_samples >= 2, f"n_samples must be >= 2, got {self.n_samples}")
+        need(0 < self.heldout_fraction < 1, f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        need(self.normalize in NORMALIZE_CHOICES,
+             f"normalize must be one of {', '.join(NORMALIZE_CHOICES)}; got {self.normalize!r}")
+        need(len(self.temperatures) > 0 and all(t > 0 for t in self.temperatures),
+             f"temperatures must be positive numbers, got {self.temperatures}")
+        need(self.attraction >= 0 and self.repulsion >= 0, "attraction and repulsion must be >= 0")
+
+
+@dataclass
+class PointsData:
+    """Training data access plus the held-out sets for the metrics, in standardized units."""
+
+    name: str
+    dim: int
+    mean: torch.Tensor  # [d]
+    std: torch.Tensor  # [d]
+    heldout: torch.Tensor  # [h, d] original units
+    floor_refs: list[torch.Tensor]  # FLOOR_DRAWS x [k', d] original units: data sets for the floor
+    train: torch.Tensor | None = None  # [n, d] standardized (user file); None for a target
+    target: str | None = None
+
+    def positives(self, n: int, g: torch.Generator) -> torch.Tensor:
+        """P positives for one step, standardized ``[n, d]``."""
+        if self.target is not None:
+            return (sample_target(self.target, n, generator=g) - self.mean) / self.std
+        ntr = self.train.shape[0]
+        idx = torch.randperm(ntr, generator=g)[:n] if n <= ntr else torch.randint(ntr, (n,), generator=g)
+        return self.train[idx]
+
+    def to_original(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std + self.mean
+
+
+def prepare_data(cfg: PointsConfig) -> PointsData:
+    """Resolve ``cfg.data`` to a built-in target or a file; split and standardize."""
+    name = _TARGET_ALIASES.get(cfg.data, cfg.data)
+    g = torch.Generator().manual_seed(cfg.seed + 7919)
+    if name in TARGETS and not Path(cfg.data).exists():
+        ref = sample_target(name, 20000, generator=g)
+        mean, std = ref.mean(0), ref.std(0).clamp_min(1e-8)
+        heldout = sample_target(name, cfg.n_samples, generator=g)
+        floor_refs = [sample_target(name, cfg.n_samples, generator=g) for _ in range(FLOOR_DRAWS)]
+        return PointsData(name, 2, mean, std, heldout, floor_refs, target=name)
+    path = Path(cfg.data)
+    if not path.exists():
+        raise ValueError(
+            f"DATA {cfg.data!r} is neither an existing .npy/.csv file nor a built-in target "
+            f"({', '.join(TARGETS)})"
+        )
+    pts = load_points(path)  # [n, d] float32, validated
+    n = pts.shape[0]
+    n_held = max(1, int(round(cfg.heldout_fraction * n)))
+    if n - n_held < 2:
+        raise ValueError(f"{path}: {n} rows is too few to hold out {n_held} for the metrics; need at least 4")
+    perm = torch.randperm(n, generator=g)
+    heldout, train = pts[perm[:n_held]], pts[perm[n_held:]]
+    mean, std = train.mean(0), train.std(0).clamp_min(1e-8)
+    k = min(cfg.n_samples, train.shape[0])
+    floor_refs = [train[torch.randperm(train.shape[0], generator=g)[:k]] for _ in range(FLOOR_DRAWS)]
+    return PointsData(path.name, pts.shape[1], mean, std, heldout, floor_refs, train=(train - mean) / std)
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1))
+
+
+def _snapshot_steps(steps: int, n: int) -> list[int]:
+    """Log-spaced steps in [0, steps], always including 0 and the end."""
+    if n <= 1:
+        return [steps]
+    pts = {0, steps}
+    for v in np.geomspace(10, max(steps, 11), num=max(n - 1, 1)):
+        pts.add(min(int(round(v)), steps))
+    return sorted(pts)
+
+
+def _lr_at(cfg: PointsConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+@dataclass
+class FitResult:
+    model: MLPGenerator
+    data: PointsData
+    samples: np.ndarray  # [k, d] original units
+    metrics: dict
+    history: dict = field(default_factory=dict)
+
+
+def fit_points(
+    cfg: PointsConfig,
+    out_dir: str | Path | None = None,
+    *,
+    progress: bool = True,
+    resume: bool = False,
+    figures: bool = True,
+) -> FitResult:
+    """Train an MLP generator on ``cfg.data`` with the drifting loss; write results to ``out_dir``.
+
+    Files written: ``samples.npy``, ``metrics.json``, ``curves.png``, ``evolution.png`` (d = 2),
+    ``model/`` (``config.json`` + ``model.safetensors``) and ``checkpoint.pt`` (for ``resume``).
+    """
+    cfg.validate()
+    data = prepare_data(cfg)
+    d = data.dim
+    torch.manual_seed(cfg.seed)
+    mcfg = MLPConfig(noise_dim=cfg.noise_dim or max(8, 2 * d), out_dim=d, hidden=cfg.hidden, depth=cfg.depth,
+                     style_tokens=cfg.style_tokens, codebook_size=cfg.codebook_size)
+    model = MLPGenerator(mcfg)
+    if cfg.init_center is not None:
+        if len(cfg.init_center) != d:
+            raise ValueError(f"init_center must have {d} coordinates, got {cfg.init_center}")
+        center = (torch.tensor(cfg.init_center, dtype=torch.float32) - data.mean) / data.std
+        model.init_output(center, cfg.init_spread / float(data.std.mean()))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt_path = out / "checkpoint.pt" if out is not None else None
+    snap_steps = _snapshot_steps(cfg.steps, cfg.n_snapshots)
+    snap_noise, snap_style = model.draw_noise(2000, torch.Generator().manual_seed(cfg.seed + 1))
+    history: dict = {"step": [], "loss": [], "V2": [], "time": [], "snapshots": {}}
+    start = 0
+    if resume:
+        if ckpt_path is None or not ckpt_path.is_file():
+            raise FileNotFoundError(f"resume requested but there is no checkpoint at {ckpt_path}")
+        state = load_state(ckpt_path)
+        if state["config"] != _jsonable(asdict(cfg)):
+            raise ValueError(f"{ckpt_path} was written with a different configuration; use a new --out")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        history = json.loads(state["history"])
+        start = int(state["step"])
+
+    def snapshot(step: int) -> None:
+        if step in snap_steps and d == 2:
+            with torch.no_grad():
+                pts = data.to_original(model(snap_noise, style=snap_style))
+            history["snapshots"][str(step)] = pts.tolist()
+
+    def save(step: int) -> None:
+        if ckpt_path is not None:
+            save_state(ckpt_path, {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                "config": _jsonable(asdict(cfg)), "history": json.dumps(history),
+            })
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"fit-points {data.name}", unit="step", dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 10.0)
+    t0 = time.perf_counter() - (history["time"][-1] if history["time"] else 0.0)
+    if start == 0:
+        snapshot(0)
+    model.train()
+    for step in range(start, cfg.steps):
+        g = _step_generator(cfg.seed, step)
+        noise, style = model.draw_noise(cfg.batch, g)  # [N, noise_dim], [N, tokens] or None
+        y_pos = data.positives(cfg.n_pos, g)  # [P, d]
+        x = model(noise, style=style)  # [N, d]
+        loss, stats = drifting_loss(
+            x[None], y_pos[None], temperatures=cfg.temperatures, normalize=cfg.normalize,
+            attraction=cfg.attraction, repulsion=cfg.repulsion,
+            normalize_features=cfg.normalize_features, normalize_drift=cfg.normalize_drift,
+        )
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss at step {step}; the last good checkpoint is {ckpt_path} (resume with --resume)"
+            )
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(cfg, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            v2 = sum(stats[f"x/V2@{t:g}"].item() for t in cfg.temperatures)
+            history["step"].append(done)
+            history["loss"].append(loss.item())
+            history["V2"].append(v2)
+            history["time"].append(time.perf_counter() - t0)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss.item():.3f}", V2=f"{v2:.2e}")
+        snapshot(done)
+        if bar is not None:
+            bar.update(1)
+        if ckpt_path is not None and (done % cfg.ckpt_every == 0 or done == cfg.steps):
+            save(done)
+    if bar is not None:
+        bar.close()
+
+    model.eval()
+    with torch.no_grad():
+        samples = data.to_original(model.sample(cfg.n_samples, generator=torch.Generator().manual_seed(cfg.seed + 2)))
+    k = min(cfg.n_samples, data.floor_refs[0].shape[0])
+    floors = [compare(ref[:k], data.heldout) for ref in data.floor_refs]
+    metrics = {
+        "data": data.name,
+        "dim": d,
+        "steps": cfg.steps,
+        "train_seconds": history["time"][-1] if history["time"] else 0.0,
+        "n_compared": k,
+        "n_heldout": int(data.heldout.shape[0]),
+        "samples_vs_heldout": compare(samples[:k], data.heldout),
+        # the floor is itself a noisy V-statistic: average it over FLOOR_DRAWS reference sets
+        "data_vs_heldout": {key: float(np.mean([f[key] for f in floors])) for key in floors[0]},
+        "floor_draws": floors,
+    }
+    floor = metrics["data_vs_heldout"]["energy_distance"]
+    metrics["energy_ratio_to_floor"] = metrics["samples_vs_heldout"]["energy_distance"] / max(floor, 1e-30)
+    samples_np = samples.numpy().astype(np.float32)
+
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(out / "samples.npy", samples_np)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        export_model(out / "model", model, {
+            "generator": "MLPGenerator", **asdict(mcfg),
+            "data_mean": data.mean.tolist(), "data_std": data.std.tolist(),
+            "points_config": _jsonable(asdict(cfg)),
+        })
+        if figures:
+            from ..eval import figures as fig
+
+            fig.plot_curves(history, out / "curves.png", title=f"drifting loss on {data.name}")
+            if d == 2:
+                fig.plot_evolution(history, data.heldout, out / "evolution.png", title=data.name)
+    return FitResult(model, data, samples_np, metrics, history)
+
+
+def _jsonable(v):
+    """Tuples to lists recursively, so configs compare equal after a JSON/torch round trip."""
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def load_point_generator(directory: str | Path) -> tuple[MLPGenerator, torch.Tensor, torch.Tensor]:
+    """Load an exported point generator (``DIR/model``): ``(model, data_mean, data_std)``."""
+    from ..training.checkpoint import load_export
+
+    config, tensors = load_export(directory)
+    if config.get("generator") != "MLPGenerator":
+        raise ValueError(f"{directory} does not hold an MLPGenerator export (generator={config.get('generator')!r})")
+    fields = {k: config[k] for k in ("noise_dim", "out_dim", "hidden", "depth", "style_tokens", "codebook_size")}
+    model = MLPGenerator(MLPConfig(**fields))
+    model.load_state_dict(tensors)
+    model.eval()
+    return model, torch.tensor(config["data_mean"]), torch.tensor(config["data_std"])
+
+
+def sample_points(directory: str | Path, n: int, *, seed: int = 0) -> np.ndarray:
+    """Draw ``n`` points ``[n, d]`` (original units) from an exported point generator."""
+    model, mean, std = load_point_generator(directory)
+    with torch.no_grad():
+        x = model.sample(n, generator=torch.Generator().manual_seed(seed))
+    return (x * std + mean).numpy()
