@@ -75,11 +75,11 @@ def cmd_toy(a: argparse.Namespace) -> int:
     from .recipes import toy
 
     if a.study == "fig3":
-        res = toy.figure3(a.out, steps=a.steps or 1500, seed=a.seed, progress=not a.no_progress)
+        res = toy.figure3(a.out, steps=a.steps or 3000, seed=a.seed, progress=not a.no_progress)
     elif a.study == "fig4":
-        res = toy.figure4(a.out, steps=a.steps or 2000, seed=a.seed, progress=not a.no_progress)
+        res = toy.figure4(a.out, steps=a.steps or 4000, seed=a.seed, progress=not a.no_progress)
     else:
-        res = toy.ablation(a.out, target=a.target, steps=a.steps or 1500, seed=a.seed, progress=not a.no_progress)
+        res = toy.ablation(a.out, target=a.target, steps=a.steps or 2000, seed=a.seed, progress=not a.no_progress)
     print(res["table"])
     print("wrote " + ", ".join(res["files"]))
     return 0
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--steps", type=_positive_int, default=None, help="training steps per run")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--target", default="8gaussians", help=f"ablation target, one of: {', '.join(TARGETS)}")
+    t.add_argument("--target", default="checkerboard", help=f"ablation target, one of: {', '.join(TARGETS)}")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_toy)
     return p

@@ -22,21 +22,38 @@ def _lims(*arrays: np.ndarray, pad: float = 0.1) -> tuple[tuple[float, float], t
     return (lo[0], hi[0]), (lo[1], hi[1])
 
 
-def plot_curves(history: dict, path: str | Path, *, title: str = "") -> None:
-    """Loss and raw drift norm (sum over temperatures of mean ||V||^2) vs step, log y."""
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
-    ax[0].plot(history["step"], history["loss"], color="k", lw=1)
-    ax[0].set(xlabel="step", ylabel="loss", yscale="log", title="loss (normalized drift: ~constant by design)")
-    ax[1].plot(history["step"], history["V2"], color=_GEN, lw=1)
-    ax[1].set(xlabel="step", ylabel="||V||^2", yscale="log", title="raw drift norm ||V||^2")
-    for a in ax:
-        a.title.set_fontsize(9)
-        a.grid(alpha=0.3)
+def _finish(fig, path: str | Path, title: str) -> None:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _scatter(a, target: np.ndarray, pts: np.ndarray, xl, yl) -> None:
+    """Target (blue) under generated points (orange) on one square panel."""
+    a.scatter(target[:, 0], target[:, 1], s=1, c=_DATA, alpha=0.25, lw=0)
+    a.scatter(pts[:, 0], pts[:, 1], s=1, c=_GEN, alpha=0.5, lw=0)
+    a.set(xlim=xl, ylim=yl, xticks=[], yticks=[])
+    a.set_aspect("equal", adjustable="box")
+
+
+def _v2_axis(a, history: dict, title: str) -> None:
+    a.plot(history["step"], history["V2"], color=_GEN, lw=1)
+    a.set(xlabel="step", ylabel="||V||^2", yscale="log", title=title)
+    a.title.set_fontsize(9)
+    a.grid(alpha=0.3)
+
+
+def plot_curves(history: dict, path: str | Path, *, title: str = "") -> None:
+    """Loss and raw drift norm (sum over temperatures of mean ||V||^2) vs step, log y."""
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax[0].plot(history["step"], history["loss"], color="k", lw=1)
+    ax[0].set(xlabel="step", ylabel="loss", yscale="log", title="loss (normalized drift: ~constant by design)")
+    ax[0].title.set_fontsize(9)
+    ax[0].grid(alpha=0.3)
+    _v2_axis(ax[1], history, "raw drift norm ||V||^2")
+    _finish(fig, path, title)
 
 
 def plot_evolution(history: dict, target: np.ndarray, path: str | Path, *, title: str = "") -> None:
@@ -48,22 +65,10 @@ def plot_evolution(history: dict, target: np.ndarray, path: str | Path, *, title
     n = len(steps)
     fig, ax = plt.subplots(1, n + 1, figsize=(2.4 * (n + 1), 2.6))
     for a, s in zip(ax, steps):
-        pts = np.asarray(snaps[s])
-        a.scatter(target[:, 0], target[:, 1], s=1, c=_DATA, alpha=0.25, lw=0)
-        a.scatter(pts[:, 0], pts[:, 1], s=1, c=_GEN, alpha=0.5, lw=0)
-        a.set(xlim=xl, ylim=yl, xticks=[], yticks=[], title=f"step {s}")
-        a.title.set_fontsize(9)
-        a.set_aspect("equal", adjustable="box")
-    a = ax[-1]
-    a.plot(history["step"], history["V2"], color=_GEN, lw=1)
-    a.set(yscale="log", xlabel="step", title="||V||^2 (log)")
-    a.title.set_fontsize(9)
-    a.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        _scatter(a, target, np.asarray(snaps[s]), xl, yl)
+        a.set_title(f"step {s}", fontsize=9)
+    _v2_axis(ax[-1], history, "||V||^2 (log)")
+    _finish(fig, path, title)
 
 
 def plot_rows(rows: list[tuple[str, dict]], target: np.ndarray, path: str | Path, *, title: str = "") -> None:
@@ -76,17 +81,9 @@ def plot_rows(rows: list[tuple[str, dict]], target: np.ndarray, path: str | Path
     for r, (label, hist) in enumerate(rows):
         for c, s in enumerate(steps):
             a = ax[r, c]
-            pts = np.asarray(hist["snapshots"][s])
-            a.scatter(target[:, 0], target[:, 1], s=1, c=_DATA, alpha=0.25, lw=0)
-            a.scatter(pts[:, 0], pts[:, 1], s=1, c=_GEN, alpha=0.5, lw=0)
-            a.set(xlim=xl, ylim=yl, xticks=[], yticks=[])
-            a.set_aspect("equal", adjustable="box")
+            _scatter(a, target, np.asarray(hist["snapshots"][s]), xl, yl)
             if r == 0:
                 a.set_title(f"step {s}", fontsize=9)
             if c == 0:
                 a.set_ylabel(label, fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, path, title)

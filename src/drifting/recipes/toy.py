@@ -36,7 +36,7 @@ def _fmt_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), "|" + "|".join("-" * (x + 2) for x in w) + "|"] + [line(r) for r in rows])
 
 
-def figure3(out: str | Path, *, steps: int = 1500, seed: int = 0, progress: bool = True, **overrides) -> dict:
+def figure3(out: str | Path, *, steps: int = 3000, seed: int = 0, progress: bool = True, **overrides) -> dict:
     """Fig. 3: q evolving toward a bimodal p from three initializations; all must cover both modes."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -55,7 +55,7 @@ def figure3(out: str | Path, *, steps: int = 1500, seed: int = 0, progress: bool
     return {"table": table, "results": results, "files": [str(out / "fig3.png"), str(out / "fig3.json")]}
 
 
-def figure4(out: str | Path, *, steps: int = 2000, seed: int = 0, progress: bool = True,
+def figure4(out: str | Path, *, steps: int = 4000, seed: int = 0, progress: bool = True,
             targets: tuple[str, ...] = ("8gaussians", "swissroll"), **overrides) -> dict:
     """Fig. 4: samples at several iterations and the drift norm ||V||^2 (log scale), on two 2-D cases."""
     out = Path(out)
@@ -94,7 +94,7 @@ ABLATION_VARIANTS: list[tuple[str, str, dict]] = [
 ]
 
 
-def ablation(out: str | Path, *, target: str = "8gaussians", steps: int = 1500, seed: int = 0,
+def ablation(out: str | Path, *, target: str = "checkerboard", steps: int = 2000, seed: int = 0,
              progress: bool = True, variants=None, **overrides) -> dict:
     """The toy ablation: every variant trained with the same budget, energy distance side by side.
 
