@@ -43,5 +43,5 @@ def test_ablation_table_and_antisymmetry_matters(tmp_path, capsys):
 def test_toy_cli_fig4(tmp_path, capsys):
     assert main(["toy", "fig4", "--out", str(tmp_path), "--steps", "30", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "||V||^2 first" in out
+    assert "||V||^2 peak" in out
     assert (tmp_path / "fig4_8gaussians.png").is_file() and (tmp_path / "fig4_swissroll.png").is_file()
