@@ -274,7 +274,12 @@ def test_drift_rae_errors():
     with pytest.raises(ValueError, match="exponent"):
         drift_rae_field(x, x, torch.cat([x, x]), 1.0, exponent=0)
     with pytest.raises(ValueError, match="y_neg"):
-        drift_rae_field(x, x, x, 1.0)  # only self negatives: nothing to repel from
+        drift_rae_field(x[:1], x, x[:1], 1.0)  # only the sample itself: nothing to repel from
+    with pytest.raises(ValueError, match="y_neg"):
+        drift_rae_field(x, x, x[:2], 1.0)  # fewer negatives than samples
+    # the common case, negatives = the generated batch itself (k != j in Eq. 11), is fine
+    V = drift_rae_field(x, x + 1, x, 1.0, normalize_output=False)
+    assert torch.allclose(V, rae_literal(x, x + 1, x, 1.0).float(), atol=1e-5)
 
 
 def test_separate_normalization_is_eq8_to_10():

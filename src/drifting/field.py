@@ -313,10 +313,10 @@ def drift_rae_field(
     xb, pb, nb, batched, T = _prepare(x, y_pos, y_neg, T)
     B, N, _ = xb.shape
     M = nb.shape[1]
-    if mask_self and M < N + 1:
+    if mask_self and (M < N or M < 2):
         raise ValueError(
-            f"mask_self=True needs y_neg to start with the N={N} samples of x plus at least one other "
-            f"negative; M={M}"
+            f"mask_self=True needs y_neg to start with the N={N} samples of x and to hold at least one "
+            f"negative besides each sample itself (M >= max(N, 2)); got M={M}"
         )
     if not (math.isfinite(float(exponent)) and exponent > 0):
         raise ValueError(f"exponent must be a positive number (the kernel exponent l), got {exponent}")
