@@ -1,7 +1,5 @@
 """The drifting field: equality to a literal Alg. 2, exact properties, variants, errors."""
 
-import math
-
 import pytest
 import torch
 

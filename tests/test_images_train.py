@@ -21,7 +21,7 @@ def tiny(**kw):
 
 
 def test_train_writes_model_and_samples(tmp_path):
-    run = train_images(tiny(), tmp_path, progress=False)
+    train_images(tiny(), tmp_path, progress=False)
     assert (tmp_path / "model" / "model.safetensors").is_file()
     assert (tmp_path / "mae" / "model.safetensors").is_file()  # pre-trained and cached
     assert (tmp_path / "samples_000006.png").stat().st_size > 1000

@@ -124,7 +124,7 @@ def drifting_loss(
         if y_pos.shape[1] < 1:
             raise ValueError(f"pos[{j!r}] must hold at least one positive sample")
         x_sg = x.detach()
-        parts, w_parts = [], []
+        parts = []
         if gen_as_negatives:
             parts.append(x_sg)
         if negs:

@@ -19,15 +19,14 @@ class embedding.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .pretrained import PretrainedMixin
 
 # -----------------------------------------------------------------------------
 # Configuration
@@ -289,7 +288,7 @@ def _checking_values() -> bool:
     return not (compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
-class DriftingDiT(nn.Module):
+class DriftingDiT(PretrainedMixin, nn.Module):
     """The generator ``f_theta: (epsilon, c, alpha) -> x`` of A.2 (Eq. 27), a DiT-style Transformer.
 
     * noise ``[B, C, H, W]`` is patchified (a strided conv) into ``N = (H/p)^2`` tokens, plus a
@@ -306,6 +305,8 @@ class DriftingDiT(nn.Module):
     (0.02) -> added to the class embedding (also initialised with std 0.02). The learnable adaLN
     layers downstream decide how much it matters.
     """
+
+    config_class = DiTConfig
 
     def __init__(self, config: DiTConfig):
         super().__init__()
@@ -476,34 +477,3 @@ class DriftingDiT(nn.Module):
         noise = torch.randn(B, cfg.in_channels, cfg.input_size, cfg.input_size, generator=generator, device=dev)
         style = self.draw_style(B, generator) if cfg.style_tokens > 0 else None
         return self(noise.to(self.device), labels, alpha, style)
-
-    # ---- export --------------------------------------------------------------------------
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        from safetensors.torch import save_file
-
-        meta = {"_class_name": type(self).__name__, **asdict(self.config)}
-        (d / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, str(d / "model.safetensors.tmp"))
-        os.replace(d / "model.safetensors.tmp", d / "model.safetensors")
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "DriftingDiT":
-        """Load what :meth:`save_pretrained` wrote (safetensors only: nothing is unpickled)."""
-        from safetensors.torch import load_file
-
-        d = Path(directory)
-        if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
-            raise FileNotFoundError(f"{d} must contain config.json and model.safetensors")
-        raw = json.loads((d / "config.json").read_text())
-        known = {f.name for f in fields(DiTConfig)}
-        unknown = sorted(k for k in raw if k not in known and not k.startswith("_"))
-        if unknown:
-            raise ValueError(f"directory: {d / 'config.json'} has unknown DiTConfig fields {unknown}")
-        model = cls(DiTConfig(**{k: v for k, v in raw.items() if k in known}))
-        model.load_state_dict(load_file(str(d / "model.safetensors")))
-        return model.to(device)

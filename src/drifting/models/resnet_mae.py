@@ -26,15 +26,14 @@ the tapped maps that :func:`drifting.features.feature_sets` turns into feature g
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .pretrained import PretrainedMixin
 
 # -----------------------------------------------------------------------------
 # Configuration
@@ -397,8 +396,10 @@ def random_resized_crop(
 # The model
 
 
-class ResNetMAE(nn.Module):
+class ResNetMAE(PretrainedMixin, nn.Module):
     """ResNet-style MAE (A.3): ``.encoder`` (the feature extractor), ``.decoder``, ``.head`` (or None)."""
+
+    config_class = ResNetMAEConfig
 
     def __init__(self, config: ResNetMAEConfig):
         super().__init__()
@@ -436,38 +437,6 @@ class ResNetMAE(nn.Module):
         if self.head is not None:
             logits = self.head(ends[-1].mean(dim=(2, 3)))  # [B, K] from the pooled f4
         return x_hat, logits
-
-    # ---- export --------------------------------------------------------------------------
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
-        from safetensors.torch import save_file
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        cfg = asdict(self.config)
-        cfg["blocks_per_stage"] = list(cfg["blocks_per_stage"])
-        (d / "config.json").write_text(json.dumps({"_class_name": type(self).__name__, **cfg}, indent=2) + "\n")
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, str(d / "model.safetensors.tmp"))
-        os.replace(d / "model.safetensors.tmp", d / "model.safetensors")
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "ResNetMAE":
-        """Load what :meth:`save_pretrained` wrote (safetensors only: nothing is unpickled)."""
-        from safetensors.torch import load_file
-
-        d = Path(directory)
-        if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
-            raise FileNotFoundError(f"{d} must contain config.json and model.safetensors")
-        raw = json.loads((d / "config.json").read_text())
-        known = {f.name for f in fields(ResNetMAEConfig)}
-        unknown = sorted(k for k in raw if k not in known and not k.startswith("_"))
-        if unknown:
-            raise ValueError(f"directory: {d / 'config.json'} has unknown ResNetMAEConfig fields {unknown}")
-        model = cls(ResNetMAEConfig(**{k: v for k, v in raw.items() if k in known}))
-        model.load_state_dict(load_file(str(d / "model.safetensors")))
-        return model.to(device)
 
 
 def mae_loss(

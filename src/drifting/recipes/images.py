@@ -33,7 +33,8 @@ from ..guidance import CFG_PRESETS, sample_alpha, uncond_neg_weights
 from ..loss import DEFAULT_TEMPERATURES, drifting_loss
 from ..models.dit import DriftingDiT, dit_config
 from ..models.resnet_mae import ResNetMAE, mae_loss, random_resized_crop, resnet_mae_config
-from ..training.checkpoint import load_state, save_state
+from ..training.checkpoint import jsonable, load_state, save_state
+from ..training.rng import step_generator
 from ..training.ema import EMA
 
 
@@ -103,16 +104,7 @@ class ImageTrainConfig:
         return c
 
 
-def _step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + stream * 104_729 + 12_345) % (2**63 - 1))
 
-
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return v
 
 
 # --------------------------------------------------------------------------- MAE pre-training
@@ -126,7 +118,7 @@ def pretrain_mae(ds: ImageDataset, cfg: MAEConfig, out_dir: str | Path, *, progr
     ema = EMA(model, (cfg.ema_decay,))
     bar = _bar(cfg.steps, "train-mae", progress)
     for step in range(cfg.steps):
-        g = _step_generator(cfg.seed, step, stream=1)
+        g = step_generator(cfg.seed, step, stream=1)
         idx = torch.randint(len(ds), (cfg.batch,), generator=g)
         x = random_resized_crop(ds.to_tensor(idx.numpy()), g, scale=cfg.crop_scale)  # [B, C, H, W]
         for group in opt.param_groups:
@@ -213,7 +205,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
         if ckpt is None or not ckpt.is_file():
             raise FileNotFoundError(f"resume requested but there is no checkpoint at {ckpt}")
         state = load_state(ckpt)
-        if state["config"] != _jsonable(asdict(cfg)):
+        if state["config"] != jsonable(asdict(cfg)):
             raise ValueError(f"{ckpt} was written with a different configuration; use a new --out")
         G.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -222,13 +214,13 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
         history = json.loads(state["history"])
         start = int(state["step"])
     else:
-        sampler.warm_up(ds.labels, generator=_step_generator(cfg.seed, -1, stream=2))
+        sampler.warm_up(ds.labels, generator=step_generator(cfg.seed, -1, stream=2))
 
     def save(step: int) -> None:
         if ckpt is not None:
             save_state(ckpt, {
                 "model": G.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
-                "sampler": sampler.state_dict(), "step": step, "config": _jsonable(asdict(cfg)),
+                "sampler": sampler.state_dict(), "step": step, "config": jsonable(asdict(cfg)),
                 "history": json.dumps(history),
             })
 
@@ -242,7 +234,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
         old_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.update(flag=True))
     try:
         for step in range(start, cfg.steps):
-            g = _step_generator(cfg.seed, step)
+            g = step_generator(cfg.seed, step)
             classes = torch.randperm(K, generator=g)[:Nc]  # [Nc]
             alpha = sample_alpha(Nc, cfgc, generator=g)  # [Nc]
             labels = classes.repeat_interleave(N)  # [Nc*N]
@@ -302,7 +294,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
     if out is not None:
         best = ema.models[max(cfg.ema_decays)]
         best.save_pretrained(out / "model")
-        (out / "model" / "train_config.json").write_text(json.dumps(_jsonable(asdict(cfg)), indent=2))
+        (out / "model" / "train_config.json").write_text(json.dumps(jsonable(asdict(cfg)), indent=2))
         (out / "history.json").write_text(json.dumps(history))
     return ImageRun(G, ema, ds, history, out)
 

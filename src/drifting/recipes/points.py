@@ -27,7 +27,8 @@ from ..eval.distances import compare
 from ..field import NORMALIZE_CHOICES
 from ..loss import DEFAULT_TEMPERATURES, drifting_loss
 from ..models.mlp import MLPConfig, MLPGenerator
-from ..training.checkpoint import export_model, load_state, save_state
+from ..training.checkpoint import export_model, jsonable, load_state, save_state
+from ..training.rng import step_generator
 
 FLOOR_DRAWS = 3  # independent data sets averaged for the data-vs-data floor
 _TARGET_ALIASES = {"8-gaussians": "8gaussians", "two-moons": "moons", "swiss-roll": "swissroll"}
@@ -137,9 +138,6 @@ def prepare_data(cfg: PointsConfig) -> PointsData:
     return PointsData(path.name, pts.shape[1], mean, std, heldout, floor_refs, train=(train - mean) / std)
 
 
-def _step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1))
-
 
 def _snapshot_steps(steps: int, n: int) -> list[int]:
     """Log-spaced steps in [0, steps], always including 0 and the end."""
@@ -204,7 +202,7 @@ def fit_points(
         if ckpt_path is None or not ckpt_path.is_file():
             raise FileNotFoundError(f"resume requested but there is no checkpoint at {ckpt_path}")
         state = load_state(ckpt_path)
-        if state["config"] != _jsonable(asdict(cfg)):
+        if state["config"] != jsonable(asdict(cfg)):
             raise ValueError(f"{ckpt_path} was written with a different configuration; use a new --out")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -221,7 +219,7 @@ def fit_points(
         if ckpt_path is not None:
             save_state(ckpt_path, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                "config": _jsonable(asdict(cfg)), "history": json.dumps(history),
+                "config": jsonable(asdict(cfg)), "history": json.dumps(history),
             })
 
     bar = None
@@ -235,7 +233,7 @@ def fit_points(
         snapshot(0)
     model.train()
     for step in range(start, cfg.steps):
-        g = _step_generator(cfg.seed, step)
+        g = step_generator(cfg.seed, step)
         noise, style = model.draw_noise(cfg.batch, g)  # [N, noise_dim], [N, tokens] or None
         y_pos = data.positives(cfg.n_pos, g)  # [P, d]
         x = model(noise, style=style)  # [N, d]
@@ -300,7 +298,7 @@ def fit_points(
         export_model(out / "model", model, {
             "generator": "MLPGenerator", **asdict(mcfg),
             "data_mean": data.mean.tolist(), "data_std": data.std.tolist(),
-            "points_config": _jsonable(asdict(cfg)),
+            "points_config": jsonable(asdict(cfg)),
         })
         if figures:
             from ..eval import figures as fig
@@ -311,13 +309,6 @@ def fit_points(
     return FitResult(model, data, samples_np, metrics, history)
 
 
-def _jsonable(v):
-    """Tuples to lists recursively, so configs compare equal after a JSON/torch round trip."""
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return v
 
 
 def load_point_generator(directory: str | Path) -> tuple[MLPGenerator, torch.Tensor, torch.Tensor]:

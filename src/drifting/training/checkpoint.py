@@ -46,3 +46,12 @@ def load_export(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Ten
     if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
         raise FileNotFoundError(f"{d} must contain config.json and model.safetensors")
     return json.loads((d / "config.json").read_text()), load_file(str(d / "model.safetensors"))
+
+
+def jsonable(v):
+    """Tuples to lists recursively, so a config compares equal after a torch/JSON round trip."""
+    if isinstance(v, dict):
+        return {k: jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    return v
