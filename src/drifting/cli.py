@@ -90,8 +90,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     from .recipes.images import ImageTrainConfig, MAEConfig, train_images
 
     cfg = ImageTrainConfig(
-        data=a.data, generator=a.preset, mae_dir=a.mae, mae=MAEConfig(steps=a.mae_steps, seed=a.seed),
-        steps=a.steps, seed=a.seed, cfg=a.cfg, sampler=a.sampler, lr=a.lr,
+        data=a.data, generator=a.preset, mae_dir=a.mae,
+        mae=MAEConfig(encoder=a.encoder, steps=a.mae_steps, batch=a.mae_batch, seed=a.seed),
+        steps=a.steps, seed=a.seed, cfg=a.cfg, n_uncond=a.n_uncond, sampler=a.sampler, lr=a.lr,
+        classes_per_step=a.classes_per_step, n_gen=a.n_gen, n_pos=a.n_pos,
     )
     run = train_images(cfg, a.out, progress=not a.no_progress, resume=a.resume)
     h = run.history
@@ -169,7 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist:<dir>, an IDX dir, .npz or image folder")
     tr.add_argument("--preset", default="cpu-small", help="DiT preset (cpu-tiny, cpu-small, B/2, L/2, B/16, L/16)")
     tr.add_argument("--mae", default=None, help="pretrained ResNet-MAE dir (default: pre-train into OUT/mae)")
+    tr.add_argument("--encoder", default="cpu-small", help="ResNet-MAE preset to pre-train (cpu-tiny, cpu-small, ...)")
     tr.add_argument("--mae-steps", type=_positive_int, default=1500)
+    tr.add_argument("--mae-batch", type=_positive_int, default=256)
+    tr.add_argument("--classes-per-step", type=_positive_int, default=10, help="Nc")
+    tr.add_argument("--n-gen", type=_positive_int, default=16, help="N generated samples per class")
+    tr.add_argument("--n-pos", type=_positive_int, default=16, help="P positives per class")
+    tr.add_argument("--n-uncond", type=int, default=None, help="N_unc unconditional negatives (default: the CFG preset's)")
     tr.add_argument("--steps", type=_positive_int, default=2000)
     tr.add_argument("--cfg", default="ablation", help="CFG preset for training (ablation, B/2, L/2, none, ...)")
     tr.add_argument("--sampler", choices=("queue", "balanced"), default="queue")
