@@ -1,0 +1,84 @@
+"""Cheap sample-quality monitoring with an in-domain classifier trained on the real training set:
+accuracy on class-conditional samples and a classifier-feature Fréchet distance to the test set,
+with the real train-vs-test value beside it as the floor."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.images import ImageDataset
+from ..eval.frechet import frechet_distance
+from ..models.classifier import ClassifierConfig, SmallCNN
+
+
+def _to_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``[N, H, W, C]`` -> float ``[N, C, H, W]`` in [-1, 1] (the library's image convention)."""
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def train_classifier(ds: ImageDataset, *, steps: int = 1500, batch: int = 128, lr: float = 2e-3, seed: int = 0,
+                     progress: bool = False) -> SmallCNN:
+    """Train :class:`SmallCNN` on ``ds`` with light augmentation (random shifts by up to 2 px)."""
+    H, W, C = ds.shape
+    torch.manual_seed(seed)
+    model = SmallCNN(ClassifierConfig(in_channels=C, num_classes=ds.num_classes))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.from_numpy(ds.labels)
+    it = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="classifier", unit="step")
+    model.train()
+    for step in it:
+        idx = torch.randint(len(ds), (batch,), generator=g)
+        x = ds.to_tensor(idx.numpy())  # [B, C, H, W]
+        dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
+        x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        loss = F.cross_entropy(model(x), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def features_and_logits(model: SmallCNN, images: np.ndarray, batch: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Penultimate features ``[N, F]`` (float64) and logits ``[N, K]`` for uint8 images ``[N, H, W, C]``."""
+    model.eval()
+    feats, logits = [], []
+    for i in range(0, images.shape[0], batch):
+        f = model.features(_to_input(images[i: i + batch]))
+        feats.append(f.double())
+        logits.append(model.head(f))
+    return torch.cat(feats), torch.cat(logits)
+
+
+def classifier_report(model: SmallCNN, images: np.ndarray, labels: np.ndarray, test: ImageDataset,
+                      train: ImageDataset | None = None, *, n_floor: int | None = None, seed: int = 0) -> dict:
+    """Accuracy of ``model`` on generated ``images`` w.r.t. their conditioning ``labels``, the
+    classifier-feature FID against ``test``, and (with ``train``) the train-vs-test floor using as
+    many train images as there are samples."""
+    f_gen, logits = features_and_logits(model, images)
+    f_test, test_logits = features_and_logits(model, test.images)
+    report = {
+        "n_samples": int(images.shape[0]),
+        "accuracy": float((logits.argmax(1).numpy() == np.asarray(labels)).mean()),
+        "classifier_fid": frechet_distance(f_gen, f_test),
+        "classifier_test_accuracy": float((test_logits.argmax(1).numpy() == test.labels).mean()),
+    }
+    if train is not None:
+        n = n_floor or images.shape[0]
+        idx = np.random.default_rng(seed).choice(len(train), size=min(n, len(train)), replace=False)
+        f_train, _ = features_and_logits(model, train.images[idx])
+        report["floor_classifier_fid"] = frechet_distance(f_train, f_test)
+    return report
