@@ -72,3 +72,21 @@ def test_bad_config(tmp_path):
         tiny(n_gen=1).validate()
     with pytest.raises(FileNotFoundError, match="mae_dir"):
         train_images(tiny(mae_dir=str(tmp_path / "missing")), None, progress=False)
+
+
+def test_eval_classifier_cli(tmp_path, capsys):
+    from drifting.data.images import load_fashion_mnist
+
+    test = load_fashion_mnist(split="test")
+    f = tmp_path / "real.npz"
+    np.savez(f, images=test.images[:300], labels=test.labels[:300])
+    rc = main(["eval-classifier", str(f), "--classifier", str(tmp_path / "clf"), "--steps", "60",
+               "--json", str(tmp_path / "r.json"), "--no-progress"])
+    assert rc == 0
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert set(rep) >= {"accuracy", "classifier_fid", "floor_classifier_fid", "classifier_test_accuracy"}
+    assert (tmp_path / "clf" / "model.safetensors").is_file()
+    assert "accuracy" in capsys.readouterr().out
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros(3))
+    assert main(["eval-classifier", str(bad), "--classifier", str(tmp_path / "clf")]) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -141,6 +142,31 @@ def cmd_sample(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_classifier(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .data.images import load_dataset
+    from .models.classifier import SmallCNN
+    from .recipes.classify import classifier_report, train_classifier
+
+    z = np.load(a.samples, allow_pickle=False)
+    if "images" not in z or "labels" not in z:
+        raise ValueError(f"{a.samples} must hold 'images' (uint8 [N,H,W,C]) and 'labels' ([N])")
+    train, test = load_dataset(a.data, "train"), load_dataset(a.data, "test")
+    cdir = Path(a.classifier)
+    if (cdir / "model.safetensors").is_file():
+        model = SmallCNN.from_pretrained(cdir)
+    else:
+        model = train_classifier(train, steps=a.steps, progress=not a.no_progress)
+        model.save_pretrained(cdir)
+    rep = classifier_report(model, z["images"], z["labels"], test, train)
+    for k, v in rep.items():
+        print(f"{k:28s} {v:.4g}" if isinstance(v, float) else f"{k:28s} {v}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rep, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="drifting", description="One-step generative models trained with a drifting field.")
     p.add_argument("--version", action="version", version=f"drifting {__version__}")
@@ -204,6 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", required=True, help="output .npz (images uint8 [N,H,W,C], labels int64 [N])")
     sp.set_defaults(func=cmd_sample)
+
+    ec = sub.add_parser("eval-classifier", help="accuracy and classifier-feature FID of class-conditional samples")
+    ec.add_argument("samples", help=".npz from `drifting sample` (images uint8 [N,H,W,C], labels [N])")
+    ec.add_argument("--data", default="fashion-mnist", help="the dataset the samples imitate (train and test splits)")
+    ec.add_argument("--classifier", default="runs/classifier-fashion-mnist", help="cached classifier dir (trained if absent)")
+    ec.add_argument("--steps", type=_positive_int, default=1500, help="classifier training steps when training one")
+    ec.add_argument("--json", default=None, help="also write the report here")
+    ec.add_argument("--no-progress", action="store_true")
+    ec.set_defaults(func=cmd_eval_classifier)
     return p
 
 
