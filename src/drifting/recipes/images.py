@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -342,14 +342,3 @@ def write_grid(imgs: np.ndarray, ncol: int, path: str | Path, pad: int = 2) -> N
         canvas[pad + r * (H + pad): pad + r * (H + pad) + H, pad + c * (W + pad): pad + c * (W + pad) + W] = imgs[i]
     Image.fromarray(canvas[..., 0] if C == 1 else canvas).resize(
         (canvas.shape[1] * 2, canvas.shape[0] * 2), Image.NEAREST).save(path)
-
-
-def config_from_dict(d: dict) -> ImageTrainConfig:
-    names = {f.name for f in fields(ImageTrainConfig)}
-    d = {k: v for k, v in d.items() if k in names}
-    if "mae" in d:
-        d["mae"] = MAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["mae"].items()})
-    for k in ("ema_decays", "temperatures"):
-        if k in d:
-            d[k] = tuple(d[k])
-    return ImageTrainConfig(**d)
