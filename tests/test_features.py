@@ -145,3 +145,21 @@ def test_drifting_loss_end_to_end_through_encoder():
     assert torch.isfinite(loss) and "tap0.loc/S" in stats and "vanilla/loss" in stats
     loss.backward()
     assert torch.isfinite(gen.grad).all() and gen.grad.abs().sum() > 0
+
+
+def test_sample_locations_is_shared_and_bounded():
+    from drifting.features import sample_locations, take_locations
+
+    g = torch.Generator().manual_seed(0)
+    gen = {"a": torch.randn(3, 50, 4), "b": torch.randn(3, 5, 4)}
+    real = {"a": torch.randn(7, 50, 4), "b": torch.randn(7, 5, 4)}
+    sub = sample_locations(gen, 8, g)
+    assert set(sub) == {"a"}  # "b" has only 5 locations: kept whole
+    idx = sub["a"]
+    assert idx.shape == (8,) and len(set(idx.tolist())) == 8 and bool((idx[1:] > idx[:-1]).all())
+    tg, tr = take_locations(gen, sub), take_locations(real, sub)
+    assert torch.equal(tg["a"], gen["a"][:, idx]) and torch.equal(tr["a"], real["a"][:, idx])
+    assert tg["b"] is gen["b"]
+    assert sample_locations(gen, None) == {}
+    with pytest.raises(ValueError, match="max_locations"):
+        sample_locations(gen, 0)

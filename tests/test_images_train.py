@@ -48,7 +48,7 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path, monkeypatch):
 
     # same MAE for both runs: reuse the reference's pre-trained encoder
     monkeypatch.setattr(images, "drifting_loss", crash)
-    cfg = tiny(mae_dir=str(tmp_path / "ref" / "mae"))
+    cfg = tiny(mae_dir=str(tmp_path / "ref" / "mae"), log_every=1)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_images(cfg, tmp_path / "run", progress=False)
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 3
@@ -61,6 +61,50 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path, monkeypatch):
     for d in ref.ema.models:
         for a, b in zip(ref.ema.models[d].parameters(), res.ema.models[d].parameters()):
             assert torch.equal(a, b)
+    # the JSONL log: the lines the crashed run wrote after its checkpoint were replaced, not repeated
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    ref_lines = [json.loads(ln) for ln in (tmp_path / "ref2" / "log.jsonl").read_text().splitlines()]
+    assert [ln["step"] for ln in lines] == [1, 2, 3, 4, 5, 6]
+    assert [ln["loss"] for ln in lines] == [ln["loss"] for ln in ref_lines]
+    assert set(lines[0]) >= {"step", "loss", "V2", "lr", "grad_norm", "time", "V2_groups"}
+    assert any(k.startswith("tap0.loc/V2@") for k in lines[0]["V2_groups"])
+
+
+def test_mae_is_cached_between_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("DRIFTING_CACHE", str(tmp_path / "cache"))  # empty: other tests fill the shared one
+    calls = []
+    real = images.pretrain_mae
+    monkeypatch.setattr(images, "pretrain_mae", lambda *a, **k: calls.append(1) or real(*a, **k))
+    a = train_images(tiny(steps=1), tmp_path / "a", progress=False)
+    b = train_images(tiny(steps=1), tmp_path / "b", progress=False)
+    assert len(calls) == 1  # the second run found the encoder in the cache
+    assert (tmp_path / "b" / "mae" / "model.safetensors").read_bytes() == (tmp_path / "a" / "mae" / "model.safetensors").read_bytes()
+    train_images(tiny(steps=1, mae=MAEConfig(encoder="cpu-tiny", steps=2, batch=32)), tmp_path / "c", progress=False)
+    assert len(calls) == 2  # another MAE config is another cache entry
+
+
+
+def test_location_subsampling_and_tensorboard(tmp_path):
+    run = train_images(tiny(steps=2, max_locations=8, log_every=1), tmp_path, progress=False, tensorboard=True)
+    assert np.isfinite(run.history["loss"]).all()
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_presets():
+    from drifting.recipes.images import TRAIN_PRESETS, train_preset
+
+    for name in TRAIN_PRESETS:
+        train_preset(name)  # each validates
+    b2 = train_preset("B/2")  # Table 8, "B/2, latent" column
+    assert (b2.generator, b2.mae.encoder, b2.lr, b2.weight_decay, b2.warmup, b2.steps) == ("B/2", "latent-640", 4e-4, 0.0, 10_000, 200_000)
+    assert (b2.classes_per_step, b2.n_pos, b2.n_gen, b2.cfg_config.n_uncond, b2.cfg_config.k) == (128, 128, 64, 32, 5.0)
+    assert b2.ema_decays == (0.999, 0.9995, 0.9998, 0.9999) and b2.grad_clip == 2.0
+    l2 = train_preset("L/2")
+    assert (l2.n_pos, l2.cfg_config.no_cfg_prob, l2.weight_decay) == (64, 0.5, 0.01)
+    ab = train_preset("ablation", steps=7, mae_steps=3)
+    assert (ab.steps, ab.mae.steps, ab.lr, ab.classes_per_step, ab.mae.encoder) == (7, 3, 2e-4, 64, "latent-256")
+    with pytest.raises(ValueError, match="preset"):
+        train_preset("nope")
 
 
 def test_bad_config(tmp_path):
@@ -70,6 +114,8 @@ def test_bad_config(tmp_path):
         tiny(cfg="nope").validate()
     with pytest.raises(ValueError, match="n_gen"):
         tiny(n_gen=1).validate()
+    with pytest.raises(ValueError, match="max_locations"):
+        tiny(max_locations=0).validate()
     with pytest.raises(FileNotFoundError, match="mae_dir"):
         train_images(tiny(mae_dir=str(tmp_path / "missing")), None, progress=False)
 
@@ -90,3 +136,19 @@ def test_eval_classifier_cli(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     np.savez(bad, x=np.zeros(3))
     assert main(["eval-classifier", str(bad), "--classifier", str(tmp_path / "clf")]) == 2
+
+
+def test_several_encoders_sum_their_losses(tmp_path):
+    """Table 9: MAE + another encoder; each encoder's groups are prefixed and enter the summed loss."""
+    import torchvision
+    from safetensors.torch import save_file
+
+    w = tmp_path / "r18.safetensors"
+    save_file(torchvision.models.resnet18(weights=None).state_dict(), str(w))
+    cfg = tiny(steps=1, log_every=1, encoder=f"mae+resnet18:{w}@32", max_locations=4)
+    train_images(cfg, tmp_path / "run", progress=False)
+    groups = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])["V2_groups"]
+    assert any(k.startswith("mae/tap0.loc") for k in groups)
+    assert any(k.startswith("resnet18/tap0.loc") for k in groups)
+    with pytest.raises(ValueError, match="encoder"):
+        train_images(tiny(steps=1, encoder="nonsense:x"), None, progress=False)

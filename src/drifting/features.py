@@ -189,3 +189,32 @@ def count_features(
     if include_input_sq and in_channels is not None:
         out["input.sq"] = (1, int(in_channels))
     return out
+
+
+def sample_locations(
+    shapes: Mapping[str, torch.Tensor], max_locations: int | None, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    """A random subset of at most ``max_locations`` locations for each group with more.
+
+    Every location of a group is its own drifting problem (A.6), and the loss averages over
+    them, so drifting a uniformly drawn subset each step is an unbiased estimate of the full
+    loss (the shared normalization ``S_j`` is then estimated on the subset). It trades
+    gradient noise for speed where a map has many locations (a 28x28 map has 784). Returns
+    ``{key: sorted indices [max_locations]}`` for the groups to subsample; the same indices must
+    be applied to the generated and the real features (:func:`take_locations`).
+    """
+    if max_locations is None:
+        return {}
+    if not isinstance(max_locations, int) or max_locations < 1:
+        raise ValueError(f"max_locations: must be None or an integer >= 1, got {max_locations!r}")
+    out = {}
+    for key, t in shapes.items():
+        L = t.shape[1]  # [B, L, C]
+        if L > max_locations:
+            out[key] = torch.randperm(L, generator=generator)[:max_locations].sort().values.to(t.device)
+    return out
+
+
+def take_locations(feats: Mapping[str, torch.Tensor], subsets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{key: [B, L, C]}`` -> the same with only the locations in ``subsets[key]`` (others unchanged)."""
+    return {k: (t.index_select(1, subsets[k]) if k in subsets else t) for k, t in feats.items()}

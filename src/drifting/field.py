@@ -109,16 +109,16 @@ def _neg_weights(neg_weights, B: int, M: int, like: torch.Tensor) -> torch.Tenso
 def pairwise_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Euclidean distances ``[B, n, m]`` between rows of ``a [B, n, D]`` and ``b [B, m, D]``, in fp32+."""
     dtype = torch.promote_types(a.dtype, torch.float32)
-    return torch.cdist(a.to(dtype), b.to(dtype))
+    # The direct form, not ||a||^2 + ||b||^2 - 2 a.b: the matrix-product form loses ~sqrt(eps)|a|
+    # to cancellation, so a sample's distance to itself would come out ~1e-3 instead of 0.
+    return torch.cdist(a.to(dtype), b.to(dtype), compute_mode="donot_use_mm_for_euclid_dist")
 
 
 # --------------------------------------------------------------------------- Alg. 2 core
 def drift_from_distances(
-    x: torch.Tensor,
-    y_pos: torch.Tensor,
-    y_neg: torch.Tensor,
-    dist_pos: torch.Tensor,
-    dist_neg: torch.Tensor,
+    y: torch.Tensor,
+    dist: torch.Tensor,
+    P: int,
     T: float,
     *,
     normalize: Normalize = "both",
@@ -126,58 +126,61 @@ def drift_from_distances(
     neg_weights: torch.Tensor | None = None,
     attraction: float = 1.0,
     repulsion: float = 1.0,
+    x: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Alg. 2 given precomputed distances (all batched, already validated).
+    """Alg. 2 given the joint target set and its precomputed distances (batched, validated).
 
-    ``dist_pos [B, N, P]``, ``dist_neg [B, N, M]``; ``neg_weights [B, 1, M]`` or None.
-    Returns ``V [B, N, D]`` in the dtype of the distances.
+    ``y [B, P+M, D]`` holds the P positives followed by the M negatives (with ``mask_self`` the
+    first N negatives are x itself); ``dist [B, N, P+M]`` the distances from x to them;
+    ``neg_weights [B, 1, M]`` or None. Returns ``V [B, N, D]`` in the dtype of ``dist``.
+    ``x [B, N, D]`` is needed only when ``attraction != repulsion`` (the "- x" terms of
+    Eq. (8) then no longer cancel).
+
+    Arithmetic is rearranged for speed, not changed: the geometric mean of the two softmaxes
+    is ``exp(logit - (lse_row + lse_col) / 2)`` (one exp instead of two softmaxes, a product
+    and a square root), and the cross-weighted sums ``V+ - V-`` are one matrix product with
+    signed weights, ``[A+ * s-, -A- * s+] @ [y+; y-]``. Tests hold it to a literal Alg. 2.
 
     The per-negative weights (CFG, A.7) multiply the affinity after the softmax normalization
     and before the cross-weighting, as in the authors' release (the paper says only that the
     unconditional negatives are "weighted by w when computing the kernel").
     """
-    N, P = dist_pos.shape[1], dist_pos.shape[2]
-    logit_pos = -dist_pos / T  # [B, N, P]
-    logit_neg = -dist_neg / T  # [B, N, M]
-    if mask_self:  # ignore self: the first N negatives are x itself
-        eye = torch.eye(N, dtype=torch.bool, device=dist_neg.device)
-        logit_neg = logit_neg.clone()
-        logit_neg[:, :, :N] = logit_neg[:, :, :N].masked_fill(eye, _MASKED_LOGIT)
-    logit = torch.cat([logit_pos, logit_neg], dim=-1)  # [B, N, P+M]
+    N = dist.shape[1]
+    logit = dist * (-1.0 / T)  # [B, N, P+M], a fresh tensor that the steps below update in place
+    if mask_self:  # ignore self: the pair (x_i, y_neg_i) for i < N
+        logit[:, :, P: P + N].diagonal(dim1=-2, dim2=-1).fill_(_MASKED_LOGIT)
 
-    if normalize == "both":
-        A_row = logit.softmax(dim=-1)  # normalize over y
-        A_col = logit.softmax(dim=-2)  # normalize over x
-        A = torch.sqrt(A_row * A_col)  # geometric mean
+    if normalize == "both":  # sqrt(softmax_y * softmax_x)
+        lse_row = logit.logsumexp(dim=-1, keepdim=True).mul_(0.5)  # [B, N, 1]
+        lse_col = logit.logsumexp(dim=-2, keepdim=True).mul_(0.5)  # [B, 1, P+M]
+        A = logit.sub_(lse_row).sub_(lse_col).exp_()
     elif normalize == "y":
         A = logit.softmax(dim=-1)
     elif normalize == "none":  # Z = 1: the raw Laplace kernel exp(-dist / T)
-        A = logit.exp()
+        A = logit.exp_()
     elif normalize == "separate":  # Eq. (8)-(9): Z_p and Z_q each normalize their own set
-        A = torch.cat([logit_pos.softmax(dim=-1), logit_neg.softmax(dim=-1)], dim=-1)
+        A = torch.cat([logit[..., :P].softmax(dim=-1), logit[..., P:].softmax(dim=-1)], dim=-1)
     else:
         raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")
 
-    A_pos, A_neg = A[..., :P], A[..., P:]  # [B, N, P], [B, N, M]
+    A_pos, A_neg = A[..., :P], A[..., P:]  # views [B, N, P], [B, N, M]
     if neg_weights is not None:
-        A_neg = A_neg * neg_weights
+        A_neg.mul_(neg_weights)
         if normalize == "separate":  # weighted mean over negatives: renormalize Z_q with weights
-            A_neg = A_neg / A_neg.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+            A_neg.div_(A_neg.sum(dim=-1, keepdim=True).clamp_min(1e-30))
     s_pos = A_pos.sum(dim=-1, keepdim=True)  # [B, N, 1]
     s_neg = A_neg.sum(dim=-1, keepdim=True)  # [B, N, 1]
-    W_pos = A_pos * s_neg  # attraction weighted by total repulsion
-    W_neg = A_neg * s_pos  # repulsion weighted by total attraction
-
-    dtype = dist_pos.dtype
-    drift_pos = W_pos @ y_pos.to(dtype)  # [B, N, D]
-    drift_neg = W_neg @ y_neg.to(dtype)  # [B, N, D]
-    if attraction == 1.0 and repulsion == 1.0:
+    A_pos.mul_(s_neg * attraction)  # attraction weighted by total repulsion
+    A_neg.mul_(s_pos * -repulsion)  # repulsion weighted by total attraction
+    V = A @ y.to(A.dtype)  # [B, N, D] = a V+ - r V-, without the "- x" terms
+    if attraction == repulsion:
         # sum(W_pos) == sum(W_neg) == s_pos * s_neg, so the "- x" terms of Eq. (8) cancel.
-        return drift_pos - drift_neg
+        return V
     # Table 1's destructive variants a*V+ - r*V-: the "- x" terms no longer cancel.
     # V+ = sum_i W_pos_i (y_i - x), V- = sum_j W_neg_j (y_j - x), with sum W = s_pos * s_neg.
-    coeff_x = (attraction - repulsion) * (s_pos * s_neg)  # [B, N, 1]
-    return attraction * drift_pos - repulsion * drift_neg - coeff_x * x.to(dtype)
+    if x is None:
+        raise ValueError("x is needed when attraction != repulsion")
+    return V - ((attraction - repulsion) * (s_pos * s_neg)) * x.to(A.dtype)
 
 
 def compute_V(
@@ -232,11 +235,11 @@ def compute_V(
             raise ValueError(f"{name} must be a finite number >= 0, got {v}")
     with torch.no_grad():
         w = _neg_weights(neg_weights, B, M, xb)
+        y = torch.cat([pb, nb], dim=1)  # [B, P+M, D]
         V = drift_from_distances(
-            xb, pb, nb,
-            pairwise_distances(xb, pb), pairwise_distances(xb, nb), T,
+            y, pairwise_distances(xb, y), pb.shape[1], T,
             normalize=normalize, mask_self=mask_self, neg_weights=w,
-            attraction=float(attraction), repulsion=float(repulsion),
+            attraction=float(attraction), repulsion=float(repulsion), x=xb,
         )
     return V if batched else V.squeeze(0)
 

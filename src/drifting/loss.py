@@ -124,7 +124,7 @@ def drifting_loss(
         if y_pos.shape[1] < 1:
             raise ValueError(f"pos[{j!r}] must hold at least one positive sample")
         x_sg = x.detach()
-        parts = []
+        parts = [y_pos.detach()]
         if gen_as_negatives:
             parts.append(x_sg)
         if negs:
@@ -132,40 +132,42 @@ def drifting_loss(
             if extra.shape[-1] != C or extra.shape[0] != BL:
                 raise ValueError(f"neg[{j!r}] must match gen[{j!r}] in L and C; got {tuple(negs[j].shape)}")
             parts.append(extra.detach())
-        y_neg = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # [B*L, M_all, C]
-        for name, t in ((f"pos[{j!r}]", y_pos), (f"neg[{j!r}]", y_neg)):
+        y = torch.cat(parts, dim=1)  # [B*L, P+M_all, C]: positives, then negatives
+        P = y_pos.shape[1]
+        for name, t in ((f"pos[{j!r}]", y[:, :P]), (f"neg[{j!r}]", y[:, P:])):
             if not torch.isfinite(t).all():
                 raise ValueError(f"{name} contains non-finite values (NaN or inf)")
 
         with torch.no_grad():
             w = None  # [BL, 1, M_all]
             if neg_weights is not None:
-                M = y_neg.shape[1] - (N if gen_as_negatives else 0)
+                M = y.shape[1] - P - (N if gen_as_negatives else 0)
                 w_extra = _neg_weights(neg_weights, B, M, x_sg)  # [B, 1, M]
                 w_extra = w_extra.expand(B, L, M).reshape(BL, 1, M)
                 if gen_as_negatives:
                     w = torch.cat([torch.ones(BL, 1, N, dtype=w_extra.dtype, device=x.device), w_extra], -1)
                 else:
                     w = w_extra
-            dist_pos = pairwise_distances(x_sg, y_pos)  # [BL, N, P]
-            dist_neg = pairwise_distances(x_sg, y_neg)  # [BL, N, M_all]
+            dist = pairwise_distances(x_sg, y)  # [BL, N, P+M_all]
             if normalize_features:  # Eq. (21), weighted mean over every (x, y) pair in the group
-                wn = torch.ones_like(dist_neg[:, :1]) if w is None else w  # [BL, 1, M_all]
-                num = dist_pos.sum() + (dist_neg * wn).sum()
-                den = dist_pos.numel() + N * wn.sum()
-                S = (num / den / math.sqrt(C)).clamp_min(_EPS)
+                if w is None:
+                    S = dist.mean()
+                else:
+                    num = dist[..., :P].sum() + (dist[..., P:] * w).sum()
+                    S = num / (N * P * BL + N * w.sum())
+                S = (S / math.sqrt(C)).clamp_min(_EPS)
             else:
-                S = torch.ones((), dtype=dist_pos.dtype, device=x.device)
+                S = torch.ones((), dtype=dist.dtype, device=x.device)
+            # V is linear in the targets: V(x/S, y/S; dist/S, T) = V(x, y; dist, S T) / S, so the
+            # normalized features phi~ = phi / S never need to be materialized.
             xs_sg = x_sg.to(S.dtype) / S
-            ys_pos, ys_neg = y_pos.to(S.dtype) / S, y_neg.to(S.dtype) / S
-            dpos, dneg = dist_pos / S, dist_neg / S
             V_total = torch.zeros_like(xs_sg)
             for tau in temperatures:
                 V = drift_from_distances(
-                    xs_sg, ys_pos, ys_neg, dpos, dneg, tau * math.sqrt(C),
+                    y, dist, P, float(tau * math.sqrt(C) * S),
                     normalize=normalize, mask_self=gen_as_negatives, neg_weights=w,
-                    attraction=attraction, repulsion=repulsion,
-                )  # [BL, N, C]
+                    attraction=attraction, repulsion=repulsion, x=x_sg,
+                ).div_(S)  # [BL, N, C], in normalized-feature units
                 V2 = V.square().sum(-1).mean()  # raw mean ||V||^2
                 lam = (V2 / C).sqrt().clamp_min(_EPS) if normalize_drift else torch.ones_like(V2)
                 V_total += V / lam

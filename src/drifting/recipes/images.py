@@ -14,13 +14,17 @@ saved sampler state this makes a resumed run repeat an uninterrupted one exactly
 
 from __future__ import annotations
 
+import contextlib
 import json
+import hashlib
 import math
+import os
+import shutil
 import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +32,11 @@ import torch
 
 from ..data.images import ImageDataset, load_dataset
 from ..data.queue import make_sampler
-from ..features import feature_sets, group_by_class, vanilla_group
+from ..features import group_by_class, sample_locations, take_locations, vanilla_group
 from ..guidance import CFG_PRESETS, sample_alpha, uncond_neg_weights
 from ..loss import DEFAULT_TEMPERATURES, drifting_loss
 from ..models.dit import DriftingDiT, dit_config
+from ..models.encoders import build_encoder, encode_groups
 from ..models.resnet_mae import ResNetMAE, mae_loss, random_resized_crop, resnet_mae_config
 from ..training.checkpoint import jsonable, load_state, save_state
 from ..training.rng import step_generator
@@ -58,7 +63,10 @@ class ImageTrainConfig:
 
     data: str = "fashion-mnist"
     generator: str = "cpu-small"  # DiT preset (models.dit.PRESETS)
-    mae_dir: str | None = None  # a pretrained ResNet-MAE export; None: pre-train into OUT/mae
+    # feature encoder(s) (models.encoders.build_encoder spec); "mae" is the ResNet-MAE of mae_dir, else
+    # pre-trained with `mae` (cached between runs). "mae+timm:convnextv2_atto:W.safetensors@64": Table 9.
+    encoder: str = "mae"
+    mae_dir: str | None = None  # a pretrained ResNet-MAE export; None: pre-train (cached), copy to OUT/mae
     mae: MAEConfig = field(default_factory=MAEConfig)
     steps: int = 2000
     classes_per_step: int = 10  # Nc
@@ -77,6 +85,9 @@ class ImageTrainConfig:
     ema_warmup: int = 1000
     temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
     feature_sets: str = "abcd"  # A.5 ablation: ab | abc | abcd
+    # drift at most this many random locations per feature group and step (None: all). Each
+    # location is its own problem, so a random subset is an unbiased, cheaper estimate.
+    max_locations: int | None = None
     vanilla: bool = True  # also drift the raw generator output
     seed: int = 0
     log_every: int = 10
@@ -96,18 +107,62 @@ class ImageTrainConfig:
         need(self.sampler in ("queue", "balanced"), f"sampler must be 'queue' or 'balanced', got {self.sampler!r}")
         need(self.feature_sets in ("ab", "abc", "abcd"), f"feature_sets must be ab, abc or abcd, got {self.feature_sets!r}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.max_locations is None or self.max_locations >= 1,
+             f"max_locations must be None or >= 1, got {self.max_locations}")
 
     @property
     def cfg_config(self):
         c = CFG_PRESETS[self.cfg]
         if self.n_uncond is not None:
-            from dataclasses import replace
-
             c = replace(c, n_uncond=self.n_uncond)
         return c
 
 
 
+
+
+def _imagenet_preset(generator: str, encoder: str, mae_epochs: int, **kw) -> dict:
+    """Table 8 (ImageNet 256x256, 1.28M images): the MAE uses lr 4e-3, batch 8192, EMA 0.9995 (A.3)."""
+    mae = MAEConfig(encoder=encoder, steps=round(mae_epochs * 1_281_167 / 8192), batch=8192, lr=4e-3,
+                    ema_decay=0.9995, crop_scale=(0.2, 1.0))
+    base = dict(generator=generator, mae=mae, grad_clip=2.0, n_gen=64, ema_warmup=0,
+                ema_decays=(0.999, 0.9995, 0.9998, 0.9999), sample_every=5000, ckpt_every=2000, log_every=50)
+    return {**base, **kw}
+
+
+# Named training configurations (``drifting train --preset NAME``); fields left out keep the
+# ImageTrainConfig defaults. The ImageNet rows are Table 8's columns; they expect ImageNet as an
+# image folder (``--data DIR``) and, for the latent presets, SD-VAE latents (``--tokenizer``).
+TRAIN_PRESETS: dict[str, dict] = {
+    "cpu": {},  # the defaults: Fashion-MNIST, ~15 minutes on 2 CPU cores (README's main job)
+    "cpu-tiny": dict(generator="cpu-tiny", mae=MAEConfig(encoder="cpu-tiny", steps=30, batch=32), steps=20,
+                     classes_per_step=4, n_gen=4, n_pos=4, n_uncond=4, max_locations=16, warmup=5,
+                     ema_warmup=10, sample_every=10, ckpt_every=10, log_every=5),  # smoke tests, seconds
+    "ablation": _imagenet_preset("B/2", "latent-256", 192, steps=30_000, lr=2e-4, weight_decay=0.01, warmup=5000,
+                                 classes_per_step=64, n_pos=64, cfg="ablation", ema_decays=(0.999,)),
+    "B/2": _imagenet_preset("B/2", "latent-640", 1280, steps=200_000, lr=4e-4, weight_decay=0.0, warmup=10_000,
+                            classes_per_step=128, n_pos=128, cfg="B/2"),
+    "L/2": _imagenet_preset("L/2", "latent-640", 1280, steps=200_000, lr=4e-4, weight_decay=0.01, warmup=10_000,
+                            classes_per_step=128, n_pos=64, cfg="L/2"),
+    "B/16": _imagenet_preset("B/16", "pixel-640", 1280, steps=100_000, lr=2e-4, weight_decay=0.01, warmup=10_000,
+                             classes_per_step=128, n_pos=128, cfg="B/16"),
+    "L/16": _imagenet_preset("L/16", "pixel-640", 1280, steps=100_000, lr=4e-4, weight_decay=0.01, warmup=10_000,
+                             classes_per_step=128, n_pos=128, cfg="L/16"),
+}
+
+
+def train_preset(name: str, **overrides) -> ImageTrainConfig:
+    """``ImageTrainConfig`` of the preset ``name`` with ``overrides`` (None values are ignored)."""
+    if name not in TRAIN_PRESETS:
+        raise ValueError(f"preset: unknown training preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
+    cfg = ImageTrainConfig(**TRAIN_PRESETS[name])
+    mae_over = {k[4:]: v for k, v in overrides.items() if k.startswith("mae_") and k != "mae_dir" and v is not None}
+    if mae_over:
+        cfg.mae = replace(cfg.mae, **mae_over)
+    rest = {k: v for k, v in overrides.items() if (not k.startswith("mae_") or k == "mae_dir") and v is not None}
+    cfg = replace(cfg, **rest)
+    cfg.validate()
+    return cfg
 
 
 # --------------------------------------------------------------------------- MAE pre-training
@@ -152,9 +207,28 @@ def _bar(total: int, desc: str, progress: bool, initial: int = 0):
 
 
 # --------------------------------------------------------------------------- features
+def feature_encoder(cfg: ImageTrainConfig, ds: ImageDataset, out: Path | None, progress: bool = True):
+    """The frozen encoder(s) of ``cfg.encoder``; a bare ``mae`` part is the ResNet-MAE of ``cfg.mae_dir``,
+    or of ``OUT/mae``, or pre-trained with ``cfg.mae`` (cached between runs, see :func:`cached_mae`)."""
+    parts = [p.strip() for p in cfg.encoder.split("+")]
+    if "mae" in parts:
+        if cfg.mae_dir:
+            if not (Path(cfg.mae_dir) / "model.safetensors").is_file():
+                raise FileNotFoundError(f"mae_dir {cfg.mae_dir} holds no ResNet-MAE export (config.json + model.safetensors)")
+            mae_dir = Path(cfg.mae_dir)
+        elif out is not None and (out / "mae" / "model.safetensors").is_file():
+            mae_dir = out / "mae"
+        else:
+            mae_dir = cached_mae_dir(ds, cfg.mae, progress=progress)
+            if out is not None:
+                shutil.copytree(mae_dir, out / "mae", dirs_exist_ok=True)
+        parts = [f"mae:{mae_dir}" if p == "mae" else p for p in parts]
+    return build_encoder("+".join(parts), in_channels=ds.shape[2])
+
+
 def encode(encoder, x: torch.Tensor, sets: str, vanilla: bool) -> dict[str, torch.Tensor]:
     """Per-sample feature groups ``{name: [B, L, C]}`` (A.5) plus the raw output (vanilla)."""
-    feats = feature_sets(encoder.forward_features(x), x, sets=sets)
+    feats = encode_groups(encoder, x, sets)
     if vanilla:
         feats["vanilla"] = vanilla_group(x)
     return feats
@@ -171,9 +245,18 @@ class ImageRun:
 
 
 def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress: bool = True,
-                 resume: bool = False) -> ImageRun:
-    """Train a class-conditional drifting generator; see the module docstring for one step."""
+                 resume: bool = False, device: str | torch.device | None = None,
+                 tensorboard: bool = False) -> ImageRun:
+    """Train a class-conditional drifting generator; see the module docstring for one step.
+
+    ``device`` defaults to CUDA when available (then the generator and encoder run under bf16
+    autocast; the field and loss are computed in fp32), else CPU. All random draws are made on
+    the CPU, so a run's randomness does not depend on the device. Each ``log_every`` steps a
+    line goes to ``OUT/log.jsonl`` (and to TensorBoard under ``OUT/tb`` with ``tensorboard``).
+    """
     cfg.validate()
+    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
     ds = load_dataset(cfg.data, "train")
     H, W, C = ds.shape
     K = ds.num_classes
@@ -183,21 +266,10 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
     cfgc = cfg.cfg_config
     U = cfgc.n_uncond
 
-    # feature encoder: a given pretrained MAE, else one pre-trained now and cached in OUT/mae
-    if cfg.mae_dir:
-        if not (Path(cfg.mae_dir) / "model.safetensors").is_file():
-            raise FileNotFoundError(f"mae_dir {cfg.mae_dir} holds no ResNet-MAE export (config.json + model.safetensors)")
-        mae = ResNetMAE.from_pretrained(cfg.mae_dir)
-    elif out is not None and (out / "mae" / "model.safetensors").is_file():
-        mae = ResNetMAE.from_pretrained(out / "mae")
-    elif out is not None:
-        mae = pretrain_mae(ds, cfg.mae, out / "mae", progress=progress)
-    else:
-        mae = pretrain_mae_in_memory(ds, cfg.mae, progress)
-    encoder = mae.encoder.eval().requires_grad_(False)
+    encoder = feature_encoder(cfg, ds, out, progress).to(dev)
 
     torch.manual_seed(cfg.seed)
-    G = DriftingDiT(dit_config(cfg.generator, input_size=H, in_channels=C, num_classes=K))
+    G = DriftingDiT(dit_config(cfg.generator, input_size=H, in_channels=C, num_classes=K)).to(dev)
     opt = torch.optim.AdamW(G.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(G, cfg.ema_decays, warmup_steps=cfg.ema_warmup)
     sampler = make_sampler(cfg.sampler, ds.labels, K)
@@ -216,6 +288,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
         sampler.load_state_dict(state["sampler"])
         history = json.loads(state["history"])
         start = int(state["step"])
+        _truncate_log(out / "log.jsonl", start)  # drop lines of steps after the checkpoint
     else:
         sampler.warm_up(ds.labels, generator=step_generator(cfg.seed, -1, stream=2))
 
@@ -227,6 +300,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                 "history": json.dumps(history),
             })
 
+    log = _Logger(out, tensorboard) if out is not None else None
     bar = _bar(cfg.steps, "train", progress, initial=start)
     t0 = time.perf_counter() - (history["time"][-1] if history["time"] else 0.0)
     Nc, N, P = cfg.classes_per_step, cfg.n_gen, cfg.n_pos
@@ -248,28 +322,32 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
             real_idx = [pos_idx.reshape(-1)]
             if U > 0:
                 real_idx.append(sampler.sample_unconditional(Nc, U, generator=g).reshape(-1))  # [Nc*U]
-            real = ds.to_tensor(torch.cat(real_idx).numpy())  # [Nc*(P+U), C, H, W]
+            real = ds.to_tensor(torch.cat(real_idx).numpy()).to(dev)  # [Nc*(P+U), C, H, W]
+            noise, labels, style = noise.to(dev), labels.to(dev), style.to(dev)
 
-            x = G(noise, labels, alpha.repeat_interleave(N), style)  # [Nc*N, C, H, W]
-            with torch.no_grad():
-                f_real = encode(encoder, real, cfg.feature_sets, cfg.vanilla)
-            f_gen = encode(encoder, x, cfg.feature_sets, cfg.vanilla)
+            with autocast:
+                x = G(noise, labels, alpha.repeat_interleave(N).to(dev), style)  # [Nc*N, C, H, W]
+                with torch.no_grad():
+                    f_real = encode(encoder, real, cfg.feature_sets, cfg.vanilla)
+                f_gen = encode(encoder, x, cfg.feature_sets, cfg.vanilla)
+            subsets = sample_locations(f_gen, cfg.max_locations, g)
+            f_gen, f_real = take_locations(f_gen, subsets), take_locations(f_real, subsets)
             gen = group_by_class(f_gen, Nc)  # {j: [Nc, N, L, C]}
             pos = group_by_class({k: v[: Nc * P] for k, v in f_real.items()}, Nc)  # {j: [Nc, P, L, C]}
             neg, w = None, None
             if U > 0:
                 neg = group_by_class({k: v[Nc * P:] for k, v in f_real.items()}, Nc)  # {j: [Nc, U, L, C]}
-                w = uncond_neg_weights(alpha, N, U)  # [Nc, U]
+                w = uncond_neg_weights(alpha, N, U).to(dev)  # [Nc, U]
             loss, stats = drifting_loss(gen, pos, neg, neg_weights=w, temperatures=cfg.temperatures)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"non-finite loss at step {step}; the last good checkpoint is {ckpt} (resume with --resume)")
+            lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
             for group in opt.param_groups:
-                group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+                group["lr"] = lr
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(G.parameters(), cfg.grad_clip)
+            gnorm = torch.nn.utils.clip_grad_norm_(G.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
             opt.step()
             ema.update(G)
             done = step + 1
@@ -279,6 +357,9 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                 history["loss"].append(loss.item())
                 history["V2"].append(v2)
                 history["time"].append(time.perf_counter() - t0)
+                if log is not None:
+                    log.write(done, {"loss": loss.item(), "V2": v2, "lr": lr, "grad_norm": gnorm.item(),
+                                     "time": history["time"][-1]}, stats)
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss.item():.2f}", V2=f"{v2:.3g}")
             if bar is not None:
@@ -290,6 +371,8 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
             if interrupted["flag"]:
                 raise KeyboardInterrupt(f"interrupted after step {done}; resume from {ckpt} with --resume")
     finally:
+        if log is not None:
+            log.close()
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
         if bar is not None:
@@ -297,16 +380,74 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
     if out is not None:
         best = ema.models[max(cfg.ema_decays)]
         best.save_pretrained(out / "model")
+        save_grid(best, K, out / "samples.png", per_class=10, seed=cfg.seed)  # one row per class
         (out / "model" / "train_config.json").write_text(json.dumps(jsonable(asdict(cfg)), indent=2))
         (out / "history.json").write_text(json.dumps(history))
     return ImageRun(G, ema, ds, history, out)
 
 
-def pretrain_mae_in_memory(ds: ImageDataset, cfg: MAEConfig, progress: bool) -> ResNetMAE:
-    import tempfile
+class _Logger:
+    """One JSON line per logged step in ``OUT/log.jsonl`` (+ TensorBoard scalars under ``OUT/tb``)."""
 
-    with tempfile.TemporaryDirectory() as d:
-        return pretrain_mae(ds, cfg, d, progress=progress)
+    def __init__(self, out: Path, tensorboard: bool):
+        out.mkdir(parents=True, exist_ok=True)
+        self.file = open(out / "log.jsonl", "a")
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:  # the tensorboard package is optional
+                raise ImportError("tensorboard logging needs the tensorboard package: pip install tensorboard") from e
+            self.tb = SummaryWriter(str(out / "tb"))
+
+    def write(self, step: int, scalars: dict, stats: dict) -> None:
+        groups = {k: round(v.item(), 6) for k, v in stats.items() if "/V2@" in k}  # raw ||V||^2 per group/tau
+        self.file.write(json.dumps({"step": step, **scalars, "V2_groups": groups}) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(f"train/{k}", v, step)
+            for k, v in groups.items():
+                self.tb.add_scalar(f"V2/{k}", v, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep only the lines of ``path`` logged at or before ``step`` (a resumed run rewrites the rest)."""
+    if path.is_file():
+        lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def cache_root() -> Path:
+    """Where pre-trained encoders are cached between runs: ``$DRIFTING_CACHE`` or ``~/.cache/drifting``."""
+    return Path(os.environ.get("DRIFTING_CACHE") or Path.home() / ".cache" / "drifting")
+
+
+def cached_mae_dir(ds: ImageDataset, cfg: MAEConfig, *, progress: bool = True) -> Path:
+    """The directory of the ResNet-MAE pre-trained with ``cfg`` on exactly these images, from the
+    cache or trained now.
+
+    The cache key hashes the MAE config and the dataset's pixels and labels, so a changed
+    dataset or config never reuses a stale encoder. Written atomically (a crash leaves no entry).
+    """
+    h = hashlib.sha256(json.dumps(jsonable(asdict(cfg)), sort_keys=True).encode())
+    h.update(np.ascontiguousarray(ds.images).tobytes())
+    h.update(np.ascontiguousarray(ds.labels).tobytes())
+    entry = cache_root() / "mae" / h.hexdigest()[:16]
+    if (entry / "model.safetensors").is_file():
+        return entry
+    tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
+    pretrain_mae(ds, cfg, tmp, progress=progress)
+    try:
+        tmp.rename(entry)
+    except OSError:  # another run cached the same encoder meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    return entry
 
 
 # --------------------------------------------------------------------------- sampling
@@ -319,7 +460,7 @@ def generate(model: DriftingDiT, labels: torch.Tensor, alpha: float = 1.0, *, se
     out = []
     for i in range(0, labels.shape[0], batch):
         x = model.sample(labels[i: i + batch], alpha=alpha, generator=g)  # [b, C, H, W] in ~[-1, 1]
-        out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        out.append(((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(out)
 
 
