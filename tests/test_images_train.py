@@ -15,13 +15,21 @@ def tiny(**kw):
     base = dict(
         generator="cpu-tiny", mae=MAEConfig(encoder="cpu-tiny", steps=3, batch=32), steps=6,
         classes_per_step=3, n_gen=4, n_pos=4, n_uncond=2, ckpt_every=3, sample_every=6, warmup=2,
+        eval_samples=0, max_locations=None,
     )
     base.update(kw)
     return ImageTrainConfig(**base)
 
 
-def test_train_writes_model_and_samples(tmp_path):
-    train_images(tiny(), tmp_path, progress=False)
+def test_train_writes_model_and_samples(tmp_path, monkeypatch):
+    import drifting.recipes.classify as classify
+
+    monkeypatch.setattr(classify, "CLASSIFIER_STEPS", 20)
+    run = train_images(tiny(eval_samples=40), tmp_path, progress=False)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m == run.metrics and m["n_samples"] == 40
+    assert 0 <= m["accuracy"] <= 1 and m["classifier_fid"] > 0 and m["floor_classifier_fid"] >= 0
+    assert (tmp_path / "samples.png").stat().st_size > 1000
     assert (tmp_path / "model" / "model.safetensors").is_file()
     assert (tmp_path / "mae" / "model.safetensors").is_file()  # pre-trained and cached
     assert (tmp_path / "samples_000006.png").stat().st_size > 1000
@@ -116,6 +124,12 @@ def test_bad_config(tmp_path):
         tiny(n_gen=1).validate()
     with pytest.raises(ValueError, match="max_locations"):
         tiny(max_locations=0).validate()
+    with pytest.raises(ValueError, match="encoder_space"):
+        tiny(encoder_space="latents").validate()
+    with pytest.raises(ValueError, match="spec"):
+        train_images(tiny(tokenizer="vqgan:/x"), None, progress=False)
+    with pytest.raises(FileNotFoundError, match="path"):
+        train_images(tiny(tokenizer=f"sd-vae:{tmp_path / 'no-vae'}"), None, progress=False)
     with pytest.raises(FileNotFoundError, match="mae_dir"):
         train_images(tiny(mae_dir=str(tmp_path / "missing")), None, progress=False)
 
@@ -152,3 +166,26 @@ def test_several_encoders_sum_their_losses(tmp_path):
     assert any(k.startswith("resnet18/tap0.loc") for k in groups)
     with pytest.raises(ValueError, match="encoder"):
         train_images(tiny(steps=1, encoder="nonsense:x"), None, progress=False)
+
+
+@pytest.mark.parametrize("space", ["latent", "pixel"])
+def test_latent_generator_with_autoencoderkl(tmp_path, space):
+    """SD-VAE-style latent space with a tiny random AutoencoderKL: the generator works on 4x14x14
+    latents; features come from a latent-MAE or from the decoded pixels (gradients through the decoder)."""
+    from drifting.models.tokenizer import tiny_autoencoder_kl
+
+    tiny_autoencoder_kl(in_channels=1).save_pretrained(tmp_path / "vae")
+    spec = f"autoencoderkl:{tmp_path / 'vae'}"
+    # the generator sees 4x14x14 latents: cpu-small's 7x7 patches tile them (cpu-tiny's 4x4 do not)
+    cfg = tiny(steps=2, log_every=1, tokenizer=spec, encoder_space=space, max_locations=8, generator="cpu-small")
+    run = train_images(cfg, tmp_path / "run", progress=False)
+    G = run.generator
+    assert (G.config.in_channels, G.config.input_size) == (4, 14)
+    mae_cfg = json.loads((tmp_path / "run" / "mae" / "config.json").read_text())
+    assert mae_cfg["in_channels"] == (4 if space == "latent" else 1)
+    assert np.isfinite(run.history["loss"]).all()
+    # the generator learned something through the (decoder and) encoder: its weights moved
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())
+    out = tmp_path / "s.npz"
+    assert main(["sample", str(tmp_path / "run" / "model"), "--num", "12", "--out", str(out)]) == 0
+    assert np.load(out)["images"].shape == (12, 28, 28, 1)  # decoded back to pixels

@@ -94,15 +94,22 @@ def cmd_train(a: argparse.Namespace) -> int:
         a.preset, data=a.data, generator=a.generator, encoder=a.encoder, mae_dir=a.mae, mae_encoder=a.mae_preset,
         mae_steps=a.mae_steps, mae_batch=a.mae_batch, mae_seed=a.seed, steps=a.steps, seed=a.seed, cfg=a.cfg,
         n_uncond=a.n_uncond, sampler=a.sampler, lr=a.lr, classes_per_step=a.classes_per_step, n_gen=a.n_gen,
-        n_pos=a.n_pos, max_locations=a.max_locations,
+        n_pos=a.n_pos, max_locations=a.max_locations, tokenizer=a.tokenizer, encoder_space=a.encoder_space,
+        eval_samples=a.eval_samples,
     )
     run = train_images(cfg, a.out, progress=not a.no_progress, resume=a.resume, device=a.device,
                        tensorboard=a.tensorboard)
     h = run.history
     print(f"trained {cfg.steps} steps in {h['time'][-1]:.0f}s ({cfg.steps / max(h['time'][-1], 1e-9):.2f} step/s); "
           f"final raw drift norm {h['V2'][-1]:.4g}")
+    if run.metrics:
+        m = run.metrics
+        print(f"\n{m['n_samples']} samples (alpha 1), in-domain classifier (test accuracy {m['classifier_test_accuracy']:.3f}):")
+        print("| accuracy | classifier-feature FID to test | real train-vs-test floor |")
+        print("| --- | --- | --- |")
+        print(f"| {m['accuracy']:.3f} | {m['classifier_fid']:.2f} | {m['floor_classifier_fid']:.2f} |")
     print(f"wrote {Path(a.out) / 'model'}/ (EMA generator), {Path(a.out) / 'samples.png'} (one row per class), "
-          f"log.jsonl, checkpoint.pt")
+          f"log.jsonl, checkpoint.pt" + (", metrics.json" if run.metrics else ""))
     return 0
 
 
@@ -120,10 +127,9 @@ def cmd_sample(a: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from .models.dit import DriftingDiT
-    from .recipes.images import generate, write_grid
+    from .recipes.images import generate, load_generator, write_grid
 
-    model = DriftingDiT.from_pretrained(a.model)
+    model, tokenizer = load_generator(a.model)
     K = model.config.num_classes
     if a.labels:
         labels = torch.tensor([int(v) for v in a.labels.split(",")])
@@ -134,7 +140,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
         labels = torch.arange(a.num) % K
     if a.cfg < 1:
         raise ValueError(f"--cfg (alpha) must be >= 1, got {a.cfg}")
-    imgs = generate(model, labels, a.cfg, seed=a.seed)
+    imgs = generate(model, labels, a.cfg, seed=a.seed, tokenizer=tokenizer)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, images=imgs, labels=labels.numpy().astype(np.int64))
@@ -149,18 +155,19 @@ def cmd_eval_classifier(a: argparse.Namespace) -> int:
 
     from .data.images import load_dataset
     from .models.classifier import SmallCNN
-    from .recipes.classify import classifier_report, train_classifier
+    from .recipes.classify import cached_classifier, classifier_report, train_classifier
 
     z = np.load(a.samples, allow_pickle=False)
     if "images" not in z or "labels" not in z:
         raise ValueError(f"{a.samples} must hold 'images' (uint8 [N,H,W,C]) and 'labels' ([N])")
     train, test = load_dataset(a.data, "train"), load_dataset(a.data, "test")
-    cdir = Path(a.classifier)
-    if (cdir / "model.safetensors").is_file():
-        model = SmallCNN.from_pretrained(cdir)
+    if a.classifier is None:
+        model = cached_classifier(train, steps=a.steps, progress=not a.no_progress)
+    elif (Path(a.classifier) / "model.safetensors").is_file():
+        model = SmallCNN.from_pretrained(a.classifier)
     else:
         model = train_classifier(train, steps=a.steps, progress=not a.no_progress)
-        model.save_pretrained(cdir)
+        model.save_pretrained(a.classifier)
     rep = classifier_report(model, z["images"], z["labels"], test, train)
     for k, v in rep.items():
         print(f"{k:28s} {v:.4g}" if isinstance(v, float) else f"{k:28s} {v}")
@@ -206,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--encoder", default=None, help="feature encoder(s), '+'-joined: mae (default), mae:DIR, "
                     "resnet50:W.pth[@RES] (torchvision / MoCo / SimCLR), timm:convnextv2_atto:W.safetensors[@RES]")
     tr.add_argument("--mae", default=None, help="pretrained ResNet-MAE dir (default: pre-train, cached between runs)")
+    tr.add_argument("--tokenizer", default=None, help="latent space: sd-vae:DIR or autoencoderkl:DIR (a local "
+                    "diffusers AutoencoderKL); default: pixel space")
+    tr.add_argument("--encoder-space", choices=("latent", "pixel"), default=None,
+                    help="with --tokenizer: features of latents (latent-MAE, default) or of decoded pixels")
     tr.add_argument("--mae-preset", default=None, help="ResNet-MAE preset to pre-train (cpu-tiny, cpu-small, ...)")
     tr.add_argument("--mae-steps", type=_positive_int, default=None)
     tr.add_argument("--mae-batch", type=_positive_int, default=None)
@@ -216,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-locations", type=_positive_int, default=None,
                     help="drift at most this many random locations per feature map and step")
     tr.add_argument("--steps", type=_positive_int, default=None)
+    tr.add_argument("--eval-samples", type=int, default=None,
+                    help="samples for the final in-domain classifier metrics (default 1000; 0 skips)")
     tr.add_argument("--cfg", default=None, help="CFG preset for training (ablation, B/2, L/2, none, ...)")
     tr.add_argument("--sampler", choices=("queue", "balanced"), default=None)
     tr.add_argument("--lr", type=float, default=None)
@@ -247,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     ec = sub.add_parser("eval-classifier", help="accuracy and classifier-feature FID of class-conditional samples")
     ec.add_argument("samples", help=".npz from `drifting sample` (images uint8 [N,H,W,C], labels [N])")
     ec.add_argument("--data", default="fashion-mnist", help="the dataset the samples imitate (train and test splits)")
-    ec.add_argument("--classifier", default="runs/classifier-fashion-mnist", help="cached classifier dir (trained if absent)")
+    ec.add_argument("--classifier", default=None, help="a classifier dir (trained there if absent; default: the on-disk cache)")
     ec.add_argument("--steps", type=_positive_int, default=1500, help="classifier training steps when training one")
     ec.add_argument("--json", default=None, help="also write the report here")
     ec.add_argument("--no-progress", action="store_true")

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..cache import cached_dir, content_key
 from ..data.images import ImageDataset
 from ..eval.frechet import frechet_distance
 from ..models.classifier import ClassifierConfig, SmallCNN
@@ -49,6 +50,17 @@ def train_classifier(ds: ImageDataset, *, steps: int = 1500, batch: int = 128, l
         loss.backward()
         opt.step()
     return model.eval()
+
+
+CLASSIFIER_STEPS = 1500  # ~1 min on 2 CPU cores; ~91% test accuracy on Fashion-MNIST
+
+
+def cached_classifier(train: ImageDataset, *, steps: int | None = None, progress: bool = False) -> SmallCNN:
+    """:func:`train_classifier` on ``train``, cached on disk by the data and the step count."""
+    steps = steps or CLASSIFIER_STEPS
+    key = content_key({"classifier": "SmallCNN", "steps": steps}, train.images, train.labels)
+    d = cached_dir("classifier", key, lambda d: train_classifier(train, steps=steps, progress=progress).save_pretrained(d))
+    return SmallCNN.from_pretrained(d).eval()
 
 
 @torch.no_grad()

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import hashlib
 import math
-import os
 import shutil
 import signal
 import sys
@@ -30,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cache import cached_dir, content_key
 from ..data.images import ImageDataset, load_dataset
 from ..data.queue import make_sampler
 from ..features import group_by_class, sample_locations, take_locations, vanilla_group
@@ -37,6 +36,7 @@ from ..guidance import CFG_PRESETS, sample_alpha, uncond_neg_weights
 from ..loss import DEFAULT_TEMPERATURES, drifting_loss
 from ..models.dit import DriftingDiT, dit_config
 from ..models.encoders import build_encoder, encode_groups
+from ..models.tokenizer import Tokenizer, build_tokenizer
 from ..models.resnet_mae import ResNetMAE, mae_loss, random_resized_crop, resnet_mae_config
 from ..training.checkpoint import jsonable, load_state, save_state
 from ..training.rng import step_generator
@@ -47,9 +47,9 @@ from ..training.ema import EMA
 class MAEConfig:
     """Pre-training of the ResNet-MAE feature encoder (A.3), CPU-sized defaults."""
 
-    encoder: str = "cpu-small"
-    steps: int = 1500
-    batch: int = 256
+    encoder: str = "cpu-tiny"
+    steps: int = 800
+    batch: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.05
     ema_decay: float = 0.995
@@ -67,13 +67,19 @@ class ImageTrainConfig:
     # pre-trained with `mae` (cached between runs). "mae+timm:convnextv2_atto:W.safetensors@64": Table 9.
     encoder: str = "mae"
     mae_dir: str | None = None  # a pretrained ResNet-MAE export; None: pre-train (cached), copy to OUT/mae
+    # latent space (optional): a models.tokenizer.build_tokenizer spec such as "sd-vae:/path/to/sd-vae";
+    # the generator then works on latents. encoder_space: where the feature encoder looks, "latent"
+    # (latent-MAE, Table 8's latent presets) or "pixel" (generated latents are decoded first, with
+    # gradients through the decoder, as for MoCo / SimCLR / pixel-MAE features on a latent generator).
+    tokenizer: str | None = None
+    encoder_space: str = "latent"
     mae: MAEConfig = field(default_factory=MAEConfig)
-    steps: int = 2000
+    steps: int = 1000
     classes_per_step: int = 10  # Nc
-    n_gen: int = 16  # N generated per class (also the generated negatives)
-    n_pos: int = 16  # P positives per class
+    n_gen: int = 8  # N generated per class (also the generated negatives)
+    n_pos: int = 8  # P positives per class
     cfg: str = "ablation"  # CFG preset (guidance.CFG_PRESETS): alpha distribution and N_unc
-    n_uncond: int | None = None  # override the preset's N_unc
+    n_uncond: int | None = 8  # override the preset's N_unc (None: the preset's)
     sampler: str = "queue"  # "queue" (A.8) or "balanced"
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -87,11 +93,14 @@ class ImageTrainConfig:
     feature_sets: str = "abcd"  # A.5 ablation: ab | abc | abcd
     # drift at most this many random locations per feature group and step (None: all). Each
     # location is its own problem, so a random subset is an unbiased, cheaper estimate.
-    max_locations: int | None = None
+    max_locations: int | None = 64
     vanilla: bool = True  # also drift the raw generator output
     seed: int = 0
     log_every: int = 10
-    sample_every: int = 500
+    sample_every: int = 250
+    # at the end: accuracy of an in-domain classifier on this many samples and a classifier-feature
+    # FID to the test split, with the train-vs-test floor (OUT/metrics.json; 0 = skip)
+    eval_samples: int = 1000
     ckpt_every: int = 250
 
     def validate(self) -> None:
@@ -107,6 +116,8 @@ class ImageTrainConfig:
         need(self.sampler in ("queue", "balanced"), f"sampler must be 'queue' or 'balanced', got {self.sampler!r}")
         need(self.feature_sets in ("ab", "abc", "abcd"), f"feature_sets must be ab, abc or abcd, got {self.feature_sets!r}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.encoder_space in ("latent", "pixel"),
+             f"encoder_space must be 'latent' or 'pixel', got {self.encoder_space!r}")
         need(self.max_locations is None or self.max_locations >= 1,
              f"max_locations must be None or >= 1, got {self.max_locations}")
 
@@ -125,7 +136,7 @@ def _imagenet_preset(generator: str, encoder: str, mae_epochs: int, **kw) -> dic
     """Table 8 (ImageNet 256x256, 1.28M images): the MAE uses lr 4e-3, batch 8192, EMA 0.9995 (A.3)."""
     mae = MAEConfig(encoder=encoder, steps=round(mae_epochs * 1_281_167 / 8192), batch=8192, lr=4e-3,
                     ema_decay=0.9995, crop_scale=(0.2, 1.0))
-    base = dict(generator=generator, mae=mae, grad_clip=2.0, n_gen=64, ema_warmup=0,
+    base = dict(generator=generator, mae=mae, grad_clip=2.0, n_gen=64, n_uncond=None, max_locations=None, ema_warmup=0,
                 ema_decays=(0.999, 0.9995, 0.9998, 0.9999), sample_every=5000, ckpt_every=2000, log_every=50)
     return {**base, **kw}
 
@@ -166,12 +177,17 @@ def train_preset(name: str, **overrides) -> ImageTrainConfig:
 
 
 # --------------------------------------------------------------------------- MAE pre-training
-def pretrain_mae(ds: ImageDataset, cfg: MAEConfig, out_dir: str | Path, *, progress: bool = True) -> ResNetMAE:
+def pretrain_mae(ds: ImageDataset, cfg: MAEConfig, out_dir: str | Path, *, progress: bool = True,
+                 tokenizer: Tokenizer | None = None) -> ResNetMAE:
     """Train the ResNet-MAE (A.3: 2x2 zero-masking at 50%, loss on masked pixels, random resized
-    crops, AdamW, EMA) and save the EMA model to ``out_dir`` (config.json + model.safetensors)."""
+    crops, AdamW, EMA) and save the EMA model to ``out_dir`` (config.json + model.safetensors).
+
+    With a ``tokenizer`` it is a latent-MAE: the crops are made on the images and then encoded
+    ("images are augmented before being passed through the VAE encoder", A.3)."""
     H, W, C = ds.shape
+    c, h, _ = tokenizer.latent_shape(C, H, W) if tokenizer is not None else (C, H, W)
     torch.manual_seed(cfg.seed)
-    model = ResNetMAE(resnet_mae_config(cfg.encoder, in_channels=C))
+    model = ResNetMAE(resnet_mae_config(cfg.encoder, in_channels=c, input_size=h))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(model, (cfg.ema_decay,))
     bar = _bar(cfg.steps, "train-mae", progress)
@@ -179,6 +195,9 @@ def pretrain_mae(ds: ImageDataset, cfg: MAEConfig, out_dir: str | Path, *, progr
         g = step_generator(cfg.seed, step, stream=1)
         idx = torch.randint(len(ds), (cfg.batch,), generator=g)
         x = random_resized_crop(ds.to_tensor(idx.numpy()), g, scale=cfg.crop_scale)  # [B, C, H, W]
+        if tokenizer is not None:
+            with torch.no_grad():
+                x = tokenizer.encode(x)  # [B, c, h, w]
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         loss, _ = mae_loss(model, x, g)
@@ -207,7 +226,8 @@ def _bar(total: int, desc: str, progress: bool, initial: int = 0):
 
 
 # --------------------------------------------------------------------------- features
-def feature_encoder(cfg: ImageTrainConfig, ds: ImageDataset, out: Path | None, progress: bool = True):
+def feature_encoder(cfg: ImageTrainConfig, ds: ImageDataset, out: Path | None, progress: bool = True,
+                    tokenizer: Tokenizer | None = None):
     """The frozen encoder(s) of ``cfg.encoder``; a bare ``mae`` part is the ResNet-MAE of ``cfg.mae_dir``,
     or of ``OUT/mae``, or pre-trained with ``cfg.mae`` (cached between runs, see :func:`cached_mae`)."""
     parts = [p.strip() for p in cfg.encoder.split("+")]
@@ -219,18 +239,30 @@ def feature_encoder(cfg: ImageTrainConfig, ds: ImageDataset, out: Path | None, p
         elif out is not None and (out / "mae" / "model.safetensors").is_file():
             mae_dir = out / "mae"
         else:
-            mae_dir = cached_mae_dir(ds, cfg.mae, progress=progress)
+            latent = tokenizer is not None and cfg.tokenizer and cfg.encoder_space == "latent"
+            mae_dir = cached_mae_dir(ds, cfg.mae, progress=progress, tokenizer=tokenizer if latent else None,
+                                     tokenizer_spec=cfg.tokenizer if latent else None)
             if out is not None:
-                shutil.copytree(mae_dir, out / "mae", dirs_exist_ok=True)
+                shutil.copytree(mae_dir, out / "mae", dirs_exist_ok=True, ignore=shutil.ignore_patterns(".complete"))
         parts = [f"mae:{mae_dir}" if p == "mae" else p for p in parts]
-    return build_encoder("+".join(parts), in_channels=ds.shape[2])
+    C = ds.shape[2]
+    if tokenizer is not None and cfg.tokenizer and cfg.encoder_space == "latent":
+        C = tokenizer.latent_shape(*_chw(ds))[0]
+    return build_encoder("+".join(parts), in_channels=C)
 
 
-def encode(encoder, x: torch.Tensor, sets: str, vanilla: bool) -> dict[str, torch.Tensor]:
-    """Per-sample feature groups ``{name: [B, L, C]}`` (A.5) plus the raw output (vanilla)."""
+def _chw(ds: ImageDataset) -> tuple[int, int, int]:
+    H, W, C = ds.shape
+    return C, H, W
+
+
+def encode(encoder, x: torch.Tensor, sets: str, vanilla: bool, raw: torch.Tensor | None = None
+           ) -> dict[str, torch.Tensor]:
+    """Per-sample feature groups ``{name: [B, L, C]}`` (A.5) of the encoder input ``x``, plus the raw
+    generator-space sample ``raw`` (default ``x``) as the "vanilla" group."""
     feats = encode_groups(encoder, x, sets)
     if vanilla:
-        feats["vanilla"] = vanilla_group(x)
+        feats["vanilla"] = vanilla_group(x if raw is None else raw)
     return feats
 
 
@@ -242,6 +274,7 @@ class ImageRun:
     dataset: ImageDataset
     history: dict
     out: Path | None
+    metrics: dict | None = None
 
 
 def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress: bool = True,
@@ -266,10 +299,13 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
     cfgc = cfg.cfg_config
     U = cfgc.n_uncond
 
-    encoder = feature_encoder(cfg, ds, out, progress).to(dev)
+    tok = build_tokenizer(cfg.tokenizer, pixel_channels=C).to(dev)
+    c, h, w_ = tok.latent_shape(C, H, W)  # the generator's space: [c, h, w_] (= [C, H, W] in pixel space)
+    decode_first = cfg.tokenizer is not None and cfg.encoder_space == "pixel"
+    encoder = feature_encoder(cfg, ds, out, progress, tokenizer=tok).to(dev)
 
     torch.manual_seed(cfg.seed)
-    G = DriftingDiT(dit_config(cfg.generator, input_size=H, in_channels=C, num_classes=K)).to(dev)
+    G = DriftingDiT(dit_config(cfg.generator, input_size=h, in_channels=c, num_classes=K)).to(dev)
     opt = torch.optim.AdamW(G.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(G, cfg.ema_decays, warmup_steps=cfg.ema_warmup)
     sampler = make_sampler(cfg.sampler, ds.labels, K)
@@ -315,7 +351,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
             classes = torch.randperm(K, generator=g)[:Nc]  # [Nc]
             alpha = sample_alpha(Nc, cfgc, generator=g)  # [Nc]
             labels = classes.repeat_interleave(N)  # [Nc*N]
-            noise = torch.randn(Nc * N, C, H, W, generator=g)
+            noise = torch.randn(Nc * N, c, h, w_, generator=g)
             style = G.draw_style(Nc * N, generator=g)
             sampler.refill(ds.labels, generator=g)
             pos_idx = sampler.sample_positives(classes, P, generator=g)  # [Nc, P]
@@ -326,10 +362,11 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
             noise, labels, style = noise.to(dev), labels.to(dev), style.to(dev)
 
             with autocast:
-                x = G(noise, labels, alpha.repeat_interleave(N).to(dev), style)  # [Nc*N, C, H, W]
+                x = G(noise, labels, alpha.repeat_interleave(N).to(dev), style)  # [Nc*N, c, h, w]
                 with torch.no_grad():
-                    f_real = encode(encoder, real, cfg.feature_sets, cfg.vanilla)
-                f_gen = encode(encoder, x, cfg.feature_sets, cfg.vanilla)
+                    real_z = tok.encode(real)  # [Nc*(P+U), c, h, w], the generator's space
+                    f_real = encode(encoder, real if decode_first else real_z, cfg.feature_sets, cfg.vanilla, real_z)
+                f_gen = encode(encoder, tok.decode(x) if decode_first else x, cfg.feature_sets, cfg.vanilla, x)
             subsets = sample_locations(f_gen, cfg.max_locations, g)
             f_gen, f_real = take_locations(f_gen, subsets), take_locations(f_real, subsets)
             gen = group_by_class(f_gen, Nc)  # {j: [Nc, N, L, C]}
@@ -365,7 +402,8 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
             if bar is not None:
                 bar.update(1)
             if out is not None and (done % cfg.sample_every == 0 or done == cfg.steps):
-                save_grid(ema.models[max(cfg.ema_decays)], K, out / f"samples_{done:06d}.png", seed=cfg.seed)
+                save_grid(ema.models[max(cfg.ema_decays)], K, out / f"samples_{done:06d}.png", seed=cfg.seed,
+                          tokenizer=tok)
             if ckpt is not None and (done % cfg.ckpt_every == 0 or done == cfg.steps or interrupted["flag"]):
                 save(done)
             if interrupted["flag"]:
@@ -380,10 +418,38 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
     if out is not None:
         best = ema.models[max(cfg.ema_decays)]
         best.save_pretrained(out / "model")
-        save_grid(best, K, out / "samples.png", per_class=10, seed=cfg.seed)  # one row per class
+        save_grid(best, K, out / "samples.png", per_class=10, seed=cfg.seed, tokenizer=tok)  # one row per class
         (out / "model" / "train_config.json").write_text(json.dumps(jsonable(asdict(cfg)), indent=2))
+        if cfg.tokenizer is not None:  # how to decode this generator's latents (read by load_generator)
+            (out / "model" / "tokenizer.json").write_text(json.dumps({"spec": cfg.tokenizer, "pixel_channels": C}))
         (out / "history.json").write_text(json.dumps(history))
-    return ImageRun(G, ema, ds, history, out)
+    metrics = None
+    if cfg.eval_samples > 0:
+        metrics = evaluate_generator(ema.models[max(cfg.ema_decays)], cfg.data, cfg.eval_samples, tokenizer=tok,
+                                     seed=cfg.seed + 1, progress=progress)
+        if metrics is not None:
+            metrics["train_seconds"] = history["time"][-1] if history["time"] else None
+            metrics["steps_per_second"] = cfg.steps / max(history["time"][-1], 1e-9) if history["time"] else None
+            if out is not None:
+                (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return ImageRun(G, ema, ds, history, out, metrics)
+
+
+def evaluate_generator(model: DriftingDiT, data: str, n: int, *, tokenizer: Tokenizer | None = None, seed: int = 1,
+                       progress: bool = False) -> dict | None:
+    """In-domain classifier metrics of ``n`` one-step samples (labels cycling through the classes):
+    accuracy, classifier-feature FID to the test split and the train-vs-test floor. None when the
+    dataset has no test split (e.g. a user's image folder)."""
+    from .classify import cached_classifier, classifier_report
+
+    try:
+        train, test = load_dataset(data, "train"), load_dataset(data, "test")
+    except (FileNotFoundError, ValueError):
+        return None
+    labels = torch.arange(n) % model.config.num_classes
+    imgs = generate(model, labels, 1.0, seed=seed, tokenizer=tokenizer)
+    clf = cached_classifier(train, progress=progress)
+    return classifier_report(clf, imgs, labels.numpy(), test, train)
 
 
 class _Logger:
@@ -423,52 +489,51 @@ def _truncate_log(path: Path, step: int) -> None:
         path.write_text("".join(ln + "\n" for ln in lines))
 
 
-def cache_root() -> Path:
-    """Where pre-trained encoders are cached between runs: ``$DRIFTING_CACHE`` or ``~/.cache/drifting``."""
-    return Path(os.environ.get("DRIFTING_CACHE") or Path.home() / ".cache" / "drifting")
-
-
-def cached_mae_dir(ds: ImageDataset, cfg: MAEConfig, *, progress: bool = True) -> Path:
+def cached_mae_dir(ds: ImageDataset, cfg: MAEConfig, *, progress: bool = True,
+                   tokenizer: Tokenizer | None = None, tokenizer_spec: str | None = None) -> Path:
     """The directory of the ResNet-MAE pre-trained with ``cfg`` on exactly these images, from the
     cache or trained now.
 
     The cache key hashes the MAE config and the dataset's pixels and labels, so a changed
-    dataset or config never reuses a stale encoder. Written atomically (a crash leaves no entry).
+    dataset or config never reuses a stale encoder (see :mod:`drifting.cache`).
     """
-    h = hashlib.sha256(json.dumps(jsonable(asdict(cfg)), sort_keys=True).encode())
-    h.update(np.ascontiguousarray(ds.images).tobytes())
-    h.update(np.ascontiguousarray(ds.labels).tobytes())
-    entry = cache_root() / "mae" / h.hexdigest()[:16]
-    if (entry / "model.safetensors").is_file():
-        return entry
-    tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
-    pretrain_mae(ds, cfg, tmp, progress=progress)
-    try:
-        tmp.rename(entry)
-    except OSError:  # another run cached the same encoder meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
-    return entry
+    key = content_key(jsonable(asdict(cfg)), ds.images, ds.labels,
+                      tokenizer_spec if tokenizer is not None else None)  # a latent-MAE: keyed by the tokenizer too
+    return cached_dir("mae", key, lambda d: pretrain_mae(ds, cfg, d, progress=progress, tokenizer=tokenizer))
 
 
 # --------------------------------------------------------------------------- sampling
+def load_generator(model_dir: str | Path) -> tuple[DriftingDiT, Tokenizer | None]:
+    """A generator exported by :func:`train_images` and, for a latent-space one, its tokenizer."""
+    model = DriftingDiT.from_pretrained(model_dir)
+    tj = Path(model_dir) / "tokenizer.json"
+    if not tj.is_file():
+        return model, None
+    t = json.loads(tj.read_text())
+    return model, build_tokenizer(t["spec"], pixel_channels=int(t["pixel_channels"]))
+
+
 @torch.no_grad()
 def generate(model: DriftingDiT, labels: torch.Tensor, alpha: float = 1.0, *, seed: int = 0,
-             batch: int = 500) -> np.ndarray:
-    """One-step samples as uint8 ``[n, H, W, C]`` for the given labels ``[n]`` at CFG scale alpha."""
+             batch: int = 500, tokenizer: Tokenizer | None = None) -> np.ndarray:
+    """One-step samples as uint8 ``[n, H, W, C]`` for the given labels ``[n]`` at CFG scale alpha;
+    a latent-space generator's samples are decoded by ``tokenizer``."""
     model.eval()
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(0, labels.shape[0], batch):
-        x = model.sample(labels[i: i + batch], alpha=alpha, generator=g)  # [b, C, H, W] in ~[-1, 1]
+        x = model.sample(labels[i: i + batch], alpha=alpha, generator=g)  # [b, c, h, w]
+        if tokenizer is not None:
+            x = tokenizer.decode(x)  # [b, C, H, W] pixels in ~[-1, 1]
         out.append(((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(out)
 
 
 def save_grid(model: DriftingDiT, num_classes: int, path: str | Path, *, per_class: int = 8, alpha: float = 1.0,
-              seed: int = 0) -> None:
+              seed: int = 0, tokenizer: Tokenizer | None = None) -> None:
     """A class-by-class grid (one row per class) of one-step samples as PNG."""
     labels = torch.arange(num_classes).repeat_interleave(per_class)
-    imgs = generate(model, labels, alpha, seed=seed)  # [K*per_class, H, W, C]
+    imgs = generate(model, labels, alpha, seed=seed, tokenizer=tokenizer)  # [K*per_class, H, W, C]
     write_grid(imgs, per_class, path)
 
 

@@ -1,0 +1,49 @@
+"""An on-disk cache for things a run can rebuild but should not have to: pre-trained feature
+encoders, in-domain classifiers. Entries are directories named by a content hash, written
+atomically (built in a temporary sibling, then renamed), so a crash never leaves a broken entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def cache_root() -> Path:
+    """``$DRIFTING_CACHE``, else ``~/.cache/drifting``."""
+    return Path(os.environ.get("DRIFTING_CACHE") or Path.home() / ".cache" / "drifting")
+
+
+def content_key(*parts) -> str:
+    """A hex key over JSON-able values and numpy arrays (their bytes, dtype and shape)."""
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            h.update(f"{p.dtype}{p.shape}".encode())
+            h.update(np.ascontiguousarray(p).tobytes())
+        else:
+            h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def cached_dir(kind: str, key: str, build: Callable[[Path], object]) -> Path:
+    """``cache_root()/kind/key``, made by ``build(tmp_dir)`` unless a complete entry exists."""
+    entry = cache_root() / kind / key
+    if (entry / ".complete").is_file():
+        return entry
+    tmp = entry.with_name(f"{key}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build(tmp)
+    (tmp / ".complete").touch()
+    shutil.rmtree(entry, ignore_errors=True)  # an incomplete leftover, if any
+    try:
+        tmp.rename(entry)
+    except OSError:  # another run cached the same entry meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    return entry
