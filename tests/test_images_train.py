@@ -189,3 +189,23 @@ def test_latent_generator_with_autoencoderkl(tmp_path, space):
     out = tmp_path / "s.npz"
     assert main(["sample", str(tmp_path / "run" / "model"), "--num", "12", "--out", str(out)]) == 0
     assert np.load(out)["images"].shape == (12, 28, 28, 1)  # decoded back to pixels
+
+
+def test_non_finite_loss_stops_with_the_checkpoint_intact(tmp_path, monkeypatch):
+    real = images.drifting_loss
+    calls = {"n": 0}
+
+    def nan_at_5(*a, **k):
+        calls["n"] += 1
+        loss, stats = real(*a, **k)
+        return (loss * float("nan") if calls["n"] == 5 else loss), stats
+
+    monkeypatch.setattr(images, "drifting_loss", nan_at_5)
+    cfg = tiny()
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 4.*checkpoint"):
+        train_images(cfg, tmp_path, progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 3 and all(torch.isfinite(v).all() for v in state["model"].values())
+    monkeypatch.setattr(images, "drifting_loss", real)
+    run = train_images(cfg, tmp_path, progress=False, resume=True)  # resumable
+    assert np.isfinite(run.history["loss"]).all()

@@ -367,6 +367,9 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                     real_z = tok.encode(real)  # [Nc*(P+U), c, h, w], the generator's space
                     f_real = encode(encoder, real if decode_first else real_z, cfg.feature_sets, cfg.vanilla, real_z)
                 f_gen = encode(encoder, tok.decode(x) if decode_first else x, cfg.feature_sets, cfg.vanilla, x)
+            if not torch.isfinite(x).all():
+                raise FloatingPointError(f"the generator produced non-finite samples at step {step}; the last good "
+                                         f"checkpoint is {ckpt} (resume with --resume, e.g. with a lower --lr)")
             subsets = sample_locations(f_gen, cfg.max_locations, g)
             f_gen, f_real = take_locations(f_gen, subsets), take_locations(f_real, subsets)
             gen = group_by_class(f_gen, Nc)  # {j: [Nc, N, L, C]}
