@@ -87,6 +87,8 @@ def test_mae_is_cached_between_runs(tmp_path, monkeypatch):
     b = train_images(tiny(steps=1), tmp_path / "b", progress=False)
     assert len(calls) == 1  # the second run found the encoder in the cache
     assert (tmp_path / "b" / "mae" / "model.safetensors").read_bytes() == (tmp_path / "a" / "mae" / "model.safetensors").read_bytes()
+    for p, q in zip(a.generator.parameters(), b.generator.parameters()):  # same encoder -> same run
+        assert torch.equal(p, q)
     train_images(tiny(steps=1, mae=MAEConfig(encoder="cpu-tiny", steps=2, batch=32)), tmp_path / "c", progress=False)
     assert len(calls) == 2  # another MAE config is another cache entry
 

@@ -265,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--json", default=None, help="also write the report here")
     ec.add_argument("--no-progress", action="store_true")
     ec.set_defaults(func=cmd_eval_classifier)
+
+    from .recipes.evaluate import add_eval_parser
+
+    add_eval_parser(sub)  # drifting eval SAMPLES.npz --ref REF: FID, precision/recall, density/coverage
     return p
 
 
@@ -272,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as e:
         print(f"drifting {args.command}: error: {e}", file=sys.stderr)
         return 2
 
