@@ -269,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .recipes.evaluate import add_eval_parser
 
     add_eval_parser(sub)  # drifting eval SAMPLES.npz --ref REF: FID, precision/recall, density/coverage
+
+    from .recipes.analysis import add_analysis_parsers
+
+    add_analysis_parsers(sub)  # drifting cfg-sweep (Fig. 5), drifting neighbours (Fig. 6)
     return p
 
 
