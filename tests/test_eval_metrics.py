@@ -379,3 +379,23 @@ def test_evaluate_classifier_metrics_on_a_labelled_dataset(tmp_path, fmnist):
     rgb = _write_npz(tmp_path / "rgb.npz", np.zeros((4, 28, 28, 3), np.uint8), np.zeros(4, np.int64))
     res = ev.evaluate(rgb, f"{d}:test", metrics=("classifier",), progress=False)
     assert "classifier" not in res and "skipped (samples are (28, 28, 3)" in res["notes"][0]
+
+
+def test_floor_scores_real_images_of_the_other_split(standin_path, tmp_path):
+    test = load_fashion_mnist(split="test").images
+    samples = _write_npz(tmp_path / "s.npz", np.random.default_rng(2).integers(0, 256, (16, 28, 28, 1), np.uint8))
+    kw = dict(metrics=("fid", "prdc"), inception=standin_path, device="cpu", progress=False, n_ref=40)
+    r = ev.evaluate(samples, "fashion-mnist:test", floor=True, **kw)
+    fl = r["floor"]
+    assert (fl["split"], fl["n"]) == ("train", 16)
+    # the floor is exactly the metric of those real train images, run as if they were samples
+    train = load_fashion_mnist(split="train").images
+    idx = np.sort(np.random.default_rng(0).choice(len(train), size=16, replace=False))
+    real = ev.evaluate(_write_npz(tmp_path / "r.npz", train[idx]), "fashion-mnist:test", **kw)
+    assert fl["fid"] == pytest.approx(real["fid"], rel=1e-9) and fl["precision"] == real["precision"]
+    assert fl["fid"] < r["fid"]  # uniform noise is worse than real images
+    assert "floor: 16 real train images" in ev.format_table(r)
+    ref_npz = _write_npz(tmp_path / "ref.npz", test[:40], load_fashion_mnist(split="test").labels[:40])
+    r_npz = ev.evaluate(samples, str(ref_npz), floor=True,
+                        **{**kw, "n_ref": None})
+    assert "floor" not in r_npz and any("floor: skipped" in n for n in r_npz["notes"])

@@ -108,12 +108,17 @@ def _classifier_metrics(spec: str, images: np.ndarray, labels: np.ndarray | None
 
 def evaluate(samples: str | Path, ref: str, *, metrics=("fid", "prdc", "classifier"), n_ref: int | None = None,
              dinov2: str | Path | None = None, inception: str | Path | None = None, batch: int = 50,
-             device=None, progress: bool = True, k: int = 3, classifier_steps: int | None = None) -> dict:
+             device=None, progress: bool = True, k: int = 3, classifier_steps: int | None = None,
+             floor: bool = False) -> dict:
     """Metrics of the images in ``samples`` (an ``.npz`` with ``images``, optional ``labels``) against ``ref``.
 
     ``ref``: a dataset spec with an optional split (``"fashion-mnist:test"``, ``"mnist:<dir>:train"``; default
     split ``test``) or a ``.npz`` with ``images`` and ``labels``. ``n_ref``: use the first ``n_ref`` reference
     images. ``inception`` / ``dinov2``: weight files (see :mod:`drifting.eval.fid`). Returns a JSON-able dict.
+
+    ``floor``: also score as many *real* images of the dataset's other split (drawn with a fixed seed)
+    as there are samples against the same reference: the value a perfect generator would get at this
+    sample size (FID is biased upward at small n), under ``result["floor"]``.
     """
     metrics = tuple(metrics) + (("fd_dinov2",) if dinov2 is not None else ())
     bad = sorted(set(metrics) - set(METRICS))
@@ -142,6 +147,11 @@ def evaluate(samples: str | Path, ref: str, *, metrics=("fid", "prdc", "classifi
             out["fid"] = fid_from_features(f_gen, f_ref)
         if "prdc" in metrics:
             out.update(prdc(f_ref, f_gen, k=k), prdc_k=k)
+        if floor:
+            out["floor"] = _real_floor(ref, len(images), net, f_ref, metrics, k, kw)
+            if out["floor"] is None:
+                out["notes"].append("floor: skipped (the reference is an .npz, not a dataset with two splits)")
+                del out["floor"]
         out["seconds"]["inception"] = time.perf_counter() - t0
 
     if "fd_dinov2" in metrics:
@@ -167,6 +177,23 @@ def evaluate(samples: str | Path, ref: str, *, metrics=("fid", "prdc", "classifi
     return out
 
 
+def _real_floor(ref: str, n: int, net, f_ref: np.ndarray, metrics, k: int, kw: dict) -> dict | None:
+    """FID / PRDC of ``n`` real images of the other split against the reference features."""
+    spec, split = parse_ref(ref)
+    if split is None:
+        return None
+    other = "train" if split == "test" else "test"
+    real = load_dataset(spec, other).images
+    idx = np.sort(np.random.default_rng(0).choice(len(real), size=min(n, len(real)), replace=False))
+    f_real = cached_features(real[idx], net.identity, lambda im: extract_features(im, net, desc=f"inception ({other})", **kw))
+    res: dict = {"split": other, "n": int(len(idx))}
+    if "fid" in metrics:
+        res["fid"] = fid_from_features(f_real, f_ref)
+    if "prdc" in metrics:
+        res.update(prdc(f_ref, f_real, k=k))
+    return res
+
+
 _ROWS = (  # (key, label, format)
     ("fid", "FID (Inception pool3)", "{:.3f}"),
     ("precision", "precision (k={k})", "{:.4f}"),
@@ -188,9 +215,12 @@ def format_table(result: dict) -> str:
     lines = [f"{result['n_samples']} samples vs {result['n_ref']} reference images ({result['ref']})", "",
              "| metric | value |", "| --- | --- |"]
     k = result.get("prdc_k", 3)
+    fl = result.get("floor", {})
     for key, label, fmt in _ROWS:
         if key in result:
             lines.append(f"| {label.format(k=k)} | {fmt.format(result[key])} |")
+            if key in fl:
+                lines.append(f"|   floor: {fl['n']} real {fl['split']} images | {fmt.format(fl[key])} |")
     for key, label, fmt in _CLASSIFIER_ROWS:
         if key in result.get("classifier", {}):
             lines.append(f"| {label} | {fmt.format(result['classifier'][key])} |")
@@ -275,7 +305,7 @@ def _metric_list(s: str) -> tuple[str, ...]:
 def cmd_eval(a: argparse.Namespace) -> int:
     """Handler of ``drifting eval``: print the table, write the JSON."""
     res = evaluate(a.samples, a.ref, metrics=a.metrics, n_ref=a.n_ref, dinov2=a.dinov2, inception=a.inception,
-                   batch=a.batch, device=a.device, progress=not a.no_progress)
+                   batch=a.batch, device=a.device, progress=not a.no_progress, floor=a.floor)
     print(format_table(res))
     if a.json:
         out = Path(a.json)
@@ -306,6 +336,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    help="comma-separated, from: fid, prdc, classifier, fd_dinov2 (default fid,prdc,classifier)")
     e.add_argument("--batch", type=_positive_int, default=50, help="images per forward pass (default 50)")
     e.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    e.add_argument("--floor", action="store_true", help="also score as many real images of the other split "
+                   "(the real-vs-real floor at this sample size)")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_eval)
     return e
