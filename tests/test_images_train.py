@@ -211,3 +211,18 @@ def test_non_finite_loss_stops_with_the_checkpoint_intact(tmp_path, monkeypatch)
     monkeypatch.setattr(images, "drifting_loss", real)
     run = train_images(cfg, tmp_path, progress=False, resume=True)  # resumable
     assert np.isfinite(run.history["loss"]).all()
+
+
+def test_train_cli_prints_the_metrics_table(tmp_path, monkeypatch, capsys):
+    import drifting.recipes.classify as classify
+
+    monkeypatch.setattr(classify, "CLASSIFIER_STEPS", 20)
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "cpu-tiny", "--steps", "4", "--eval-samples", "20", "--out", str(out),
+                 "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "| accuracy | classifier-feature FID to test | real train-vs-test floor |" in text
+    m = json.loads((out / "metrics.json").read_text())
+    assert f"| {m['accuracy']:.3f} | {m['classifier_fid']:.2f} | {m['floor_classifier_fid']:.2f} |" in text
+    assert (out / "samples.png").is_file() and (out / "model" / "model.safetensors").is_file()
+    assert main(["train", "--preset", "nope", "--out", str(out)]) == 2  # a clear error, not a traceback
