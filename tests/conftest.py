@@ -1,8 +1,35 @@
 """Test-wide settings: caches go to a temporary directory, never to the user's home."""
 
+import warnings
+
 import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DRIFTING_CACHE", str(tmp_path_factory.getbasetemp() / "drifting-cache"))
+
+
+class _InceptionStandIn(nn.Module):
+    """A tiny network with the FID Inception TorchScript's contract ``[B, 3, 299, 299] -> [B, 2048]``,
+    for plumbing tests: the real Inception runs at ~5 images/s on a 2-core CPU."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = nn.Linear(48, 2048)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.proj(F.adaptive_avg_pool2d(x, 4).flatten(1)))  # [B, 2048]
+
+
+@pytest.fixture(scope="session")
+def standin_path(tmp_path_factory):
+    p = tmp_path_factory.mktemp("standin") / "standin.pt"
+    with warnings.catch_warnings():  # torch 2.14 deprecates TorchScript; the FID network ships in that format
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(_InceptionStandIn().eval()), str(p))
+    return p

@@ -1,13 +1,10 @@
 """The CFG sweep (Fig. 5) and nearest-neighbour (Fig. 6) analyses on a throwaway tiny run."""
 
 import json
-import warnings
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from drifting.recipes import analysis as an
 from drifting.recipes.images import ImageTrainConfig, MAEConfig, generate, train_images
@@ -23,28 +20,6 @@ def run_dir(tmp_path_factory):
                                max_locations=None, warmup=1)
         train_images(cfg, out, progress=False)
     return out
-
-
-class _StandIn(nn.Module):
-    """A tiny stand-in with the FID Inception's TorchScript contract ``[B, 3, 299, 299] -> [B, 2048]``
-    (as in test_eval_metrics.py): the real Inception is far too slow for a unit test on CPU."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.proj = nn.Linear(48, 2048)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.proj(F.adaptive_avg_pool2d(x, 4).flatten(1)))  # [B, 2048]
-
-
-@pytest.fixture(scope="module")
-def standin_path(tmp_path_factory):
-    p = tmp_path_factory.mktemp("standin") / "standin.pt"
-    with warnings.catch_warnings():  # torch 2.14 deprecates TorchScript; the FID network ships in that format
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(torch.jit.script(_StandIn().eval()), str(p))
-    return p
 
 
 def test_cfg_sweep_writes_json_and_png_per_alpha(run_dir, tmp_path, standin_path, monkeypatch):

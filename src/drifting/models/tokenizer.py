@@ -30,6 +30,7 @@ from ``*.safetensors`` files, and nothing is ever downloaded.
 
 from __future__ import annotations
 
+import abc
 import math
 import os
 from pathlib import Path
@@ -67,7 +68,7 @@ def _import_autoencoder_kl():
 # Interface
 
 
-class Tokenizer(nn.Module):
+class Tokenizer(nn.Module, abc.ABC):
     """A frozen map between pixels ``[B, C, H, W]`` in ``[-1, 1]`` and latents ``[B, c, h, w]``.
 
     Subclasses implement :meth:`encode`, :meth:`decode` and :meth:`latent_shape` and set
@@ -92,6 +93,7 @@ class Tokenizer(nn.Module):
         """Always eval: a tokenizer is frozen, so ``.train()`` is ignored (``mode`` is unused)."""
         return super().train(False)
 
+    @abc.abstractmethod
     def encode(self, x: torch.Tensor, *, sample: bool = False,
                generator: torch.Generator | None = None) -> torch.Tensor:
         """Pixels ``x [B, C, H, W]`` in ``[-1, 1]`` -> latents ``z [B, c, h, w]``.
@@ -99,19 +101,21 @@ class Tokenizer(nn.Module):
         Deterministic by default (the posterior mean); ``sample=True`` draws from the
         posterior using ``generator``.
         """
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def decode(self, z: torch.Tensor, *, clamp: bool = False) -> torch.Tensor:
         """Latents ``z [B, c, h, w]`` -> pixels ``[B, C, H, W]``, nominally in ``[-1, 1]``.
 
         Differentiable w.r.t. ``z``. Not clamped by default (clamping would zero the gradient
         of saturated pixels); ``clamp=True`` clamps to ``[-1, 1]`` for display / evaluation.
         """
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def latent_shape(self, C: int, H: int, W: int) -> tuple[int, int, int]:
         """The latent shape ``(c, h, w)`` for pixel images of shape ``(C, H, W)``."""
-        raise NotImplementedError
+        ...
 
     @torch.no_grad()
     def encode_dataset(self, images, *, batch: int = 256, progress: bool = False) -> torch.Tensor:
