@@ -276,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .recipes.flow import add_flow_parser
 
     add_flow_parser(sub)  # drifting train-flow: class-conditional flow matching (peer / Drift-RAE teacher)
+    from .recipes.drift_rae import add_distill_parser
+
+    add_distill_parser(sub)  # drifting distill: Drift-RAE one-step distillation of a flow model
+    from .recipes.latent_stats import add_latent_stats_parser
+
+    add_latent_stats_parser(sub)  # drifting latent-stats: Drift-RAE Tables 1-2 (isotropy, dispersion), curvature
     from .recipes.peers import add_peers_parser
 
     add_peers_parser(sub)  # drifting peers: drifting vs flow matching vs MMD, side by side

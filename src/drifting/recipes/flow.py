@@ -21,10 +21,12 @@ One training step: draw ``batch`` training images uniformly (pixels scaled to [-
 times and the label-dropout mask from a generator seeded by ``(seed, step)``; Eq. 4's loss; AdamW
 with linear warm-up; gradient clipping; EMA. A resumed run repeats an uninterrupted one bit for bit.
 
+With ``tokenizer`` set (e.g. ``"rae:DIR"``), the training images are encoded once and ``y`` are
+latents ``[c, h, w]``: the Drift-RAE teacher, a flow model in RAE latent space. Samples are decoded
+for grids, and the export records the tokenizer (``model/tokenizer.json``).
+
 Module notes: the checkpointing, logging, progress bar and grid writing are those of
-:mod:`drifting.recipes.images`. Three small pieces of it are inline there rather than helpers and
-are duplicated here, marked ``DUPLICATED``: the warm-up learning rate, the Ctrl-C handler and the
-[-1, 1] -> uint8 conversion of samples (to move into shared helpers).
+:mod:`drifting.recipes.images`.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ from ..training.ema import EMA
 from ..training.rng import step_generator
 from ..training.interrupt import stop_on_sigint
 from ..training.schedules import warmup_lr
-from .images import _bar, _Logger, _truncate_log, to_uint8, write_grid
+from ..models.tokenizer import Tokenizer, build_tokenizer
+from .images import _bar, _Logger, _truncate_log, to_uint8, write_grid, write_model_tokenizer
 
 TIME_SAMPLING = ("uniform", "logit-normal")
 # DiTConfig fields the recipe sets itself (from the data set, and the flow model's conventions).
@@ -78,6 +81,11 @@ class FlowTrainConfig:
     # "logit-normal": t = sigmoid(n), n ~ N(0, 1), which concentrates on the middle of the path.
     time_sampling: str = "uniform"
     seed: int = 0
+    # latent space (optional): a models.tokenizer.build_tokenizer spec ("rae:DIR", "autoencoderkl:DIR",
+    # "autoencoder-rae:DIR", ...). The training images are encoded once; the network works on latents
+    # [c, h, w] (set generator_overrides["patch_size"] to divide h) and samples are decoded for grids.
+    # This is the Drift-RAE teacher's setting (a flow model in RAE latent space, §4.1).
+    tokenizer: str | None = None
     log_every: int = 10
     ckpt_every: int = 250
     sample_every: int = 250
@@ -110,6 +118,8 @@ class FlowTrainConfig:
         need(0 <= self.label_dropout <= 1, "label_dropout", "must be a probability in [0, 1]")
         need(self.time_sampling in TIME_SAMPLING, "time_sampling", f"must be one of {list(TIME_SAMPLING)}")
         need(math.isfinite(self.sample_cfg) and self.sample_cfg >= 0, "sample_cfg", "must be a finite number >= 0")
+        need(self.tokenizer is None or (isinstance(self.tokenizer, str) and self.tokenizer.strip() != ""), "tokenizer",
+             "must be None (pixel space) or a tokenizer spec such as 'rae:DIR' or 'autoencoderkl:DIR'")
         return self
 
 
@@ -208,23 +218,23 @@ def euler_sample(model, labels, steps: int, *, cfg_scale: float = 1.0, noise: to
 
 @torch.no_grad()
 def flow_generate(model: DriftingDiT, labels: torch.Tensor, steps: int, *, cfg_scale: float = 1.0, seed: int = 0,
-                  batch: int = 500) -> np.ndarray:
+                  batch: int = 500, tokenizer: Tokenizer | None = None) -> np.ndarray:
     """Euler samples as uint8 ``[n, H, W, C]`` for ``labels [n]`` (the flow counterpart of
-    :func:`drifting.recipes.images.generate`)."""
+    :func:`drifting.recipes.images.generate`); a latent-space model's samples are decoded by ``tokenizer``."""
     model.eval()
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(0, labels.shape[0], batch):
         x = euler_sample(model, labels[i: i + batch], steps, cfg_scale=cfg_scale, generator=g)  # [b, C, H, W]
-        out.append(to_uint8(x))
+        out.append(to_uint8(x, tokenizer))
     return np.concatenate(out)
 
 
 def save_flow_grid(model: DriftingDiT, num_classes: int, path: str | Path, *, per_class: int = 8, steps: int = 50,
-                   cfg_scale: float = 1.0, seed: int = 0) -> None:
+                   cfg_scale: float = 1.0, seed: int = 0, tokenizer: Tokenizer | None = None) -> None:
     """A PNG grid with one row per class of ``steps``-step Euler samples."""
     labels = torch.arange(num_classes).repeat_interleave(per_class)  # [K * per_class]
-    write_grid(flow_generate(model, labels, steps, cfg_scale=cfg_scale, seed=seed), per_class, path)
+    write_grid(flow_generate(model, labels, steps, cfg_scale=cfg_scale, seed=seed, tokenizer=tokenizer), per_class, path)
 
 
 def load_flow_model(model_dir: str | Path, device: str | torch.device = "cpu") -> DriftingDiT:
@@ -264,6 +274,12 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
         raise ValueError(f"data: the DiT needs square images, {cfg.data} has {H}x{W}")
     K = ds.num_classes
     labels_all = torch.from_numpy(ds.labels)  # [N]
+    tok = build_tokenizer(cfg.tokenizer, pixel_channels=C) if cfg.tokenizer is not None else None
+    latents = None
+    if tok is not None:  # encode the training set once; the network then works on latents
+        latents = tok.encode_dataset(ds.images, progress=progress)  # [N, c, h, w] fp32, CPU
+        C, H = latents.shape[1], latents.shape[2]
+        tok = tok.to(dev)
 
     torch.manual_seed(cfg.seed)
     model = DriftingDiT(flow_dit_config(cfg, C, H, K)).to(dev)
@@ -301,7 +317,8 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
             for step in range(start, cfg.steps):
                 g = step_generator(cfg.seed, step)
                 idx = torch.randint(len(ds), (cfg.batch,), generator=g)  # [B], uniform with replacement
-                y = ds.to_tensor(idx.numpy())  # [B, C, H, W] in [-1, 1]
+                # [B, C, H, W]: pixels in [-1, 1], or latents
+                y = latents[idx] if latents is not None else ds.to_tensor(idx.numpy())
                 eps = torch.randn(y.shape, generator=g)  # [B, C, H, W]
                 t = sample_time(cfg.batch, cfg.time_sampling, g)  # [B]
                 drop = torch.rand(cfg.batch, generator=g) < cfg.label_dropout  # [B]
@@ -335,7 +352,7 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
                 if done % cfg.sample_every == 0 and done < cfg.steps:
                     s0 = time.perf_counter()
                     save_flow_grid(best, K, out / f"samples_{done:06d}.png", steps=cfg.sample_steps,
-                                   cfg_scale=cfg.sample_cfg, seed=cfg.seed)
+                                   cfg_scale=cfg.sample_cfg, seed=cfg.seed, tokenizer=tok)
                     sampling += time.perf_counter() - s0
                 if done % cfg.ckpt_every == 0 or done == cfg.steps or interrupted["flag"]:
                     save(done)
@@ -348,8 +365,9 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
 
     best.save_pretrained(out / "model")
     (out / "model" / "train_config.json").write_text(json.dumps(jsonable(asdict(cfg)), indent=2))
+    write_model_tokenizer(out / "model", cfg.tokenizer, ds.shape[2])  # how to decode its latents (model_tokenizer)
     save_flow_grid(best, K, out / "samples.png", per_class=10, steps=cfg.sample_steps, cfg_scale=cfg.sample_cfg,
-                   seed=cfg.seed)  # one row per class
+                   seed=cfg.seed, tokenizer=tok)  # one row per class
     (out / "history.json").write_text(json.dumps(history))
     secs = history["time"][-1] if history["time"] else 0.0
     return {"steps": cfg.steps, "train_seconds": secs, "steps_per_second": cfg.steps / max(secs, 1e-9),
@@ -360,8 +378,11 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
 # --------------------------------------------------------------------------- command line
 def cmd_train_flow(a: argparse.Namespace) -> int:
     overrides = {k: getattr(a, k) for k in ("data", "generator", "steps", "batch", "lr", "label_dropout",
-                                            "time_sampling", "sample_steps", "sample_cfg", "seed")
+                                            "time_sampling", "sample_steps", "sample_cfg", "seed", "tokenizer")
                  if getattr(a, k) is not None}
+    dit = {k: getattr(a, k) for k in ("patch_size", "depth", "hidden") if getattr(a, k) is not None}
+    if dit:
+        overrides["generator_overrides"] = dit
     cfg = FlowTrainConfig(**overrides).validate()
     res = train_flow(cfg, a.out, progress=not a.no_progress, resume=not a.no_resume, device=a.device)
     print(f"trained {res['steps']} flow-matching steps in {res['train_seconds']:.0f}s "
@@ -391,6 +412,11 @@ def add_flow_parser(subparsers) -> argparse.ArgumentParser:
     f.add_argument("--sample-steps", type=_positive_int, default=None, help="Euler steps of the grids (default 50)")
     f.add_argument("--sample-cfg", type=float, default=None, help="CFG scale of the grids (default 1)")
     f.add_argument("--seed", type=int, default=None)
+    f.add_argument("--tokenizer", default=None,
+                   help="train in a latent space: rae:DIR, autoencoderkl:DIR, autoencoder-rae:DIR (default: pixels)")
+    f.add_argument("--patch-size", type=_positive_int, default=None, help="DiT patch size (must divide the input side)")
+    f.add_argument("--depth", type=_positive_int, default=None, help="DiT blocks (default: the preset's)")
+    f.add_argument("--hidden", type=_positive_int, default=None, help="DiT token width (default: the preset's)")
     f.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     add_threads_option(f)
     f.add_argument("--no-resume", action="store_true", help="start over even if OUT/checkpoint.pt exists")

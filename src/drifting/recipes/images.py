@@ -437,8 +437,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
         best.save_pretrained(out / "model")
         save_grid(best, K, out / "samples.png", per_class=10, seed=cfg.seed, tokenizer=tok)  # one row per class
         (out / "model" / "train_config.json").write_text(json.dumps(jsonable(asdict(cfg)), indent=2))
-        if cfg.tokenizer is not None:  # how to decode this generator's latents (read by load_generator)
-            (out / "model" / "tokenizer.json").write_text(json.dumps({"spec": cfg.tokenizer, "pixel_channels": C}))
+        write_model_tokenizer(out / "model", cfg.tokenizer, C)  # how to decode its latents (load_generator)
         (out / "history.json").write_text(json.dumps(history))
     metrics = None
     if cfg.eval_samples > 0:
@@ -521,14 +520,25 @@ def cached_mae_dir(ds: ImageDataset, cfg: MAEConfig, *, progress: bool = True,
 
 
 # --------------------------------------------------------------------------- sampling
-def load_generator(model_dir: str | Path) -> tuple[DriftingDiT, Tokenizer | None]:
-    """A generator exported by :func:`train_images` and, for a latent-space one, its tokenizer."""
-    model = DriftingDiT.from_pretrained(model_dir)
+def write_model_tokenizer(model_dir: str | Path, spec: str | None, pixel_channels: int) -> None:
+    """Record beside an exported latent-space model how to decode its latents (``tokenizer.json``);
+    nothing for a pixel-space one (``spec`` None)."""
+    if spec is not None:
+        (Path(model_dir) / "tokenizer.json").write_text(json.dumps({"spec": spec, "pixel_channels": pixel_channels}))
+
+
+def model_tokenizer(model_dir: str | Path) -> Tokenizer | None:
+    """The tokenizer recorded by :func:`write_model_tokenizer` beside an exported model, or None."""
     tj = Path(model_dir) / "tokenizer.json"
     if not tj.is_file():
-        return model, None
+        return None
     t = json.loads(tj.read_text())
-    return model, build_tokenizer(t["spec"], pixel_channels=int(t["pixel_channels"]))
+    return build_tokenizer(t["spec"], pixel_channels=int(t["pixel_channels"]))
+
+
+def load_generator(model_dir: str | Path) -> tuple[DriftingDiT, Tokenizer | None]:
+    """A generator exported by :func:`train_images` and, for a latent-space one, its tokenizer."""
+    return DriftingDiT.from_pretrained(model_dir), model_tokenizer(model_dir)
 
 
 @torch.no_grad()
@@ -541,14 +551,16 @@ def generate(model: DriftingDiT, labels: torch.Tensor, alpha: float = 1.0, *, se
     out = []
     for i in range(0, labels.shape[0], batch):
         x = model.sample(labels[i: i + batch], alpha=alpha, generator=g)  # [b, c, h, w]
-        if tokenizer is not None:
-            x = tokenizer.decode(x)  # [b, C, H, W] pixels in ~[-1, 1]
-        out.append(to_uint8(x))
+        out.append(to_uint8(x, tokenizer))
     return np.concatenate(out)
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Pixels in ~[-1, 1], ``[B, C, H, W]`` -> uint8 images ``[B, H, W, C]`` (clamped, rounded)."""
+def to_uint8(x: torch.Tensor, tokenizer: Tokenizer | None = None) -> np.ndarray:
+    """Pixels in ~[-1, 1], ``[B, C, H, W]`` -> uint8 images ``[B, H, W, C]`` (clamped, rounded);
+    with a ``tokenizer``, ``x`` are latents ``[B, c, h, w]`` decoded first."""
+    if tokenizer is not None:
+        with torch.no_grad():
+            x = tokenizer.decode(x)  # [B, C, H, W] pixels in ~[-1, 1]
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 

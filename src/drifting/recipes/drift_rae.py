@@ -1,0 +1,450 @@
+"""Drift-RAE: distil a flow model into a one-step generator with a per-token drifting field
+(Zhang et al. 2026, "Distilling Drifting Transformers with Representation Autoencoders", §3.3,
+App. A.2, B.2 Table 8, App. C Table 9). ``drifting distill``.
+
+The student starts as a copy of the teacher velocity network ``v_theta`` and generates in one step
+
+    G(z) = z - v_theta(z, 1),   z ~ N(0, I)                                         (Eq. 8)
+
+Its output is a latent ``[c, h, w]`` of the teacher's space (an RAE latent in the paper), read as
+``C = h * w`` tokens of dimension ``D = c`` (Eq. 9). For each class in the step, each token ``c``
+of each gradient-carrying sample ``j`` is drifted against the same token of ``N_pos`` real latents
+of that class and of the other generated samples (Eq. 10-11):
+
+    L = mean_tau mean_{j, c} || G^c(z_j) - sg[G^c(z_j) + V~^c_j] ||^2,   V~ = V / ||V||   (Eq. 10)
+
+with ``V^c_j`` from Eq. 11: one softmax over positives and one over negatives (no joint y-softmax,
+no x-softmax), :func:`drifting.field.drift_rae_field`. The paper's three modifications are each a
+switch of :class:`DistillConfig`:
+
+* ``y_softmax``: True computes the field as the original Drifting Model does (Alg. 2, both
+  softmaxes, :func:`drifting.compute_V`): Table 3's baseline A. False (default) is Eq. 11.
+* ``perturb``: the generated samples entering the field are ``G + tau n`` (Eq. 12), ``n`` of
+  uniformly random direction and standard-Laplace norm, drawn anew per temperature.
+* ``n_extra_neg``: that many further samples per class are generated without gradient and only
+  serve as negatives ("partially detaching negative samples"); ``n_neg`` carry the gradient.
+
+Distances are measured in units of a stop-gradient scale ``S``, the mean distance from the
+generated tokens to all their targets in the step (as the original Drifting Model's feature
+normalization, whose temperatures {0.02, 0.05, 0.2} Drift-RAE keeps; with raw RAE latents the
+softmaxes would be one-hot at these temperatures). The perturbation ``tau n`` is in the same
+units. ``V~`` is a unit vector per token whatever the scale, so the loss is unchanged by it.
+
+Optimizer and schedules are Table 8's: AdamW (0.9, 0.95), weight decay 0, learning rate
+``max(lr_final, lr - (lr - lr_final) t / T)``, EMA 0.9995 with the warm-up
+``min(0.9995, 0.5 (0.9995 / 0.5)^(t / 1000))``, gradient clipping 1.0. ``PRESETS["table8"]`` holds
+Table 8's sample counts; the defaults are a CPU-sized version of it.
+
+App. C's from-scratch variants: ``init="scratch"`` trains a freshly initialised network of the
+teacher's architecture with the same loss (Table 9, rows 1-2: VAE or RAE latents), and
+``features="decode-encode"`` drifts ``E(D(G(z)))`` (decode with the tokenizer, re-encode, with
+gradients through both) against the encoded real images (Table 9, row 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from ..data.images import load_dataset
+from ..field import compute_V, drift_rae_field, laplace_norm_noise, pairwise_distances
+from ..loss import DEFAULT_TEMPERATURES
+from ..models.dit import DriftingDiT
+from ..training.checkpoint import jsonable, load_state, save_state
+from ..training.ema import EMA
+from ..training.interrupt import stop_on_sigint
+from ..training.rng import step_generator
+from ..training.schedules import linear_decay_lr
+from .flow import load_flow_model, save_flow_grid
+from .images import _bar, _Logger, _truncate_log, model_tokenizer, write_model_tokenizer
+
+INITS = ("teacher", "scratch")
+FEATURES = ("latent", "decode-encode")
+_EPS = 1e-12
+
+
+@dataclass
+class DistillConfig:
+    """Everything a distillation run depends on (saved in its checkpoint and beside its export)."""
+
+    teacher: str = ""  # a flow model export (train-flow's OUT/model); its tokenizer.json sets the latent space
+    data: str = "fashion-mnist"  # the real samples (positives); encoded with the teacher's tokenizer
+    init: str = "teacher"  # "teacher": distillation (§3.3); "scratch": App. C, a fresh network
+    features: str = "latent"  # "latent": the latent tokens (Eq. 10); "decode-encode": App. C's E(D(G(z)))
+    steps: int = 300
+    classes_per_step: int = 10  # N_c (Table 8: 32)
+    n_pos: int = 64  # N_pos real latents per class (Table 8: 256)
+    n_neg: int = 16  # N_neg gradient-carrying generated samples per class (Table 8: 64)
+    n_extra_neg: int = 48  # N_extra_neg detached generated negatives per class (Table 8: 192)
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES  # losses averaged over them (§4.1)
+    y_softmax: bool = False  # True: Alg. 2's two softmaxes (the baseline); False: Eq. 11's single softmax
+    perturb: bool = True  # Eq. 12: the generated samples enter the field as G + tau n
+    lr: float = 3e-5  # Table 8: linear decay from 3e-5 ...
+    lr_final: float = 3e-7  # ... to 3e-7
+    lr_decay_steps: int = 0  # T of the schedule; 0: the run's steps
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9995
+    ema_warmup: int = 1000  # Table 8's EMA warm-up (0 = off)
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 100
+    sample_every: int = 100
+
+    def validate(self) -> "DistillConfig":
+        """Raise ``ValueError`` naming the offending field; return self when all is well."""
+        def need(cond: bool, name: str, why: str) -> None:
+            if not cond:
+                raise ValueError(f"DistillConfig.{name}: {why}, got {getattr(self, name)!r}")
+
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        need(isinstance(self.teacher, str) and self.teacher != "", "teacher",
+             "must name a flow model directory (train-flow's OUT/model)")
+        for name in ("steps", "classes_per_step", "n_pos", "n_neg", "log_every", "ckpt_every", "sample_every"):
+            need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "must be an integer >= 1")
+        for name in ("n_extra_neg", "lr_decay_steps", "ema_warmup"):
+            need(is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "must be an integer >= 0")
+        need(self.n_neg + self.n_extra_neg >= 2, "n_neg", "n_neg + n_extra_neg must be >= 2 (a sample needs "
+             "another negative besides itself)")
+        need(self.init in INITS, "init", f"must be one of {list(INITS)}")
+        need(self.features in FEATURES, "features", f"must be one of {list(FEATURES)}")
+        temps = tuple(self.temperatures)
+        need(len(temps) >= 1 and all(isinstance(t, (int, float)) and math.isfinite(t) and t > 0 for t in temps),
+             "temperatures", "must be a non-empty list of positive numbers")
+        for name in ("lr", "lr_final"):
+            v = getattr(self, name)
+            need(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, name, "must be a finite number > 0")
+        need(self.lr_final <= self.lr, "lr_final", "must be <= lr (the schedule decays)")
+        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(math.isfinite(self.grad_clip), "grad_clip", "must be finite (<= 0 turns clipping off)")
+        need(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1)")
+        return self
+
+
+# Table 3's rows (A, B, C) and Table 8's full-size counts. The CPU-sized rows divide Table 3's
+# sample counts by 4 (64 -> 16, 256 -> 64) and keep everything else.
+PRESETS: dict[str, dict] = {
+    "table8": dict(classes_per_step=32, n_pos=256, n_neg=64, n_extra_neg=192, steps=10_000),
+    "A": dict(y_softmax=True, perturb=False, n_pos=16, n_neg=16, n_extra_neg=0),  # baseline
+    "B": dict(y_softmax=False, perturb=True, n_pos=16, n_neg=16, n_extra_neg=0),  # + perturbation - y-softmax
+    "C": dict(y_softmax=False, perturb=True, n_pos=64, n_neg=16, n_extra_neg=48),  # + pos, + detached neg
+}
+
+
+def distill_preset(name: str, teacher: str, **overrides) -> DistillConfig:
+    """A :class:`DistillConfig` from ``PRESETS[name]`` with ``overrides`` (e.g. ``steps=500``)."""
+    if name not in PRESETS:
+        raise ValueError(f"name: unknown distillation preset {name!r}; choose one of {sorted(PRESETS)}")
+    return replace(DistillConfig(teacher=teacher), **{**PRESETS[name], **overrides}).validate()
+
+
+# --------------------------------------------------------------------------- the objective
+def one_step(model: DriftingDiT, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 8: ``G(z) = z - v(z, 1)`` for noise ``z [B, c, h, w]`` and ``labels [B]``; ``[B, c, h, w]``
+    (fp32). The same map as one Euler step of the teacher (:func:`drifting.recipes.flow.euler_sample`)."""
+    t = torch.ones(z.shape[0], device=z.device)  # [B]
+    return z - model(z, labels, t=t).float()
+
+
+def tokens(x: torch.Tensor) -> torch.Tensor:
+    """Eq. 9: latents ``[G, n, c, h, w]`` -> per-token problems ``[G * h * w, n, c]`` (group-major)."""
+    if x.dim() != 5:
+        raise ValueError(f"x must be latents [groups, samples, c, h, w], got shape {tuple(x.shape)}")
+    G, n, c, h, w = x.shape
+    return x.permute(0, 3, 4, 1, 2).reshape(G * h * w, n, c)  # [G*L, n, c]
+
+
+def drift_rae_loss(
+    x: torch.Tensor,
+    pos: torch.Tensor,
+    extra_neg: torch.Tensor | None = None,
+    *,
+    temperatures=DEFAULT_TEMPERATURES,
+    y_softmax: bool = False,
+    perturb: bool = True,
+    normalize_features: bool = True,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq. 10's loss for one step, averaged over temperatures (§4.1) and over samples and tokens.
+
+    Args:
+        x: generated latents with gradient, ``[G, N, c, h, w]`` (G classes, N = N_neg samples each).
+        pos: real latents of the same classes, ``[G, P, c, h, w]``.
+        extra_neg: detached extra negatives ``[G, E, c, h, w]`` or None (E = 0).
+        temperatures: the taus; one field and one loss term each, the terms averaged.
+        y_softmax: field of Alg. 2 (joint softmax over targets and softmax over samples) instead of
+            Eq. 11's single softmax over samples.
+        perturb: Eq. 12: ``x`` and the extra negatives enter the field as ``x + tau n``.
+        normalize_features: measure distances in units of ``S`` (see the module docstring).
+        generator: draws the perturbation ``n`` (CPU generator; moved to ``x``'s device).
+
+    Returns ``(loss, stats)``; ``stats`` has the scale ``S`` and ``V2@tau``, the mean raw
+    ``||V||^2`` per token (in units of ``S^2``, before normalization): the number that shrinks as the
+    generated distribution approaches the data.
+    """
+    if x.dim() != 5 or pos.dim() != 5 or pos.shape[0] != x.shape[0] or pos.shape[2:] != x.shape[2:]:
+        raise ValueError(f"x [G, N, c, h, w] and pos [G, P, c, h, w] must agree in G, c, h, w; "
+                         f"got {tuple(x.shape)} and {tuple(pos.shape)}")
+    if extra_neg is not None and (extra_neg.dim() != 5 or extra_neg.shape[0] != x.shape[0]
+                                  or extra_neg.shape[2:] != x.shape[2:]):
+        raise ValueError(f"extra_neg must be [G, E, c, h, w] like x {tuple(x.shape)}, got {tuple(extra_neg.shape)}")
+    temperatures = tuple(float(t) for t in temperatures)
+    if not temperatures or any(not (math.isfinite(t) and t > 0) for t in temperatures):
+        raise ValueError(f"temperatures must be a non-empty list of positive numbers, got {temperatures}")
+    x_tok = tokens(x)  # [G*L, N, D], with gradient
+    N = x_tok.shape[1]
+    stats: dict[str, float] = {}
+    with torch.no_grad():
+        q = x_tok.detach().float()  # [BL, N, D]
+        y_pos = tokens(pos.detach()).float()  # [BL, P, D]
+        negs = q if extra_neg is None else torch.cat([q, tokens(extra_neg.detach()).float()], dim=1)  # [BL, M, D]
+        S = 1.0
+        if normalize_features:  # mean distance from the generated tokens to every target (self pairs included)
+            S = float(torch.cat([pairwise_distances(q, y_pos), pairwise_distances(q, negs)], -1).mean())
+            S = max(S, _EPS)
+        y_pos, negs = y_pos / S, negs / S
+        stats["S"] = S
+        drifts = []
+        for tau in temperatures:
+            m = negs
+            if perturb:  # Eq. 12 on every generated sample entering the field
+                m = negs + tau * laplace_norm_noise(negs.shape, generator=generator).to(negs.device)
+            xq = m[:, :N]  # the (perturbed) queries are the first N negatives (self pair masked)
+            if y_softmax:
+                V = compute_V(xq, y_pos, m, tau, normalize="both")  # [BL, N, D], Alg. 2
+            else:
+                V = drift_rae_field(xq, y_pos, m, tau, normalize_output=False)  # [BL, N, D], Eq. 11
+            n2 = V.square().sum(-1, keepdim=True)  # [BL, N, 1]
+            stats[f"V2@{tau:g}"] = float(n2.mean())
+            drifts.append(V / n2.sqrt().clamp_min(_EPS))  # V~ = V / ||V||
+    loss = x_tok.new_zeros((), dtype=torch.float32)
+    for V in drifts:  # Eq. 10 per temperature: || G - sg(G + V~) ||^2, mean over samples and tokens
+        target = (x_tok.detach().float() + V).detach()
+        loss = loss + (x_tok.float() - target).square().sum(-1).mean()
+    return loss / len(drifts), stats
+
+
+# --------------------------------------------------------------------------- training
+def _real_latents(ds, tok, progress: bool) -> torch.Tensor:
+    """The training set in the teacher's space: encoded latents, or pixels in [-1, 1] without a tokenizer."""
+    if tok is not None:
+        return tok.encode_dataset(ds.images, progress=progress)  # [N, c, h, w]
+    return ds.to_tensor(range(len(ds)))  # [N, C, H, W]
+
+
+def distill(cfg: DistillConfig, out: str | Path, *, progress: bool = True, resume: bool = True,
+            device: str | torch.device | None = None) -> dict:
+    """Distil ``cfg.teacher`` into a one-step student (see the module docstring).
+
+    Writes to ``out``: ``checkpoint.pt`` (atomic; every ``ckpt_every`` steps, at the end and on
+    Ctrl-C), ``log.jsonl`` (loss, lr, grad norm, ``S``, ``V2@tau``, time), ``samples_<step>.png``, and
+    at the end ``model/`` (the EMA student: a flow-model export whose one Euler step is ``G``, with
+    the teacher's ``tokenizer.json``; sample it with ``flow_generate(model, labels, 1)``),
+    ``samples.png`` and ``history.json``. ``resume`` continues ``out/checkpoint.pt`` written with the
+    same config. Returns ``{"steps", "train_seconds", "steps_per_second", "final_loss", "model_dir",
+    "samples", "params"}``.
+    """
+    cfg.validate()
+    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+    out = Path(out)
+    teacher = load_flow_model(cfg.teacher)
+    tok = model_tokenizer(cfg.teacher)
+    if cfg.features == "decode-encode" and tok is None:
+        raise ValueError("features: 'decode-encode' needs a latent-space teacher (its model dir has no tokenizer.json)")
+    ds = load_dataset(cfg.data, "train")
+    K = ds.num_classes
+    if teacher.config.num_classes != K + 1:
+        raise ValueError(f"teacher: {cfg.teacher} has {teacher.config.num_classes - 1} classes (+ null), "
+                         f"data {cfg.data} has {K}")
+    real = _real_latents(ds, tok, progress)  # [N, c, h, w]
+    if tuple(real.shape[1:]) != (teacher.config.in_channels, teacher.config.input_size, teacher.config.input_size):
+        raise ValueError(f"teacher: its input is {teacher.config.in_channels}x{teacher.config.input_size}^2 but the "
+                         f"data in its space are {tuple(real.shape[1:])}")
+    labels_all = torch.from_numpy(ds.labels).long()
+    by_class = [torch.nonzero(labels_all == k).flatten() for k in range(K)]
+    if cfg.classes_per_step > K:
+        raise ValueError(f"classes_per_step: at most the {K} classes of {cfg.data}, got {cfg.classes_per_step}")
+    if tok is not None:
+        tok = tok.to(dev)
+
+    torch.manual_seed(cfg.seed)
+    student = copy.deepcopy(teacher) if cfg.init == "teacher" else DriftingDiT(teacher.config)
+    student = student.to(dev).train()
+    del teacher
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    ema = EMA(student, (cfg.ema_decay,), warmup_steps=cfg.ema_warmup)
+    T = cfg.lr_decay_steps or cfg.steps
+    history: dict = {"step": [], "loss": [], "time": []}
+    start = 0
+    ckpt = out / "checkpoint.pt"
+    if resume and ckpt.is_file():
+        state = load_state(ckpt)
+        if state.get("kind") != "distill" or state["config"] != jsonable(asdict(cfg)):
+            raise ValueError(f"{ckpt} was written by another run or configuration; use a new --out, or "
+                             "resume=False (--no-resume) to start over there")
+        student.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        history = json.loads(state["history"])
+        start = int(state["step"])
+    elif not resume:
+        ckpt.unlink(missing_ok=True)
+    _truncate_log(out / "log.jsonl", start)
+
+    def save(step: int) -> None:
+        save_state(ckpt, {"kind": "distill", "model": student.state_dict(), "optimizer": opt.state_dict(),
+                          "ema": ema.state_dict(), "step": step, "config": jsonable(asdict(cfg)),
+                          "history": json.dumps(history)})
+
+    best = ema.models[cfg.ema_decay]
+    G_, N, E, P = cfg.classes_per_step, cfg.n_neg, cfg.n_extra_neg, cfg.n_pos
+    shape = tuple(real.shape[1:])  # (c, h, w)
+    log = _Logger(out, tensorboard=False)
+    bar = _bar(cfg.steps, "distill", progress, initial=start)
+    sampling = 0.0
+    t0 = time.perf_counter() - (history["time"][-1] if history["time"] else 0.0)
+    try:
+        with stop_on_sigint() as interrupted:
+            for step in range(start, cfg.steps):
+                g = step_generator(cfg.seed, step)
+                classes = torch.randperm(K, generator=g)[:G_]  # [G]
+                pos_idx = torch.stack([by_class[k][torch.randint(len(by_class[k]), (P,), generator=g)]
+                                       for k in classes.tolist()])  # [G, P]
+                pos = real[pos_idx].to(dev)  # [G, P, c, h, w]
+                z = torch.randn((G_, N + E) + shape, generator=g).to(dev)  # [G, N+E, c, h, w]
+                labels = classes.to(dev)[:, None].expand(G_, N + E)  # [G, N+E]
+                lr = linear_decay_lr(step, cfg.lr, cfg.lr_final, T)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                with autocast:
+                    x = one_step(student, z[:, :N].flatten(0, 1), labels[:, :N].flatten())  # [G*N, c, h, w]
+                    extra = None
+                    if E > 0:
+                        with torch.no_grad():  # detached negatives: a forward pass only
+                            extra = one_step(student, z[:, N:].flatten(0, 1), labels[:, N:].flatten())
+                    if cfg.features == "decode-encode":  # App. C: drift E(D(G(z))), gradients through both
+                        x = tok.encode(tok.decode(x))
+                        if extra is not None:
+                            with torch.no_grad():
+                                extra = tok.encode(tok.decode(extra))
+                x = x.float().view(G_, N, *x.shape[1:])  # [G, N, c', h', w']
+                extra = extra.float().view(G_, E, *extra.shape[1:]) if extra is not None else None
+                loss, stats = drift_rae_loss(x, pos, extra, temperatures=cfg.temperatures, y_softmax=cfg.y_softmax,
+                                             perturb=cfg.perturb, generator=g)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss at step {step}; the last good checkpoint is {ckpt}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(student.parameters(),
+                                                       cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+                opt.step()
+                ema.update(student)
+                done = step + 1
+                if done % cfg.log_every == 0 or done == cfg.steps:
+                    history["step"].append(done)
+                    history["loss"].append(loss.item())
+                    history["time"].append(time.perf_counter() - t0 - sampling)
+                    log.write(done, {"loss": loss.item(), "lr": lr, "grad_norm": gnorm.item(),
+                                     "time": history["time"][-1], **stats}, {})
+                    if bar is not None:
+                        bar.set_postfix(V2=f"{stats[f'V2@{cfg.temperatures[-1]:g}']:.3f}")
+                if bar is not None:
+                    bar.update(1)
+                if done % cfg.sample_every == 0 and done < cfg.steps:
+                    s0 = time.perf_counter()
+                    save_flow_grid(best, K, out / f"samples_{done:06d}.png", steps=1, seed=cfg.seed, tokenizer=tok)
+                    sampling += time.perf_counter() - s0
+                if done % cfg.ckpt_every == 0 or done == cfg.steps or interrupted["flag"]:
+                    save(done)
+                if interrupted["flag"]:
+                    raise KeyboardInterrupt(f"interrupted after step {done}; run again with the same --out to resume")
+    finally:
+        log.close()
+        if bar is not None:
+            bar.close()
+
+    best.save_pretrained(out / "model")
+    (out / "model" / "train_config.json").write_text(json.dumps(jsonable(asdict(cfg)), indent=2))
+    teacher_tok = Path(cfg.teacher) / "tokenizer.json"
+    if teacher_tok.is_file():  # the student lives in the teacher's space
+        t = json.loads(teacher_tok.read_text())
+        write_model_tokenizer(out / "model", t["spec"], int(t["pixel_channels"]))
+    save_flow_grid(best, K, out / "samples.png", per_class=10, steps=1, seed=cfg.seed, tokenizer=tok)
+    (out / "history.json").write_text(json.dumps(history))
+    secs = history["time"][-1] if history["time"] else 0.0
+    return {"steps": cfg.steps, "train_seconds": secs, "steps_per_second": cfg.steps / max(secs, 1e-9),
+            "final_loss": history["loss"][-1] if history["loss"] else None, "model_dir": str(out / "model"),
+            "samples": str(out / "samples.png"), "params": student.num_params()}
+
+
+# --------------------------------------------------------------------------- command line
+def cmd_distill(a: argparse.Namespace) -> int:
+    overrides = {k: getattr(a, k) for k in ("data", "init", "features", "steps", "classes_per_step", "n_pos",
+                                            "n_neg", "n_extra_neg", "lr", "lr_final", "seed")
+                 if getattr(a, k) is not None}
+    if a.temperatures:
+        overrides["temperatures"] = tuple(float(v) for v in a.temperatures.split(","))
+    if a.y_softmax is not None:
+        overrides["y_softmax"] = a.y_softmax
+    if a.perturb is not None:
+        overrides["perturb"] = a.perturb
+    cfg = (distill_preset(a.preset, a.teacher, **overrides) if a.preset
+           else replace(DistillConfig(teacher=a.teacher), **overrides).validate())
+    res = distill(cfg, a.out, progress=not a.no_progress, resume=not a.no_resume, device=a.device)
+    print(f"distilled {res['steps']} steps in {res['train_seconds']:.0f}s ({res['steps_per_second']:.2f} step/s); "
+          f"final loss {res['final_loss']:.4f}")
+    print(f"wrote {res['model_dir']}/ (EMA one-step student: flow_generate(model, labels, 1)), {res['samples']}, "
+          "log.jsonl, checkpoint.pt")
+    return 0
+
+
+def add_distill_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``drifting distill --teacher DIR --out DIR ...`` on ``subparsers``."""
+    from ..cli import _positive_int, add_threads_option  # (imported here: cli imports this module lazily)
+
+    f = subparsers.add_parser(
+        "distill", help="Drift-RAE: distil a flow model into a one-step generator with a per-token drifting field",
+        description="Drift-RAE (Zhang et al. 2026, §3.3): the student G(z) = z - v(z, 1) starts from the teacher and "
+        "is trained with the per-token drifting loss (Eq. 10-12) in the teacher's latent space. Options left out "
+        "keep the preset's (or DistillConfig's) values. Running again with the same --out resumes.")
+    f.add_argument("--teacher", required=True, help="flow model directory (drifting train-flow's OUT/model)")
+    f.add_argument("--out", required=True, help="output directory")
+    f.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="Table 3's rows A (baseline), B (+perturbation -y-softmax), C (+pos, +detached neg), at "
+                   "CPU size; table8: the paper's counts")
+    f.add_argument("--data", default=None, help="real data (default fashion-mnist)")
+    f.add_argument("--init", choices=INITS, default=None, help="teacher (distillation) or scratch (App. C)")
+    f.add_argument("--features", choices=FEATURES, default=None, help="latent (Eq. 10) or decode-encode (App. C)")
+    f.add_argument("--steps", type=_positive_int, default=None)
+    f.add_argument("--classes-per-step", type=_positive_int, default=None, help="N_c")
+    f.add_argument("--n-pos", type=_positive_int, default=None, help="N_pos real latents per class")
+    f.add_argument("--n-neg", type=_positive_int, default=None, help="N_neg gradient-carrying samples per class")
+    f.add_argument("--n-extra-neg", type=int, default=None, help="N_extra_neg detached negatives per class")
+    f.add_argument("--temperatures", default=None, help="comma-separated taus (default 0.02,0.05,0.2)")
+    f.add_argument("--y-softmax", action=argparse.BooleanOptionalAction, default=None,
+                   help="Alg. 2's two softmaxes (baseline) instead of Eq. 11's single softmax")
+    f.add_argument("--perturb", action=argparse.BooleanOptionalAction, default=None, help="Eq. 12 input perturbation")
+    f.add_argument("--lr", type=float, default=None, help="initial learning rate (default 3e-5)")
+    f.add_argument("--lr-final", type=float, default=None, help="final learning rate (default 3e-7)")
+    f.add_argument("--seed", type=int, default=None)
+    f.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    add_threads_option(f)
+    f.add_argument("--no-resume", action="store_true", help="start over even if OUT/checkpoint.pt exists")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    f.set_defaults(func=cmd_distill)
+    return f
+
+
+__all__ = ["DistillConfig", "PRESETS", "distill_preset", "one_step", "tokens", "drift_rae_loss", "distill",
+           "add_distill_parser"]
