@@ -49,3 +49,14 @@ def crash_at():
             return fn(*a, **k)
         return wrapped
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    tiny models gain nothing from more, and on a busy 2-core machine OpenMP's thread barrier makes
+    each small op wait for a time slice (up to ~40x slower). Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

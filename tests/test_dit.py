@@ -8,14 +8,7 @@ import torch
 from drifting.models.dit import PRESETS, DiTConfig, DriftingDiT, dit_config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the thread
-    barrier makes each op wait for a time slice (about 1 s per step instead of 20 ms)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**overrides) -> DiTConfig:

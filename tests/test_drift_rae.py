@@ -23,12 +23,7 @@ from drifting.training.checkpoint import load_state
 from drifting.training.schedules import linear_decay_lr
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_flow_dit(**kw):

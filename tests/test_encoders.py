@@ -28,14 +28,7 @@ from drifting.models.encoders import (  # noqa: E402
 from drifting.models.resnet_mae import ResNetMAE, ResNetMAEConfig  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine OpenMP's spin-waiting makes these small
-    convolutions up to ~40x slower with 2 threads. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def images(b=2, c=3, hw=32, seed=0) -> torch.Tensor:

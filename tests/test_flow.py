@@ -19,13 +19,7 @@ from drifting.recipes.flow import (FlowTrainConfig, add_flow_parser, euler_sampl
 from drifting.training.checkpoint import load_state
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine they lose a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_dit(**overrides) -> DiTConfig:

@@ -17,12 +17,7 @@ from drifting.recipes.latent_stats import (add_latent_stats_parser, euler_path, 
                                            latent_statistics, run_latent_stats, teacher_curvature, to_tokens)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_flow(size: int = 8, num_classes: int = 4, seed: int = 0, perturb: float = 0.05) -> DriftingDiT:

@@ -48,7 +48,6 @@ import contextlib
 import copy
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -58,13 +57,14 @@ from ..data.images import load_dataset
 from ..field import compute_V, drift_rae_field, laplace_norm_noise, pairwise_distances
 from ..loss import DEFAULT_TEMPERATURES
 from ..models.dit import DriftingDiT
-from ..training.checkpoint import jsonable, load_state, save_state
+from ..training.checkpoint import jsonable
 from ..training.ema import EMA
 from ..training.interrupt import stop_on_sigint
+from ..training.loop import TrainRun, optimizer_step
 from ..training.rng import step_generator
 from ..training.schedules import linear_decay_lr
 from .flow import load_flow_model, save_flow_grid
-from .images import _bar, _Logger, _truncate_log, model_tokenizer, write_model_tokenizer
+from .images import model_tokenizer, write_model_tokenizer
 
 INITS = ("teacher", "scratch")
 FEATURES = ("latent", "decode-encode")
@@ -284,39 +284,16 @@ def distill(cfg: DistillConfig, out: str | Path, *, progress: bool = True, resum
     del teacher
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(student, (cfg.ema_decay,), warmup_steps=cfg.ema_warmup)
-    T = cfg.lr_decay_steps or cfg.steps
-    history: dict = {"step": [], "loss": [], "time": []}
-    start = 0
-    ckpt = out / "checkpoint.pt"
-    if resume and ckpt.is_file():
-        state = load_state(ckpt)
-        if state.get("kind") != "distill" or state["config"] != jsonable(asdict(cfg)):
-            raise ValueError(f"{ckpt} was written by another run or configuration; use a new --out, or "
-                             "resume=False (--no-resume) to start over there")
-        student.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        ema.load_state_dict(state["ema"])
-        history = json.loads(state["history"])
-        start = int(state["step"])
-    elif not resume:
-        ckpt.unlink(missing_ok=True)
-    _truncate_log(out / "log.jsonl", start)
-
-    def save(step: int) -> None:
-        save_state(ckpt, {"kind": "distill", "model": student.state_dict(), "optimizer": opt.state_dict(),
-                          "ema": ema.state_dict(), "step": step, "config": jsonable(asdict(cfg)),
-                          "history": json.dumps(history)})
-
+    config = jsonable(asdict(cfg))
+    run = TrainRun(out, "distill", config, {"model": student, "optimizer": opt, "ema": ema}, steps=cfg.steps,
+                   resume=resume, progress=progress, desc="distill")
     best = ema.models[cfg.ema_decay]
+    T = cfg.lr_decay_steps or cfg.steps
     G_, N, E, P = cfg.classes_per_step, cfg.n_neg, cfg.n_extra_neg, cfg.n_pos
     shape = tuple(real.shape[1:])  # (c, h, w)
-    log = _Logger(out, tensorboard=False)
-    bar = _bar(cfg.steps, "distill", progress, initial=start)
-    sampling = 0.0
-    t0 = time.perf_counter() - (history["time"][-1] if history["time"] else 0.0)
     try:
         with stop_on_sigint() as interrupted:
-            for step in range(start, cfg.steps):
+            for step in range(run.start, cfg.steps):
                 g = step_generator(cfg.seed, step)
                 classes = torch.randperm(K, generator=g)[:G_]  # [G]
                 pos_idx = torch.stack([by_class[k][torch.randint(len(by_class[k]), (P,), generator=g)]
@@ -342,49 +319,25 @@ def distill(cfg: DistillConfig, out: str | Path, *, progress: bool = True, resum
                 extra = extra.float().view(G_, E, *extra.shape[1:]) if extra is not None else None
                 loss, stats = drift_rae_loss(x, pos, extra, temperatures=cfg.temperatures, y_softmax=cfg.y_softmax,
                                              perturb=cfg.perturb, generator=g)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss at step {step}; the last good checkpoint is {ckpt}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(student.parameters(),
-                                                       cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-                opt.step()
-                ema.update(student)
-                done = step + 1
-                if done % cfg.log_every == 0 or done == cfg.steps:
-                    history["step"].append(done)
-                    history["loss"].append(loss.item())
-                    history["time"].append(time.perf_counter() - t0 - sampling)
-                    log.write(done, {"loss": loss.item(), "lr": lr, "grad_norm": gnorm.item(),
-                                     "time": history["time"][-1], **stats}, {})
-                    if bar is not None:
-                        bar.set_postfix(V2=f"{stats[f'V2@{cfg.temperatures[-1]:g}']:.3f}")
-                if bar is not None:
-                    bar.update(1)
-                if done % cfg.sample_every == 0 and done < cfg.steps:
-                    s0 = time.perf_counter()
-                    save_flow_grid(best, K, out / f"samples_{done:06d}.png", steps=1, seed=cfg.seed, tokenizer=tok)
-                    sampling += time.perf_counter() - s0
-                if done % cfg.ckpt_every == 0 or done == cfg.steps or interrupted["flag"]:
-                    save(done)
-                if interrupted["flag"]:
-                    raise KeyboardInterrupt(f"interrupted after step {done}; run again with the same --out to resume")
+                run.check_loss(loss, step)
+                gnorm = optimizer_step(student, opt, loss, cfg.grad_clip, ema)
+                v2 = f"V2@{cfg.temperatures[-1]:g}"
+                run.end_step(step + 1, loss.item(), {"lr": lr, "grad_norm": gnorm.item(), **stats},
+                             log_every=cfg.log_every, ckpt_every=cfg.ckpt_every, sample_every=cfg.sample_every,
+                             interrupted=interrupted["flag"], postfix={v2: f"{stats[v2]:.3f}"},
+                             sample=lambda path: save_flow_grid(best, K, path, steps=1, seed=cfg.seed, tokenizer=tok))
     finally:
-        log.close()
-        if bar is not None:
-            bar.close()
+        run.close()
 
-    best.save_pretrained(out / "model")
-    (out / "model" / "train_config.json").write_text(json.dumps(jsonable(asdict(cfg)), indent=2))
+    run.finish(best, config)
     teacher_tok = Path(cfg.teacher) / "tokenizer.json"
     if teacher_tok.is_file():  # the student lives in the teacher's space
         t = json.loads(teacher_tok.read_text())
         write_model_tokenizer(out / "model", t["spec"], int(t["pixel_channels"]))
     save_flow_grid(best, K, out / "samples.png", per_class=10, steps=1, seed=cfg.seed, tokenizer=tok)
-    (out / "history.json").write_text(json.dumps(history))
-    secs = history["time"][-1] if history["time"] else 0.0
+    secs = run.train_seconds
     return {"steps": cfg.steps, "train_seconds": secs, "steps_per_second": cfg.steps / max(secs, 1e-9),
-            "final_loss": history["loss"][-1] if history["loss"] else None, "model_dir": str(out / "model"),
+            "final_loss": run.history["loss"][-1] if run.history["loss"] else None, "model_dir": str(out / "model"),
             "samples": str(out / "samples.png"), "params": student.num_params()}
 
 

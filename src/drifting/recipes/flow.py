@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -44,13 +42,14 @@ import torch
 
 from ..data.images import load_dataset
 from ..models.dit import PRESETS, DiTConfig, DriftingDiT, dit_config
-from ..training.checkpoint import jsonable, load_state, save_state
+from ..training.checkpoint import jsonable
 from ..training.ema import EMA
 from ..training.rng import step_generator
 from ..training.interrupt import stop_on_sigint
+from ..training.loop import TrainRun, optimizer_step
 from ..training.schedules import warmup_lr
 from ..models.tokenizer import Tokenizer, build_tokenizer
-from .images import _bar, _Logger, _truncate_log, to_uint8, write_grid, write_model_tokenizer
+from .images import to_uint8, write_grid, write_model_tokenizer
 
 TIME_SAMPLING = ("uniform", "logit-normal")
 # DiTConfig fields the recipe sets itself (from the data set, and the flow model's conventions).
@@ -285,36 +284,13 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
     model = DriftingDiT(flow_dit_config(cfg, C, H, K)).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(model, cfg.ema_decays, warmup_steps=cfg.ema_warmup)
-    history: dict = {"step": [], "loss": [], "time": []}
-    start = 0
-    ckpt = out / "checkpoint.pt"
-    if resume and ckpt.is_file():
-        state = load_state(ckpt)
-        if state.get("kind") != "flow" or state["config"] != jsonable(asdict(cfg)):
-            raise ValueError(f"{ckpt} was written by another run or configuration; use a new --out, or "
-                             "resume=False (--no-resume) to start over there")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        ema.load_state_dict(state["ema"])
-        history = json.loads(state["history"])
-        start = int(state["step"])
-    elif not resume:
-        ckpt.unlink(missing_ok=True)  # starting over: a crash before the first save must not resume the old run
-    _truncate_log(out / "log.jsonl", start)  # drop the lines of steps after the checkpoint (all when fresh)
-
-    def save(step: int) -> None:
-        save_state(ckpt, {"kind": "flow", "model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "ema": ema.state_dict(), "step": step, "config": jsonable(asdict(cfg)),
-                          "history": json.dumps(history)})
-
+    config = jsonable(asdict(cfg))
+    run = TrainRun(out, "flow", config, {"model": model, "optimizer": opt, "ema": ema}, steps=cfg.steps,
+                   resume=resume, progress=progress, desc="train-flow")
     best = ema.models[max(cfg.ema_decays)]
-    log = _Logger(out, tensorboard=False)
-    bar = _bar(cfg.steps, "train-flow", progress, initial=start)
-    sampling = 0.0  # seconds spent on sample grids, left out of the training time
-    t0 = time.perf_counter() - (history["time"][-1] if history["time"] else 0.0)
     try:
         with stop_on_sigint() as interrupted:
-            for step in range(start, cfg.steps):
+            for step in range(run.start, cfg.steps):
                 g = step_generator(cfg.seed, step)
                 idx = torch.randint(len(ds), (cfg.batch,), generator=g)  # [B], uniform with replacement
                 # [B, C, H, W]: pixels in [-1, 1], or latents
@@ -329,49 +305,22 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
                     group["lr"] = lr
                 with autocast:
                     loss = flow_matching_loss(model, y, labels, t, eps)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss at step {step}; the last good checkpoint is {ckpt} "
-                                             "(resume it, e.g. with a lower --lr)")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                       cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-                opt.step()
-                ema.update(model)
-                done = step + 1
-                if done % cfg.log_every == 0 or done == cfg.steps:
-                    history["step"].append(done)
-                    history["loss"].append(loss.item())
-                    history["time"].append(time.perf_counter() - t0 - sampling)
-                    log.write(done, {"loss": loss.item(), "lr": lr, "grad_norm": gnorm.item(),
-                                     "time": history["time"][-1]}, {})
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{loss.item():.4f}")
-                if bar is not None:
-                    bar.update(1)
-                if done % cfg.sample_every == 0 and done < cfg.steps:
-                    s0 = time.perf_counter()
-                    save_flow_grid(best, K, out / f"samples_{done:06d}.png", steps=cfg.sample_steps,
-                                   cfg_scale=cfg.sample_cfg, seed=cfg.seed, tokenizer=tok)
-                    sampling += time.perf_counter() - s0
-                if done % cfg.ckpt_every == 0 or done == cfg.steps or interrupted["flag"]:
-                    save(done)
-                if interrupted["flag"]:
-                    raise KeyboardInterrupt(f"interrupted after step {done}; run again with the same --out to resume")
+                run.check_loss(loss, step)
+                gnorm = optimizer_step(model, opt, loss, cfg.grad_clip, ema)
+                run.end_step(step + 1, loss.item(), {"lr": lr, "grad_norm": gnorm.item()}, log_every=cfg.log_every,
+                             ckpt_every=cfg.ckpt_every, sample_every=cfg.sample_every, interrupted=interrupted["flag"],
+                             sample=lambda path: save_flow_grid(best, K, path, steps=cfg.sample_steps,
+                                                                cfg_scale=cfg.sample_cfg, seed=cfg.seed, tokenizer=tok))
     finally:
-        log.close()
-        if bar is not None:
-            bar.close()
+        run.close()
 
-    best.save_pretrained(out / "model")
-    (out / "model" / "train_config.json").write_text(json.dumps(jsonable(asdict(cfg)), indent=2))
+    run.finish(best, config)
     write_model_tokenizer(out / "model", cfg.tokenizer, ds.shape[2])  # how to decode its latents (model_tokenizer)
     save_flow_grid(best, K, out / "samples.png", per_class=10, steps=cfg.sample_steps, cfg_scale=cfg.sample_cfg,
                    seed=cfg.seed, tokenizer=tok)  # one row per class
-    (out / "history.json").write_text(json.dumps(history))
-    secs = history["time"][-1] if history["time"] else 0.0
+    secs = run.train_seconds
     return {"steps": cfg.steps, "train_seconds": secs, "steps_per_second": cfg.steps / max(secs, 1e-9),
-            "final_loss": history["loss"][-1] if history["loss"] else None, "model_dir": str(out / "model"),
+            "final_loss": run.history["loss"][-1] if run.history["loss"] else None, "model_dir": str(out / "model"),
             "samples": str(out / "samples.png"), "params": model.num_params()}
 
 

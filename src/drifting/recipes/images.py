@@ -18,7 +18,6 @@ import contextlib
 import json
 import math
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -41,6 +40,7 @@ from ..training.checkpoint import jsonable, load_state, save_state
 from ..training.rng import step_generator
 from ..training.ema import EMA
 from ..training.interrupt import stop_on_sigint
+from ..training.loop import JsonlLogger as _Logger, progress_bar as _bar, truncate_log as _truncate_log
 from ..training.schedules import warmup_lr
 
 
@@ -231,15 +231,6 @@ def pretrain_mae(ds: ImageDataset, cfg: MAEConfig, out_dir: str | Path, *, progr
     best = ema.models[cfg.ema_decay]
     best.save_pretrained(out_dir)
     return best
-
-
-def _bar(total: int, desc: str, progress: bool, initial: int = 0):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
-                mininterval=0.5 if sys.stderr.isatty() else 10.0)
 
 
 # --------------------------------------------------------------------------- features
@@ -466,44 +457,6 @@ def evaluate_generator(model: DriftingDiT, data: str, n: int, *, tokenizer: Toke
     imgs = generate(model, labels, 1.0, seed=seed, tokenizer=tokenizer)
     clf = cached_classifier(train, progress=progress)
     return classifier_report(clf, imgs, labels.numpy(), test, train)
-
-
-class _Logger:
-    """One JSON line per logged step in ``OUT/log.jsonl`` (+ TensorBoard scalars under ``OUT/tb``)."""
-
-    def __init__(self, out: Path, tensorboard: bool):
-        out.mkdir(parents=True, exist_ok=True)
-        self.file = open(out / "log.jsonl", "a")
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:  # the tensorboard package is optional
-                raise ImportError("tensorboard logging needs the tensorboard package: pip install tensorboard") from e
-            self.tb = SummaryWriter(str(out / "tb"))
-
-    def write(self, step: int, scalars: dict, stats: dict) -> None:
-        groups = {k: round(v.item(), 6) for k, v in stats.items() if "/V2@" in k}  # raw ||V||^2 per group/tau
-        line = {"step": step, **scalars, **({"V2_groups": groups} if groups else {})}  # no field stats: no key
-        self.file.write(json.dumps(line) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for k, v in scalars.items():
-                self.tb.add_scalar(f"train/{k}", v, step)
-            for k, v in groups.items():
-                self.tb.add_scalar(f"V2/{k}", v, step)
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Keep only the lines of ``path`` logged at or before ``step`` (a resumed run rewrites the rest)."""
-    if path.is_file():
-        lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        path.write_text("".join(ln + "\n" for ln in lines))
 
 
 def cached_mae_dir(ds: ImageDataset, cfg: MAEConfig, *, progress: bool = True,

@@ -30,6 +30,7 @@ import torch
 
 from ..training.checkpoint import jsonable
 from .evaluate import evaluate
+from .drift_rae import DistillConfig, distill
 from .flow import FlowTrainConfig, flow_generate, load_flow_model, train_flow
 from .images import ImageTrainConfig, generate, load_generator, train_images, train_preset, write_grid
 
@@ -48,9 +49,9 @@ def peer_configs(*, preset: str = "cpu", steps: int | None = None, flow_steps: i
     return {"drifting": drift, "mmd": mmd, "flow": flow}
 
 
-def _train_once(name: str, cfg, root: Path, progress: bool) -> tuple[Path, float]:
-    """Train ``cfg`` into ``root/name`` unless a finished run of the same config is there; return
-    (model dir, training seconds)."""
+def train_once(name: str, cfg, root: Path, progress: bool) -> tuple[Path, float]:
+    """Train ``cfg`` (an image, flow or distillation config) into ``root/name`` unless a finished run of
+    the same config is there; return (model dir, training seconds)."""
     d = root / name
     done = d / "peer.json"
     want = jsonable(asdict(cfg))
@@ -62,6 +63,8 @@ def _train_once(name: str, cfg, root: Path, progress: bool) -> tuple[Path, float
     if isinstance(cfg, ImageTrainConfig):
         run = train_images(cfg, d, progress=progress, resume=resume)
         secs = run.history["time"][-1]
+    elif isinstance(cfg, DistillConfig):
+        secs = distill(cfg, d, progress=progress, resume=resume)["train_seconds"]
     else:
         secs = train_flow(cfg, d, progress=progress, resume=resume)["train_seconds"]
     done.write_text(json.dumps({"config": want, "train_seconds": secs}))
@@ -84,7 +87,7 @@ def run_peers(out: str | Path, *, preset: str = "cpu", steps: int | None = None,
     root = Path(out)
     cfgs = peer_configs(preset=preset, steps=steps, flow_steps=flow_steps, **overrides)
     ref = f"{cfgs['drifting'].data}:test"
-    trained = {name: _train_once(name, cfg, root, progress) for name, cfg in cfgs.items()}
+    trained = {name: train_once(name, cfg, root, progress) for name, cfg in cfgs.items()}
     K = load_generator(trained["drifting"][0])[0].config.num_classes
     labels = torch.arange(eval_n) % K
 
