@@ -276,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .recipes.flow import add_flow_parser
 
     add_flow_parser(sub)  # drifting train-flow: class-conditional flow matching (peer / Drift-RAE teacher)
+    from .recipes.autoencoders import add_autoencoder_parsers
+
+    add_autoencoder_parsers(sub)  # drifting train-rae / train-vae: Drift-RAE's latent spaces
     from .recipes.drift_rae import add_distill_parser
 
     add_distill_parser(sub)  # drifting distill: Drift-RAE one-step distillation of a flow model

@@ -23,6 +23,11 @@ latents are ``[B, c, h, w]`` with ``c`` the VAE's latent channels and ``h = H / 
 ``(posterior_mean - shift_factor) * scaling_factor`` with ``scaling_factor = 0.18215`` and no
 shift, as in latent diffusion.
 
+Drift-RAE's spaces (:mod:`drifting.models.rae`): ``"rae:DIR"`` is the small representation
+autoencoder of this library (frozen ResNet-MAE tokens + trained decoder, ``drifting train-rae``) and
+``"autoencoder-rae:DIR"`` a diffusers ``AutoencoderRAE`` (DINOv2 / SigLIP2 / MAE encoder); the
+reconstruction VAE of ``drifting train-vae`` is an ``"autoencoderkl:DIR"``.
+
 ``diffusers`` is optional (not a core dependency): it is imported lazily, only when an
 :class:`AutoencoderKLTokenizer` is built. Weights are read only from a local directory, only
 from ``*.safetensors`` files, and nothing is ever downloaded.
@@ -49,7 +54,8 @@ __all__ = [
 ]
 
 # The forms accepted by build_tokenizer (shown in its error messages).
-TOKENIZER_SPECS = ("None", "'none'", "'pixel'", "'sd-vae:PATH'", "'autoencoderkl:PATH'")
+TOKENIZER_SPECS = ("None", "'none'", "'pixel'", "'sd-vae:PATH'", "'autoencoderkl:PATH'", "'rae:PATH'",
+                   "'autoencoder-rae:PATH'")
 
 
 def _import_autoencoder_kl():
@@ -370,6 +376,11 @@ def build_tokenizer(spec: str | None, *, pixel_channels: int,
     * ``None``, ``"none"``, ``"pixel"`` -> :class:`IdentityTokenizer` (pixel-space generation).
     * ``"sd-vae:PATH"`` or ``"autoencoderkl:PATH"`` -> :meth:`AutoencoderKLTokenizer.from_pretrained`
       on the local directory ``PATH`` (everything after the first ``:``).
+    * ``"rae:PATH"`` -> :meth:`drifting.models.rae.RAETokenizer.from_pretrained` (the small-scale
+      RAE on a frozen ResNet-MAE encoder, written by ``drifting train-rae``); its pixel channels
+      are fixed by the export and must equal ``pixel_channels``.
+    * ``"autoencoder-rae:PATH"`` -> :meth:`drifting.models.rae.AutoencoderRAETokenizer.from_pretrained`
+      (a local diffusers ``AutoencoderRAE``; needs ``diffusers`` and ``transformers``).
     """
     allowed = ", ".join(TOKENIZER_SPECS)
     if spec is None:
@@ -384,6 +395,18 @@ def build_tokenizer(spec: str | None, *, pixel_channels: int,
         if not path.strip():
             raise ValueError(f"spec: {spec!r} names no PATH; allowed forms are {allowed}")
         return AutoencoderKLTokenizer.from_pretrained(path.strip(), pixel_channels=pixel_channels, device=device)
+    if sep and kind.strip().lower() in ("rae", "autoencoder-rae", "autoencoderrae"):
+        if not path.strip():
+            raise ValueError(f"spec: {spec!r} names no PATH; allowed forms are {allowed}")
+        from .rae import AutoencoderRAETokenizer, RAETokenizer  # lazy: rae imports this module
+
+        if kind.strip().lower() != "rae":
+            return AutoencoderRAETokenizer.from_pretrained(path.strip(), pixel_channels=pixel_channels, device=device)
+        tok = RAETokenizer.from_pretrained(path.strip(), device=device)
+        if tok.pixel_channels != pixel_channels:
+            raise ValueError(f"pixel_channels: the RAE at {path.strip()!r} maps {tok.pixel_channels}-channel images, "
+                             f"got pixel_channels={pixel_channels}")
+        return tok
     raise ValueError(f"spec: unknown tokenizer {spec!r}; allowed forms are {allowed}")
 
 
