@@ -46,6 +46,13 @@ def teacher_config(spec: str, steps: int) -> FlowTrainConfig:
 
 
 def score(model_dir: str, steps: int, labels: torch.Tensor, path: Path, eval_n: int, seed: int, progress: bool) -> dict:
+    """Sample ``labels`` with ``steps`` Euler steps (1: the one-step map) and score them; the row is kept
+    beside the samples (``path`` with .json) and reused while the model file and the settings are unchanged."""
+    key = {"model": str(Path(model_dir).resolve()), "mtime": (Path(model_dir) / "model.safetensors").stat().st_mtime,
+           "steps": steps, "eval_n": eval_n, "seed": seed, "n": len(labels)}
+    cached = path.with_suffix(".json")
+    if cached.is_file() and json.loads(cached.read_text()).get("key") == key:
+        return json.loads(cached.read_text())["row"]
     model, tok = load_flow_model(model_dir), model_tokenizer(model_dir)
     t0 = time.perf_counter()
     imgs = flow_generate(model, labels, steps, seed=seed, tokenizer=tok)
@@ -54,9 +61,11 @@ def score(model_dir: str, steps: int, labels: torch.Tensor, path: Path, eval_n: 
     np.savez(path, images=imgs, labels=labels.numpy().astype(np.int64))
     res = evaluate(path, "fashion-mnist:test", n_ref=eval_n, progress=progress)
     clf = res.get("classifier", {})
-    return {"nfe": steps, "fid": res.get("fid"), "precision": res.get("precision"), "recall": res.get("recall"),
-            "accuracy": clf.get("accuracy"), "classifier_fid": clf.get("classifier_fid"),
-            "images_per_second": len(labels) / secs, "samples": str(path)}
+    row = {"nfe": steps, "fid": res.get("fid"), "precision": res.get("precision"), "recall": res.get("recall"),
+           "accuracy": clf.get("accuracy"), "classifier_fid": clf.get("classifier_fid"),
+           "images_per_second": len(labels) / secs, "samples": str(path)}
+    cached.write_text(json.dumps({"key": key, "row": row}))
+    return row
 
 
 def table(title: str, rows: list[dict], first: str) -> str:
@@ -72,10 +81,38 @@ def table(title: str, rows: list[dict], first: str) -> str:
     return "\n".join(out)
 
 
+def distillation_part(a, t_dir, t_secs, labels, samples: Path, progress: bool):
+    """Table 3's students from the RAE teacher, and the teacher at K Euler steps, scored."""
+    extra = {} if a.distill_lr is None else {"lr": a.distill_lr, "lr_final": a.distill_lr / 100}
+    students = {k: distill_preset(k, str(t_dir), steps=a.distill_steps, **extra) for k in ROWS}
+    trained = {f"distill_{k}": train_once(f"distill_{k}", c, Path(a.out), progress) for k, c in students.items()}
+    teacher_rows = []
+    for k in (int(v) for v in a.euler_steps.split(",")):
+        r = score(str(t_dir), k, labels, samples / f"teacher_K{k}.npz", a.eval_n, 1, progress)
+        teacher_rows.append({"name": f"RAE teacher, Euler {k}", "train_seconds": t_secs, **r})
+    student_rows = []
+    for k, desc in ROWS.items():
+        d, secs = trained[f"distill_{k}"]
+        r = score(str(d), 1, labels, samples / f"student_{k}.npz", a.eval_n, 1, progress)
+        student_rows.append({"name": f"{k}: {desc}", "train_seconds": secs, **r})
+    result = {"eval_n": a.eval_n, "teacher": teacher_rows, "students": student_rows,
+              "configs": {f"distill_{k}": jsonable(asdict(c)) for k, c in students.items()}}
+    return result, teacher_rows, student_rows, trained
+
+
+def write_rows_grid(rows: list[dict], path: Path) -> None:
+    """One grid row per scored generator: two samples of every class."""
+    zs = [np.load(r["samples"]) for r in rows]
+    write_grid(np.concatenate([np.concatenate([z["images"][z["labels"] == c][:2] for c in range(10)]) for z in zs]),
+               20, path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/drift_rae")
-    p.add_argument("--teacher-steps", type=int, default=1500)
+    p.add_argument("--teacher-steps", type=int, default=1200)
+    p.add_argument("--vae-teacher-steps", type=int, default=None,
+                   help="steps of the VAE-latent teacher (curvature, Table 9's VAE row; default --teacher-steps)")
     p.add_argument("--distill-steps", type=int, default=300)
     p.add_argument("--distill-lr", type=float, default=None, help="initial distillation lr (default: Table 8's 3e-5)")
     p.add_argument("--scratch-steps", type=int, default=300)
@@ -84,6 +121,10 @@ def main() -> None:
     p.add_argument("--euler-steps", default=",".join(map(str, EULER_STEPS)))
     p.add_argument("--per-class", type=int, default=200, help="test images per class for the latent statistics")
     p.add_argument("--skip-scratch", action="store_true")
+    p.add_argument("--part", choices=("all", "distill", "scratch", "teacher"), default="all",
+                   help="distill: teacher + Table 3 students only (writes --json); scratch: Table 9 and the latent "
+                   "statistics only (writes --json with _scratch before .json); all: both; teacher: only score the "
+                   "teacher at every K, most steps first (a second process can fill the score cache)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default="benchmarks/results/drift_rae.json")
     p.add_argument("--no-progress", action="store_true")
@@ -94,62 +135,61 @@ def main() -> None:
     root = Path(a.out)
     rae, vae = cached_rae_dir(progress=progress), cached_vae_dir(progress=progress)
     spaces = {"VAE": f"autoencoderkl:{vae}", "RAE": f"rae:{rae}"}
-    teachers = {name: train_once(f"teacher_{name.lower()}", teacher_config(spec, a.teacher_steps), root, progress)
-                for name, spec in spaces.items()}
-    t_dir, t_secs = teachers["RAE"]
-    extra = {} if a.distill_lr is None else {"lr": a.distill_lr, "lr_final": a.distill_lr / 100}
-    students = {k: distill_preset(k, str(t_dir), steps=a.distill_steps, **extra) for k in ROWS}
+    t_cfgs = {"RAE": teacher_config(spaces["RAE"], a.teacher_steps),
+              "VAE": teacher_config(spaces["VAE"], a.vae_teacher_steps or a.teacher_steps)}
+    t_dir, t_secs = train_once("teacher_rae", t_cfgs["RAE"], root, progress)
+    labels = torch.arange(a.eval_n) % 10
+    samples = root / "samples"
+    out = Path(a.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if a.part == "teacher":
+        for k in sorted((int(v) for v in a.euler_steps.split(",")), reverse=True):
+            score(str(t_dir), k, labels, samples / f"teacher_K{k}.npz", a.eval_n, 1, progress)
+        return
+    if a.part == "scratch":
+        result, teacher_rows, student_rows, trained = {"eval_n": a.eval_n, "configs": {}}, [], [], {}
+        out = out.with_name(out.stem + "_scratch.json")
+    else:
+        result, teacher_rows, student_rows, trained = distillation_part(a, t_dir, t_secs, labels, samples, progress)
+        result |= {"rae_dir": str(rae), "vae_dir": str(vae)}
+        result["configs"]["teacher_rae"] = jsonable(asdict(t_cfgs["RAE"]))
+        out.write_text(json.dumps(jsonable(result), indent=2, default=str))  # the distillation results, first
+        print(table("Teacher (flow matching in RAE latents) and Drift-RAE students, no guidance",
+                    teacher_rows + student_rows, "generator"), flush=True)
+        write_rows_grid(teacher_rows[:1] + teacher_rows[-1:] + student_rows, root / "drift_rae.png")
+        print(f"wrote {out} and {root / 'drift_rae.png'} (rows: teacher K=1, teacher K=max, students A-C)")
+        if a.part == "distill":
+            return
+    teachers = {"RAE": (t_dir, t_secs), "VAE": train_once("teacher_vae", t_cfgs["VAE"], root, progress)}
+    stats = run_latent_stats(spaces, per_class=a.per_class, teachers={k: str(v[0]) for k, v in teachers.items()},
+                             progress=progress)
+    result |= {"latent_stats": stats, "teacher_seconds": {k: v[1] for k, v in teachers.items()}, "presets": PRESETS}
+    result["configs"]["teacher_vae"] = jsonable(asdict(t_cfgs["VAE"]))
+    out.write_text(json.dumps(jsonable(result), indent=2, default=str))
+    print(format_latent_stats(stats), flush=True)
     scratch = {}
     if not a.skip_scratch:
         base = dict(steps=a.scratch_steps, init="scratch", lr=a.scratch_lr, lr_final=a.scratch_lr / 100)
         scratch = {"VAE latents": distill_preset("C", str(teachers["VAE"][0]), **base),
                    "RAE latents": distill_preset("C", str(t_dir), **base),
                    "RAE + decode-encode": distill_preset("C", str(t_dir), features="decode-encode", **base)}
-    trained = {f"distill_{k}": train_once(f"distill_{k}", c, root, progress) for k, c in students.items()}
     trained |= {k: train_once("scratch_" + k.replace(" ", "_").replace("+", "p"), c, root, progress)
                 for k, c in scratch.items()}
-
-    labels = torch.arange(a.eval_n) % 10
-    samples = root / "samples"
-    teacher_rows = []
-    for k in (int(v) for v in a.euler_steps.split(",")):
-        r = score(str(t_dir), k, labels, samples / f"teacher_K{k}.npz", a.eval_n, 1, progress)
-        teacher_rows.append({"name": f"RAE teacher, Euler {k}", "train_seconds": t_secs, **r})
-    student_rows = []
-    for k, desc in ROWS.items():
-        d, secs = trained[f"distill_{k}"]
-        r = score(str(d), 1, labels, samples / f"student_{k}.npz", a.eval_n, 1, progress)
-        student_rows.append({"name": f"{k}: {desc}", "train_seconds": secs, **r})
     scratch_rows = []
     for k in scratch:
         d, secs = trained[k]
         r = score(str(d), 1, labels, samples / f"scratch_{k.replace(' ', '_').replace('+', 'p')}.npz", a.eval_n, 1,
                   progress)
         scratch_rows.append({"name": k, "train_seconds": secs, **r})
-    stats = run_latent_stats(spaces, per_class=a.per_class, teachers={k: str(v[0]) for k, v in teachers.items()},
-                             progress=progress)
-
-    result = {"eval_n": a.eval_n, "teacher": teacher_rows, "students": student_rows, "scratch": scratch_rows,
-              "latent_stats": stats, "rae_dir": str(rae), "vae_dir": str(vae),
-              "teacher_seconds": {k: v[1] for k, v in teachers.items()},
-              "configs": {"teacher": jsonable(asdict(teacher_config(spaces["RAE"], a.teacher_steps))),
-                          **{f"distill_{k}": jsonable(asdict(c)) for k, c in students.items()},
-                          **{f"scratch {k}": jsonable(asdict(c)) for k, c in scratch.items()}},
-              "presets": PRESETS}
-    print(table("Teacher (flow matching in RAE latents) and Drift-RAE students, no guidance",
-                teacher_rows + student_rows, "generator"))
+    result["scratch"] = scratch_rows
+    result["configs"] |= {f"scratch {k}": jsonable(asdict(c)) for k, c in scratch.items()}
     if scratch_rows:
         print()
         print(table("From scratch, no auxiliary MAE (App. C, Table 9)", scratch_rows, "latent space"))
-    print()
-    print(format_latent_stats(stats))
-    grid = [np.load(r["samples"]) for r in teacher_rows[:1] + teacher_rows[-1:] + student_rows + scratch_rows]
-    rows = [np.concatenate([z["images"][z["labels"] == c][:2] for c in range(10)]) for z in grid]
-    write_grid(np.concatenate(rows), 20, root / "drift_rae.png")
-    out = Path(a.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if scratch_rows:
+        write_rows_grid(scratch_rows, root / "drift_rae_scratch.png")
     out.write_text(json.dumps(jsonable(result), indent=2, default=str))
-    print(f"wrote {out} and {root / 'drift_rae.png'} (rows: teacher K=1, teacher K=max, students A-C, scratch)")
+    print(f"wrote {out} and {root / 'drift_rae_scratch.png'} (rows: Table 9's scratch runs)")
 
 
 if __name__ == "__main__":
