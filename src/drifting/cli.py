@@ -98,7 +98,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         eval_samples=a.eval_samples,
     )
     run = train_images(cfg, a.out, progress=not a.no_progress, resume=a.resume, device=a.device,
-                       tensorboard=a.tensorboard)
+                       tensorboard=a.tensorboard, ranks_per_class=a.ranks_per_class, compile_field=a.compile_field)
+    if run.out is None:  # a rank > 0 of a torchrun job: rank 0 reports
+        return 0
     h = run.history
     print(f"trained {cfg.steps} steps in {h['time'][-1]:.0f}s ({cfg.steps / max(h['time'][-1], 1e-9):.2f} step/s); "
           f"final raw drift norm {h['V2'][-1]:.4g}")
@@ -235,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=None)
     tr.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     tr.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard under OUT/tb")
+    tr.add_argument("--ranks-per-class", type=_positive_int, default=1,
+                    help="under torchrun: ranks that share each class (1: classes sharded over ranks; the world "
+                    "size: every rank holds part of every class, with positives and negatives gathered)")
+    tr.add_argument("--compile-field", action="store_true", help="torch.compile the drifting field's elementwise work")
     tr.add_argument("--resume", action="store_true")
     tr.add_argument("--no-progress", action="store_true")
     add_threads_option(tr)

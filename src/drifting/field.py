@@ -194,6 +194,7 @@ def compute_V(
     neg_weights: torch.Tensor | None = None,
     attraction: float = 1.0,
     repulsion: float = 1.0,
+    impl: str = "fast",
 ) -> torch.Tensor:
     """The drifting field V_{p,q}(x) of Eq. (11), computed as in Alg. 2 (paper A.1).
 
@@ -217,6 +218,8 @@ def compute_V(
         neg_weights: per-negative weights ``[M]`` or ``[B, M]`` (CFG, A.7).
         attraction, repulsion: scales a, r of ``a V+ - r V-`` (Table 1's anti-symmetry study;
             ``repulsion=0`` is attraction-only). The defaults give the anti-symmetric field.
+        impl: ``"fast"`` (:mod:`drifting.fast_field`: matrix-product distances, bounded memory) or
+            ``"reference"`` (directly evaluated distances, :func:`drift_from_distances`).
 
     Returns:
         ``V`` with the shape of ``x``, float32 (or float64 for float64 inputs), no gradient.
@@ -233,9 +236,18 @@ def compute_V(
     for name, v in (("attraction", attraction), ("repulsion", repulsion)):
         if not (math.isfinite(float(v)) and float(v) >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+    if impl not in ("fast", "reference"):
+        raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
     with torch.no_grad():
         w = _neg_weights(neg_weights, B, M, xb)
         y = torch.cat([pb, nb], dim=1)  # [B, P+M, D]
+        if impl == "fast":
+            from .fast_field import Distances, drift_fields  # (imports this module)
+
+            V = drift_fields(Distances(xb, y, self_col=pb.shape[1] if mask_self else None), pb.shape[1], [T],
+                             normalize=normalize, neg_weights=w, attraction=float(attraction),
+                             repulsion=float(repulsion))[:, 0]  # [B, N, D]
+            return V if batched else V.squeeze(0)
         V = drift_from_distances(
             y, pairwise_distances(xb, y), pb.shape[1], T,
             normalize=normalize, mask_self=mask_self, neg_weights=w,

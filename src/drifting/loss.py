@@ -29,13 +29,16 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .field import NORMALIZE_CHOICES, Normalize, _neg_weights, drift_from_distances, mmd_from_distances, pairwise_distances
+from .fast_field import Distances, drift_fields
+from .field import NORMALIZE_CHOICES, Normalize, _neg_weights, mmd_from_distances, pairwise_distances
 
 DEFAULT_TEMPERATURES = (0.02, 0.05, 0.2)
 # "laplace": Alg. 2's softmax-normalized Laplace kernel; "mmd": C.2's unnormalized Gaussian kernel
 # (the drift of an MMD loss, Eq. 41-45), with bandwidth sigma = tau * sqrt(C) in normalized units
 KERNELS = ("laplace", "mmd")
 _EPS = 1e-12
+# keep a group's distances between the S_j pass and the field pass when there are at most this many
+CACHE_DISTANCES = 1 << 24
 
 
 def _to_problems(name: str, t: torch.Tensor, B: int | None = None) -> tuple[torch.Tensor, int]:
@@ -76,6 +79,9 @@ def drifting_loss(
     attraction: float = 1.0,
     repulsion: float = 1.0,
     kernel: str = "laplace",
+    comm=None,
+    max_elements: int | None = None,
+    compile: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Drifting loss summed over feature groups (Eq. 14 with A.6's normalizations).
 
@@ -97,6 +103,11 @@ def drifting_loss(
             :func:`drifting.field.mmd_from_distances`). With ``normalize_drift=False`` its
             gradient is that of the squared MMD (summed over bandwidths) in the normalized
             feature space, up to a constant factor: the MMD-loss generator of C.2.
+        comm: a :class:`drifting.distributed.LossComm` when the batch is spread over ranks: ``gen``,
+            ``pos``, ``neg`` and ``neg_weights`` are then this rank's share, targets are gathered
+            across the ranks that share the classes, and ``S_j`` / ``lambda_j`` are global means.
+        max_elements, compile: memory bound and ``torch.compile`` switch of the field
+            (:func:`drifting.fast_field.drift_fields`).
 
     Returns:
         ``(loss, stats)``: scalar loss (fp32) and a dict of detached scalars:
@@ -137,16 +148,19 @@ def drifting_loss(
         if y_pos.shape[1] < 1:
             raise ValueError(f"pos[{j!r}] must hold at least one positive sample")
         x_sg = x.detach()
-        parts = [y_pos.detach()]
+        gather = (lambda t: t.detach()) if comm is None else comm.gather  # [BL, n, C] -> [BL, n_all, C]
+        parts = [gather(y_pos)]
+        P = parts[0].shape[1]
         if gen_as_negatives:
-            parts.append(x_sg)
+            parts.append(gather(x_sg))
+        M_extra = 0
         if negs:
             extra, _ = _to_problems(f"neg[{j!r}]", negs[j], B)  # [B*L, M, C]
             if extra.shape[-1] != C or extra.shape[0] != BL:
                 raise ValueError(f"neg[{j!r}] must match gen[{j!r}] in L and C; got {tuple(negs[j].shape)}")
-            parts.append(extra.detach())
+            M_extra = extra.shape[1]
+            parts.append(gather(extra))
         y = torch.cat(parts, dim=1)  # [B*L, P+M_all, C]: positives, then negatives
-        P = y_pos.shape[1]
         for name, t in ((f"pos[{j!r}]", y[:, :P]), (f"neg[{j!r}]", y[:, P:])):
             if not torch.isfinite(t).all():
                 raise ValueError(f"{name} contains non-finite values (NaN or inf)")
@@ -154,40 +168,49 @@ def drifting_loss(
         with torch.no_grad():
             w = None  # [BL, 1, M_all]
             if neg_weights is not None:
-                M = y.shape[1] - P - (N if gen_as_negatives else 0)
-                w_extra = _neg_weights(neg_weights, B, M, x_sg)  # [B, 1, M]
-                w_extra = w_extra.expand(B, L, M).reshape(BL, 1, M)
+                w_extra = _neg_weights(neg_weights, B, M_extra, x_sg)  # [B, 1, M]
+                w_extra = w_extra.expand(B, L, M_extra).reshape(BL, 1, M_extra)
+                if comm is not None:
+                    w_extra = comm.gather(w_extra, dim=2)
                 if gen_as_negatives:
-                    w = torch.cat([torch.ones(BL, 1, N, dtype=w_extra.dtype, device=x.device), w_extra], -1)
+                    N_all = y.shape[1] - P - w_extra.shape[2]
+                    w = torch.cat([torch.ones(BL, 1, N_all, dtype=w_extra.dtype, device=x.device), w_extra], -1)
                 else:
                     w = w_extra
-            dist = pairwise_distances(x_sg, y)  # [BL, N, P+M_all]
+            self_col = None
+            if gen_as_negatives:
+                self_col = P + (0 if comm is None else comm.group_rank * N)
+            dists = Distances(x_sg, y, self_col=self_col, cache_elements=CACHE_DISTANCES)
             if normalize_features:  # Eq. (21), weighted mean over every (x, y) pair in the group
-                if w is None:
-                    S = dist.mean()
-                else:
-                    num = dist[..., :P].sum() + (dist[..., P:] * w).sum()
-                    S = num / (N * P * BL + N * w.sum())
-                S = (S / math.sqrt(C)).clamp_min(_EPS)
+                num = dists.weighted_sum(P, w, max_elements)
+                den = torch.tensor(float(N * BL * (y.shape[1] if w is None else P)), dtype=num.dtype, device=num.device)
+                if w is not None:
+                    den = den + N * w.sum()
+                if comm is not None:
+                    num, den = comm.sum(num), comm.sum(den)
+                S = (num / den / math.sqrt(C)).clamp_min(_EPS)
             else:
-                S = torch.ones((), dtype=dist.dtype, device=x.device)
+                S = torch.ones((), dtype=dists.dtype, device=x.device)
             # V is linear in the targets: V(x/S, y/S; dist/S, T) = V(x, y; dist, S T) / S, so the
             # normalized features phi~ = phi / S never need to be materialized.
             xs_sg = x_sg.to(S.dtype) / S
             V_total = torch.zeros_like(xs_sg)
             if kernel == "mmd":  # not scale-free: evaluate it on the normalized features themselves
-                ys, dists = y / S, dist / S  # [BL, P+M_all, C], [BL, N, P+M_all]
-            for tau in temperatures:
-                if kernel == "mmd":
-                    V = mmd_from_distances(ys, dists, P, float(tau * math.sqrt(C)),
-                                           mask_self=gen_as_negatives, neg_weights=w, x=xs_sg)  # [BL, N, C]
-                else:
-                    V = drift_from_distances(
-                        y, dist, P, float(tau * math.sqrt(C) * S),
-                        normalize=normalize, mask_self=gen_as_negatives, neg_weights=w,
-                        attraction=attraction, repulsion=repulsion, x=x_sg,
-                    ).div_(S)  # [BL, N, C], in normalized-feature units
+                if comm is not None:
+                    raise ValueError("kernel='mmd' does not support multi-rank losses (comm)")
+                ys, dists_s = y / S, pairwise_distances(x_sg, y) / S  # [BL, P+M_all, C], [BL, N, P+M_all]
+                Vs = [mmd_from_distances(ys, dists_s, P, float(tau * math.sqrt(C)), mask_self=gen_as_negatives,
+                                         neg_weights=w, x=xs_sg) for tau in temperatures]  # K x [BL, N, C]
+            else:
+                V_all = drift_fields(dists, P, [tau * math.sqrt(C) * float(S) for tau in temperatures],
+                                     normalize=normalize, neg_weights=w, attraction=attraction, repulsion=repulsion,
+                                     max_elements=max_elements, compile=compile,
+                                     column_reduce=None if comm is None else comm.column_lse)  # [BL, K, N, C]
+                Vs = [V_all[:, k].div_(S) for k in range(len(temperatures))]  # in normalized-feature units
+            for tau, V in zip(temperatures, Vs):
                 V2 = V.square().sum(-1).mean()  # raw mean ||V||^2
+                if comm is not None:
+                    V2 = comm.sum(V2) / comm.sum(torch.ones((), dtype=V2.dtype, device=V2.device))
                 lam = (V2 / C).sqrt().clamp_min(_EPS) if normalize_drift else torch.ones_like(V2)
                 V_total += V / lam
                 stats[f"{j}/V2@{tau:g}"] = V2

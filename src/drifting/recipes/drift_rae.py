@@ -48,12 +48,15 @@ import contextlib
 import copy
 import json
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from ..data.images import load_dataset
+from ..distributed import init_from_env
 from ..field import compute_V, drift_rae_field, laplace_norm_noise, pairwise_distances
 from ..loss import DEFAULT_TEMPERATURES
 from ..models.dit import DriftingDiT
@@ -173,7 +176,8 @@ def drift_rae_loss(
     y_softmax: bool = False,
     perturb: bool = True,
     normalize_features: bool = True,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    comm=None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 10's loss for one step, averaged over temperatures (§4.1) and over samples and tokens.
 
@@ -186,7 +190,10 @@ def drift_rae_loss(
             Eq. 11's single softmax over samples.
         perturb: Eq. 12: ``x`` and the extra negatives enter the field as ``x + tau n``.
         normalize_features: measure distances in units of ``S`` (see the module docstring).
-        generator: draws the perturbation ``n`` (CPU generator; moved to ``x``'s device).
+        generator: draws the perturbation ``n`` (CPU generator; moved to ``x``'s device), or one
+            generator per class (G of them): class k's noise then comes from its own stream.
+        comm: a :class:`drifting.distributed.LossComm` when the classes are spread over ranks: ``S`` and
+            the stats are then means over all ranks (each rank's loss is the mean over its classes).
 
     Returns ``(loss, stats)``; ``stats`` has the scale ``S`` and ``V2@tau``, the mean raw
     ``||V||^2`` per token (in units of ``S^2``, before normalization): the number that shrinks as the
@@ -210,28 +217,37 @@ def drift_rae_loss(
         negs = q if extra_neg is None else torch.cat([q, tokens(extra_neg.detach()).float()], dim=1)  # [BL, M, D]
         S = 1.0
         if normalize_features:  # mean distance from the generated tokens to every target (self pairs included)
-            S = float(torch.cat([pairwise_distances(q, y_pos), pairwise_distances(q, negs)], -1).mean())
-            S = max(S, _EPS)
+            d = torch.cat([pairwise_distances(q, y_pos), pairwise_distances(q, negs)], -1)  # [BL, N, P+M]
+            S = d.mean() if comm is None else comm.mean(d.mean())  # equal shares: the mean of the means
+            S = max(float(S), _EPS)
         y_pos, negs = y_pos / S, negs / S
         stats["S"] = S
         drifts = []
         for tau in temperatures:
             m = negs
             if perturb:  # Eq. 12 on every generated sample entering the field
-                m = negs + tau * laplace_norm_noise(negs.shape, generator=generator).to(negs.device)
+                m = negs + tau * _perturbation(negs.shape, generator).to(negs.device)
             xq = m[:, :N]  # the (perturbed) queries are the first N negatives (self pair masked)
             if y_softmax:
                 V = compute_V(xq, y_pos, m, tau, normalize="both")  # [BL, N, D], Alg. 2
             else:
                 V = drift_rae_field(xq, y_pos, m, tau, normalize_output=False)  # [BL, N, D], Eq. 11
             n2 = V.square().sum(-1, keepdim=True)  # [BL, N, 1]
-            stats[f"V2@{tau:g}"] = float(n2.mean())
+            stats[f"V2@{tau:g}"] = float(n2.mean() if comm is None else comm.mean(n2.mean()))
             drifts.append(V / n2.sqrt().clamp_min(_EPS))  # V~ = V / ||V||
     loss = x_tok.new_zeros((), dtype=torch.float32)
     for V in drifts:  # Eq. 10 per temperature: || G - sg(G + V~) ||^2, mean over samples and tokens
         target = (x_tok.detach().float() + V).detach()
         loss = loss + (x_tok.float() - target).square().sum(-1).mean()
     return loss / len(drifts), stats
+
+
+def _perturbation(shape: tuple[int, int, int], generator) -> torch.Tensor:
+    """Eq. 12's ``n`` for token problems ``[G*L, M, D]`` (group-major), from one generator or one per class."""
+    if not isinstance(generator, (list, tuple)):
+        return laplace_norm_noise(shape, generator=generator)
+    L = shape[0] // len(generator)  # class k's tokens are rows k*L:(k+1)*L
+    return torch.cat([laplace_norm_noise((L,) + tuple(shape[1:]), generator=g) for g in generator])
 
 
 # --------------------------------------------------------------------------- training
@@ -255,7 +271,12 @@ def distill(cfg: DistillConfig, out: str | Path, *, progress: bool = True, resum
     "samples", "params"}``.
     """
     cfg.validate()
-    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device is None and torch.cuda.is_available():
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    dev = torch.device(device if device is not None else "cpu")
+    layout, comm = init_from_env(1, dev)  # under torchrun: the classes of a step are sharded over the ranks
+    layout.check(cfg.classes_per_step, cfg.n_neg, cfg.n_pos, cfg.n_extra_neg)
+    main = layout.rank == 0
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
     out = Path(out)
     teacher = load_flow_model(cfg.teacher)
@@ -282,30 +303,36 @@ def distill(cfg: DistillConfig, out: str | Path, *, progress: bool = True, resum
     student = copy.deepcopy(teacher) if cfg.init == "teacher" else DriftingDiT(teacher.config)
     student = student.to(dev).train()
     del teacher
+    student_ddp = student if comm is None else torch.nn.parallel.DistributedDataParallel(
+        student, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(student, (cfg.ema_decay,), warmup_steps=cfg.ema_warmup)
     config = jsonable(asdict(cfg))
     run = TrainRun(out, "distill", config, {"model": student, "optimizer": opt, "ema": ema}, steps=cfg.steps,
-                   resume=resume, progress=progress, desc="distill")
+                   resume=resume, progress=progress, desc="distill", main=main)
     best = ema.models[cfg.ema_decay]
     T = cfg.lr_decay_steps or cfg.steps
-    G_, N, E, P = cfg.classes_per_step, cfg.n_neg, cfg.n_extra_neg, cfg.n_pos
+    N, E, P = cfg.n_neg, cfg.n_extra_neg, cfg.n_pos
+    slots = range(cfg.classes_per_step)[layout.classes(cfg.classes_per_step)]  # this rank's class slots
+    G_ = len(slots)
     shape = tuple(real.shape[1:])  # (c, h, w)
     try:
         with stop_on_sigint() as interrupted:
             for step in range(run.start, cfg.steps):
                 g = step_generator(cfg.seed, step)
-                classes = torch.randperm(K, generator=g)[:G_]  # [G]
-                pos_idx = torch.stack([by_class[k][torch.randint(len(by_class[k]), (P,), generator=g)]
-                                       for k in classes.tolist()])  # [G, P]
+                classes = torch.randperm(K, generator=g)[:cfg.classes_per_step][list(slots)]  # [G], this rank's
+                # each class slot draws from its own stream (seed, step, slot): no draw depends on the world size
+                gs = [step_generator(cfg.seed, step, stream=1000 + k) for k in slots]
+                pos_idx = torch.stack([by_class[k][torch.randint(len(by_class[k]), (P,), generator=gk)]
+                                       for k, gk in zip(classes.tolist(), gs)])  # [G, P]
                 pos = real[pos_idx].to(dev)  # [G, P, c, h, w]
-                z = torch.randn((G_, N + E) + shape, generator=g).to(dev)  # [G, N+E, c, h, w]
+                z = torch.stack([torch.randn((N + E,) + shape, generator=gk) for gk in gs]).to(dev)  # [G, N+E, c, h, w]
                 labels = classes.to(dev)[:, None].expand(G_, N + E)  # [G, N+E]
                 lr = linear_decay_lr(step, cfg.lr, cfg.lr_final, T)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 with autocast:
-                    x = one_step(student, z[:, :N].flatten(0, 1), labels[:, :N].flatten())  # [G*N, c, h, w]
+                    x = one_step(student_ddp, z[:, :N].flatten(0, 1), labels[:, :N].flatten())  # [G*N, c, h, w]
                     extra = None
                     if E > 0:
                         with torch.no_grad():  # detached negatives: a forward pass only
@@ -318,17 +345,22 @@ def distill(cfg: DistillConfig, out: str | Path, *, progress: bool = True, resum
                 x = x.float().view(G_, N, *x.shape[1:])  # [G, N, c', h', w']
                 extra = extra.float().view(G_, E, *extra.shape[1:]) if extra is not None else None
                 loss, stats = drift_rae_loss(x, pos, extra, temperatures=cfg.temperatures, y_softmax=cfg.y_softmax,
-                                             perturb=cfg.perturb, generator=g)
-                run.check_loss(loss, step)
+                                             perturb=cfg.perturb, generator=gs, comm=comm)
+                loss_all = loss.detach() if comm is None else comm.mean(loss)  # the 1-rank loss
+                run.check_loss(loss_all, step)
                 gnorm = optimizer_step(student, opt, loss, cfg.grad_clip, ema)
+                if comm is not None:  # stop together when any rank saw Ctrl-C
+                    interrupted["flag"] = bool(comm.sum(torch.tensor(float(interrupted["flag"]))) > 0)
                 v2 = f"V2@{cfg.temperatures[-1]:g}"
-                run.end_step(step + 1, loss.item(), {"lr": lr, "grad_norm": gnorm.item(), **stats},
+                run.end_step(step + 1, loss_all.item(), {"lr": lr, "grad_norm": gnorm.item(), **stats},
                              log_every=cfg.log_every, ckpt_every=cfg.ckpt_every, sample_every=cfg.sample_every,
                              interrupted=interrupted["flag"], postfix={v2: f"{stats[v2]:.3f}"},
                              sample=lambda path: save_flow_grid(best, K, path, steps=1, seed=cfg.seed, tokenizer=tok))
     finally:
         run.close()
 
+    if not main:
+        return {"steps": cfg.steps, "rank": layout.rank}
     run.finish(best, config)
     teacher_tok = Path(cfg.teacher) / "tokenizer.json"
     if teacher_tok.is_file():  # the student lives in the teacher's space
@@ -355,6 +387,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
     cfg = (distill_preset(a.preset, a.teacher, **overrides) if a.preset
            else replace(DistillConfig(teacher=a.teacher), **overrides).validate())
     res = distill(cfg, a.out, progress=not a.no_progress, resume=not a.no_resume, device=a.device)
+    if "rank" in res:  # a rank > 0 of a torchrun job: rank 0 reports
+        return 0
     print(f"distilled {res['steps']} steps in {res['train_seconds']:.0f}s ({res['steps_per_second']:.2f} step/s); "
           f"final loss {res['final_loss']:.4f}")
     print(f"wrote {res['model_dir']}/ (EMA one-step student: flow_generate(model, labels, 1)), {res['samples']}, "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -28,6 +29,7 @@ import torch
 from ..cache import cached_dir, content_key
 from ..data.images import ImageDataset, load_dataset
 from ..data.queue import make_sampler
+from ..distributed import barrier, init_from_env
 from ..features import group_by_class, sample_locations, take_locations, vanilla_group
 from ..guidance import CFG_PRESETS, sample_alpha, uncond_neg_weights
 from ..field import NORMALIZE_CHOICES
@@ -287,16 +289,27 @@ class ImageRun:
 
 def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress: bool = True,
                  resume: bool = False, device: str | torch.device | None = None,
-                 tensorboard: bool = False) -> ImageRun:
+                 tensorboard: bool = False, ranks_per_class: int = 1, compile_field: bool = False) -> ImageRun:
     """Train a class-conditional drifting generator; see the module docstring for one step.
 
     ``device`` defaults to CUDA when available (then the generator and encoder run under bf16
     autocast; the field and loss are computed in fp32), else CPU. All random draws are made on
     the CPU, so a run's randomness does not depend on the device. Each ``log_every`` steps a
     line goes to ``OUT/log.jsonl`` (and to TensorBoard under ``OUT/tb`` with ``tensorboard``).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the step's global batch is split over the ranks as
+    :mod:`drifting.distributed` describes (``ranks_per_class`` ranks share each class), the generator
+    is wrapped in DistributedDataParallel, and rank 0 alone logs, samples, checkpoints and evaluates.
+    Every draw of a step depends on ``(seed, step)`` and the class slot only, never on the world size,
+    so a run resumed on another number of ranks trains on exactly the batches it would have seen.
+    ``compile_field``: ``torch.compile`` the field's elementwise work.
     """
     cfg.validate()
-    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device is None and torch.cuda.is_available():
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    dev = torch.device(device if device is not None else "cpu")
+    layout, comm = init_from_env(ranks_per_class, dev)
+    main = layout.rank == 0
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
     ds = load_dataset(cfg.data, "train")
     H, W, C = ds.shape
@@ -306,15 +319,21 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
     out = Path(out_dir) if out_dir is not None else None
     cfgc = cfg.cfg_config
     U = cfgc.n_uncond
+    layout.check(cfg.classes_per_step, cfg.n_gen, cfg.n_pos, U)
 
     tok = build_tokenizer(cfg.tokenizer, pixel_channels=C).to(dev)
     c, h, w_ = tok.latent_shape(C, H, W)  # the generator's space: [c, h, w_] (= [C, H, W] in pixel space)
     decode_first = cfg.tokenizer is not None and cfg.encoder_space == "pixel"
-    encoder = feature_encoder(cfg, ds, out, progress, tokenizer=tok).to(dev)
+    if not main:
+        barrier()  # rank 0 pre-trains (or finds) the cached MAE first; the others then load it
+    encoder = feature_encoder(cfg, ds, out, progress and main, tokenizer=tok).to(dev)
+    if main:
+        barrier()
 
     torch.manual_seed(cfg.seed)
     style_over = {} if cfg.style_tokens is None else {"style_tokens": cfg.style_tokens}
     G = DriftingDiT(dit_config(cfg.generator, input_size=h, in_channels=c, num_classes=K, **style_over)).to(dev)
+    G_ddp = G if comm is None else torch.nn.parallel.DistributedDataParallel(G, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.AdamW(G.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(G, cfg.ema_decays, warmup_steps=cfg.ema_warmup)
     sampler = make_sampler(cfg.sampler, ds.labels, K)
@@ -338,36 +357,46 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
         sampler.warm_up(ds.labels, generator=step_generator(cfg.seed, -1, stream=2))
 
     def save(step: int) -> None:
-        if ckpt is not None:
+        if ckpt is not None and main:
             save_state(ckpt, {
                 "model": G.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
                 "sampler": sampler.state_dict(), "step": step, "config": jsonable(asdict(cfg)),
                 "history": json.dumps(history),
             })
 
+    if not main:
+        out = None  # rank 0 alone writes logs, pictures and the export
     log = _Logger(out, tensorboard) if out is not None else None
-    bar = _bar(cfg.steps, "train", progress, initial=start)
+    bar = _bar(cfg.steps, "train", progress and main, initial=start)
     t0 = time.perf_counter() - (history["time"][-1] if history["time"] else 0.0)
-    Nc, N, P = cfg.classes_per_step, cfg.n_gen, cfg.n_pos
+    Nc_all, N_all, P_all = cfg.classes_per_step, cfg.n_gen, cfg.n_pos
+    cls_slots = layout.classes(Nc_all)  # this rank's class slots of the step
+    Nc, N, P, U_loc = len(range(Nc_all)[cls_slots]), N_all // layout.ranks_per_class, P_all // layout.ranks_per_class, U // layout.ranks_per_class
     with stop_on_sigint() as interrupted:  # Ctrl-C: finish the current step, write a checkpoint, then stop
         try:
             for step in range(start, cfg.steps):
+                # the step's global batch: the same draws on every rank, whatever the world size
                 g = step_generator(cfg.seed, step)
-                classes = torch.randperm(K, generator=g)[:Nc]  # [Nc]
-                alpha = sample_alpha(Nc, cfgc, generator=g)  # [Nc]
-                labels = classes.repeat_interleave(N)  # [Nc*N]
-                noise = torch.randn(Nc * N, c, h, w_, generator=g)
-                style = G.draw_style(Nc * N, generator=g)
+                classes_all = torch.randperm(K, generator=g)[:Nc_all]  # [Nc_all]
+                alpha_all = sample_alpha(Nc_all, cfgc, generator=g)  # [Nc_all]
                 sampler.refill(ds.labels, generator=g)
-                pos_idx = sampler.sample_positives(classes, P, generator=g)  # [Nc, P]
-                real_idx = [pos_idx.reshape(-1)]
+                pos_all = sampler.sample_positives(classes_all, P_all, generator=g)  # [Nc_all, P_all]
+                unc_all = sampler.sample_unconditional(Nc_all, U, generator=g) if U > 0 else None  # [Nc_all, U]
+                # this rank's share: its class slots, and its rows of each class
+                classes, alpha = classes_all[cls_slots], alpha_all[cls_slots]  # [Nc]
+                labels = classes.repeat_interleave(N)  # [Nc*N]
+                rows = layout.rows(N_all)
+                slot_noise = [_slot_noise(G, cfg.seed, step, k, N_all, (c, h, w_)) for k in range(Nc_all)[cls_slots]]
+                noise = torch.cat([z[rows] for z, _ in slot_noise])  # [Nc*N, c, h, w]
+                style = torch.cat([s[rows] for _, s in slot_noise])
+                real_idx = [pos_all[cls_slots][:, layout.rows(P_all)].reshape(-1)]  # [Nc*P]
                 if U > 0:
-                    real_idx.append(sampler.sample_unconditional(Nc, U, generator=g).reshape(-1))  # [Nc*U]
-                real = ds.to_tensor(torch.cat(real_idx).numpy()).to(dev)  # [Nc*(P+U), C, H, W]
+                    real_idx.append(unc_all[cls_slots][:, layout.rows(U)].reshape(-1))  # [Nc*U_loc]
+                real = ds.to_tensor(torch.cat(real_idx).numpy()).to(dev)  # [Nc*(P+U_loc), C, H, W]
                 noise, labels, style = noise.to(dev), labels.to(dev), style.to(dev)
 
                 with autocast:
-                    x = G(noise, labels, alpha.repeat_interleave(N).to(dev), style)  # [Nc*N, c, h, w]
+                    x = G_ddp(noise, labels, alpha.repeat_interleave(N).to(dev), style)  # [Nc*N, c, h, w]
                     with torch.no_grad():
                         real_z = tok.encode(real)  # [Nc*(P+U), c, h, w], the generator's space
                         f_real = encode(encoder, real if decode_first else real_z, cfg.feature_sets, cfg.vanilla, real_z)
@@ -381,12 +410,16 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                 pos = group_by_class({k: v[: Nc * P] for k, v in f_real.items()}, Nc)  # {j: [Nc, P, L, C]}
                 neg, w = None, None
                 if U > 0:
-                    neg = group_by_class({k: v[Nc * P:] for k, v in f_real.items()}, Nc)  # {j: [Nc, U, L, C]}
-                    w = uncond_neg_weights(alpha, N, U).to(dev)  # [Nc, U]
+                    neg = group_by_class({k: v[Nc * P:] for k, v in f_real.items()}, Nc)  # {j: [Nc, U_loc, L, C]}
+                    w = uncond_neg_weights(alpha, N_all, U)[:, :U_loc].to(dev)  # [Nc, U_loc] (w depends on the global N, U)
                 loss, stats = drifting_loss(gen, pos, neg, neg_weights=w, temperatures=cfg.temperatures, kernel=cfg.kernel,
                                             normalize=cfg.normalize, attraction=cfg.attraction, repulsion=cfg.repulsion,
-                                            normalize_drift=cfg.normalize_drift)
-                if not torch.isfinite(loss):
+                                            normalize_drift=cfg.normalize_drift, comm=comm, compile=compile_field)
+                if comm is not None:  # the mean over ranks (the 1-rank loss): logged, and checked on every rank alike
+                    loss_all = comm.sum(loss) / layout.world
+                else:
+                    loss_all = loss.detach()
+                if not torch.isfinite(loss_all):
                     raise FloatingPointError(
                         f"non-finite loss at step {step}; the last good checkpoint is {ckpt} (resume with --resume)")
                 lr = warmup_lr(cfg.lr, step, cfg.warmup)
@@ -398,17 +431,20 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                 opt.step()
                 ema.update(G)
                 done = step + 1
+                if comm is not None:  # stop together: a Ctrl-C seen by any rank stops all after this step
+                    flag = torch.tensor(float(interrupted["flag"]))
+                    interrupted["flag"] = bool(comm.sum(flag) > 0)
                 if done % cfg.log_every == 0 or done == cfg.steps:
                     v2 = sum(v.item() for k, v in stats.items() if "/V2@" in k)
                     history["step"].append(done)
-                    history["loss"].append(loss.item())
+                    history["loss"].append(loss_all.item())
                     history["V2"].append(v2)
                     history["time"].append(time.perf_counter() - t0)
                     if log is not None:
-                        log.write(done, {"loss": loss.item(), "V2": v2, "lr": lr, "grad_norm": gnorm.item(),
+                        log.write(done, {"loss": loss_all.item(), "V2": v2, "lr": lr, "grad_norm": gnorm.item(),
                                          "time": history["time"][-1]}, stats)
                     if bar is not None:
-                        bar.set_postfix(loss=f"{loss.item():.2f}", V2=f"{v2:.3g}")
+                        bar.set_postfix(loss=f"{loss_all.item():.2f}", V2=f"{v2:.3g}")
                 if bar is not None:
                     bar.update(1)
                 if out is not None and (done % cfg.sample_every == 0 or done == cfg.steps):
@@ -431,7 +467,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
         write_model_tokenizer(out / "model", cfg.tokenizer, C)  # how to decode its latents (load_generator)
         (out / "history.json").write_text(json.dumps(history))
     metrics = None
-    if cfg.eval_samples > 0:
+    if cfg.eval_samples > 0 and main:
         metrics = evaluate_generator(ema.models[max(cfg.ema_decays)], cfg.data, cfg.eval_samples, tokenizer=tok,
                                      seed=cfg.seed + 1, progress=progress)
         if metrics is not None:
@@ -440,6 +476,13 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
             if out is not None:
                 (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return ImageRun(G, ema, ds, history, out, metrics)
+
+
+def _slot_noise(G: DriftingDiT, seed: int, step: int, slot: int, n: int, shape: tuple[int, int, int]):
+    """Noise ``[n, c, h, w]`` and style draws of class slot ``slot`` at ``step``, from their own stream
+    ``(seed, step, slot)``: a rank draws only its slots, and no draw depends on the world size."""
+    g = step_generator(seed, step, stream=1000 + slot)
+    return torch.randn(n, *shape, generator=g), G.draw_style(n, generator=g)
 
 
 def evaluate_generator(model: DriftingDiT, data: str, n: int, *, tokenizer: Tokenizer | None = None, seed: int = 1,

@@ -91,8 +91,9 @@ class TrainRun:
     """
 
     def __init__(self, out: str | Path, kind: str, config: dict, parts: Mapping[str, object], *, steps: int,
-                 resume: bool, progress: bool, desc: str):
+                 resume: bool, progress: bool, desc: str, main: bool = True):
         self.out, self.kind, self.config, self.parts, self.steps = Path(out), kind, config, dict(parts), steps
+        self.main = main  # False on ranks > 0 of a multi-process run: they read the checkpoint, write nothing
         self.ckpt = self.out / "checkpoint.pt"
         self.history: dict = {"step": [], "loss": [], "time": []}
         self.start = 0
@@ -105,15 +106,18 @@ class TrainRun:
                 part.load_state_dict(state[name])
             self.history = json.loads(state["history"])
             self.start = int(state["step"])
-        elif not resume:
+        elif not resume and main:
             self.ckpt.unlink(missing_ok=True)
-        truncate_log(self.out / "log.jsonl", self.start)
-        self.log = JsonlLogger(self.out, tensorboard=False)
-        self.bar = progress_bar(steps, desc, progress, initial=self.start)
+        if main:
+            truncate_log(self.out / "log.jsonl", self.start)
+        self.log = JsonlLogger(self.out, tensorboard=False) if main else None
+        self.bar = progress_bar(steps, desc, progress and main, initial=self.start)
         self.sampling = 0.0  # seconds spent on sample grids, left out of the training time
         self.t0 = time.perf_counter() - (self.history["time"][-1] if self.history["time"] else 0.0)
 
     def save(self, step: int) -> None:
+        if not self.main:
+            return
         save_state(self.ckpt, {"kind": self.kind, "step": step, "config": self.config,
                                "history": json.dumps(self.history),
                                **{name: part.state_dict() for name, part in self.parts.items()}})
@@ -131,12 +135,13 @@ class TrainRun:
             self.history["step"].append(done)
             self.history["loss"].append(loss)
             self.history["time"].append(time.perf_counter() - self.t0 - self.sampling)
-            self.log.write(done, {"loss": loss, **scalars, "time": self.history["time"][-1]}, {})
+            if self.log is not None:
+                self.log.write(done, {"loss": loss, **scalars, "time": self.history["time"][-1]}, {})
             if self.bar is not None:
                 self.bar.set_postfix(postfix or {"loss": f"{loss:.4f}"})
         if self.bar is not None:
             self.bar.update(1)
-        if done % sample_every == 0 and done < self.steps:
+        if done % sample_every == 0 and done < self.steps and self.main:
             s0 = time.perf_counter()
             sample(self.out / f"samples_{done:06d}.png")
             self.sampling += time.perf_counter() - s0
@@ -146,7 +151,8 @@ class TrainRun:
             raise KeyboardInterrupt(f"interrupted after step {done}; run again with the same --out to resume")
 
     def close(self) -> None:
-        self.log.close()
+        if self.log is not None:
+            self.log.close()
         if self.bar is not None:
             self.bar.close()
 

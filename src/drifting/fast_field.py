@@ -1,0 +1,340 @@
+"""The drifting field of Alg. 2, fast and exact, for many problems and temperatures at once.
+
+The reference (:func:`drifting.field.drift_from_distances`) computes one temperature at a time
+from directly evaluated distances. Here, for ``B`` independent problems (classes x feature
+locations), ``N`` drifted samples ``x`` and ``Y = P + M`` targets ``y`` (positives, then
+negatives) per problem:
+
+* **Distances once, in matrix-product form**: ``d^2 = |x|^2 + |y|^2 - 2 x.y`` (one ``baddbmm``),
+  after centering both sets on the mean of x (distances are translation invariant; centering
+  keeps ``|x|^2`` small, so the cancellation error stays ~eps relative to the set's spread rather
+  than its offset). Pairs much closer than their norms (``d^2 < (|x|^2 + |y|^2) / 16``) are
+  recomputed directly, so no distance loses more than a few bits; self pairs are exactly 0.
+* **All temperatures in one pass**: the logits of every tau live in one ``[b, K, N, Y]`` tensor
+  and the aggregation ``A @ y`` is a single ``bmm`` over ``K N`` rows.
+* **Bounded memory**: problems are processed in chunks of ``chunk`` and, when even one problem's
+  ``[K, N, Y]`` logits exceed the budget, targets in blocks of ``block`` columns. The column
+  softmax (over the N samples) is local to a column; the row normalizer (over the Y targets) and
+  the cross-weighting sums are accumulated online with a running maximum (as in streaming
+  attention), so the result is exact, not approximated, and memory does not grow with Y.
+* **Precision**: inputs may be bf16/fp16; distances, logits and the aggregation are fp32 (fp64 for
+  fp64 inputs). On CUDA, TF32 is switched off for the distance product (its 10-bit mantissa
+  would swamp ``d^2`` in cancellation).
+
+Algebra used by the streaming form (Alg. 2 with per-negative weights ``w`` and the scales ``a``,
+``r`` of Table 1). Every normalization makes ``A_ij = c_i,g(j) * e_ij`` with ``e_ij =
+exp(L_ij - col_j) w_j`` and a per-row constant ``c`` (``g(j)``: positive or negative set). With
+``E_g = sum_{j in g} e_ij`` and ``U_g = sum_{j in g} e_ij y_j``::
+
+    V_i = c_pos c_neg (a E_neg U_pos - r E_pos U_neg + (r - a) E_pos E_neg x_i)
+
+* ``"both"``:  ``col_j = lse_col_j / 2``, ``c = exp(-lse_row / 2)``  ->  ``c_pos c_neg = exp(-lse_row)``
+* ``"y"``:     ``col = 0``, ``c = exp(-lse_row)``
+* ``"none"``:  ``col = 0``, ``c = 1``
+* ``"separate"``: ``col = 0``, ``c_g = 1 / E_g`` (each set its own softmax; with weights the
+  weighted renormalization of the reference).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .field import _MASKED_LOGIT, NORMALIZE_CHOICES
+
+# Elements of the largest temporary ([chunk, K, N, block] logits) when no budget is given: 2^18 fp32
+# values = 1 MiB. Small enough to stay in cache and in the allocator's reused heap (glibc maps blocks
+# over 32 MiB afresh and page-faults on every use), large enough to amortize per-call overhead;
+# benchmarks/field.py measures the trade-off.
+DEFAULT_MAX_ELEMENTS = 1 << 18
+
+# pairs with d^2 below this fraction of |x|^2 + |y|^2 are recomputed as |x - y|^2 (see _Chunk.block)
+_REFINE = 1.0 / 16
+
+ColumnReduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+@contextlib.contextmanager
+def _no_tf32(device: torch.device):
+    """Full fp32 matrix products on CUDA for the distance computation (TF32 would lose ~1e-3)."""
+    if device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def plan_chunks(B: int, N: int, Y: int, K: int, max_elements: int | None = None) -> tuple[int, int]:
+    """``(chunk, block)``: problems per chunk and target columns per block such that the logits
+    ``[chunk, K, N, block]`` hold at most ``max_elements`` values (at least one row block)."""
+    budget = DEFAULT_MAX_ELEMENTS if max_elements is None else int(max_elements)
+    if budget < 1:
+        raise ValueError(f"max_elements must be >= 1, got {max_elements}")
+    per_problem = K * N * Y
+    if per_problem <= budget:
+        return max(1, min(B, budget // per_problem)), Y
+    return 1, max(1, min(Y, budget // (K * N)))
+
+
+class Distances:
+    """Euclidean distances ``d[b, i, j] = |x_bi - y_bj|`` between ``x [B, N, D]`` and ``y [B, Y, D]``.
+
+    Computed on demand per problem chunk (:meth:`chunk`) and column block, in matrix-product form
+    on the chunk's centered copies, which the field's aggregation reuses while they are in cache.
+    ``self_col``: the column of ``y`` that holds ``x_i`` is ``self_col + i`` (None: no self pairs);
+    those distances are exactly 0. With ``cache_elements`` >= B N Y, the first full pass keeps every
+    distance, so a second pass (the loss's field after its feature scale S) reads them back.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, self_col: int | None = None, cache_elements: int = 0):
+        if x.dim() != 3 or y.dim() != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
+            raise ValueError(f"x and y must be [B, N, D] and [B, Y, D]; got {tuple(x.shape)} and {tuple(y.shape)}")
+        self.dtype = torch.promote_types(x.dtype, torch.float32)
+        self.x, self.y = x.detach(), y.detach()  # [B, N, D], [B, Y, D], any float dtype
+        self.B, self.N, self.D = x.shape
+        self.Y = y.shape[1]
+        if self_col is not None and not (0 <= self_col and self_col + self.N <= self.Y):
+            raise ValueError(f"self_col={self_col} + N={self.N} exceeds the Y={self.Y} targets")
+        self.self_col = self_col
+        self._keep = self.B * self.N * self.Y <= cache_elements
+        self._cache: dict[tuple[int, int, int, int], torch.Tensor] = {}
+
+    def chunk(self, b0: int, b1: int) -> "_Chunk":
+        """Problems ``[b0, b1)`` centered on the mean of x (distances are translation invariant;
+        centering keeps the cancellation error of the matrix-product form relative to the spread,
+        and x's mean does not depend on the order or the split of the targets)."""
+        x = self.x[b0:b1].to(self.dtype)
+        c = x.mean(dim=1, keepdim=True)  # [b, 1, D]
+        return _Chunk(self, b0, b1, x - c, self.y[b0:b1].to(self.dtype) - c)
+
+    def self_pairs(self, c0: int, c1: int) -> tuple[int, int, int] | None:
+        """Rows ``[i0, i1)`` whose self column lies in ``[c0, c1)`` and the block offset of row i0's."""
+        if self.self_col is None:
+            return None
+        i0, i1 = max(0, c0 - self.self_col), min(self.N, c1 - self.self_col)
+        return (i0, i1, self.self_col + i0 - c0) if i0 < i1 else None
+
+    def self_mask(self, c0: int, c1: int, device) -> torch.Tensor | None:
+        """``[N, c1-c0]`` bool, True at the self pairs of the block (None if it holds none)."""
+        sp = self.self_pairs(c0, c1)
+        if sp is None:
+            return None
+        i0, i1, j0 = sp
+        mask = torch.zeros(self.N, c1 - c0, dtype=torch.bool, device=device)
+        mask[i0:i1, j0: j0 + i1 - i0].diagonal().fill_(True)
+        return mask
+
+    def weighted_sum(self, P: int, w: torch.Tensor | None, max_elements: int | None = None) -> torch.Tensor:
+        """``sum_b,i [sum_{j<P} d_bij + sum_{j>=P} w_bj d_bij]`` (the numerator of Eq. 21), ``w [B, 1, Y-P]``."""
+        chunk, block = plan_chunks(self.B, self.N, self.Y, 1, max_elements)
+        total = torch.zeros((), dtype=self.dtype, device=self.x.device)
+        for b0 in range(0, self.B, chunk):
+            ch = self.chunk(b0, min(self.B, b0 + chunk))
+            for c0 in range(0, self.Y, block):
+                c1 = min(self.Y, c0 + block)
+                d = ch.block(c0, c1)  # [b, N, cb]
+                p = min(max(P - c0, 0), c1 - c0)  # positive columns in this block
+                if w is None or p == c1 - c0:
+                    total += d.sum()
+                else:
+                    total += d[..., :p].sum() + (d[..., p:] * w[ch.b0:ch.b1, :, c0 + p - P: c1 - P]).sum()
+        return total
+
+
+class _Chunk:
+    """Centered problems ``[b0, b1)`` of a :class:`Distances`: ``x [b, N, D]``, ``y [b, Y, D]``."""
+
+    def __init__(self, dists: Distances, b0: int, b1: int, x: torch.Tensor, y: torch.Tensor):
+        self.dists, self.b0, self.b1, self.x, self.y = dists, b0, b1, x, y
+        self._x_sq = x.square().sum(-1, keepdim=True)  # [b, N, 1]
+        self._y_sq = y.square().sum(-1).unsqueeze(1)  # [b, 1, Y]
+
+    def block(self, c0: int, c1: int) -> torch.Tensor:
+        """``d [b, N, c1-c0]``, a fresh tensor the caller may overwrite."""
+        key = (self.b0, self.b1, c0, c1)
+        cache = self.dists._cache
+        if key in cache:
+            return cache[key].clone()
+        with _no_tf32(self.x.device):
+            d2 = torch.baddbmm(self._y_sq[:, :, c0:c1], self.x, self.y[:, c0:c1].transpose(1, 2),
+                               alpha=-2.0)  # [b, N, cb] = |y|^2 - 2 x.y
+        d2.add_(self._x_sq)  # [b, N, cb] = |x - y|^2 up to eps (|x|^2 + |y|^2)
+        # Near pairs lose their digits to cancellation (a relative error eps (|x|^2 + |y|^2) / d^2):
+        # recompute those directly, so every distance keeps a relative error below ~8 eps.
+        near = d2 < _REFINE * (self._x_sq + self._y_sq[:, :, c0:c1])
+        if near.any():
+            bi, i, j = near.nonzero(as_tuple=True)
+            d2[bi, i, j] = (self.x[bi, i] - self.y[bi, c0 + j]).square().sum(-1)
+        d = d2.clamp_min_(0.0).sqrt_()
+        sp = self.dists.self_pairs(c0, c1)
+        if sp is not None:
+            i0, i1, j0 = sp
+            d[:, i0:i1, j0: j0 + i1 - i0].diagonal(dim1=-2, dim2=-1).zero_()
+        if self.dists._keep:
+            cache[key] = d.clone()
+        return d
+
+
+def _dense_weights(d, neg_inv_T, self_mask, w, P: int, normalize: str, a: float, r: float, col_reduce):
+    """Alg. 2's cross-weighted affinities from the distances of a chunk, every temperature at once.
+
+    ``d [b, N, Y]``, ``neg_inv_T [1, K, 1, 1]``, ``self_mask [N, Y]`` or None, ``w [b, 1, 1, M]`` or
+    None. Returns ``W [b, K, N, Y]`` (``a A_pos s_neg`` then ``-r A_neg s_pos``) and ``s_pos s_neg
+    [b, K, N, 1]``; ``W @ y`` is the field. Pure, so ``torch.compile`` can fuse it.
+    """
+    L = d.unsqueeze(1) * neg_inv_T  # [b, K, N, Y]: logits -d / tau for every tau (fresh: updated in place)
+    if self_mask is not None:
+        L.masked_fill_(self_mask, _MASKED_LOGIT)
+    if normalize == "both":  # sqrt(softmax_y * softmax_x) = exp(L - lse_row / 2 - lse_col / 2)
+        lse_row = L.logsumexp(dim=-1, keepdim=True).mul_(0.5)  # [b, K, N, 1]
+        lse_col = L.logsumexp(dim=-2, keepdim=True)  # [b, K, 1, Y]
+        if col_reduce is not None:
+            lse_col = col_reduce(lse_col)
+        A = L.sub_(lse_row).sub_(lse_col.mul_(0.5)).exp_()
+    elif normalize == "y":
+        A = L.softmax(dim=-1)
+    elif normalize == "none":
+        A = L.exp_()
+    else:  # "separate"
+        A = torch.cat([L[..., :P].softmax(dim=-1), L[..., P:].softmax(dim=-1)], dim=-1)
+    A_pos, A_neg = A[..., :P], A[..., P:]  # views [b, K, N, P], [b, K, N, M]
+    if w is not None:
+        A_neg.mul_(w)
+        if normalize == "separate":
+            A_neg.div_(A_neg.sum(dim=-1, keepdim=True).clamp_min(1e-30))
+    s_pos = A_pos.sum(dim=-1, keepdim=True)  # [b, K, N, 1]
+    s_neg = A_neg.sum(dim=-1, keepdim=True)
+    A_pos.mul_(s_neg * a)  # attraction weighted by the total repulsion
+    A_neg.mul_(s_pos * -r)  # repulsion weighted by the total attraction
+    return A, s_pos * s_neg
+
+
+_compiled_weights = None
+
+
+def _weights_fn(compile: bool):
+    global _compiled_weights
+    if not compile:
+        return _dense_weights
+    if _compiled_weights is None:
+        _compiled_weights = torch.compile(_dense_weights, dynamic=False)  # one graph per shape
+    return _compiled_weights
+
+
+def _dense_chunk(ch: _Chunk, out, P, neg_inv_T, normalize, w, a, r, col_reduce, compile) -> None:
+    """Alg. 2 for one chunk with all Y columns at once, written into ``out [b, K, N, D]``."""
+    dists = ch.dists
+    d = ch.block(0, dists.Y)  # [b, N, Y]
+    fn = _weights_fn(compile and col_reduce is None)
+    W, ss = fn(d, neg_inv_T, dists.self_mask(0, dists.Y, d.device), w, P, normalize, a, r, col_reduce)
+    b, K, N, Y = W.shape
+    torch.bmm(W.view(b, K * N, Y), ch.y, out=out.view(b, K * N, -1))  # [b, K N, D]
+    if a != r:  # the "- x" terms of Eq. (8) no longer cancel
+        out -= ((a - r) * ss) * ch.x.unsqueeze(1)
+
+
+def _streaming_chunk(ch: _Chunk, out, P, neg_inv_T, normalize, w, a, r, col_reduce, block) -> None:
+    """Alg. 2 for one chunk, targets in column blocks, exact (module docstring); into ``out [b, K, N, D]``."""
+    dists = ch.dists
+    b, K, N, D = ch.b1 - ch.b0, neg_inv_T.shape[1], dists.N, dists.D
+    dt, dev = ch.x.dtype, ch.x.device
+    m = torch.full((b, K, N, 1), -math.inf, dtype=dt, device=dev)  # running max of L - col
+    lse_row = torch.full((b, K, N, 1), -math.inf, dtype=dt, device=dev)
+    E = torch.zeros(2, b, K, N, 1, dtype=dt, device=dev)  # E_pos, E_neg
+    U = torch.zeros(2, b, K, N, D, dtype=dt, device=dev)  # U_pos, U_neg
+    for c0 in range(0, dists.Y, block):
+        c1 = min(dists.Y, c0 + block)
+        L = ch.block(c0, c1).unsqueeze(1) * neg_inv_T  # [b, K, N, cb]
+        mask = dists.self_mask(c0, c1, dev)
+        if mask is not None:
+            L.masked_fill_(mask, _MASKED_LOGIT)
+        if normalize in ("both", "y"):
+            lse_row = torch.logaddexp(lse_row, L.logsumexp(dim=-1, keepdim=True))
+        if normalize == "both":
+            lse_col = L.logsumexp(dim=-2, keepdim=True)  # [b, K, 1, cb]: all N rows are here
+            if col_reduce is not None:
+                lse_col = col_reduce(lse_col)
+            L.sub_(lse_col.mul_(0.5))
+        m_new = torch.maximum(m, L.amax(dim=-1, keepdim=True))  # [b, K, N, 1]
+        rescale = (m - m_new).exp_()  # 0 on the first block (m = -inf)
+        e = L.sub_(m_new).exp_()  # [b, K, N, cb]
+        p = min(max(P - c0, 0), c1 - c0)  # positive columns in this block
+        if w is not None and p < c1 - c0:
+            e[..., p:].mul_(w[..., c0 + p - P: c1 - P])
+        E.mul_(rescale)
+        U.mul_(rescale)
+        for g, (j0, j1) in enumerate(((0, p), (p, c1 - c0))):
+            if j1 > j0:
+                E[g] += e[..., j0:j1].sum(dim=-1, keepdim=True)
+                U[g] += torch.bmm(e[..., j0:j1].reshape(b, K * N, j1 - j0), ch.y[:, c0 + j0: c0 + j1]).view(b, K, N, D)
+        m = m_new
+    (E_pos, E_neg), (U_pos, U_neg) = E, U
+    x = ch.x.unsqueeze(1)  # [b, 1, N, D]
+    if normalize == "separate":  # c_g = 1 / E_g
+        E_pos, E_neg = E_pos.clamp_min(1e-30), E_neg.clamp_min(1e-30)
+        out.copy_(a * U_pos / E_pos - r * U_neg / E_neg + (r - a) * x)
+        return
+    V = a * E_neg * U_pos - r * E_pos * U_neg  # [b, K, N, D], times exp(-2m)
+    if a != r:
+        V += ((r - a) * E_pos * E_neg) * x
+    log_scale = 2 * m  # undo the running offset of both factors
+    if normalize == "both":
+        log_scale = log_scale - lse_row
+    elif normalize == "y":
+        log_scale = log_scale - 2 * lse_row
+    torch.mul(V, log_scale.exp_(), out=out)
+
+
+def drift_fields(
+    dists: Distances,
+    P: int,
+    temperatures: Sequence[float],
+    *,
+    normalize: str = "both",
+    neg_weights: torch.Tensor | None = None,
+    attraction: float = 1.0,
+    repulsion: float = 1.0,
+    max_elements: int | None = None,
+    column_reduce: ColumnReduce | None = None,
+    compile: bool = False,
+) -> torch.Tensor:
+    """Alg. 2's field at every temperature, ``V [B, K, N, D]`` (no gradient), in the dtype of ``dists``.
+
+    ``dists`` holds x and the targets ``y = [positives (P); negatives (M)]``; with ``dists.self_col``
+    the self pairs are masked. ``neg_weights [B, 1, M]`` scale the negatives after normalization
+    (CFG, A.7). ``normalize``, ``attraction`` and ``repulsion`` as in :func:`drifting.compute_V`.
+    ``max_elements`` bounds the largest temporary (:func:`plan_chunks`). ``column_reduce`` turns the
+    local column log-sum-exp ``[b, K, 1, cb]`` into the global one when the N samples of a problem
+    are spread over ranks (see :mod:`drifting.distributed`).
+    """
+    if normalize not in NORMALIZE_CHOICES:
+        raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")
+    if not 1 <= P <= dists.Y:
+        raise ValueError(f"P must be in [1, Y={dists.Y}], got {P}")
+    temps = [float(t) for t in temperatures]
+    if not temps or any(not (t > 0 and math.isfinite(t)) for t in temps):
+        raise ValueError(f"temperatures must be positive finite numbers, got {temperatures}")
+    a, r = float(attraction), float(repulsion)
+    B, N, Y, K = dists.B, dists.N, dists.Y, len(temps)
+    chunk, block = plan_chunks(B, N, Y, K, max_elements)
+    dt, dev = dists.dtype, dists.x.device
+    neg_inv_T = torch.tensor([-1.0 / t for t in temps], dtype=dt, device=dev).view(1, K, 1, 1)
+    w = None if neg_weights is None else neg_weights.detach().to(dt).unsqueeze(1)  # [B, 1, 1, M]
+    V = torch.empty(B, K, N, dists.D, dtype=dt, device=dev)
+    with torch.no_grad():
+        for b0 in range(0, B, chunk):
+            b1 = min(B, b0 + chunk)
+            ch = dists.chunk(b0, b1)
+            wc = None if w is None else w[b0:b1]
+            if block >= Y:
+                _dense_chunk(ch, V[b0:b1], P, neg_inv_T, normalize, wc, a, r, column_reduce, compile)
+            else:
+                _streaming_chunk(ch, V[b0:b1], P, neg_inv_T, normalize, wc, a, r, column_reduce, block)
+    return V

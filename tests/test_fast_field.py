@@ -1,0 +1,142 @@
+"""The fast field (drifting.fast_field) against a literal Alg. 2: every normalization, weights,
+Table 1 scales, chunked and streamed columns, several temperatures at once, bf16 inputs."""
+
+import pytest
+import torch
+
+from drifting import compute_V
+from drifting.fast_field import Distances, drift_fields, plan_chunks
+from drifting.field import drift_from_distances
+
+
+def literal(x, y, P, T, *, normalize="both", mask=True, w=None, a=1.0, r=1.0):
+    """Alg. 2 one problem and one temperature at a time, float64, directly evaluated distances."""
+    out = []
+    for b in range(x.shape[0]):
+        xb, yb = x[b:b + 1].double(), y[b:b + 1].double()
+        wb = None if w is None else w[b:b + 1].double()
+        out.append(drift_from_distances(yb, torch.cdist(xb, yb), P, T, normalize=normalize, mask_self=mask,
+                                        neg_weights=wb, attraction=a, repulsion=r, x=xb)[0])
+    return torch.stack(out)  # [B, N, D]
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def problem(B=3, N=12, P=10, extra=9, D=48, offset=3.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, N, D, generator=g) + offset
+    y_pos = torch.randn(B, P, D, generator=g) + offset + 0.3
+    y = torch.cat([y_pos, x, torch.randn(B, extra, D, generator=g) * 1.5 + offset], dim=1)  # [B, P+N+extra, D]
+    return x, y, P
+
+
+@pytest.mark.parametrize("normalize", ["both", "y", "none", "separate"])
+@pytest.mark.parametrize("max_elements", [None, 3 * 12 * 7, 3 * 12])  # dense, 7-column blocks, 1-column blocks
+def test_equals_literal_alg2(normalize, max_elements):
+    x, y, P = problem()
+    temps = [2.0, 5.0, 20.0]
+    w = torch.rand(3, 1, y.shape[1] - P, generator=torch.Generator().manual_seed(5)) + 0.5
+    for weights in (None, w):
+        for a, r in ((1.0, 1.0), (1.0, 0.3)):
+            V = drift_fields(Distances(x, y, self_col=P), P, temps, normalize=normalize, neg_weights=weights,
+                             attraction=a, repulsion=r, max_elements=max_elements)
+            assert V.shape == (3, 3, 12, 48) and V.dtype == torch.float32
+            for k, T in enumerate(temps):
+                ref = literal(x, y, P, T, normalize=normalize, w=weights, a=a, r=r)
+                assert rel(V[:, k], ref) < 1e-5, (weights is not None, a, r, T)
+
+
+def test_plan_bounds_the_largest_temporary():
+    assert plan_chunks(64, 64, 224, 3, 1 << 18) == (6, 224)  # 6 problems x 3 x 64 x 224 <= 2^18
+    chunk, block = plan_chunks(4, 64, 10_000, 3, 1 << 16)  # one problem exceeds the budget: stream
+    assert chunk == 1 and 3 * 64 * block <= 1 << 16 and block < 10_000
+    with pytest.raises(ValueError, match="max_elements"):
+        plan_chunks(1, 1, 1, 1, 0)
+
+
+def test_streaming_is_exact_at_large_Y_and_extreme_temperature():
+    """Many targets in 1-column blocks at a temperature where most kernel values underflow."""
+    x, y, P = problem(B=2, N=6, P=40, extra=60, D=16, seed=3)
+    for T in (0.05, 1.0):
+        V = drift_fields(Distances(x, y, self_col=P), P, [T], max_elements=6)[:, 0]
+        assert rel(V, literal(x, y, P, T)) < 1e-5
+
+
+def test_several_temperatures_equal_separate_calls_and_no_mask():
+    x, y, P = problem(seed=1)
+    d = Distances(x, y)  # no self column: nothing masked
+    V = drift_fields(d, P, [1.0, 4.0])
+    for k, T in enumerate((1.0, 4.0)):
+        assert rel(V[:, k], literal(x, y, P, T, mask=False)) < 1e-5
+        assert rel(V[:, k], drift_fields(d, P, [T])[:, 0]) < 1e-6
+
+
+def test_near_duplicates_far_from_the_origin_keep_their_precision():
+    """Pairs 1e-3 apart at offset 1e3: the plain |x|^2 + |y|^2 - 2 x.y form would get their distance
+    wrong by ~1e-1; the refined pairs keep the field equal to the literal one."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 8, 32, generator=g) + 1000.0
+    y_pos = x + 1e-3 * torch.randn(2, 8, 32, generator=g)  # a near copy of each sample
+    y = torch.cat([y_pos, x, x + 0.1 * torch.randn(2, 8, 32, generator=g)], dim=1)
+    V = drift_fields(Distances(x, y, self_col=8), 8, [0.01])[:, 0]
+    assert rel(V, literal(x, y, 8, 0.01)) < 1e-4
+
+
+def test_bf16_inputs_give_fp32_field_of_the_rounded_inputs():
+    x, y, P = problem(seed=2)
+    xb, yb = x.bfloat16(), y.bfloat16()
+    V = drift_fields(Distances(xb, yb, self_col=P), P, [3.0])[:, 0]
+    assert V.dtype == torch.float32
+    assert rel(V, literal(xb.float(), yb.float(), P, 3.0)) < 1e-5
+
+
+def test_float64_stays_float64_and_cache_gives_the_same_field():
+    x, y, P = problem(seed=6)
+    d = Distances(x.double(), y.double(), self_col=P, cache_elements=10**9)
+    s1 = d.weighted_sum(P, None)  # fills the cache
+    V = drift_fields(d, P, [2.0])[:, 0]
+    assert V.dtype == torch.float64 and rel(V, literal(x, y, P, 2.0)) < 1e-5
+    assert torch.allclose(s1, torch.cdist(x.double(), y.double()).sum())
+
+
+def test_weighted_sum_is_eq21_numerator():
+    x, y, P = problem(seed=7)
+    w = torch.rand(3, 1, y.shape[1] - P) + 0.2
+    d = torch.cdist(x.double(), y.double())
+    want = d[..., :P].sum() + (d[..., P:] * w.double()).sum()
+    for me in (None, 5):
+        got = Distances(x, y, self_col=P).weighted_sum(P, w, me)
+        assert abs(got.item() - want.item()) < 1e-5 * want.item()
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_compute_V_impls_agree(impl):
+    x, y, P = problem(B=2, seed=8)
+    V = compute_V(x, y[:, :P], y[:, P:], 4.0, impl=impl)
+    assert rel(V, literal(x, y, P, 4.0)) < 1e-5
+    with pytest.raises(ValueError, match="impl"):
+        compute_V(x, y[:, :P], y[:, P:], 4.0, impl="slow")
+
+
+def test_errors_name_the_argument():
+    x, y, P = problem(B=1)
+    d = Distances(x, y, self_col=P)
+    with pytest.raises(ValueError, match="normalize"):
+        drift_fields(d, P, [1.0], normalize="rows")
+    with pytest.raises(ValueError, match="temperatures"):
+        drift_fields(d, P, [0.0])
+    with pytest.raises(ValueError, match="P must be"):
+        drift_fields(d, 0, [1.0])
+    with pytest.raises(ValueError, match="self_col"):
+        Distances(x, y, self_col=y.shape[1])
+
+
+def test_compiled_weights_equal_eager():
+    """torch.compile of the fused elementwise part gives the eager result (one shape: one compile)."""
+    x, y, P = problem(B=2, N=8, P=6, extra=4, D=16, seed=9)
+    w = torch.rand(2, 1, y.shape[1] - P) + 0.5
+    eager = drift_fields(Distances(x, y, self_col=P), P, [1.0, 3.0], neg_weights=w)
+    fused = drift_fields(Distances(x, y, self_col=P), P, [1.0, 3.0], neg_weights=w, compile=True)
+    assert rel(fused, eager) < 1e-5
