@@ -54,6 +54,13 @@ DEFAULT_MAX_ELEMENTS = 1 << 18
 # pairs with d^2 below this fraction of |x|^2 + |y|^2 are recomputed as |x - y|^2 (see _Chunk.block)
 _REFINE = 1.0 / 16
 
+# exp() of arguments below ~-87.3 (where fp32 underflows) takes a scalar slow path in PyTorch's CPU
+# kernels, 10-40x slower than in range (benchmarks/field.py). The field's small temperatures put
+# most logits there, so every exp here clamps its argument at this floor: exp(-87) = 1.6e-38
+# stands in for anything smaller. Each such term is then at most 1.6e-38 where the sums it joins
+# are >= 1 (log-sum-exp: the max term is exp(0)) or products that underflow to 0 either way.
+_EXP_FLOOR = -87.0
+
 ColumnReduce = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -121,16 +128,6 @@ class Distances:
         i0, i1 = max(0, c0 - self.self_col), min(self.N, c1 - self.self_col)
         return (i0, i1, self.self_col + i0 - c0) if i0 < i1 else None
 
-    def self_mask(self, c0: int, c1: int, device) -> torch.Tensor | None:
-        """``[N, c1-c0]`` bool, True at the self pairs of the block (None if it holds none)."""
-        sp = self.self_pairs(c0, c1)
-        if sp is None:
-            return None
-        i0, i1, j0 = sp
-        mask = torch.zeros(self.N, c1 - c0, dtype=torch.bool, device=device)
-        mask[i0:i1, j0: j0 + i1 - i0].diagonal().fill_(True)
-        return mask
-
     def weighted_sum(self, P: int, w: torch.Tensor | None, max_elements: int | None = None) -> torch.Tensor:
         """``sum_b,i [sum_{j<P} d_bij + sum_{j>=P} w_bj d_bij]`` (the numerator of Eq. 21), ``w [B, 1, Y-P]``."""
         chunk, block = plan_chunks(self.B, self.N, self.Y, 1, max_elements)
@@ -182,28 +179,45 @@ class _Chunk:
         return d
 
 
-def _dense_weights(d, neg_inv_T, self_mask, w, P: int, normalize: str, a: float, r: float, col_reduce):
+def _exp_(t: torch.Tensor) -> torch.Tensor:
+    """``exp`` in place, with the argument clamped at ``_EXP_FLOOR`` (see there)."""
+    return t.clamp_min_(_EXP_FLOOR).exp_()
+
+
+def _logsumexp(L: torch.Tensor, dim: int) -> torch.Tensor:
+    """``log sum exp`` along ``dim`` (kept), shifted by the max, with the floor of :func:`_exp_`."""
+    m = L.amax(dim=dim, keepdim=True)
+    return _exp_(L - m).sum(dim=dim, keepdim=True).log_().add_(m)
+
+
+def _softmax(L: torch.Tensor, dim: int) -> torch.Tensor:
+    e = _exp_(L - L.amax(dim=dim, keepdim=True))
+    return e.div_(e.sum(dim=dim, keepdim=True))
+
+
+def _dense_weights(d, neg_inv_T, self_pairs, w, P: int, normalize: str, a: float, r: float, col_reduce):
     """Alg. 2's cross-weighted affinities from the distances of a chunk, every temperature at once.
 
-    ``d [b, N, Y]``, ``neg_inv_T [1, K, 1, 1]``, ``self_mask [N, Y]`` or None, ``w [b, 1, 1, M]`` or
+    ``d [b, N, Y]``, ``neg_inv_T [1, K, 1, 1]``, ``self_pairs`` from :meth:`Distances.self_pairs`, ``w [b, 1, 1, M]`` or
     None. Returns ``W [b, K, N, Y]`` (``a A_pos s_neg`` then ``-r A_neg s_pos``) and ``s_pos s_neg
     [b, K, N, 1]``; ``W @ y`` is the field. Pure, so ``torch.compile`` can fuse it.
     """
     L = d.unsqueeze(1) * neg_inv_T  # [b, K, N, Y]: logits -d / tau for every tau (fresh: updated in place)
-    if self_mask is not None:
-        L.masked_fill_(self_mask, _MASKED_LOGIT)
+    if self_pairs is not None:  # the self pairs: N entries per (problem, temperature)
+        i0, i1, j0 = self_pairs
+        L[..., i0:i1, j0: j0 + i1 - i0].diagonal(dim1=-2, dim2=-1).fill_(_MASKED_LOGIT)
     if normalize == "both":  # sqrt(softmax_y * softmax_x) = exp(L - lse_row / 2 - lse_col / 2)
-        lse_row = L.logsumexp(dim=-1, keepdim=True).mul_(0.5)  # [b, K, N, 1]
-        lse_col = L.logsumexp(dim=-2, keepdim=True)  # [b, K, 1, Y]
+        lse_row = _logsumexp(L, -1).mul_(0.5)  # [b, K, N, 1]
+        lse_col = _logsumexp(L, -2)  # [b, K, 1, Y]
         if col_reduce is not None:
             lse_col = col_reduce(lse_col)
-        A = L.sub_(lse_row).sub_(lse_col.mul_(0.5)).exp_()
+        A = _exp_(L.sub_(lse_row).sub_(lse_col.mul_(0.5)))
     elif normalize == "y":
-        A = L.softmax(dim=-1)
+        A = _softmax(L, -1)
     elif normalize == "none":
-        A = L.exp_()
+        A = _exp_(L)
     else:  # "separate"
-        A = torch.cat([L[..., :P].softmax(dim=-1), L[..., P:].softmax(dim=-1)], dim=-1)
+        A = torch.cat([_softmax(L[..., :P], -1), _softmax(L[..., P:], -1)], dim=-1)
     A_pos, A_neg = A[..., :P], A[..., P:]  # views [b, K, N, P], [b, K, N, M]
     if w is not None:
         A_neg.mul_(w)
@@ -233,7 +247,7 @@ def _dense_chunk(ch: _Chunk, out, P, neg_inv_T, normalize, w, a, r, col_reduce, 
     dists = ch.dists
     d = ch.block(0, dists.Y)  # [b, N, Y]
     fn = _weights_fn(compile and col_reduce is None)
-    W, ss = fn(d, neg_inv_T, dists.self_mask(0, dists.Y, d.device), w, P, normalize, a, r, col_reduce)
+    W, ss = fn(d, neg_inv_T, dists.self_pairs(0, dists.Y), w, P, normalize, a, r, col_reduce)
     b, K, N, Y = W.shape
     torch.bmm(W.view(b, K * N, Y), ch.y, out=out.view(b, K * N, -1))  # [b, K N, D]
     if a != r:  # the "- x" terms of Eq. (8) no longer cancel
@@ -252,19 +266,20 @@ def _streaming_chunk(ch: _Chunk, out, P, neg_inv_T, normalize, w, a, r, col_redu
     for c0 in range(0, dists.Y, block):
         c1 = min(dists.Y, c0 + block)
         L = ch.block(c0, c1).unsqueeze(1) * neg_inv_T  # [b, K, N, cb]
-        mask = dists.self_mask(c0, c1, dev)
-        if mask is not None:
-            L.masked_fill_(mask, _MASKED_LOGIT)
+        sp = dists.self_pairs(c0, c1)
+        if sp is not None:
+            i0, i1, j0 = sp
+            L[..., i0:i1, j0: j0 + i1 - i0].diagonal(dim1=-2, dim2=-1).fill_(_MASKED_LOGIT)
         if normalize in ("both", "y"):
-            lse_row = torch.logaddexp(lse_row, L.logsumexp(dim=-1, keepdim=True))
+            lse_row = torch.logaddexp(lse_row, _logsumexp(L, -1))
         if normalize == "both":
-            lse_col = L.logsumexp(dim=-2, keepdim=True)  # [b, K, 1, cb]: all N rows are here
+            lse_col = _logsumexp(L, -2)  # [b, K, 1, cb]: all N rows are here
             if col_reduce is not None:
                 lse_col = col_reduce(lse_col)
             L.sub_(lse_col.mul_(0.5))
         m_new = torch.maximum(m, L.amax(dim=-1, keepdim=True))  # [b, K, N, 1]
-        rescale = (m - m_new).exp_()  # 0 on the first block (m = -inf)
-        e = L.sub_(m_new).exp_()  # [b, K, N, cb]
+        rescale = (m - m_new).exp_()  # 0 on the first block (m = -inf); [b, K, N, 1], small
+        e = _exp_(L.sub_(m_new))  # [b, K, N, cb]
         p = min(max(P - c0, 0), c1 - c0)  # positive columns in this block
         if w is not None and p < c1 - c0:
             e[..., p:].mul_(w[..., c0 + p - P: c1 - P])
