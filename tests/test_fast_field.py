@@ -140,3 +140,14 @@ def test_compiled_weights_equal_eager():
     eager = drift_fields(Distances(x, y, self_col=P), P, [1.0, 3.0], neg_weights=w)
     fused = drift_fields(Distances(x, y, self_col=P), P, [1.0, 3.0], neg_weights=w, compile=True)
     assert rel(fused, eager) < 1e-5
+
+
+def test_equals_the_line_by_line_alg2_transcription():
+    from drifting.field import alg2_literal
+
+    x, y, P = problem(B=2, N=16, P=24, extra=8, D=64, seed=10)
+    temps = [1.0, 3.0, 9.0]
+    V = drift_fields(Distances(x, y, self_col=P), P, temps)
+    for k, T in enumerate(temps):
+        ref = torch.stack([alg2_literal(x[b].double(), y[b, :P].double(), y[b, P:].double(), T) for b in range(2)])
+        assert rel(V[:, k], ref) < 1e-5

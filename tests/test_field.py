@@ -4,31 +4,12 @@ import pytest
 import torch
 
 from drifting import compute_V, drift_rae_field, mmd_field
+from drifting.field import alg2_literal as _alg2_literal
 
 
 def alg2_literal(x, y_pos, y_neg, T, mask_self=True):
-    """A line-by-line transcription of Alg. 2 (paper A.1), unbatched, float64."""
-    x, y_pos, y_neg = x.double(), y_pos.double(), y_neg.double()
-    N = x.shape[0]
-    N_pos = y_pos.shape[0]
-    dist_pos = torch.cdist(x, y_pos)  # [N, N_pos]
-    dist_neg = torch.cdist(x, y_neg)  # [N, N_neg]
-    if mask_self:
-        dist_neg = dist_neg + torch.nn.functional.pad(torch.eye(N), (0, y_neg.shape[0] - N)).double() * 1e6
-    logit_pos = -dist_pos / T
-    logit_neg = -dist_neg / T
-    logit = torch.cat([logit_pos, logit_neg], dim=1)
-    A_row = logit.softmax(dim=-1)
-    A_col = logit.softmax(dim=-2)
-    A = torch.sqrt(A_row * A_col)
-    A_pos, A_neg = torch.split(A, [N_pos, A.shape[1] - N_pos], dim=1)
-    W_pos = A_pos.clone()
-    W_neg = A_neg.clone()
-    W_pos *= A_neg.sum(dim=1, keepdim=True)
-    W_neg *= A_pos.sum(dim=1, keepdim=True)
-    drift_pos = W_pos @ y_pos
-    drift_neg = W_neg @ y_neg
-    return drift_pos - drift_neg
+    """The library's line-by-line Alg. 2 (drifting.field.alg2_literal), in float64."""
+    return _alg2_literal(x.double(), y_pos.double(), y_neg.double(), T, mask_self)
 
 
 def rel_err(a, b):

@@ -256,6 +256,25 @@ def compute_V(
     return V if batched else V.squeeze(0)
 
 
+def alg2_literal(x: torch.Tensor, y_pos: torch.Tensor, y_neg: torch.Tensor, T: float, mask_self: bool = True
+                 ) -> torch.Tensor:
+    """Alg. 2 (paper A.1) transcribed line by line for one problem ``x [N, D]``, ``y_pos [P, D]``,
+    ``y_neg [M, D]`` (the first N negatives are x when ``mask_self``), in the inputs' dtype. The
+    yardstick the tests and ``benchmarks/field.py`` hold the implementations to; not for training."""
+    N, N_pos = x.shape[0], y_pos.shape[0]
+    dist_pos = torch.cdist(x, y_pos)  # [N, P]
+    dist_neg = torch.cdist(x, y_neg)  # [N, M]
+    if mask_self:  # "ignore self": + 1e6 on the distance of each sample to itself
+        dist_neg = dist_neg + torch.nn.functional.pad(torch.eye(N, dtype=x.dtype, device=x.device),
+                                                      (0, y_neg.shape[0] - N)) * 1e6
+    logit = torch.cat([-dist_pos / T, -dist_neg / T], dim=1)  # [N, P+M]
+    A = torch.sqrt(logit.softmax(dim=-1) * logit.softmax(dim=-2))  # normalize along both dimensions
+    A_pos, A_neg = torch.split(A, [N_pos, A.shape[1] - N_pos], dim=1)
+    W_pos = A_pos * A_neg.sum(dim=1, keepdim=True)  # cross-weighting
+    W_neg = A_neg * A_pos.sum(dim=1, keepdim=True)
+    return W_pos @ y_pos - W_neg @ y_neg  # V = V+ - V-, [N, D]
+
+
 # --------------------------------------------------------------------------- C.2: MMD field
 def mmd_field(
     x: torch.Tensor,
