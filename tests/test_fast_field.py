@@ -32,10 +32,17 @@ def problem(B=3, N=12, P=10, extra=9, D=48, offset=3.0, seed=0):
     return x, y, P
 
 
+def budget_for_block(N, D, K, block):
+    """The max_elements that makes plan_chunks stream columns in blocks of ``block``."""
+    return N * D + block * (3 * K * N + D)
+
+
 @pytest.mark.parametrize("normalize", ["both", "y", "none", "separate"])
-@pytest.mark.parametrize("max_elements", [None, 3 * 12 * 7, 3 * 12])  # dense, 7-column blocks, 1-column blocks
-def test_equals_literal_alg2(normalize, max_elements):
-    x, y, P = problem()
+@pytest.mark.parametrize("block", [None, 7, 1])  # dense, 7-column blocks, 1-column blocks
+def test_equals_literal_alg2(normalize, block):
+    x, y, P = problem(extra=200)  # Y = 222 targets: enough that a small budget must stream them
+    max_elements = None if block is None else budget_for_block(12, 48, 3, block)
+    assert plan_chunks(3, 12, y.shape[1], 3, 48, max_elements) == ((3, y.shape[1]) if block is None else (1, block))
     temps = [2.0, 5.0, 20.0]
     w = torch.rand(3, 1, y.shape[1] - P, generator=torch.Generator().manual_seed(5)) + 0.5
     for weights in (None, w):
@@ -48,12 +55,18 @@ def test_equals_literal_alg2(normalize, max_elements):
                 assert rel(V[:, k], ref) < 1e-5, (weights is not None, a, r, T)
 
 
-def test_plan_bounds_the_largest_temporary():
-    assert plan_chunks(64, 64, 224, 3, 1 << 18) == (6, 224)  # 6 problems x 3 x 64 x 224 <= 2^18
-    chunk, block = plan_chunks(4, 64, 10_000, 3, 1 << 16)  # one problem exceeds the budget: stream
-    assert chunk == 1 and 3 * 64 * block <= 1 << 16 and block < 10_000
+def test_plan_bounds_a_chunks_temporaries():
+    B, N, Y, K, D = 64, 64, 224, 3, 256
+    per_problem = 3 * K * N * Y + Y * D + N * D  # three logit buffers, centered targets and samples
+    chunk, block = plan_chunks(B, N, Y, K, D, 1 << 20)
+    assert block == Y and chunk * per_problem <= 1 << 20 < (chunk + 1) * per_problem
+    # one problem exceeds the budget: stream; the temporaries no longer grow with Y
+    for Y in (10_000, 100_000):
+        chunk, block = plan_chunks(4, N, Y, K, D, 1 << 20)
+        assert chunk == 1 and block < Y
+        assert N * D + block * (3 * K * N + D) <= 1 << 20
     with pytest.raises(ValueError, match="max_elements"):
-        plan_chunks(1, 1, 1, 1, 0)
+        plan_chunks(1, 1, 1, 1, 1, 0)
 
 
 def test_streaming_is_exact_at_large_Y_and_extreme_temperature():

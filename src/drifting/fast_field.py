@@ -45,11 +45,11 @@ import torch
 
 from .field import _MASKED_LOGIT, NORMALIZE_CHOICES
 
-# Elements of the largest temporary ([chunk, K, N, block] logits) when no budget is given: 2^18 fp32
-# values = 1 MiB. Small enough to stay in cache and in the allocator's reused heap (glibc maps blocks
-# over 32 MiB afresh and page-faults on every use), large enough to amortize per-call overhead;
-# benchmarks/field.py measures the trade-off.
-DEFAULT_MAX_ELEMENTS = 1 << 18
+# The temporaries of one chunk (logits, their shifted copy, the chunk's centered samples) hold at
+# most this many values when no budget is given: 2^21 fp32 values = 8 MiB. Small enough to stay in
+# cache and in the allocator's reused heap (glibc maps blocks over 32 MiB afresh and page-faults on
+# every use), large enough to amortize per-op overhead; benchmarks/field.py measures both.
+DEFAULT_MAX_ELEMENTS = 1 << 21
 
 # pairs with d^2 below this fraction of |x|^2 + |y|^2 are recomputed as |x - y|^2 (see _Chunk.block)
 _REFINE = 1.0 / 16
@@ -78,26 +78,29 @@ def _no_tf32(device: torch.device):
         torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def plan_chunks(B: int, N: int, Y: int, K: int, max_elements: int | None = None) -> tuple[int, int]:
-    """``(chunk, block)``: problems per chunk and target columns per block such that the logits
-    ``[chunk, K, N, block]`` hold at most ``max_elements`` values (at least one row block)."""
+def plan_chunks(B: int, N: int, Y: int, K: int, D: int, max_elements: int | None = None) -> tuple[int, int]:
+    """``(chunk, block)``: problems per chunk and target columns per block such that a chunk's
+    temporaries hold at most ``max_elements`` values: three ``[chunk, K, N, block]`` logit buffers, the
+    centered ``[chunk, block, D]`` targets and ``[chunk, N, D]`` samples. Not counted: what scales
+    with the output ``[B, K, N, D]`` alone (the output, and when streaming the ``4 K N D`` running sums
+    of the one problem in flight), which does not grow with Y."""
     budget = DEFAULT_MAX_ELEMENTS if max_elements is None else int(max_elements)
     if budget < 1:
         raise ValueError(f"max_elements must be >= 1, got {max_elements}")
-    per_problem = K * N * Y
+    per_problem = 3 * K * N * Y + Y * D + N * D
     if per_problem <= budget:
         return max(1, min(B, budget // per_problem)), Y
-    return 1, max(1, min(Y, budget // (K * N)))
+    return 1, max(1, min(Y, (budget - N * D) // (3 * K * N + D)))
 
 
 class Distances:
     """Euclidean distances ``d[b, i, j] = |x_bi - y_bj|`` between ``x [B, N, D]`` and ``y [B, Y, D]``.
 
     Computed on demand per problem chunk (:meth:`chunk`) and column block, in matrix-product form
-    on the chunk's centered copies, which the field's aggregation reuses while they are in cache.
-    ``self_col``: the column of ``y`` that holds ``x_i`` is ``self_col + i`` (None: no self pairs);
-    those distances are exactly 0. With ``cache_elements`` >= B N Y, the first full pass keeps every
-    distance, so a second pass (the loss's field after its feature scale S) reads them back.
+    on centered copies that the field's aggregation reuses while they are in cache. ``self_col``:
+    the column of ``y`` that holds ``x_i`` is ``self_col + i`` (None: no self pairs); those
+    distances are exactly 0. With ``cache_elements`` >= B N Y, computed distances are kept, so a
+    second pass (the loss's field after its feature scale S) reads them back.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, *, self_col: int | None = None, cache_elements: int = 0):
@@ -114,12 +117,7 @@ class Distances:
         self._cache: dict[tuple[int, int, int, int], torch.Tensor] = {}
 
     def chunk(self, b0: int, b1: int) -> "_Chunk":
-        """Problems ``[b0, b1)`` centered on the mean of x (distances are translation invariant;
-        centering keeps the cancellation error of the matrix-product form relative to the spread,
-        and x's mean does not depend on the order or the split of the targets)."""
-        x = self.x[b0:b1].to(self.dtype)
-        c = x.mean(dim=1, keepdim=True)  # [b, 1, D]
-        return _Chunk(self, b0, b1, x - c, self.y[b0:b1].to(self.dtype) - c)
+        return _Chunk(self, b0, b1)
 
     def self_pairs(self, c0: int, c1: int) -> tuple[int, int, int] | None:
         """Rows ``[i0, i1)`` whose self column lies in ``[c0, c1)`` and the block offset of row i0's."""
@@ -130,13 +128,13 @@ class Distances:
 
     def weighted_sum(self, P: int, w: torch.Tensor | None, max_elements: int | None = None) -> torch.Tensor:
         """``sum_b,i [sum_{j<P} d_bij + sum_{j>=P} w_bj d_bij]`` (the numerator of Eq. 21), ``w [B, 1, Y-P]``."""
-        chunk, block = plan_chunks(self.B, self.N, self.Y, 1, max_elements)
+        chunk, block = plan_chunks(self.B, self.N, self.Y, 1, self.D, max_elements)
         total = torch.zeros((), dtype=self.dtype, device=self.x.device)
         for b0 in range(0, self.B, chunk):
             ch = self.chunk(b0, min(self.B, b0 + chunk))
             for c0 in range(0, self.Y, block):
                 c1 = min(self.Y, c0 + block)
-                d = ch.block(c0, c1)  # [b, N, cb]
+                d = ch.distances(c0, c1)  # [b, N, cb]
                 p = min(max(P - c0, 0), c1 - c0)  # positive columns in this block
                 if w is None or p == c1 - c0:
                     total += d.sum()
@@ -145,43 +143,63 @@ class Distances:
         return total
 
 
+def _sq_norms(t: torch.Tensor) -> torch.Tensor:
+    """``|t|^2`` over the last axis, ``[..., 1]``, without a temporary of ``t``'s size."""
+    return torch.linalg.vector_norm(t, dim=-1, keepdim=True).square_()
+
+
 class _Chunk:
-    """Centered problems ``[b0, b1)`` of a :class:`Distances`: ``x [b, N, D]``, ``y [b, Y, D]``."""
+    """Problems ``[b0, b1)`` of a :class:`Distances`, centered on the mean of x (distances are
+    translation invariant; centering keeps the cancellation error of the matrix-product form relative
+    to the spread, and x's mean does not depend on the order or the split of the targets)."""
 
-    def __init__(self, dists: Distances, b0: int, b1: int, x: torch.Tensor, y: torch.Tensor):
-        self.dists, self.b0, self.b1, self.x, self.y = dists, b0, b1, x, y
-        self._x_sq = x.square().sum(-1, keepdim=True)  # [b, N, 1]
-        self._y_sq = y.square().sum(-1).unsqueeze(1)  # [b, 1, Y]
+    def __init__(self, dists: Distances, b0: int, b1: int):
+        self.dists, self.b0, self.b1 = dists, b0, b1
+        x = dists.x[b0:b1].to(dists.dtype)
+        self.c = x.mean(dim=1, keepdim=True)  # [b, 1, D]
+        self.x = x - self.c  # [b, N, D]
+        self._x_sq = _sq_norms(self.x)  # [b, N, 1]
+        self._y: tuple[int, int, torch.Tensor, torch.Tensor] | None = None
 
-    def block(self, c0: int, c1: int) -> torch.Tensor:
+    def targets(self, c0: int, c1: int) -> torch.Tensor:
+        """Targets ``[c0, c1)`` centered, ``[b, cb, D]`` (the last block asked for is kept)."""
+        if self._y is None or self._y[:2] != (c0, c1):
+            y = self.dists.y[self.b0:self.b1, c0:c1].to(self.dists.dtype) - self.c  # [b, cb, D]
+            self._y = (c0, c1, y, _sq_norms(y).transpose(1, 2))  # and |y|^2 [b, 1, cb]
+        return self._y[2]
+
+    def distances(self, c0: int, c1: int) -> torch.Tensor:
         """``d [b, N, c1-c0]``, a fresh tensor the caller may overwrite."""
         key = (self.b0, self.b1, c0, c1)
         cache = self.dists._cache
         if key in cache:
             return cache[key].clone()
+        y = self.targets(c0, c1)
+        y_sq = self._y[3]
         with _no_tf32(self.x.device):
-            d2 = torch.baddbmm(self._y_sq[:, :, c0:c1], self.x, self.y[:, c0:c1].transpose(1, 2),
-                               alpha=-2.0)  # [b, N, cb] = |y|^2 - 2 x.y
+            d2 = torch.baddbmm(y_sq, self.x, y.transpose(1, 2), alpha=-2.0)  # [b, N, cb] = |y|^2 - 2 x.y
         d2.add_(self._x_sq)  # [b, N, cb] = |x - y|^2 up to eps (|x|^2 + |y|^2)
+        sp = self.dists.self_pairs(c0, c1)
         # Near pairs lose their digits to cancellation (a relative error eps (|x|^2 + |y|^2) / d^2):
         # recompute those directly, so every distance keeps a relative error below ~8 eps.
-        near = d2 < _REFINE * (self._x_sq + self._y_sq[:, :, c0:c1])
-        if near.any():
-            bi, i, j = near.nonzero(as_tuple=True)
-            d2[bi, i, j] = (self.x[bi, i] - self.y[bi, c0 + j]).square().sum(-1)
-        d = d2.clamp_min_(0.0).sqrt_()
-        sp = self.dists.self_pairs(c0, c1)
-        if sp is not None:
+        near = d2 < _REFINE * (self._x_sq + y_sq)
+        if sp is not None:  # self pairs are set to 0 below
             i0, i1, j0 = sp
+            near[:, i0:i1, j0: j0 + i1 - i0].diagonal(dim1=-2, dim2=-1).fill_(False)
+        if near.count_nonzero() > 0:  # (3x faster than .any() on CPU)
+            bi, i, j = near.nonzero(as_tuple=True)
+            d2[bi, i, j] = (self.x[bi, i] - y[bi, j]).square().sum(-1)
+        d = d2.clamp_min_(0.0).sqrt_()
+        if sp is not None:
             d[:, i0:i1, j0: j0 + i1 - i0].diagonal(dim1=-2, dim2=-1).zero_()
         if self.dists._keep:
             cache[key] = d.clone()
         return d
 
 
-def _exp_(t: torch.Tensor) -> torch.Tensor:
-    """``exp`` in place, with the argument clamped at ``_EXP_FLOOR`` (see there)."""
-    return t.clamp_min_(_EXP_FLOOR).exp_()
+def _exp_(t: torch.Tensor, floor: float = _EXP_FLOOR) -> torch.Tensor:
+    """``exp`` in place, with the argument clamped at ``floor`` (see ``_EXP_FLOOR``)."""
+    return t.clamp_min_(floor).exp_()
 
 
 def _logsumexp(L: torch.Tensor, dim: int) -> torch.Tensor:
@@ -202,16 +220,29 @@ def _dense_weights(d, neg_inv_T, self_pairs, w, P: int, normalize: str, a: float
     None. Returns ``W [b, K, N, Y]`` (``a A_pos s_neg`` then ``-r A_neg s_pos``) and ``s_pos s_neg
     [b, K, N, 1]``; ``W @ y`` is the field. Pure, so ``torch.compile`` can fuse it.
     """
+    if normalize == "both":  # half logits: sqrt of each softmax needs exp(L / 2) only
+        neg_inv_T = neg_inv_T * 0.5
     L = d.unsqueeze(1) * neg_inv_T  # [b, K, N, Y]: logits -d / tau for every tau (fresh: updated in place)
     if self_pairs is not None:  # the self pairs: N entries per (problem, temperature)
         i0, i1, j0 = self_pairs
         L[..., i0:i1, j0: j0 + i1 - i0].diagonal(dim1=-2, dim2=-1).fill_(_MASKED_LOGIT)
-    if normalize == "both":  # sqrt(softmax_y * softmax_x) = exp(L - lse_row / 2 - lse_col / 2)
-        lse_row = _logsumexp(L, -1).mul_(0.5)  # [b, K, N, 1]
-        lse_col = _logsumexp(L, -2)  # [b, K, 1, Y]
-        if col_reduce is not None:
-            lse_col = col_reduce(lse_col)
-        A = _exp_(L.sub_(lse_row).sub_(lse_col.mul_(0.5)))
+    if normalize == "both":
+        # sqrt(softmax_y * softmax_x) = Q_row * Q_col / (sqrt(R_i) sqrt(C_j)) with Q_row = exp(L/2 - max_j),
+        # R_i = sum_j Q_row^2 (likewise over i for the columns): two exps per logit instead of three.
+        # Q >= exp(-87 / 2), so Q_row * Q_col never leaves fp32's normal range.
+        m_row = L.amax(dim=-1, keepdim=True)  # [b, K, N, 1], of L / 2
+        Q_row = _exp_(L - m_row, _EXP_FLOOR / 2)
+        f_row = torch.linalg.vector_norm(Q_row, dim=-1, keepdim=True).reciprocal_()  # R^-1/2 [b, K, N, 1]
+        m_col = L.amax(dim=-2, keepdim=True)  # [b, K, 1, Y]
+        Q_col = _exp_(L.sub_(m_col), _EXP_FLOOR / 2)
+        # C^1/2 [b, K, 1, Y] (not vector_norm: over a non-last dim it is 10-60x slower on CPU)
+        n_col = (Q_col * Q_col).sum(dim=-2, keepdim=True).sqrt_()
+        if col_reduce is None:
+            f_col = n_col.reciprocal_()
+        else:  # C over all ranks: lse_col = 2 (m_col + log ||Q_col||), reduced, back to C^-1/2 here
+            lse_col = col_reduce(n_col.log_().add_(m_col).mul_(2.0))
+            f_col = (m_col - 0.5 * lse_col).exp_()
+        A = Q_row.mul_(Q_col).mul_(f_row).mul_(f_col)
     elif normalize == "y":
         A = _softmax(L, -1)
     elif normalize == "none":
@@ -245,11 +276,11 @@ def _weights_fn(compile: bool):
 def _dense_chunk(ch: _Chunk, out, P, neg_inv_T, normalize, w, a, r, col_reduce, compile) -> None:
     """Alg. 2 for one chunk with all Y columns at once, written into ``out [b, K, N, D]``."""
     dists = ch.dists
-    d = ch.block(0, dists.Y)  # [b, N, Y]
+    d = ch.distances(0, dists.Y)  # [b, N, Y]
     fn = _weights_fn(compile and col_reduce is None)
     W, ss = fn(d, neg_inv_T, dists.self_pairs(0, dists.Y), w, P, normalize, a, r, col_reduce)
     b, K, N, Y = W.shape
-    torch.bmm(W.view(b, K * N, Y), ch.y, out=out.view(b, K * N, -1))  # [b, K N, D]
+    torch.bmm(W.view(b, K * N, Y), ch.targets(0, Y), out=out.view(b, K * N, -1))  # [b, K N, D]
     if a != r:  # the "- x" terms of Eq. (8) no longer cancel
         out -= ((a - r) * ss) * ch.x.unsqueeze(1)
 
@@ -265,7 +296,7 @@ def _streaming_chunk(ch: _Chunk, out, P, neg_inv_T, normalize, w, a, r, col_redu
     U = torch.zeros(2, b, K, N, D, dtype=dt, device=dev)  # U_pos, U_neg
     for c0 in range(0, dists.Y, block):
         c1 = min(dists.Y, c0 + block)
-        L = ch.block(c0, c1).unsqueeze(1) * neg_inv_T  # [b, K, N, cb]
+        L = ch.distances(c0, c1).unsqueeze(1) * neg_inv_T  # [b, K, N, cb]
         sp = dists.self_pairs(c0, c1)
         if sp is not None:
             i0, i1, j0 = sp
@@ -288,7 +319,8 @@ def _streaming_chunk(ch: _Chunk, out, P, neg_inv_T, normalize, w, a, r, col_redu
         for g, (j0, j1) in enumerate(((0, p), (p, c1 - c0))):
             if j1 > j0:
                 E[g] += e[..., j0:j1].sum(dim=-1, keepdim=True)
-                U[g] += torch.bmm(e[..., j0:j1].reshape(b, K * N, j1 - j0), ch.y[:, c0 + j0: c0 + j1]).view(b, K, N, D)
+                U[g] += torch.bmm(e[..., j0:j1].reshape(b, K * N, j1 - j0),
+                                  ch.targets(c0, c1)[:, j0:j1]).view(b, K, N, D)
         m = m_new
     (E_pos, E_neg), (U_pos, U_neg) = E, U
     x = ch.x.unsqueeze(1)  # [b, 1, N, D]
@@ -325,7 +357,7 @@ def drift_fields(
     ``dists`` holds x and the targets ``y = [positives (P); negatives (M)]``; with ``dists.self_col``
     the self pairs are masked. ``neg_weights [B, 1, M]`` scale the negatives after normalization
     (CFG, A.7). ``normalize``, ``attraction`` and ``repulsion`` as in :func:`drifting.compute_V`.
-    ``max_elements`` bounds the largest temporary (:func:`plan_chunks`). ``column_reduce`` turns the
+    ``max_elements`` bounds a chunk's temporaries (:func:`plan_chunks`); the output is ``B K N D``. ``column_reduce`` turns the
     local column log-sum-exp ``[b, K, 1, cb]`` into the global one when the N samples of a problem
     are spread over ranks (see :mod:`drifting.distributed`).
     """
@@ -338,7 +370,7 @@ def drift_fields(
         raise ValueError(f"temperatures must be positive finite numbers, got {temperatures}")
     a, r = float(attraction), float(repulsion)
     B, N, Y, K = dists.B, dists.N, dists.Y, len(temps)
-    chunk, block = plan_chunks(B, N, Y, K, max_elements)
+    chunk, block = plan_chunks(B, N, Y, K, dists.D, max_elements)
     dt, dev = dists.dtype, dists.x.device
     neg_inv_T = torch.tensor([-1.0 / t for t in temps], dtype=dt, device=dev).view(1, K, 1, 1)
     w = None if neg_weights is None else neg_weights.detach().to(dt).unsqueeze(1)  # [B, 1, 1, M]
@@ -346,10 +378,10 @@ def drift_fields(
     with torch.no_grad():
         for b0 in range(0, B, chunk):
             b1 = min(B, b0 + chunk)
-            ch = dists.chunk(b0, b1)
             wc = None if w is None else w[b0:b1]
-            if block >= Y:
-                _dense_chunk(ch, V[b0:b1], P, neg_inv_T, normalize, wc, a, r, column_reduce, compile)
+            if block >= Y:  # (the chunk is built in the call, so it is freed before the next)
+                _dense_chunk(dists.chunk(b0, b1), V[b0:b1], P, neg_inv_T, normalize, wc, a, r, column_reduce, compile)
             else:
-                _streaming_chunk(ch, V[b0:b1], P, neg_inv_T, normalize, wc, a, r, column_reduce, block)
+                _streaming_chunk(dists.chunk(b0, b1), V[b0:b1], P, neg_inv_T, normalize, wc, a, r, column_reduce,
+                                 block)
     return V
