@@ -143,3 +143,18 @@ def write_json(path: str | Path, name: str, results: dict, args: argparse.Namesp
     out.write_text(json.dumps(record, indent=2, default=str))
     print(f"wrote {out}")
     return out
+
+
+def run_each(items: Sequence, bench: Callable[[object], dict], label: Callable[[object], str] = str) -> list[dict]:
+    """``[bench(item) for item in items]``, printing each item's wall time as it finishes."""
+    rows = []
+    for item in items:
+        t0 = time.perf_counter()
+        rows.append(bench(item))
+        print(f"  {label(item)}: {time.perf_counter() - t0:.1f} s", flush=True)
+    return rows
+
+
+def print_report(title: str, table: str) -> None:
+    """The bold title line and the markdown table, as every benchmark prints them."""
+    print(f"\n{title}\n\n{table}")

@@ -46,7 +46,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, fmt, fmt_ms, markdown_table, setup_threads, time_call, write_json  # noqa: E402
+from _common import (add_common_args, fmt, fmt_ms, markdown_table, print_report, run_each, setup_threads,  # noqa: E402
+                     time_call, write_json)
 
 from drifting.fast_field import DEFAULT_MAX_ELEMENTS, Distances, drift_fields, plan_chunks  # noqa: E402
 from drifting.field import alg2_literal, drift_from_distances, pairwise_distances  # noqa: E402
@@ -61,7 +62,7 @@ DEFAULT_SHAPES = [
     (2, 64, 8192, 256, 32, 1 << 19),  # streaming: many positives, a 2 MiB budget
     (2, 64, 32768, 256, 32, 1 << 19),  # the same with 4x the positives: how memory grows with P
 ]
-QUICK_SHAPES = [(4, 16, 16, 32, 8, None), (64, 8, 8, 16, 8, None), (2, 16, 2048, 32, 8, 1 << 17)]
+QUICK_SHAPES = [(4, 16, 16, 32, 8, None), (64, 8, 8, 16, 8, None), (2, 64, 2048, 256, 32, 1 << 19)]
 
 
 def parse_shape(s: str) -> tuple:
@@ -283,16 +284,9 @@ def main() -> None:
     peak = matmul_peak(2048, repeat=3 if a.quick else 7)
     print(f"matmul peak (2048^3 float32, best of {3 if a.quick else 7}): {peak:.1f} GFLOP/s, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
-    rows = []
-    for shape in shapes:
-        t0 = time.perf_counter()
-        rows.append(bench_shape(shape, a))
-        print(f"  {shape}: {time.perf_counter() - t0:.1f} s", flush=True)
-    print()
-    print(f"**Fast field vs literal Alg. 2** ({a.stat} of {a.repeat} samples, ms per call; K = 3 temperatures; "
-          f"matmul peak {peak:.1f} GFLOP/s; {torch.get_num_threads()} threads)")
-    print()
-    print(table(rows, peak, a.stat, a.compile))
+    rows = run_each(shapes, lambda shape: bench_shape(shape, a))
+    print_report(f"**Fast field vs literal Alg. 2** ({a.stat} of {a.repeat} samples, ms per call; K = 3 temperatures; "
+                 f"matmul peak {peak:.1f} GFLOP/s; {torch.get_num_threads()} threads)", table(rows, peak, a.stat, a.compile))
     bad = [r for r in rows if r["speedup_vs_literal"] <= 1]
     if bad:
         print(f"\nWARNING: the fast field is not faster than the literal loop at {[(r['B'], r['N'], r['P'], r['D']) for r in bad]}")

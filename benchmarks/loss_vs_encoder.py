@@ -43,7 +43,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, fmt_ms, markdown_table, setup_threads, time_call, write_json  # noqa: E402
+from _common import (add_common_args, fmt_ms, markdown_table, print_report, run_each, setup_threads, time_call,  # noqa: E402
+                     write_json)
 
 from drifting.features import group_by_class, sample_locations, take_locations  # noqa: E402
 from drifting.guidance import sample_alpha, uncond_neg_weights  # noqa: E402
@@ -169,16 +170,9 @@ def main() -> None:
     p.add_argument("--latent-width", type=int, default=None, help="override latent-256's base width (default: 256)")
     a = p.parse_args()
     setup_threads(a.threads)
-    rows = []
-    for name in a.settings:
-        t0 = time.perf_counter()
-        rows.append(bench_setting(name, a))
-        print(f"  {name}: {time.perf_counter() - t0:.1f} s", flush=True)
-    print()
-    print(f"**Drifting loss vs feature encoder, per training step** ({a.stat} of {a.repeat} samples, ms; "
-          f"{torch.get_num_threads()} threads{'; --quick' if a.quick else ''})")
-    print()
-    print(table(rows, a.stat))
+    rows = run_each(a.settings, lambda name: bench_setting(name, a))
+    print_report(f"**Drifting loss vs feature encoder, per training step** ({a.stat} of {a.repeat} samples, ms; "
+                 f"{torch.get_num_threads()} threads{'; --quick' if a.quick else ''})", table(rows, a.stat))
     write_json(a.out, NAME, {"stat": a.stat, "rows": rows}, a, started)
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, markdown_table, setup_threads, write_json  # noqa: E402
+from _common import add_common_args, markdown_table, print_report, run_each, setup_threads, write_json  # noqa: E402
 
 from drifting.cache import cache_root, content_key  # noqa: E402
 from drifting.data.images import load_dataset  # noqa: E402
@@ -102,16 +102,9 @@ def main() -> None:
     setup_threads(a.threads)
     presets = a.presets or (["cpu-tiny"] if a.quick else ["cpu-tiny", "cpu"])
     rows = []
-    for name in presets:
-        steps = a.steps or (5 if a.quick else DEFAULT_STEPS.get(name, 20))
-        t0 = time.perf_counter()
-        rows.append(bench_preset(name, steps))
-        print(f"  {name}: {time.perf_counter() - t0:.1f} s", flush=True)
-    print()
-    print(f"**Training speed of the CPU presets** (train_images, MAE pre-trained or cached beforehand; "
-          f"{torch.get_num_threads()} threads)")
-    print()
-    print(table(rows))
+    rows += run_each(presets, lambda name: bench_preset(name, a.steps or (5 if a.quick else DEFAULT_STEPS.get(name, 20))))
+    print_report(f"**Training speed of the CPU presets** (train_images, MAE pre-trained or cached beforehand; "
+                 f"{torch.get_num_threads()} threads)", table(rows))
     write_json(a.out, NAME, {"rows": rows}, a, started)
 
 
