@@ -1,0 +1,99 @@
+"""Demonstrations as training windows, and the normalizer fitted on them (Diffusion Policy's contract).
+
+Horizons (Chi et al. 2023): a policy sees the last ``To = n_obs_steps`` observations, predicts
+``Tp = horizon`` actions starting at the oldest of them, and executes ``Ta = n_action_steps`` of
+them starting at the current step (index ``To - 1`` of the prediction), then replans (receding
+horizon). A training window therefore starts ``To - 1`` steps before its current step; windows
+that run over an episode's start or end repeat the edge step, as Diffusion Policy's sampler
+pads (``To - 1`` steps before, ``Ta - 1`` after).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Normalizer(nn.Module):
+    """Per-dimension affine map of the data's range onto ``[-1, 1]`` (Diffusion Policy's "limits"
+    mode). A constant dimension maps to 0. Its state lives in buffers, so it is saved with the policy."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("scale", torch.ones(dim))
+        self.register_buffer("offset", torch.zeros(dim))
+
+    @classmethod
+    def fit(cls, data: np.ndarray | torch.Tensor, eps: float = 1e-4) -> "Normalizer":
+        """Fit on ``data [T, dim]`` (any leading shape flattened)."""
+        x = torch.as_tensor(np.asarray(data), dtype=torch.float32).reshape(-1, np.shape(data)[-1])
+        if x.shape[0] == 0:
+            raise ValueError("data must hold at least one row to fit a normalizer")
+        if not torch.isfinite(x).all():
+            raise ValueError("data contains non-finite values")
+        lo, hi = x.min(0).values, x.max(0).values
+        span = hi - lo
+        flat = span < eps
+        norm = cls(x.shape[1])
+        norm.scale.copy_(torch.where(flat, torch.ones_like(span), 2.0 / span.clamp_min(eps)))
+        norm.offset.copy_(torch.where(flat, -lo, -1.0 - lo * norm.scale))
+        return norm
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., dim]`` -> ``[..., dim]`` in ``[-1, 1]`` on the fitted range."""
+        return x * self.scale + self.offset
+
+    def unnormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.offset) / self.scale
+
+
+def window_indices(episode_ends: np.ndarray, n_obs_steps: int, horizon: int, n_action_steps: int) -> np.ndarray:
+    """Row indices ``[W, horizon]`` into the concatenated demo arrays, one row per training window.
+
+    For an episode of length ``T`` the windows start at ``s = -(To - 1) .. T - Tp + Ta - 1`` and cover
+    steps ``s .. s + Tp - 1``, each clamped into the episode (edge padding). Window ``w``'s current
+    step is column ``To - 1``.
+    """
+    if not (1 <= n_obs_steps <= horizon and 1 <= n_action_steps <= horizon - n_obs_steps + 1):
+        raise ValueError(f"horizons must satisfy 1 <= n_obs_steps <= horizon and 1 <= n_action_steps <= "
+                         f"horizon - n_obs_steps + 1; got n_obs_steps={n_obs_steps}, horizon={horizon}, "
+                         f"n_action_steps={n_action_steps}")
+    ends = np.asarray(episode_ends, dtype=np.int64)
+    starts = np.concatenate([[0], ends[:-1]])
+    rows = []
+    for a, b in zip(starts, ends):
+        T = int(b - a)
+        if T < 1:
+            continue
+        s = np.arange(-(n_obs_steps - 1), max(T - horizon + n_action_steps, 1 - n_obs_steps + 1))  # window starts
+        steps = np.clip(s[:, None] + np.arange(horizon)[None, :], 0, T - 1)  # [W_e, Tp]
+        rows.append(a + steps)
+    if not rows:
+        raise ValueError("the demonstrations hold no steps")
+    return np.concatenate(rows)
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Training windows of demonstrations: ``{"obs": [To, obs_dim], "action": [Tp, act_dim]}``, raw units."""
+
+    def __init__(self, obs: np.ndarray, action: np.ndarray, episode_ends: np.ndarray, *, n_obs_steps: int,
+                 horizon: int, n_action_steps: int):
+        if len(obs) != len(action):
+            raise ValueError(f"obs and action must have one row per step; got {len(obs)} and {len(action)}")
+        self.obs = torch.as_tensor(np.asarray(obs, np.float32))  # [T_total, obs_dim]
+        self.action = torch.as_tensor(np.asarray(action, np.float32))  # [T_total, act_dim]
+        self.index = torch.as_tensor(window_indices(episode_ends, n_obs_steps, horizon, n_action_steps))  # [W, Tp]
+        self.n_obs_steps = n_obs_steps
+
+    def __len__(self) -> int:
+        return self.index.shape[0]
+
+    def batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Windows ``rows [B]`` at once: ``obs [B, To, obs_dim]``, ``action [B, Tp, act_dim]``."""
+        idx = self.index[rows]  # [B, Tp]
+        return {"obs": self.obs[idx[:, : self.n_obs_steps]], "action": self.action[idx]}
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        b = self.batch(torch.tensor([i]))
+        return {k: v[0] for k, v in b.items()}

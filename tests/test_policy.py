@@ -1,0 +1,111 @@
+"""The policy contract: horizon alignment of training windows, the normalizer, both policies' losses
+and predict_action shapes, and that one drifting step pulls generated actions toward the demonstration."""
+
+import numpy as np
+import pytest
+import torch
+
+from drifting.policy.data import Normalizer, WindowDataset, window_indices
+from drifting.policy.policies import DiffusionPolicy, DriftingPolicy, PolicyConfig, build_policy
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_windows_align_observations_and_actions_with_edge_padding():
+    # two episodes of lengths 5 and 3; steps are numbered by their global row
+    ends = np.array([5, 8])
+    To, Tp, Ta = 2, 4, 2
+    idx = window_indices(ends, To, Tp, Ta)
+    # episode 0: starts s = -1 .. T - Tp + Ta - 1 = 2 -> 4 windows; episode 1: s = -1 .. 0 -> 2 windows
+    assert idx.tolist() == [[0, 0, 1, 2], [0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 4],
+                            [5, 5, 6, 7], [5, 6, 7, 7]]
+    obs = np.arange(8, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)  # obs of step t is t
+    act = np.arange(8, dtype=np.float32)[:, None] + 100  # action of step t is 100 + t
+    ds = WindowDataset(obs, act, ends, n_obs_steps=To, horizon=Tp, n_action_steps=Ta)
+    w = ds[1]
+    assert w["obs"].shape == (To, 3) and w["action"].shape == (Tp, 1)
+    # the current step is the last observation; the executed actions start at the same step
+    current = int(w["obs"][-1, 0])
+    assert w["action"][To - 1: To - 1 + Ta, 0].tolist() == [100 + current, 101 + current]
+    b = ds.batch(torch.tensor([0, 5]))
+    assert b["obs"][:, :, 0].tolist() == [[0, 0], [5, 6]]  # padded at the episode start
+    with pytest.raises(ValueError, match="n_action_steps"):
+        window_indices(ends, 2, 4, 4)
+
+
+def test_normalizer_round_trip_and_range():
+    g = np.random.default_rng(0)
+    x = (g.normal(size=(200, 4)) * [1, 10, 0.1, 0] + [0, 5, -3, 7]).astype(np.float32)  # last dim constant
+    norm = Normalizer.fit(x)
+    y = norm.normalize(torch.from_numpy(x))
+    assert torch.allclose(y[:, :3].min(0).values, torch.full((3,), -1.0), atol=1e-5)
+    assert torch.allclose(y[:, :3].max(0).values, torch.ones(3), atol=1e-5)
+    assert torch.all(y[:, 3] == 0)
+    assert torch.allclose(norm.unnormalize(y), torch.from_numpy(x), atol=1e-5)
+    loaded = Normalizer(4)
+    loaded.load_state_dict(norm.state_dict())
+    assert torch.equal(loaded.normalize(torch.from_numpy(x)), y)
+    with pytest.raises(ValueError, match="non-finite"):
+        Normalizer.fit(np.array([[np.nan]]))
+
+
+def small(kind, **kw):
+    base = dict(obs_dim=5, action_dim=2, n_obs_steps=2, horizon=8, n_action_steps=4, down_dims=(16, 32), n_gen=4,
+                inference_steps=5)
+    return PolicyConfig(kind=kind, **{**base, **kw})
+
+
+def batch(B=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"obs": torch.randn(B, 2, 5, generator=g) * 50 + 200, "action": torch.randn(B, 8, 2, generator=g) * 30 + 250}
+
+
+@pytest.mark.parametrize("kind", ["drifting", "diffusion"])
+def test_loss_and_predict_action_shapes(kind):
+    torch.manual_seed(0)
+    b = batch()
+    pol = build_policy(small(kind), Normalizer.fit(b["obs"].reshape(-1, 5)), Normalizer.fit(b["action"].reshape(-1, 2)))
+    assert isinstance(pol, DriftingPolicy if kind == "drifting" else DiffusionPolicy)
+    loss, stats = pol.compute_loss(b, generator=torch.Generator().manual_seed(1))
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in pol.model.parameters())
+    act = pol.predict_action(b["obs"][:3].numpy(), generator=torch.Generator().manual_seed(2))
+    assert act.shape == (3, 4, 2) and act.dtype == np.float32
+    assert pol.config.nfe == (1 if kind == "drifting" else 5)
+    with pytest.raises(ValueError, match="obs must be"):
+        pol.predict_action(np.zeros((3, 3, 5), np.float32))
+    with pytest.raises(ValueError, match="action must be"):
+        pol.compute_loss({"obs": b["obs"], "action": b["action"][:, :5]})
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="kind"):
+        build_policy(small("gan"))
+    for kw, field in ((dict(n_action_steps=8), "n_action_steps"), (dict(n_gen=1), "n_gen"),
+                      (dict(scheduler="euler"), "scheduler"), (dict(inference_steps=101), "inference_steps")):
+        with pytest.raises(ValueError, match=field):
+            small("drifting", **kw).validate()
+
+
+def test_drifting_steps_move_samples_toward_the_demonstration():
+    """A few optimizer steps on one fixed observation: the one-step samples approach its demonstration
+    (the drift attracts them), which a wrong sign in the loss would reverse."""
+    torch.manual_seed(0)
+    b = batch(B=1)
+    pol = build_policy(small("drifting"), Normalizer.fit(b["obs"].reshape(-1, 5)),
+                       Normalizer.fit(torch.cat([b["action"].reshape(-1, 2), b["action"].reshape(-1, 2) + 60])))
+    opt = torch.optim.Adam(pol.parameters(), lr=3e-3)
+    target = b["action"][0, 1:5].numpy()
+
+    def err():
+        a = pol.predict_action(b["obs"].repeat(16, 1, 1).numpy(), generator=torch.Generator().manual_seed(9))
+        return float(np.abs(a - target).mean())
+
+    before = err()
+    for step in range(40):
+        loss, _ = pol.compute_loss(b, generator=torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert err() < 0.5 * before
