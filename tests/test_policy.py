@@ -1,6 +1,8 @@
 """The policy contract: horizon alignment of training windows, the normalizer, both policies' losses
 and predict_action shapes, and that one drifting step pulls generated actions toward the demonstration."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -109,3 +111,27 @@ def test_drifting_steps_move_samples_toward_the_demonstration():
         loss.backward()
         opt.step()
     assert err() < 0.5 * before
+
+
+@pytest.mark.parametrize("env", ["pusht", "lunarlander"])
+def test_tiny_train_and_eval_end_to_end(env, tmp_path, capsys):
+    """collect -> train both policies a few steps -> the protocol's evaluation of the last snapshots
+    -> the side-by-side table, through the CLI; then `policy eval` of an export (DDIM, 2 steps)."""
+    from drifting.cli import main
+
+    out = tmp_path / "cmp"
+    args = ["policy", "compare", "--envs", env, "--out", str(out), "--demos", "2", "--steps", "4", "--batch", "8",
+            "--ckpt-every", "2", "--snapshots", "2", "--eval-episodes", "2", "--eval-max-steps", "12",
+            "--n-gen", "4", "--inference-steps", "3", "--horizon", "8", "--n-action-steps", "4", "--no-progress"]
+    assert main(args) == 0
+    table = (out / "table.md").read_text()
+    assert f"| {env} | drifting | 1 |" in table and f"| {env} | diffusion | 3 |" in table
+    for kind in ("drifting", "diffusion"):
+        m = json.loads((out / env / kind / "metrics.json").read_text())
+        assert len(m["per_snapshot"]) == 2 and [p["snapshot"] for p in m["per_snapshot"]] == ["step_0000002", "step_0000004"]
+        assert 0 <= m["success_rate"] <= 1 and m["ms_per_action"] > 0 and m["demos_kept"] >= 1
+        assert all(p["n_episodes"] == 2 for p in m["per_snapshot"])
+    capsys.readouterr()
+    assert main(["policy", "eval", str(out / env / "diffusion" / "model"), "--episodes", "1", "--scheduler", "ddim",
+                 "--inference-steps", "2", "--no-progress"]) == 0
+    assert "NFE 2" in capsys.readouterr().out

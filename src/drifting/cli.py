@@ -291,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .recipes.latent_stats import add_latent_stats_parser
 
     add_latent_stats_parser(sub)  # drifting latent-stats: Drift-RAE Tables 1-2 (isotropy, dispersion), curvature
+    from .recipes.policy import add_policy_parser
+
+    add_policy_parser(sub)  # drifting policy collect|train|eval|compare: Drifting Policy vs Diffusion Policy
     from .recipes.peers import add_peers_parser
 
     add_peers_parser(sub)  # drifting peers: drifting vs flow matching vs MMD, side by side

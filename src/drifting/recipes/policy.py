@@ -1,0 +1,262 @@
+"""Train and evaluate robot-control policies: ``drifting policy collect | train | eval | compare``.
+
+Protocol (Table 7, after Diffusion Policy): the EMA policy is exported every ``ckpt_every`` steps;
+the reported numbers are the mean over the last ``snapshots`` exports of each one's evaluation on
+``eval_episodes`` seeded episodes (seeds from ``eval_seed``, disjoint from the demonstrations').
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..training.checkpoint import export_model, jsonable, load_export
+from ..training.ema import EMA
+from ..training.interrupt import stop_on_sigint
+from ..training.loop import TrainRun, optimizer_step
+from ..training.rng import step_generator
+from ..training.schedules import warmup_lr
+
+
+@dataclass
+class PolicyTrainConfig:
+    """One policy run: task, demonstrations, policy (``policy.PolicyConfig`` fields), optimizer, protocol."""
+
+    env: str = "pusht"
+    kind: str = "drifting"
+    demos: int = 200  # attempted expert episodes (the kept ones are cached; see docs/policy_experts.md)
+    demo_seed: int = 0
+    n_obs_steps: int = 2
+    horizon: int = 16
+    n_action_steps: int = 8
+    down_dims: tuple[int, ...] = (64, 128, 256)
+    n_gen: int = 16
+    scheduler: str = "ddpm"
+    inference_steps: int = 100
+    steps: int = 3000
+    batch: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    warmup: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    ema_warmup: int = 200
+    seed: int = 0
+    log_every: int = 50
+    ckpt_every: int = 500
+    snapshots: int = 3  # evaluate the last this many exports and average (Table 7's protocol)
+    eval_episodes: int = 50
+    eval_seed: int = 100_000
+    eval_max_steps: int | None = None  # None: the task's own limit
+
+    def validate(self) -> "PolicyTrainConfig":
+        from ..policy.envs import ENV_NAMES
+
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(msg)
+
+        need(self.env in ENV_NAMES, f"env must be one of {ENV_NAMES}, got {self.env!r}")
+        for name in ("demos", "steps", "batch", "log_every", "ckpt_every", "snapshots", "eval_episodes"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"{name} must be an integer >= 1, "
+                 f"got {getattr(self, name)!r}")
+        need(self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}")
+        need(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        need(self.snapshots * self.ckpt_every <= self.steps, f"snapshots * ckpt_every must be <= steps: the last "
+             f"{self.snapshots} exports every {self.ckpt_every} steps need {self.snapshots * self.ckpt_every} steps, "
+             f"got steps={self.steps}")
+        self.policy_config(1, 1)  # the policy's own checks
+        return self
+
+    def policy_config(self, obs_dim: int, action_dim: int):
+        from ..policy.policies import PolicyConfig
+
+        names = {f.name for f in fields(PolicyConfig)}
+        return PolicyConfig(obs_dim=obs_dim, action_dim=action_dim,
+                            **{k: v for k, v in asdict(self).items() if k in names}).validate()
+
+
+def load_policy(model_dir: str | Path):
+    """A policy exported by :func:`train_policy` (``config.json`` + ``model.safetensors``)."""
+    from ..policy.policies import PolicyConfig, build_policy
+
+    cfg, state = load_export(model_dir)
+    pc = PolicyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["policy"].items()})
+    policy = build_policy(pc)
+    policy.load_state_dict(state)
+    return policy.eval(), cfg
+
+
+def evaluate_policy(policy, env: str, episodes: int, *, seed: int = 100_000, max_steps: int | None = None,
+                    progress: bool = False) -> dict:
+    """Run ``policy`` on ``episodes`` seeded episodes (batched, receding horizon); the runner's metrics
+    plus ``nfe``. Sampling noise comes from a generator seeded with ``seed``."""
+    from ..policy.envs import run_episodes
+
+    g = torch.Generator().manual_seed(seed)
+    m = run_episodes(env, lambda hist: policy.predict_action(hist, generator=g), episodes, seed=seed,
+                     n_obs_steps=policy.config.n_obs_steps, max_steps=max_steps, progress=progress)
+    m["nfe"] = policy.config.nfe
+    return m
+
+
+def train_policy(cfg: PolicyTrainConfig, out: str | Path, *, progress: bool = True, resume: bool = True) -> dict:
+    """Train ``cfg.kind`` on ``cfg.env``'s cached demonstrations; export EMA snapshots; evaluate the last
+    ``cfg.snapshots`` of them. Returns the protocol's metrics (also in ``OUT/metrics.json``)."""
+    from ..policy.data import Normalizer, WindowDataset
+    from ..policy.envs import env_spec
+    from ..policy.experts import cached_demos
+    from ..policy.policies import build_policy, config_dict
+
+    cfg.validate()
+    out = Path(out)
+    demos = cached_demos(cfg.env, cfg.demos, seed=cfg.demo_seed, progress=progress)
+    spec = env_spec(cfg.env)
+    pc = cfg.policy_config(spec.obs_dim, spec.action_dim)
+    ds = WindowDataset(demos.obs, demos.action, demos.episode_ends, n_obs_steps=pc.n_obs_steps, horizon=pc.horizon,
+                       n_action_steps=pc.n_action_steps)
+    torch.manual_seed(cfg.seed)
+    policy = build_policy(pc, Normalizer.fit(demos.obs), Normalizer.fit(demos.action))
+    opt = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, betas=(0.95, 0.999), weight_decay=cfg.weight_decay)
+    ema = EMA(policy, (cfg.ema_decay,), warmup_steps=cfg.ema_warmup)
+    config = jsonable(asdict(cfg))
+    run = TrainRun(out, "policy", config, {"model": policy, "optimizer": opt, "ema": ema}, steps=cfg.steps,
+                   resume=resume, progress=progress, desc=f"{cfg.kind} policy")
+    export_cfg = {"policy": config_dict(pc), "train": config}
+    best = ema.models[cfg.ema_decay]
+    try:
+        with stop_on_sigint() as interrupted:
+            for step in range(run.start, cfg.steps):
+                g = step_generator(cfg.seed, step)
+                batch = ds.batch(torch.randint(len(ds), (cfg.batch,), generator=g))
+                lr = warmup_lr(cfg.lr, step, cfg.warmup)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                loss, stats = policy.compute_loss(batch, generator=g)
+                run.check_loss(loss.detach(), step)
+                gnorm = optimizer_step(policy, opt, loss, cfg.grad_clip, ema)
+                done = step + 1
+                if done % cfg.ckpt_every == 0:  # a snapshot for the protocol (before the checkpoint: a crash
+                    export_model(out / "snapshots" / f"step_{done:07d}", best, export_cfg)  # re-writes it)
+                run.end_step(done, loss.item(), {"lr": lr, "grad_norm": gnorm.item(), **stats},
+                             log_every=cfg.log_every, ckpt_every=cfg.ckpt_every, sample_every=cfg.steps + 1,
+                             interrupted=interrupted["flag"], sample=lambda path: None)
+    finally:
+        run.close()
+    export_model(out / "model", best, export_cfg)
+    (out / "history.json").write_text(json.dumps(run.history))
+    snaps = sorted((out / "snapshots").glob("step_*"))[-cfg.snapshots:]
+    per = []
+    for d in snaps:
+        pol, _ = load_policy(d)
+        m = evaluate_policy(pol, cfg.env, cfg.eval_episodes, seed=cfg.eval_seed, max_steps=cfg.eval_max_steps)
+        per.append({"snapshot": d.name, **{k: v for k, v in m.items() if k != "scores"}})
+    metrics = protocol_metrics(cfg.env, per)
+    metrics.update(kind=cfg.kind, env=cfg.env, nfe=pc.nfe, train_seconds=run.train_seconds, steps=cfg.steps,
+                   demos_kept=int(demos.n_episodes), demo_steps=int(len(demos.obs)), expert=demos.stats)
+    (out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2))
+    return metrics
+
+
+def protocol_metrics(env: str, per_snapshot: list[dict]) -> dict:
+    """The mean over snapshots of success rate, score and time per action (Table 7's protocol)."""
+    keys = ["success_rate", "mean_score", "ms_per_action"] + (["mean_reward_dp"] if env == "pusht" else [])
+    out = {k: float(np.mean([p[k] for p in per_snapshot])) for k in keys}
+    out["per_snapshot"] = per_snapshot
+    return out
+
+
+# --------------------------------------------------------------------------- command line
+_TRAIN_FLAGS = ("demos", "steps", "batch", "lr", "n_gen", "scheduler", "inference_steps", "eval_episodes",
+                "snapshots", "ckpt_every", "seed", "horizon", "n_obs_steps", "n_action_steps", "eval_max_steps")
+
+
+def _train_overrides(a: argparse.Namespace) -> dict:
+    return {k: getattr(a, k) for k in _TRAIN_FLAGS if getattr(a, k, None) is not None}
+
+
+def format_table(rows: list[dict]) -> str:
+    """The side-by-side markdown table of :func:`train_policy` results."""
+    lines = ["| task | policy | NFE | success rate | mean score | ms per action | train s |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for m in rows:
+        score = ("max coverage " if m["env"] == "pusht" else "return ") + f"{m['mean_score']:.3f}"
+        lines.append(f"| {m['env']} | {m['kind']} | {m['nfe']} | {m['success_rate']:.3f} | {score} | "
+                     f"{m['ms_per_action']:.2f} | {m['train_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def cmd_policy(a: argparse.Namespace) -> int:
+    from ..policy.experts import cached_demos
+
+    if a.action == "collect":
+        d = cached_demos(a.env, a.episodes, seed=a.seed or 0, progress=not a.no_progress)
+        s = d.stats
+        print(f"{a.env}: kept {d.n_episodes} of {s.get('n_attempted')} expert episodes ({len(d.obs)} steps); expert "
+              f"mean score {s.get('mean_score'):.3f}, success rate {s.get('success_rate'):.3f}")
+        return 0
+    if a.action == "eval":
+        pol, cfg = load_policy(a.model)
+        if a.scheduler or a.inference_steps:  # e.g. DDIM with fewer steps for a DDPM-trained policy
+            pc = replace(pol.config, scheduler=a.scheduler or pol.config.scheduler,
+                         inference_steps=a.inference_steps or pol.config.inference_steps)
+            from ..policy.policies import build_policy
+
+            state = pol.state_dict()
+            pol = build_policy(pc)
+            pol.load_state_dict(state)
+        env = cfg["train"]["env"]
+        m = evaluate_policy(pol.eval(), env, a.episodes, seed=a.seed if a.seed is not None else 100_000,
+                            progress=not a.no_progress)
+        print(f"{env}, {pol.config.kind} policy, NFE {m['nfe']}: success rate {m['success_rate']:.3f}, mean score "
+              f"{m['mean_score']:.3f}, {m['ms_per_action']:.2f} ms per action over {m['n_episodes']} episodes")
+        return 0
+    envs = [a.env] if a.action == "train" else a.envs
+    kinds = [a.kind] if a.action == "train" else ["drifting", "diffusion"]
+    rows = []
+    t0 = time.perf_counter()
+    for env in envs:
+        for kind in kinds:
+            cfg = replace(PolicyTrainConfig(env=env, kind=kind), **_train_overrides(a)).validate()
+            sub = Path(a.out) if a.action == "train" else Path(a.out) / env / kind
+            rows.append(train_policy(cfg, sub, progress=not a.no_progress))
+    print(format_table(rows))
+    if a.action == "compare":
+        (Path(a.out) / "table.md").write_text(format_table(rows) + "\n")
+        (Path(a.out) / "results.json").write_text(json.dumps(jsonable(rows), indent=2))
+        print(f"wrote {Path(a.out) / 'table.md'} and results.json ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def add_policy_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("policy", help="robot-control policies: Drifting Policy vs Diffusion Policy (§5.3)",
+                              description="collect expert demonstrations, train, evaluate, or compare both policies "
+                              "on PushT and LunarLanderContinuous (see docs/policy_experts.md)")
+    p.add_argument("action", choices=("collect", "train", "eval", "compare"))
+    p.add_argument("model", nargs="?", help="eval: a policy directory (OUT/model or OUT/snapshots/step_N)")
+    p.add_argument("--env", default="pusht", help="pusht or lunarlander")
+    p.add_argument("--envs", nargs="+", default=["pusht", "lunarlander"], help="compare: the tasks")
+    p.add_argument("--kind", default="drifting", help="train: drifting or diffusion")
+    p.add_argument("--out", default=None, help="train / compare: output directory")
+    p.add_argument("--episodes", type=int, default=50, help="collect: attempted expert episodes; eval: episodes")
+    for k in _TRAIN_FLAGS:
+        typ = str if k == "scheduler" else (float if k == "lr" else int)
+        p.add_argument("--" + k.replace("_", "-"), type=typ, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_checked_cmd)
+    return p
+
+
+def _checked_cmd(a: argparse.Namespace) -> int:
+    if a.action in ("train", "compare") and not a.out:
+        raise ValueError(f"policy {a.action} needs --out DIR")
+    if a.action == "eval" and not a.model:
+        raise ValueError("policy eval needs a model directory")
+    return cmd_policy(a)
