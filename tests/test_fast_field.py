@@ -164,3 +164,25 @@ def test_equals_the_line_by_line_alg2_transcription():
     for k, T in enumerate(temps):
         ref = torch.stack([alg2_literal(x[b].double(), y[b, :P].double(), y[b, P:].double(), T) for b in range(2)])
         assert rel(V[:, k], ref) < 1e-5
+
+
+def test_the_loss_computes_each_distance_once(monkeypatch):
+    """The S_j pass fills the cache and the field pass reads it: one distance product per chunk."""
+    from drifting.loss import drifting_loss
+
+    calls = {"n": 0}
+    real = torch.baddbmm
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+    monkeypatch.setattr(torch, "baddbmm", counting)
+    x, y, P = problem(B=4, N=8, P=6, extra=4, D=16, seed=11)
+    drifting_loss(x.requires_grad_(True), y[:, :P], max_elements=3 * 3 * 8 * 26)  # chunks of ~1 problem
+    first = calls["n"]
+    calls["n"] = 0
+    from drifting.fast_field import Distances as D_
+
+    d = D_(x, torch.cat([y[:, :P], x], 1), self_col=P)
+    d.weighted_sum(P, None, 3 * 3 * 8 * 26, K=3)
+    assert first == calls["n"] >= 2  # the loss did no more products than its S_j pass alone

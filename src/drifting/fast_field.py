@@ -126,9 +126,12 @@ class Distances:
         i0, i1 = max(0, c0 - self.self_col), min(self.N, c1 - self.self_col)
         return (i0, i1, self.self_col + i0 - c0) if i0 < i1 else None
 
-    def weighted_sum(self, P: int, w: torch.Tensor | None, max_elements: int | None = None) -> torch.Tensor:
-        """``sum_b,i [sum_{j<P} d_bij + sum_{j>=P} w_bj d_bij]`` (the numerator of Eq. 21), ``w [B, 1, Y-P]``."""
-        chunk, block = plan_chunks(self.B, self.N, self.Y, 1, self.D, max_elements)
+    def weighted_sum(self, P: int, w: torch.Tensor | None, max_elements: int | None = None, K: int = 1
+                     ) -> torch.Tensor:
+        """``sum_b,i [sum_{j<P} d_bij + sum_{j>=P} w_bj d_bij]`` (the numerator of Eq. 21), ``w [B, 1, Y-P]``.
+        Chunked as a ``K``-temperature :func:`drift_fields` call with the same ``max_elements`` is, so
+        that call finds these distances in the cache (``cache_elements``)."""
+        chunk, block = plan_chunks(self.B, self.N, self.Y, K, self.D, max_elements)
         total = torch.zeros((), dtype=self.dtype, device=self.x.device)
         for b0 in range(0, self.B, chunk):
             ch = self.chunk(b0, min(self.B, b0 + chunk))

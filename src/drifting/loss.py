@@ -182,7 +182,7 @@ def drifting_loss(
                 self_col = P + (0 if comm is None else comm.group_rank * N)
             dists = Distances(x_sg, y, self_col=self_col, cache_elements=CACHE_DISTANCES)
             if normalize_features:  # Eq. (21), weighted mean over every (x, y) pair in the group
-                num = dists.weighted_sum(P, w, max_elements)
+                num = dists.weighted_sum(P, w, max_elements, K=len(temperatures))
                 den = torch.tensor(float(N * BL * (y.shape[1] if w is None else P)), dtype=num.dtype, device=num.device)
                 if w is not None:
                     den = den + N * w.sum()
@@ -210,7 +210,7 @@ def drifting_loss(
             for tau, V in zip(temperatures, Vs):
                 V2 = V.square().sum(-1).mean()  # raw mean ||V||^2
                 if comm is not None:
-                    V2 = comm.sum(V2) / comm.sum(torch.ones((), dtype=V2.dtype, device=V2.device))
+                    V2 = comm.mean(V2)  # equal shares: the mean of the ranks' means
                 lam = (V2 / C).sqrt().clamp_min(_EPS) if normalize_drift else torch.ones_like(V2)
                 V_total += V / lam
                 stats[f"{j}/V2@{tau:g}"] = V2

@@ -416,7 +416,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                                             normalize=cfg.normalize, attraction=cfg.attraction, repulsion=cfg.repulsion,
                                             normalize_drift=cfg.normalize_drift, comm=comm, compile=compile_field)
                 if comm is not None:  # the mean over ranks (the 1-rank loss): logged, and checked on every rank alike
-                    loss_all = comm.sum(loss) / layout.world
+                    loss_all = comm.mean(loss)
                 else:
                     loss_all = loss.detach()
                 if not torch.isfinite(loss_all):
