@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from drifting.distributed import LossComm, init_from_env
+from drifting.distributed import LossComm, init_from_env, shutdown
 from drifting.loss import drifting_loss
 
 
@@ -61,7 +61,7 @@ def run_loss(out: Path) -> None:
         results[name] = {"loss": loss.detach(), "grad": {k: v.grad for k, v in gen.items()},
                          "S": {k: v for k, v in stats.items() if k.endswith("/S")}}
     torch.save(results, out / f"loss_rank{dist.get_rank()}.pt")
-    dist.destroy_process_group()
+    shutdown()
 
 
 def run_train(out: Path, config: Path, ranks_per_class: int, crash_at: int | None) -> None:
@@ -87,7 +87,7 @@ def run_train(out: Path, config: Path, ranks_per_class: int, crash_at: int | Non
         if "simulated crash" not in str(e):
             raise
         (out / f"crashed_rank{layout.rank}").write_text("1")
-    dist.destroy_process_group()
+    shutdown()
 
 
 def run_distill(out: Path, config: Path) -> None:
@@ -95,7 +95,7 @@ def run_distill(out: Path, config: Path) -> None:
 
     cfg = DistillConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(config.read_text()).items()})
     distill(cfg, out, progress=False, resume=False)
-    dist.destroy_process_group()
+    shutdown()
 
 
 if __name__ == "__main__":

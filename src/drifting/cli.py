@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -319,7 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "threads", None) is not None:
         torch.set_num_threads(args.threads)
     try:
-        return args.func(args)
+        rc = args.func(args)
+        if os.environ.get("WORLD_SIZE", "1") != "1":  # under torchrun: all ranks leave the group together
+            from .distributed import shutdown
+
+            shutdown()
+        return rc
     except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as e:
         print(f"drifting {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -141,3 +141,12 @@ def is_main() -> bool:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group together: wait for every rank (rank 0 may still be writing the final
+    export), then destroy it. A rank that exits while another still uses the group can abort in gloo's
+    threads ("terminate called without an active exception"). No-op without a process group."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

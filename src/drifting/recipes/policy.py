@@ -104,6 +104,39 @@ def evaluate_policy(policy, env: str, episodes: int, *, seed: int = 100_000, max
     m = run_episodes(env, lambda hist: policy.predict_action(hist, generator=g), episodes, seed=seed,
                      n_obs_steps=policy.config.n_obs_steps, max_steps=max_steps, progress=progress)
     m["nfe"] = policy.config.nfe
+    m["ms_per_chunk_1obs"] = chunk_latency_ms(policy, env, seed=seed)
+    return m
+
+
+def chunk_latency_ms(policy, env: str, *, seed: int = 100_000, repeats: int = 7) -> float:
+    """A robot's latency: the median wall time of one ``predict_action`` call on a single observation
+    history (batch 1), i.e. one action chunk of ``n_action_steps`` actions, after one warm-up call."""
+    from ..policy.envs import make_env
+
+    e = make_env(env)
+    obs, _ = e.reset(seed=seed)
+    e.close()
+    hist = np.repeat(np.asarray(obs, np.float32)[None, None], policy.config.n_obs_steps, axis=1)  # [1, To, obs_dim]
+    g = torch.Generator().manual_seed(seed)
+    policy.predict_action(hist, generator=g)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        policy.predict_action(hist, generator=g)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def evaluate_snapshot(model_dir: Path, env: str, episodes: int, *, seed: int, max_steps: int | None) -> dict:
+    """:func:`evaluate_policy` of an exported snapshot, cached next to it (``eval_*.json``) so that
+    re-running ``compare`` on finished runs only assembles the table."""
+    cache = Path(model_dir) / f"eval_{env}_{episodes}ep_seed{seed}_max{max_steps or 'env'}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    pol, _ = load_policy(model_dir)
+    m = evaluate_policy(pol, env, episodes, seed=seed, max_steps=max_steps)
+    m = {"snapshot": Path(model_dir).name, **{k: v for k, v in m.items() if k != "scores"}}
+    cache.write_text(json.dumps(jsonable(m)))
     return m
 
 
@@ -144,7 +177,10 @@ def train_policy(cfg: PolicyTrainConfig, out: str | Path, *, progress: bool = Tr
                 gnorm = optimizer_step(policy, opt, loss, cfg.grad_clip, ema)
                 done = step + 1
                 if done % cfg.ckpt_every == 0:  # a snapshot for the protocol (before the checkpoint: a crash
-                    export_model(out / "snapshots" / f"step_{done:07d}", best, export_cfg)  # re-writes it)
+                    snap = out / "snapshots" / f"step_{done:07d}"  # re-writes it)
+                    for stale in snap.glob("eval_*.json"):  # evaluations of an earlier run's weights
+                        stale.unlink()
+                    export_model(snap, best, export_cfg)
                 run.end_step(done, loss.item(), {"lr": lr, "grad_norm": gnorm.item(), **stats},
                              log_every=cfg.log_every, ckpt_every=cfg.ckpt_every, sample_every=cfg.steps + 1,
                              interrupted=interrupted["flag"], sample=lambda path: None)
@@ -153,11 +189,8 @@ def train_policy(cfg: PolicyTrainConfig, out: str | Path, *, progress: bool = Tr
     export_model(out / "model", best, export_cfg)
     (out / "history.json").write_text(json.dumps(run.history))
     snaps = sorted((out / "snapshots").glob("step_*"))[-cfg.snapshots:]
-    per = []
-    for d in snaps:
-        pol, _ = load_policy(d)
-        m = evaluate_policy(pol, cfg.env, cfg.eval_episodes, seed=cfg.eval_seed, max_steps=cfg.eval_max_steps)
-        per.append({"snapshot": d.name, **{k: v for k, v in m.items() if k != "scores"}})
+    per = [evaluate_snapshot(d, cfg.env, cfg.eval_episodes, seed=cfg.eval_seed, max_steps=cfg.eval_max_steps)
+           for d in snaps]
     metrics = protocol_metrics(cfg.env, per)
     metrics.update(kind=cfg.kind, env=cfg.env, nfe=pc.nfe, train_seconds=run.train_seconds, steps=cfg.steps,
                    demos_kept=int(demos.n_episodes), demo_steps=int(len(demos.obs)), expert=demos.stats)
@@ -167,7 +200,8 @@ def train_policy(cfg: PolicyTrainConfig, out: str | Path, *, progress: bool = Tr
 
 def protocol_metrics(env: str, per_snapshot: list[dict]) -> dict:
     """The mean over snapshots of success rate, score and time per action (Table 7's protocol)."""
-    keys = ["success_rate", "mean_score", "ms_per_action"] + (["mean_reward_dp"] if env == "pusht" else [])
+    keys = ["success_rate", "mean_score", "ms_per_action", "ms_per_chunk_1obs"] + (
+        ["mean_reward_dp"] if env == "pusht" else [])
     out = {k: float(np.mean([p[k] for p in per_snapshot])) for k in keys}
     out["per_snapshot"] = per_snapshot
     return out
@@ -184,12 +218,12 @@ def _train_overrides(a: argparse.Namespace) -> dict:
 
 def format_table(rows: list[dict]) -> str:
     """The side-by-side markdown table of :func:`train_policy` results."""
-    lines = ["| task | policy | NFE | success rate | mean score | ms per action | train s |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| task | policy | NFE | success rate | mean score | ms per action (batched eval) | "
+             "ms per chunk (1 obs) | train s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m in rows:
         score = ("max coverage " if m["env"] == "pusht" else "return ") + f"{m['mean_score']:.3f}"
         lines.append(f"| {m['env']} | {m['kind']} | {m['nfe']} | {m['success_rate']:.3f} | {score} | "
-                     f"{m['ms_per_action']:.2f} | {m['train_seconds']:.0f} |")
+                     f"{m['ms_per_action']:.2f} | {m['ms_per_chunk_1obs']:.1f} | {m['train_seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -216,7 +250,8 @@ def cmd_policy(a: argparse.Namespace) -> int:
         m = evaluate_policy(pol.eval(), env, a.episodes, seed=a.seed if a.seed is not None else 100_000,
                             progress=not a.no_progress)
         print(f"{env}, {pol.config.kind} policy, NFE {m['nfe']}: success rate {m['success_rate']:.3f}, mean score "
-              f"{m['mean_score']:.3f}, {m['ms_per_action']:.2f} ms per action over {m['n_episodes']} episodes")
+              f"{m['mean_score']:.3f}, {m['ms_per_action']:.2f} ms per action over {m['n_episodes']} episodes (batched), "
+              f"{m['ms_per_chunk_1obs']:.1f} ms per chunk of {pol.config.n_action_steps} for one observation")
         return 0
     envs = [a.env] if a.action == "train" else a.envs
     kinds = [a.kind] if a.action == "train" else ["drifting", "diffusion"]
@@ -250,6 +285,9 @@ def add_policy_parser(subparsers) -> argparse.ArgumentParser:
         typ = str if k == "scheduler" else (float if k == "lr" else int)
         p.add_argument("--" + k.replace("_", "-"), type=typ, default=None)
     p.add_argument("--no-progress", action="store_true")
+    from ..cli import add_threads_option  # (imported here: cli imports this module lazily)
+
+    add_threads_option(p)
     p.set_defaults(func=_checked_cmd)
     return p
 
