@@ -114,7 +114,7 @@ def test_drifting_steps_move_samples_toward_the_demonstration():
 
 
 @pytest.mark.parametrize("env", ["pusht", "lunarlander"])
-def test_tiny_train_and_eval_end_to_end(env, tmp_path, capsys):
+def test_tiny_train_and_eval_end_to_end(env, tmp_path, capsys, monkeypatch):
     """collect -> train both policies a few steps -> the protocol's evaluation of the last snapshots
     -> the side-by-side table, through the CLI; then `policy eval` of an export (DDIM, 2 steps)."""
     from drifting.cli import main
@@ -131,6 +131,15 @@ def test_tiny_train_and_eval_end_to_end(env, tmp_path, capsys):
         assert len(m["per_snapshot"]) == 2 and [p["snapshot"] for p in m["per_snapshot"]] == ["step_0000002", "step_0000004"]
         assert 0 <= m["success_rate"] <= 1 and m["ms_per_action"] > 0 and m["demos_kept"] >= 1
         assert all(p["n_episodes"] == 2 for p in m["per_snapshot"])
+        assert m["ms_per_chunk_1obs"] > 0
+    # re-running compare on the finished runs evaluates nothing again: the per-snapshot evaluations are cached
+    import drifting.recipes.policy as recipe
+
+    def no_eval(*a, **k):
+        raise AssertionError("a finished snapshot was evaluated again")
+    monkeypatch.setattr(recipe, "evaluate_policy", no_eval)
+    assert main(args) == 0 and (out / "table.md").read_text() == table
+    monkeypatch.undo()
     capsys.readouterr()
     assert main(["policy", "eval", str(out / env / "diffusion" / "model"), "--episodes", "1", "--scheduler", "ddim",
                  "--inference-steps", "2", "--no-progress"]) == 0
