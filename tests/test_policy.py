@@ -35,6 +35,34 @@ def test_windows_align_observations_and_actions_with_edge_padding():
         window_indices(ends, 2, 4, 4)
 
 
+def test_neighbor_positives_come_from_other_episodes_within_the_radius():
+    """WindowDataset.neighbors against a brute-force search: self first, then the nearest windows of
+    other episodes by normalized observation distance, replaced by self beyond the radius."""
+    g = np.random.default_rng(1)
+    ends = np.array([6, 11, 15, 22])
+    obs = g.normal(size=(22, 3)).astype(np.float32)
+    act = g.normal(size=(22, 2)).astype(np.float32)
+    ds = WindowDataset(obs, act, ends, n_obs_steps=2, horizon=4, n_action_steps=2)
+    norm = Normalizer.fit(obs)
+    f = norm.normalize(ds.obs[ds.index[:, :2]]).flatten(1)
+    ep = np.searchsorted(ends, ds.index[:, 0].numpy(), side="right")
+    for radius in (np.inf, 1.0):
+        nb = ds.neighbors(3, norm, radius, chunk=4)  # chunks smaller than the windows: the chunking is covered
+        assert nb.shape == (len(ds), 3) and torch.equal(nb[:, 0], torch.arange(len(ds)))
+        for w in range(len(ds)):
+            d = (f - f[w]).norm(dim=1).numpy()
+            d[ep == ep[w]] = np.inf
+            want = np.argsort(d, kind="stable")[:2]
+            want = [int(j) if d[j] <= radius else w for j in want]
+            assert nb[w, 1:].tolist() == want
+    assert (nb[:, 1:] == torch.arange(len(ds))[:, None]).any()  # the radius bit somewhere
+    b = ds.batch(torch.tensor([0, 7]), nb)
+    assert b["positives"].shape == (2, 3, 4, 2) and torch.equal(b["positives"][:, 0], b["action"])
+    assert ds.neighbors(1, norm, 0.1).tolist() == [[i] for i in range(len(ds))]
+    with pytest.raises(ValueError, match="radius"):
+        ds.neighbors(2, norm, -1.0)
+
+
 def test_normalizer_round_trip_and_range():
     g = np.random.default_rng(0)
     x = (g.normal(size=(200, 4)) * [1, 10, 0.1, 0] + [0, 5, -3, 7]).astype(np.float32)  # last dim constant
@@ -81,11 +109,28 @@ def test_loss_and_predict_action_shapes(kind):
         pol.compute_loss({"obs": b["obs"], "action": b["action"][:, :5]})
 
 
+def test_drifting_positives_extend_the_demonstration():
+    """``positives`` holding only the demonstration is the one-positive loss exactly; more positives
+    change the loss; a wrong shape is named."""
+    torch.manual_seed(0)
+    b = batch()
+    pol = build_policy(small("drifting"), Normalizer.fit(b["obs"].reshape(-1, 5)), Normalizer.fit(b["action"].reshape(-1, 2)))
+    one, _ = pol.compute_loss(b, generator=torch.Generator().manual_seed(1))
+    same, _ = pol.compute_loss({**b, "positives": b["action"][:, None]}, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(one, same, rtol=1e-6)
+    more = torch.stack([b["action"], b["action"] + 20 * torch.randn_like(b["action"])], 1)  # [B, 2, Tp, act]
+    two, _ = pol.compute_loss({**b, "positives": more}, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(two) and not torch.allclose(one, two)
+    with pytest.raises(ValueError, match="positives must be"):
+        pol.compute_loss({**b, "positives": more[:, :, :5]})
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="kind"):
         build_policy(small("gan"))
     for kw, field in ((dict(n_action_steps=8), "n_action_steps"), (dict(n_gen=1), "n_gen"),
-                      (dict(scheduler="euler"), "scheduler"), (dict(inference_steps=101), "inference_steps")):
+                      (dict(scheduler="euler"), "scheduler"), (dict(inference_steps=101), "inference_steps"),
+                      (dict(n_pos=0), "n_pos"), (dict(pos_radius=-1.0), "pos_radius")):
         with pytest.raises(ValueError, match=field):
             small("drifting", **kw).validate()
 
@@ -122,7 +167,8 @@ def test_tiny_train_and_eval_end_to_end(env, tmp_path, capsys, monkeypatch):
     out = tmp_path / "cmp"
     args = ["policy", "compare", "--envs", env, "--out", str(out), "--demos", "2", "--steps", "4", "--batch", "8",
             "--ckpt-every", "2", "--snapshots", "2", "--eval-episodes", "2", "--eval-max-steps", "12",
-            "--n-gen", "4", "--inference-steps", "3", "--horizon", "8", "--n-action-steps", "4", "--no-progress"]
+            "--n-gen", "4", "--n-pos", "2", "--pos-radius", "0.5", "--inference-steps", "3", "--horizon", "8",
+            "--n-action-steps", "4", "--no-progress"]
     assert main(args) == 0
     table = (out / "table.md").read_text()
     assert f"| {env} | drifting | 1 |" in table and f"| {env} | diffusion | 3 |" in table
@@ -144,3 +190,21 @@ def test_tiny_train_and_eval_end_to_end(env, tmp_path, capsys, monkeypatch):
     assert main(["policy", "eval", str(out / env / "diffusion" / "model"), "--episodes", "1", "--scheduler", "ddim",
                  "--inference-steps", "2", "--no-progress"]) == 0
     assert "NFE 2" in capsys.readouterr().out
+
+
+def test_a_checkpoint_from_before_an_option_existed_resumes_at_its_default(tmp_path):
+    """TrainRun(defaults=...): a stored config lacking a field resumes when the run uses the field's
+    default, and is refused when it does not."""
+    from drifting.training.loop import TrainRun
+
+    model = torch.nn.Linear(2, 2)
+    old = TrainRun(tmp_path, "policy", {"lr": 0.1}, {"model": model}, steps=3, resume=False, progress=False, desc="x")
+    old.save(2)
+    old.close()
+    run = TrainRun(tmp_path, "policy", {"lr": 0.1, "n_pos": 1}, {"model": model}, steps=3, resume=True,
+                   progress=False, desc="x", defaults={"lr": 0.5, "n_pos": 1})
+    assert run.start == 2
+    run.close()
+    with pytest.raises(ValueError, match="another run or configuration"):
+        TrainRun(tmp_path, "policy", {"lr": 0.1, "n_pos": 3}, {"model": model}, steps=3, resume=True,
+                 progress=False, desc="x", defaults={"lr": 0.5, "n_pos": 1})

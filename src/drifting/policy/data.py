@@ -85,14 +85,46 @@ class WindowDataset(torch.utils.data.Dataset):
         self.action = torch.as_tensor(np.asarray(action, np.float32))  # [T_total, act_dim]
         self.index = torch.as_tensor(window_indices(episode_ends, n_obs_steps, horizon, n_action_steps))  # [W, Tp]
         self.n_obs_steps = n_obs_steps
+        ends = torch.as_tensor(np.asarray(episode_ends, np.int64))
+        self.episode = torch.searchsorted(ends, self.index[:, 0], right=True)  # [W]: each window's episode
+
+    def neighbors(self, k: int, obs_norm: Normalizer, radius: float, chunk: int = 1024) -> torch.Tensor:
+        """``[W, k]`` window indices: each window itself, then its ``k - 1`` nearest windows from *other*
+        episodes by the Euclidean distance of their normalized observation windows (``[To * obs_dim]``,
+        units of the ``[-1, 1]`` range). A neighbour farther than ``radius`` is replaced by the window
+        itself. Same-episode windows are left out: they are the same demonstration shifted in time, so
+        their action sequences are not alternatives for this state."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if not radius >= 0:
+            raise ValueError(f"radius must be >= 0, got {radius}")
+        W = len(self)
+        own = torch.arange(W)
+        if k == 1:
+            return own[:, None]
+        f = obs_norm.normalize(self.obs[self.index[:, : self.n_obs_steps]]).flatten(1)  # [W, To*obs_dim]
+        out = torch.empty(W, k, dtype=torch.long)
+        for a in range(0, W, chunk):
+            rows = slice(a, min(a + chunk, W))
+            d = torch.cdist(f[rows], f)  # [c, W]
+            d.masked_fill_(self.episode[rows, None] == self.episode[None], float("inf"))
+            dist, j = d.topk(min(k - 1, W), dim=1, largest=False)  # [c, k-1]
+            j = torch.where(dist <= radius, j, own[rows, None])  # too far (or none left): the window itself
+            out[rows] = torch.cat([own[rows, None], j], dim=1)
+        return out
 
     def __len__(self) -> int:
         return self.index.shape[0]
 
-    def batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Windows ``rows [B]`` at once: ``obs [B, To, obs_dim]``, ``action [B, Tp, act_dim]``."""
+    def batch(self, rows: torch.Tensor, neighbors: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Windows ``rows [B]`` at once: ``obs [B, To, obs_dim]``, ``action [B, Tp, act_dim]``; with
+        ``neighbors`` (from :meth:`neighbors`) also ``positives [B, k, Tp, act_dim]``, the action
+        sequences of each window and its neighbours."""
         idx = self.index[rows]  # [B, Tp]
-        return {"obs": self.obs[idx[:, : self.n_obs_steps]], "action": self.action[idx]}
+        out = {"obs": self.obs[idx[:, : self.n_obs_steps]], "action": self.action[idx]}
+        if neighbors is not None:
+            out["positives"] = self.action[self.index[neighbors[rows]]]  # [B, k, Tp, act_dim]
+        return out
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         b = self.batch(torch.tensor([i]))

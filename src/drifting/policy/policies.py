@@ -46,6 +46,10 @@ class PolicyConfig:
     down_dims: tuple[int, ...] = (64, 128, 256)
     # drifting: generated sequences per observation (the field's N) and the kernel temperatures
     n_gen: int = 16
+    # drifting: positives per observation (its demonstration + the nearest other demonstrations' windows
+    # within pos_radius; see WindowDataset.neighbors) - a training-data choice, saved for the record
+    n_pos: int = 1
+    pos_radius: float = 0.15
     temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
     # diffusion: training steps of the DDPM schedule; sampling scheduler and its number of steps
     train_timesteps: int = 100
@@ -67,6 +71,8 @@ class PolicyConfig:
              f"n_action_steps must be in [1, horizon - n_obs_steps + 1 = {self.horizon - self.n_obs_steps + 1}], "
              f"got {self.n_action_steps}")
         need(self.n_gen >= 2, f"n_gen must be >= 2 (the generated sequences are also the negatives), got {self.n_gen}")
+        need(isinstance(self.n_pos, int) and self.n_pos >= 1, f"n_pos must be an integer >= 1, got {self.n_pos!r}")
+        need(self.pos_radius >= 0, f"pos_radius must be >= 0, got {self.pos_radius}")
         need(self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         need(1 <= self.inference_steps <= self.train_timesteps,
              f"inference_steps must be in [1, train_timesteps={self.train_timesteps}], got {self.inference_steps}")
@@ -138,13 +144,21 @@ class DriftingPolicy(Policy):
         return self.model(self._noise(cond.shape[0], generator), cond)  # [B, Tp, act_dim], one pass
 
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-        """``n_gen`` sequences per observation drift toward its demonstration and away from each other."""
+        """``n_gen`` sequences per observation drift toward its demonstration (and, when the batch has
+        ``positives [B, P, Tp, act_dim]``, toward those) and away from each other."""
         c = self.config
         cond, target = self._check_batch(batch)  # [B, To*obs_dim], [B, Tp, act_dim]
         B, N = cond.shape[0], c.n_gen
         x = self.model(self._noise(B * N, generator), cond.repeat_interleave(N, dim=0))  # [B*N, Tp, act_dim]
         gen = x.reshape(B, N, c.horizon * c.action_dim)  # [B, N, Tp*act_dim]: one problem per observation
-        pos = target.reshape(B, 1, c.horizon * c.action_dim)  # [B, 1, Tp*act_dim]: its demonstration
+        if "positives" in batch:
+            pos = batch["positives"].to(self.device).float()
+            if pos.dim() != 4 or pos.shape[0] != B or pos.shape[2:] != (c.horizon, c.action_dim):
+                raise ValueError(f"positives must be [B={B}, P, horizon={c.horizon}, action_dim={c.action_dim}], "
+                                 f"got {tuple(pos.shape)}")
+            pos = self.action_norm.normalize(pos).reshape(B, -1, c.horizon * c.action_dim)  # [B, P, Tp*act_dim]
+        else:
+            pos = target.reshape(B, 1, c.horizon * c.action_dim)  # [B, 1, Tp*act_dim]: its demonstration
         loss, stats = drifting_loss(gen, pos, temperatures=c.temperatures)
         return loss, {k: float(v) for k, v in stats.items()}
 

@@ -38,6 +38,8 @@ class PolicyTrainConfig:
     n_action_steps: int = 8
     down_dims: tuple[int, ...] = (64, 128, 256)
     n_gen: int = 16
+    n_pos: int = 1
+    pos_radius: float = 0.15
     scheduler: str = "ddpm"
     inference_steps: int = 100
     steps: int = 3000
@@ -157,18 +159,20 @@ def train_policy(cfg: PolicyTrainConfig, out: str | Path, *, progress: bool = Tr
                        n_action_steps=pc.n_action_steps)
     torch.manual_seed(cfg.seed)
     policy = build_policy(pc, Normalizer.fit(demos.obs), Normalizer.fit(demos.action))
+    neighbors = ds.neighbors(pc.n_pos, policy.obs_norm, pc.pos_radius) if pc.kind == "drifting" and pc.n_pos > 1 else None
     opt = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, betas=(0.95, 0.999), weight_decay=cfg.weight_decay)
     ema = EMA(policy, (cfg.ema_decay,), warmup_steps=cfg.ema_warmup)
     config = jsonable(asdict(cfg))
     run = TrainRun(out, "policy", config, {"model": policy, "optimizer": opt, "ema": ema}, steps=cfg.steps,
-                   resume=resume, progress=progress, desc=f"{cfg.kind} policy")
+                   resume=resume, progress=progress, desc=f"{cfg.kind} policy",
+                   defaults=jsonable(asdict(PolicyTrainConfig())))
     export_cfg = {"policy": config_dict(pc), "train": config}
     best = ema.models[cfg.ema_decay]
     try:
         with stop_on_sigint() as interrupted:
             for step in range(run.start, cfg.steps):
                 g = step_generator(cfg.seed, step)
-                batch = ds.batch(torch.randint(len(ds), (cfg.batch,), generator=g))
+                batch = ds.batch(torch.randint(len(ds), (cfg.batch,), generator=g), neighbors)
                 lr = warmup_lr(cfg.lr, step, cfg.warmup)
                 for group in opt.param_groups:
                     group["lr"] = lr
@@ -208,8 +212,8 @@ def protocol_metrics(env: str, per_snapshot: list[dict]) -> dict:
 
 
 # --------------------------------------------------------------------------- command line
-_TRAIN_FLAGS = ("demos", "steps", "batch", "lr", "n_gen", "scheduler", "inference_steps", "eval_episodes",
-                "snapshots", "ckpt_every", "seed", "horizon", "n_obs_steps", "n_action_steps", "eval_max_steps")
+_TRAIN_FLAGS = ("demos", "steps", "batch", "lr", "n_gen", "n_pos", "pos_radius", "scheduler", "inference_steps",
+                "eval_episodes", "snapshots", "ckpt_every", "seed", "horizon", "n_obs_steps", "n_action_steps", "eval_max_steps")
 
 
 def _train_overrides(a: argparse.Namespace) -> dict:
@@ -282,7 +286,7 @@ def add_policy_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="train / compare: output directory")
     p.add_argument("--episodes", type=int, default=50, help="collect: attempted expert episodes; eval: episodes")
     for k in _TRAIN_FLAGS:
-        typ = str if k == "scheduler" else (float if k == "lr" else int)
+        typ = str if k == "scheduler" else (float if k in ("lr", "pos_radius") else int)
         p.add_argument("--" + k.replace("_", "-"), type=typ, default=None)
     p.add_argument("--no-progress", action="store_true")
     from ..cli import add_threads_option  # (imported here: cli imports this module lazily)

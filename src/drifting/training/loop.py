@@ -85,13 +85,15 @@ class TrainRun:
 
     ``parts``: ``{name: object with state_dict() / load_state_dict()}`` (model, optimizer, EMA) saved
     in the checkpoint; ``config``: the run's JSON-able config, which a resumed checkpoint must match.
+    ``defaults``: the config's default values; a checkpoint written before a field existed lacks it
+    and is read as holding the default (so adding an option does not orphan old runs).
     With ``resume`` an existing ``checkpoint.pt`` of the same ``kind`` and config is continued
     (``self.start`` is its step); without, it is deleted so that a crash before the first save cannot
     resume the old run. Log lines after ``self.start`` are dropped (a resumed run rewrites them).
     """
 
     def __init__(self, out: str | Path, kind: str, config: dict, parts: Mapping[str, object], *, steps: int,
-                 resume: bool, progress: bool, desc: str, main: bool = True):
+                 resume: bool, progress: bool, desc: str, main: bool = True, defaults: dict | None = None):
         self.out, self.kind, self.config, self.parts, self.steps = Path(out), kind, config, dict(parts), steps
         self.main = main  # False on ranks > 0 of a multi-process run: they read the checkpoint, write nothing
         self.ckpt = self.out / "checkpoint.pt"
@@ -99,7 +101,8 @@ class TrainRun:
         self.start = 0
         if resume and self.ckpt.is_file():
             state = load_state(self.ckpt)
-            if state.get("kind") != kind or state["config"] != config:
+            stored = {**{k: v for k, v in (defaults or {}).items() if k in config}, **state["config"]}
+            if state.get("kind") != kind or stored != config:
                 raise ValueError(f"{self.ckpt} was written by another run or configuration; use a new --out, or "
                                  "resume=False (--no-resume) to start over there")
             for name, part in self.parts.items():
