@@ -86,7 +86,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self.index = torch.as_tensor(window_indices(episode_ends, n_obs_steps, horizon, n_action_steps))  # [W, Tp]
         self.n_obs_steps = n_obs_steps
         ends = torch.as_tensor(np.asarray(episode_ends, np.int64))
-        self.episode = torch.searchsorted(ends, self.index[:, 0], right=True)  # [W]: each window's episode
+        self.episode = torch.searchsorted(ends, self.index[:, 0].contiguous(), right=True)  # [W]: each window's episode
 
     def neighbors(self, k: int, obs_norm: Normalizer, radius: float, chunk: int = 1024) -> torch.Tensor:
         """``[W, k]`` window indices: each window itself, then its ``k - 1`` nearest windows from *other*
