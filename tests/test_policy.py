@@ -114,7 +114,8 @@ def test_drifting_positives_extend_the_demonstration():
     change the loss; a wrong shape is named."""
     torch.manual_seed(0)
     b = batch()
-    pol = build_policy(small("drifting"), Normalizer.fit(b["obs"].reshape(-1, 5)), Normalizer.fit(b["action"].reshape(-1, 2)))
+    pol = build_policy(small("drifting"), Normalizer.fit(b["obs"].reshape(-1, 5)),
+                       Normalizer.fit(b["action"].reshape(-1, 2)))
     one, _ = pol.compute_loss(b, generator=torch.Generator().manual_seed(1))
     same, _ = pol.compute_loss({**b, "positives": b["action"][:, None]}, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(one, same, rtol=1e-6)

@@ -159,7 +159,8 @@ def train_policy(cfg: PolicyTrainConfig, out: str | Path, *, progress: bool = Tr
                        n_action_steps=pc.n_action_steps)
     torch.manual_seed(cfg.seed)
     policy = build_policy(pc, Normalizer.fit(demos.obs), Normalizer.fit(demos.action))
-    neighbors = ds.neighbors(pc.n_pos, policy.obs_norm, pc.pos_radius) if pc.kind == "drifting" and pc.n_pos > 1 else None
+    use_neighbors = pc.kind == "drifting" and pc.n_pos > 1  # [W, n_pos] positives' windows, computed once
+    neighbors = ds.neighbors(pc.n_pos, policy.obs_norm, pc.pos_radius) if use_neighbors else None
     opt = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, betas=(0.95, 0.999), weight_decay=cfg.weight_decay)
     ema = EMA(policy, (cfg.ema_decay,), warmup_steps=cfg.ema_warmup)
     config = jsonable(asdict(cfg))
@@ -213,7 +214,8 @@ def protocol_metrics(env: str, per_snapshot: list[dict]) -> dict:
 
 # --------------------------------------------------------------------------- command line
 _TRAIN_FLAGS = ("demos", "steps", "batch", "lr", "n_gen", "n_pos", "pos_radius", "scheduler", "inference_steps",
-                "eval_episodes", "snapshots", "ckpt_every", "seed", "horizon", "n_obs_steps", "n_action_steps", "eval_max_steps")
+                "eval_episodes", "snapshots", "ckpt_every", "seed", "horizon", "n_obs_steps", "n_action_steps",
+                "eval_max_steps")
 
 
 def _train_overrides(a: argparse.Namespace) -> dict:
@@ -254,7 +256,8 @@ def cmd_policy(a: argparse.Namespace) -> int:
         m = evaluate_policy(pol.eval(), env, a.episodes, seed=a.seed if a.seed is not None else 100_000,
                             progress=not a.no_progress)
         print(f"{env}, {pol.config.kind} policy, NFE {m['nfe']}: success rate {m['success_rate']:.3f}, mean score "
-              f"{m['mean_score']:.3f}, {m['ms_per_action']:.2f} ms per action over {m['n_episodes']} episodes (batched), "
+              f"{m['mean_score']:.3f}, {m['ms_per_action']:.2f} ms per action over {m['n_episodes']} episodes "
+              f"(batched), "
               f"{m['ms_per_chunk_1obs']:.1f} ms per chunk of {pol.config.n_action_steps} for one observation")
         return 0
     envs = [a.env] if a.action == "train" else a.envs
