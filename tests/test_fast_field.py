@@ -77,6 +77,20 @@ def test_streaming_is_exact_at_large_Y_and_extreme_temperature():
         assert rel(V, literal(x, y, P, T)) < 1e-5
 
 
+@pytest.mark.parametrize("normalize", ["both", "y", "none", "separate"])
+def test_masked_only_negatives_and_tiny_temperature(normalize):
+    """One sample whose only negative is itself: a column, and for "separate" a whole negative set, of
+    masked pairs only. At T = 1e-3 nearly every kernel value underflows."""
+    x, y, P = problem(B=2, N=1, P=5, extra=0, D=8, seed=6)
+    for T in (1.0, 1e-3):
+        for block in (None, 1):
+            max_elements = None if block is None else budget_for_block(1, 8, 1, block)
+            V = drift_fields(Distances(x, y, self_col=P), P, [T], normalize=normalize, max_elements=max_elements)
+            ref = literal(x, y, P, T, normalize=normalize)
+            assert torch.isfinite(V).all() and torch.isfinite(ref).all()
+            assert (V[:, 0].double() - ref).abs().max() <= 1e-5 * (1 + ref.abs().max()), (T, block)
+
+
 def test_several_temperatures_equal_separate_calls_and_no_mask():
     x, y, P = problem(seed=1)
     d = Distances(x, y)  # no self column: nothing masked

@@ -61,6 +61,9 @@ _REFINE = 1.0 / 16
 # are >= 1 (log-sum-exp: the max term is exp(0)) or products that underflow to 0 either way.
 _EXP_FLOOR = -87.0
 
+# the distance that masks a self pair (see _mask_self_)
+_MASKED_DISTANCE = 1e30
+
 ColumnReduce = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -216,42 +219,52 @@ def _softmax(L: torch.Tensor, dim: int) -> torch.Tensor:
     return e.div_(e.sum(dim=dim, keepdim=True))
 
 
-def _dense_weights(d, neg_inv_T, self_pairs, w, P: int, normalize: str, a: float, r: float, col_reduce):
+def _mask_self_(d: torch.Tensor, self_pairs) -> None:
+    """Give the self pairs of ``d [b, N, cb]`` (from :meth:`Distances.self_pairs`) a distance so large that
+    every ``exp`` of their logit lands on the floor, like the reference's masked logit. Finite, so a
+    column whose only row is masked (N = 1) gives 0 - 0, not inf - inf."""
+    if self_pairs is not None:
+        i0, i1, j0 = self_pairs
+        d[:, i0:i1, j0: j0 + i1 - i0].diagonal(dim1=-2, dim2=-1).fill_(_MASKED_DISTANCE)
+
+
+def _dense_weights(d, neg_inv_T, w, P: int, normalize: str, a: float, r: float, col_reduce):
     """Alg. 2's cross-weighted affinities from the distances of a chunk, every temperature at once.
 
-    ``d [b, N, Y]``, ``neg_inv_T [1, K, 1, 1]``, ``self_pairs`` from :meth:`Distances.self_pairs`, ``w [b, 1, 1, M]`` or
-    None. Returns ``W [b, K, N, Y]`` (``a A_pos s_neg`` then ``-r A_neg s_pos``) and ``s_pos s_neg
+    ``d [b, N, Y]`` with the self pairs masked (:func:`_mask_self_`), ``neg_inv_T [1, K, 1, 1]``, ``w [b, 1, 1, M]``
+    or None. Returns ``W [b, K, N, Y]`` (``a A_pos s_neg`` then ``-r A_neg s_pos``) and ``s_pos s_neg
     [b, K, N, 1]``; ``W @ y`` is the field. Pure, so ``torch.compile`` can fuse it.
     """
-    if normalize == "both":  # half logits: sqrt of each softmax needs exp(L / 2) only
-        neg_inv_T = neg_inv_T * 0.5
-    L = d.unsqueeze(1) * neg_inv_T  # [b, K, N, Y]: logits -d / tau for every tau (fresh: updated in place)
-    if self_pairs is not None:  # the self pairs: N entries per (problem, temperature)
-        i0, i1, j0 = self_pairs
-        L[..., i0:i1, j0: j0 + i1 - i0].diagonal(dim1=-2, dim2=-1).fill_(_MASKED_LOGIT)
+    row = None  # a per-row factor of A left out of the [b, K, N, Y] passes, applied to the sums
     if normalize == "both":
-        # sqrt(softmax_y * softmax_x) = Q_row * Q_col / (sqrt(R_i) sqrt(C_j)) with Q_row = exp(L/2 - max_j),
-        # R_i = sum_j Q_row^2 (likewise over i for the columns): two exps per logit instead of three.
-        # Q >= exp(-87 / 2), so Q_row * Q_col never leaves fp32's normal range.
-        m_row = L.amax(dim=-1, keepdim=True)  # [b, K, N, 1], of L / 2
-        Q_row = _exp_(L - m_row, _EXP_FLOOR / 2)
-        f_row = torch.linalg.vector_norm(Q_row, dim=-1, keepdim=True).reciprocal_()  # R^-1/2 [b, K, N, 1]
-        m_col = L.amax(dim=-2, keepdim=True)  # [b, K, 1, Y]
-        Q_col = _exp_(L.sub_(m_col), _EXP_FLOOR / 2)
+        # sqrt(softmax_y * softmax_x) = Q_row Q_col / (sqrt(R_i) sqrt(C_j)) with the half logits
+        # L / 2 = c d (c = -1 / 2T), Q_row = exp(L/2 - max_j L/2), R_i = sum_j Q_row^2 (likewise over i
+        # for the columns): two exps per logit instead of three. The maxima come from the distances
+        # (max_j c d_ij = c min_j d_ij, once for all K); Q >= exp(-87 / 2), so Q_row Q_col stays normal.
+        c = neg_inv_T * 0.5  # [1, K, 1, 1]
+        d_col = d.amin(dim=-2, keepdim=True)  # [b, 1, Y] (over a non-last dim: a [b, N, Y] pass, not K of them)
+        Q_row = _exp_((d - d.amin(dim=-1, keepdim=True)).unsqueeze(1) * c, _EXP_FLOOR / 2)  # [b, K, N, Y]
+        Q_col = _exp_((d - d_col).unsqueeze(1) * c, _EXP_FLOOR / 2)  # [b, K, N, Y]
+        row = torch.linalg.vector_norm(Q_row, dim=-1, keepdim=True).square_().reciprocal_()  # R^-1 [b, K, N, 1]
         # C^1/2 [b, K, 1, Y] (not vector_norm: over a non-last dim it is 10-60x slower on CPU)
         n_col = (Q_col * Q_col).sum(dim=-2, keepdim=True).sqrt_()
         if col_reduce is None:
             f_col = n_col.reciprocal_()
         else:  # C over all ranks: lse_col = 2 (m_col + log ||Q_col||), reduced, back to C^-1/2 here
+            m_col = d_col.unsqueeze(1) * c  # [b, K, 1, Y]
             lse_col = col_reduce(n_col.log_().add_(m_col).mul_(2.0))
             f_col = (m_col - 0.5 * lse_col).exp_()
-        A = Q_row.mul_(Q_col).mul_(f_row).mul_(f_col)
-    elif normalize == "y":
-        A = _softmax(L, -1)
-    elif normalize == "none":
-        A = _exp_(L)
-    else:  # "separate"
-        A = torch.cat([_softmax(L[..., :P], -1), _softmax(L[..., P:], -1)], dim=-1)
+        A = Q_row.mul_(Q_col.mul_(f_col))  # = sqrt(softmax_y softmax_x) sqrt(R_i)
+    else:
+        # [b, K, N, Y]: logits -d / tau for every tau, none below the reference's masked logit (at
+        # tau < 3e-9 the masked distance would give -inf, and a softmax over only masked pairs nan)
+        L = (d.unsqueeze(1) * neg_inv_T).clamp_min_(_MASKED_LOGIT)
+        if normalize == "y":
+            A = _softmax(L, -1)
+        elif normalize == "none":
+            A = _exp_(L)
+        else:  # "separate"
+            A = torch.cat([_softmax(L[..., :P], -1), _softmax(L[..., P:], -1)], dim=-1)
     A_pos, A_neg = A[..., :P], A[..., P:]  # views [b, K, N, P], [b, K, N, M]
     if w is not None:
         A_neg.mul_(w)
@@ -259,9 +272,14 @@ def _dense_weights(d, neg_inv_T, self_pairs, w, P: int, normalize: str, a: float
             A_neg.div_(A_neg.sum(dim=-1, keepdim=True).clamp_min(1e-30))
     s_pos = A_pos.sum(dim=-1, keepdim=True)  # [b, K, N, 1]
     s_neg = A_neg.sum(dim=-1, keepdim=True)
-    A_pos.mul_(s_neg * a)  # attraction weighted by the total repulsion
-    A_neg.mul_(s_pos * -r)  # repulsion weighted by the total attraction
-    return A, s_pos * s_neg
+    ss = s_pos * s_neg
+    if row is not None:  # the true A is R^-1/2 A, so the true sums are R^-1/2 s: W = A (R^-1 s), ss R^-1
+        ss.mul_(row)
+        s_pos.mul_(row)
+        s_neg.mul_(row)
+    A_pos.mul_(s_neg.mul_(a))  # attraction weighted by the total repulsion
+    A_neg.mul_(s_pos.mul_(-r))  # repulsion weighted by the total attraction
+    return A, ss
 
 
 _compiled_weights = None
@@ -280,8 +298,9 @@ def _dense_chunk(ch: _Chunk, out, P, neg_inv_T, normalize, w, a, r, col_reduce, 
     """Alg. 2 for one chunk with all Y columns at once, written into ``out [b, K, N, D]``."""
     dists = ch.dists
     d = ch.distances(0, dists.Y)  # [b, N, Y]
+    _mask_self_(d, dists.self_pairs(0, dists.Y))
     fn = _weights_fn(compile and col_reduce is None)
-    W, ss = fn(d, neg_inv_T, dists.self_pairs(0, dists.Y), w, P, normalize, a, r, col_reduce)
+    W, ss = fn(d, neg_inv_T, w, P, normalize, a, r, col_reduce)
     b, K, N, Y = W.shape
     torch.bmm(W.view(b, K * N, Y), ch.targets(0, Y), out=out.view(b, K * N, -1))  # [b, K N, D]
     if a != r:  # the "- x" terms of Eq. (8) no longer cancel
