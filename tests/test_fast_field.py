@@ -78,7 +78,7 @@ def test_streaming_is_exact_at_large_Y_and_extreme_temperature():
 
 
 @pytest.mark.parametrize("normalize", ["both", "y", "none", "separate"])
-def test_masked_only_negatives_and_tiny_temperature(normalize):
+def test_only_masked_negatives_and_a_small_temperature(normalize):
     """One sample whose only negative is itself: a column, and for "separate" a whole negative set, of
     masked pairs only. At T = 1e-3 nearly every kernel value underflows."""
     x, y, P = problem(B=2, N=1, P=5, extra=0, D=8, seed=6)
