@@ -135,3 +135,23 @@ def test_neighbours_command_runs(run_dir, tmp_path, capsys):
                       "--out", str(tmp_path / "nn.png")])
     assert a.func(a) == 0
     assert (tmp_path / "nn.png").is_file() and "class 1: cosine" in capsys.readouterr().out
+
+
+def test_drift_diagnosis_splits_the_norm_and_its_floor_falls_with_the_batch(run_dir, capsys, tmp_path):
+    small = an.drift_diagnosis(run_dir, batches=2, n_gen=4, n_pos=4)
+    big = an.drift_diagnosis(run_dir, batches=2, n_gen=16, n_pos=16)
+    assert (small["n_gen"], small["n_pos"]) == (4, 4)
+    groups = {r["group"] for r in small["groups"]}
+    assert "vanilla" in groups and "input.sq" in groups and any(g.startswith("tap0.") for g in groups)
+    for r in small["groups"]:
+        for k in ("V2", "V2_attr", "V2_rep", "floor_V2", "floor_V2_attr", "floor_V2_rep"):
+            assert np.isfinite(r[k]) and r[k] > 0, (r["group"], k)
+    assert small["total"]["V2"] == pytest.approx(sum(r["V2"] for r in small["groups"]))
+    assert sum(v["V2"] for v in small["by_kind"].values()) == pytest.approx(small["total"]["V2"])
+    # real images in place of samples: what is left is the sampling noise of N and P, which shrinks as they grow
+    assert big["total"]["floor_V2"] < 0.6 * small["total"]["floor_V2"]
+    from drifting.cli import main
+
+    assert main(["drift-norm", str(run_dir), "--batches", "1", "--json", str(tmp_path / "d.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| vanilla@0.2 |" in out and "| all |" in out and json.loads((tmp_path / "d.json").read_text())["batches"] == 1

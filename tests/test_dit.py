@@ -225,3 +225,30 @@ def test_bf16_autocast_forward(trained):
         out = trained(noise, labels, alpha, style)
     assert out.shape == ref.shape and torch.isfinite(out).all()
     assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max() + 1e-3
+
+
+def test_learned_alpha_embedder_fits_an_alpha_dependent_target():
+    """``alpha_mlp``: a learned embedding of alpha (iMF's CFG conditioning). Off, the state dict has no such
+    keys; on, a few steps toward targets that differ only by alpha separate alpha 1 from alpha 3 far more
+    than the fixed embedding alone does."""
+    assert not any("alpha_embed" in k for k in DriftingDiT(tiny()).state_dict())
+    assert any(k.startswith("alpha_embed.") for k in DriftingDiT(tiny(alpha_mlp=True)).state_dict())
+    gaps = {}
+    for on in (False, True):
+        torch.manual_seed(0)
+        model = DriftingDiT(tiny(alpha_mlp=on, style_tokens=0))
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        g = torch.Generator().manual_seed(0)
+        noise, labels = torch.randn(16, 1, 28, 28, generator=g), torch.randint(10, (16,), generator=g)
+        alpha = torch.tensor([1.0, 3.0]).repeat(8)
+        target = torch.where(alpha[:, None, None, None] > 2, 1.0, -1.0).expand_as(noise)
+        for _ in range(30):
+            loss = (model(noise, labels, alpha) - target).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            gaps[on] = (model(noise, labels, 3.0) - model(noise, labels, 1.0)).mean().item()
+    assert gaps[True] > 1.0 and gaps[True] > 2 * gaps[False]  # the target gap is 2
+    with pytest.raises(ValueError, match="alpha_mlp"):
+        dit_config("cpu-tiny", alpha_mlp="yes")

@@ -87,6 +87,43 @@ def test_mae_is_cached_between_runs(tmp_path, monkeypatch):
     assert len(calls) == 2  # another MAE config is another cache entry
 
 
+def test_mae_classification_fine_tuning(tmp_path, monkeypatch):
+    """A.3: cls_steps more steps with lambda L_cls + (1 - lambda) L_recon, lambda warmed 0 -> cls_lambda."""
+    import drifting.models.resnet_mae as rm
+    from drifting.data.images import load_dataset
+    from drifting.models.resnet_mae import ResNetMAE
+
+    ds = load_dataset("fashion-mnist", "train")
+    weights = []
+    real = rm.mae_loss
+    monkeypatch.setattr(images, "mae_loss", lambda *a, **k: weights.append(k.get("cls_weight")) or real(*a, **k))
+    cfg = MAEConfig(encoder="cpu-tiny", steps=3, batch=32, cls_steps=40, cls_lambda=0.5, cls_warmup=4, lr=5e-3,
+                    ema_decay=0.5)
+    images.pretrain_mae(ds, cfg, tmp_path / "ft", progress=False)
+    assert weights == [None] * 3 + [0.0, 0.125, 0.25, 0.375] + [0.5] * 36  # the MAE phase, then the warm-up
+    ft = ResNetMAE.from_pretrained(tmp_path / "ft")
+    assert ft.config.num_classes == 10 and ft.head is not None
+    x, y = ds.to_tensor(np.arange(50000, 50500)), torch.from_numpy(ds.labels[50000:50500])
+    with torch.no_grad():
+        acc = (ft(x)[1].argmax(-1) == y).float().mean().item()
+    assert acc > 0.2  # the (EMA) head learned the labels: chance is 0.1 (0.13 without the fine-tuning steps)
+    images.pretrain_mae(ds, MAEConfig(encoder="cpu-tiny", steps=3, batch=32), tmp_path / "plain", progress=False)
+    assert ResNetMAE.from_pretrained(tmp_path / "plain").head is None
+    for bad in (dict(cls_steps=-1), dict(cls_lambda=1.5), dict(cls_warmup=-2)):
+        with pytest.raises(ValueError, match="mae.cls_"):
+            tiny(mae=MAEConfig(**bad)).validate()
+
+
+def test_time_budget_stops_training_and_keeps_a_checkpoint(tmp_path):
+    run = train_images(tiny(steps=10_000, minutes=1e-9, ckpt_every=10_000), tmp_path, progress=False)
+    assert run.history["step"] == [1]  # the first step boundary past the budget
+    from drifting.training.checkpoint import load_state
+
+    assert int(load_state(tmp_path / "checkpoint.pt")["step"]) == 1
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    with pytest.raises(ValueError, match="minutes"):
+        tiny(minutes=0).validate()
+
 
 def test_location_subsampling_and_tensorboard(tmp_path):
     run = train_images(tiny(steps=2, max_locations=8, log_every=1), tmp_path, progress=False, tensorboard=True)

@@ -7,6 +7,12 @@ from drifting.training.schedules import linear_decay_lr, warmup_lr
 
 def test_warmup_lr():
     assert warmup_lr(1.0, 0, 4) == 0.25 and warmup_lr(1.0, 3, 4) == 1.0 and warmup_lr(1.0, 100, 4) == 1.0
+    # the last 20% decays linearly to 0
+    assert warmup_lr(2.0, 50, 4, decay=0.2, progress=0.5) == 2.0
+    assert warmup_lr(2.0, 90, 4, decay=0.2, progress=0.9) == pytest.approx(1.0)
+    assert warmup_lr(2.0, 99, 4, decay=0.2, progress=1.0) == 0.0
+    with pytest.raises(ValueError, match="progress"):
+        warmup_lr(1.0, 5, 4, decay=0.2)
     assert warmup_lr(2.0, 0, 0) == 2.0  # no warm-up
 
 

@@ -93,9 +93,10 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     cfg = train_preset(
         a.preset, data=a.data, generator=a.generator, encoder=a.encoder, mae_dir=a.mae, mae_encoder=a.mae_preset,
-        mae_steps=a.mae_steps, mae_batch=a.mae_batch, mae_seed=a.seed, steps=a.steps, seed=a.seed, cfg=a.cfg,
+        mae_steps=a.mae_steps, mae_batch=a.mae_batch, mae_cls_steps=a.mae_cls_steps, mae_seed=a.seed, steps=a.steps, seed=a.seed, cfg=a.cfg,
         n_uncond=a.n_uncond, sampler=a.sampler, lr=a.lr, classes_per_step=a.classes_per_step, n_gen=a.n_gen,
-        n_pos=a.n_pos, max_locations=a.max_locations, tokenizer=a.tokenizer, encoder_space=a.encoder_space,
+        n_pos=a.n_pos, max_locations=a.max_locations, lr_decay=a.lr_decay, minutes=a.minutes, precision=a.precision,
+        tokenizer=a.tokenizer, encoder_space=a.encoder_space,
         eval_samples=a.eval_samples,
     )
     run = train_images(cfg, a.out, progress=not a.no_progress, resume=a.resume, device=a.device,
@@ -103,7 +104,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     if run.out is None:  # a rank > 0 of a torchrun job: rank 0 reports
         return 0
     h = run.history
-    print(f"trained {cfg.steps} steps in {h['time'][-1]:.0f}s ({cfg.steps / max(h['time'][-1], 1e-9):.2f} step/s); "
+    print(f"trained {h['step'][-1]} steps in {h['time'][-1]:.0f}s ({h['step'][-1] / max(h['time'][-1], 1e-9):.2f} step/s); "
           f"final raw drift norm {h['V2'][-1]:.4g}")
     if run.metrics:
         m = run.metrics
@@ -120,9 +121,11 @@ def cmd_train_mae(a: argparse.Namespace) -> int:
     from .data.images import load_dataset
     from .recipes.images import MAEConfig, pretrain_mae
 
-    ds = load_dataset(a.data, "train")
-    pretrain_mae(ds, MAEConfig(encoder=a.preset, steps=a.steps, seed=a.seed), a.out, progress=not a.no_progress)
-    print(f"wrote the ResNet-MAE (EMA) to {a.out}/")
+    cfg = MAEConfig(encoder=a.preset, steps=a.steps, seed=a.seed, cls_steps=a.cls_steps, cls_lambda=a.cls_lambda,
+                    cls_warmup=a.cls_warmup)
+    cfg.validate()  # before the dataset is read
+    pretrain_mae(load_dataset(a.data, "train"), cfg, a.out, progress=not a.no_progress)
+    print(f"wrote the ResNet-MAE (EMA) to {a.out}/" + (" (with its classification head)" if a.cls_steps else ""))
     return 0
 
 
@@ -223,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--mae-preset", default=None, help="ResNet-MAE preset to pre-train (cpu-tiny, cpu-small, ...)")
     tr.add_argument("--mae-steps", type=_positive_int, default=None)
     tr.add_argument("--mae-batch", type=_positive_int, default=None)
+    tr.add_argument("--mae-cls-steps", type=int, default=None,
+                    help="steps of A.3's classification fine-tuning of the MAE (0: none)")
     tr.add_argument("--classes-per-step", type=_positive_int, default=None, help="Nc")
     tr.add_argument("--n-gen", type=_positive_int, default=None, help="N generated samples per class")
     tr.add_argument("--n-pos", type=_positive_int, default=None, help="P positives per class")
@@ -235,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--cfg", default=None, help="CFG preset for training (ablation, B/2, L/2, none, ...)")
     tr.add_argument("--sampler", choices=("queue", "balanced"), default=None)
     tr.add_argument("--lr", type=float, default=None)
+    tr.add_argument("--lr-decay", type=float, default=None,
+                    help="the last fraction of training ramps the lr linearly to 0 (0: constant)")
+    tr.add_argument("--minutes", type=float, default=None,
+                    help="a wall-time budget for the generator's training (stops at --steps or after this long)")
+    tr.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                    help="bf16 autocast of the networks: auto (CUDA only, default), fp32, bf16 (also on the CPU)")
     tr.add_argument("--seed", type=int, default=None)
     tr.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     tr.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard under OUT/tb")
@@ -252,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     tm.add_argument("--data", default="fashion-mnist")
     tm.add_argument("--preset", default="cpu-small")
     tm.add_argument("--steps", type=_positive_int, default=1500)
+    tm.add_argument("--cls-steps", type=int, default=0, help="then this many steps of A.3's classification "
+                    "fine-tuning, lambda L_cls + (1 - lambda) L_recon (default 0: none; the paper: 3000)")
+    tm.add_argument("--cls-lambda", type=float, default=0.1, help="the final lambda (default 0.1, A.3)")
+    tm.add_argument("--cls-warmup", type=int, default=1000, help="steps of lambda's linear warm-up from 0 (default 1000)")
     tm.add_argument("--seed", type=int, default=0)
     tm.add_argument("--no-progress", action="store_true")
     tm.set_defaults(func=cmd_train_mae)

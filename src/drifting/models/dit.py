@@ -64,6 +64,11 @@ class DiTConfig:
     pos_embed: bool = True
     # Release fact: alpha -> sinusoidal embedding -> RMS-normalize -> * 0.02 -> + class embedding.
     alpha_embed_scale: float = 0.02
+    # A learned embedder of alpha as well (iMF's CFG conditioning, like DiT's timestep MLP): Linear -> SiLU ->
+    # Linear of the sinusoidal embedding of alpha * ALPHA_SCALE, added to the conditioning vector. The fixed
+    # embedding alone moves c by only ~0.1 between alpha 1 and 2.5 against a learned class embedding of
+    # norm ~1, so a short run hardly reacts to alpha (docs/results.md). False: no module, same state dict.
+    alpha_mlp: bool = False
     norm_eps: float = 1e-6
     # Flow matching (Drift-RAE Eq. 1-4): a timestep embedder, sinusoidal embedding of 1000 t
     # (TIME_FREQ_DIM frequencies) -> Linear -> SiLU -> Linear, added to the conditioning vector;
@@ -119,6 +124,8 @@ class DiTConfig:
             bad("alpha_embed_scale", f"must be >= 0, got {self.alpha_embed_scale!r}")
         if not self.norm_eps > 0:
             bad("norm_eps", f"must be > 0, got {self.norm_eps!r}")
+        if not isinstance(self.alpha_mlp, bool):
+            bad("alpha_mlp", f"must be True or False, got {self.alpha_mlp!r}")
         if not isinstance(self.time_cond, bool):
             bad("time_cond", f"must be True or False, got {self.time_cond!r}")
         return self
@@ -145,6 +152,11 @@ PRESETS: dict[str, DiTConfig] = {
                           num_classes=10, in_context_tokens=16, style_tokens=32),
     "cpu-small": DiTConfig(input_size=28, in_channels=1, patch_size=7, hidden=192, depth=6, heads=4,
                            num_classes=10, in_context_tokens=4, style_tokens=32),
+    # the main job's generator (issue 15's lever study, docs/results.md): patch 4 (a 7x7 grid, no 7x7 blocks),
+    # narrower and shallower than cpu-small at about its cost per step (1.26M parameters), and a learned
+    # alpha embedder so that the CFG scale reaches the output within a short run.
+    "cpu-p4": DiTConfig(input_size=28, in_channels=1, patch_size=4, hidden=128, depth=4, heads=4,
+                        num_classes=10, in_context_tokens=4, style_tokens=32, alpha_mlp=True),
 }
 
 
@@ -299,6 +311,9 @@ class FinalLayer(nn.Module):
 # so the fastest one turns 1 rad per 0.001 of t and the slowest resolves the whole [0, 1].
 TIME_SCALE = 1000.0
 TIME_FREQ_DIM = 256
+# the learned alpha embedder reuses the timestep MLP on alpha * ALPHA_SCALE / TIME_SCALE, so a unit of alpha
+# turns its fastest sinusoid by ALPHA_SCALE rad: alpha in [1, 4] spans the mid frequencies
+ALPHA_SCALE = 100.0
 
 
 class TimestepEmbedder(nn.Module):
@@ -353,6 +368,7 @@ class DriftingDiT(PretrainedMixin, nn.Module):
         self.style_codebook = nn.Embedding(config.codebook_size, D) if config.style_tokens > 0 else None
         # None (not registered) when time_cond is off: same state dict and same init RNG draws as before
         self.time_embed = TimestepEmbedder(config) if config.time_cond else None
+        self.alpha_embed = TimestepEmbedder(config) if config.alpha_mlp else None
         if config.in_context_tokens > 0:
             self.context_proj = nn.Linear(D, D)
             self.context_pos = nn.Parameter(torch.zeros(config.in_context_tokens, D))
@@ -385,9 +401,10 @@ class DriftingDiT(PretrainedMixin, nn.Module):
             nn.init.normal_(self.style_codebook.weight, std=0.02 / self.config.style_tokens**0.5)
         if self.config.in_context_tokens > 0:
             nn.init.normal_(self.context_pos, std=0.02)
-        if self.time_embed is not None:  # DiT: the timestep MLP's weights ~ N(0, 0.02)
-            nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
-            nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
+        for emb in (self.time_embed, self.alpha_embed):  # DiT: the timestep MLP's weights ~ N(0, 0.02)
+            if emb is not None:
+                nn.init.normal_(emb.mlp[0].weight, std=0.02)
+                nn.init.normal_(emb.mlp[2].weight, std=0.02)
         for block in self.blocks:  # adaLN-Zero: every block starts as the identity
             nn.init.zeros_(block.adaLN[-1].weight)
             nn.init.zeros_(block.adaLN[-1].bias)
@@ -498,6 +515,8 @@ class DriftingDiT(PretrainedMixin, nn.Module):
 
         # conditioning vector c (A.2, A.7; + the timestep embedding of a flow model)
         c = self.class_embed(labels) + self.alpha_embedding(alpha)  # [B, D]
+        if self.alpha_embed is not None:
+            c = c + self.alpha_embed(alpha * (ALPHA_SCALE / TIME_SCALE))  # [B, D]
         if self.time_embed is not None:
             c = c + self.time_embed(t)  # [B, D]
         if self.style_codebook is not None:

@@ -5,6 +5,9 @@
 * :func:`nearest_neighbours` -- generated samples beside their top-k training images in the
   ResNet-MAE feature space by cosine similarity (paper Fig. 6: the generator does not copy its
   training set), written as a PNG grid.
+* :func:`drift_diagnosis` -- what the field does on a trained generator: the raw drift norm per
+  feature group and temperature, its attraction and repulsion parts, against the same numbers with
+  real images in place of the samples (the finite-sample floor the norm can fall to).
 
 Both are registered on the command line by :func:`add_analysis_parsers`
 (``drifting cfg-sweep`` and ``drifting neighbours``).
@@ -217,6 +220,82 @@ def nearest_neighbours(model_dir: str | Path, *, data: str | None = None, encode
             "similarities": sim.tolist(), "neighbour_labels": ds.labels[idx.numpy()].tolist()}
 
 
+# --------------------------------------------------------------------------- the drift norm
+def _group_kind(key: str) -> str:
+    """``tap2.p4mean`` -> ``tap2``; ``vanilla`` and ``input.sq`` stay as they are."""
+    return key.split(".")[0] if key.startswith("tap") or "/tap" in key else key
+
+
+@torch.no_grad()
+def drift_diagnosis(run_dir: str | Path, *, batches: int = 4, n_gen: int | None = None, n_pos: int | None = None,
+                    seed: int = 0) -> dict:
+    """The raw drift norm of a trained run (``drifting train --out RUN``), split by what makes it.
+
+    For ``batches`` batches of every class: ``n_gen`` one-step samples at alpha 1 (default: the run's
+    N), ``n_pos`` real positives (default: the run's P), and, as a stand-in for a perfect generator,
+    ``n_gen`` *other* real images of the class. Both sets go through the run's encoder, features
+    (A.5, all locations) and loss (A.6 normalizations, the run's temperatures). Returned per feature
+    group and temperature: ``V2`` (the raw mean ``||V||^2`` the trainer logs), ``V2_attr`` and
+    ``V2_rep`` (``||V+||^2`` and ``||V-||^2``, Eq. 8-10's two parts), and the same three for the real
+    stand-in (``floor_*``). At alpha 1 the unconditional negatives have weight 0 (A.7) and are left
+    out. ``V2 / floor_V2`` near 1 says the group's drift is the sampling noise of ``N`` and ``P``:
+    the norm cannot fall further at this batch, whatever the generator does.
+    """
+    from ..data.images import load_dataset
+    from ..features import group_by_class
+    from ..loss import drifting_loss
+    from ..models.resnet_mae import ResNetMAE
+    from .images import encode
+
+    run_dir = Path(run_dir)
+    tc = run_dir / "model" / "train_config.json"
+    if not tc.is_file():
+        raise FileNotFoundError(f"run_dir {run_dir} has no model/train_config.json (a `drifting train --out` dir)")
+    cfg = json.loads(tc.read_text())
+    if cfg.get("tokenizer") or cfg.get("encoder", "mae") != "mae":
+        raise ValueError("run_dir: drift_diagnosis supports pixel-space runs with the ResNet-MAE encoder only")
+    N = _check_pos_int("n_gen", n_gen if n_gen is not None else cfg["n_gen"])
+    P = _check_pos_int("n_pos", n_pos if n_pos is not None else cfg["n_pos"])
+    batches = _check_pos_int("batches", batches)
+    encoder = ResNetMAE.from_pretrained(run_dir / "mae").encoder.eval()
+    model, _ = load_generator(run_dir / "model")
+    ds = load_dataset(cfg["data"], "train")
+    K = model.config.num_classes
+    temps = tuple(cfg["temperatures"])
+    rng = np.random.default_rng(seed)
+    by_class = [np.flatnonzero(ds.labels == c) for c in range(K)]
+    parts = {"": dict(), "_attr": dict(attraction=1.0, repulsion=0.0), "_rep": dict(attraction=0.0, repulsion=1.0)}
+    acc: dict[str, dict[str, float]] = {}
+    for b in range(batches):
+        labels = torch.arange(K).repeat_interleave(N)  # [K*N]
+        x = model.eval().sample(labels, 1.0, generator=torch.Generator().manual_seed(seed * 1000 + b))  # [K*N, C, H, W]
+        idx = np.stack([rng.choice(ix, size=P + N, replace=False) for ix in by_class])  # [K, P+N]
+        real = ds.to_tensor(idx.reshape(-1))  # [K*(P+N), C, H, W]
+        f_real = group_by_class(encode(encoder, real, cfg["feature_sets"], cfg["vanilla"]), K)  # {j: [K, P+N, L, C]}
+        f_gen = group_by_class(encode(encoder, x, cfg["feature_sets"], cfg["vanilla"]), K)  # {j: [K, N, L, C]}
+        pos = {j: v[:, :P] for j, v in f_real.items()}
+        stand_in = {j: v[:, P:] for j, v in f_real.items()}
+        for tag, gen in (("", f_gen), ("floor_", stand_in)):
+            for suffix, kw in parts.items():
+                _, st = drifting_loss(gen, pos, temperatures=temps, normalize=cfg["normalize"], **kw)
+                for key, v in st.items():
+                    j, _, stat = key.rpartition("/")
+                    if stat.startswith("V2@"):
+                        row = acc.setdefault(f"{j}@{stat[3:]}", {})
+                        name = f"{tag}V2{suffix}"
+                        row[name] = row.get(name, 0.0) + float(v) / batches
+    rows = [{"group": k.rpartition("@")[0], "tau": float(k.rpartition("@")[2]), **v} for k, v in acc.items()]
+    kinds: dict[str, dict[str, float]] = {}
+    for r in rows:
+        kk = kinds.setdefault(f"{_group_kind(r['group'])}@{r['tau']:g}", {})
+        for name, v in r.items():
+            if name.startswith(("V2", "floor_V2")):
+                kk[name] = kk.get(name, 0.0) + v
+    total = {name: sum(r[name] for r in rows) for name in rows[0] if name.startswith(("V2", "floor_V2"))}
+    return {"run": str(run_dir), "n_gen": N, "n_pos": P, "batches": batches, "temperatures": list(temps),
+            "total": total, "by_kind": kinds, "groups": rows}
+
+
 # --------------------------------------------------------------------------- command line
 def _alphas_arg(s: str) -> tuple[float, ...]:
     try:
@@ -242,6 +321,22 @@ def cmd_neighbours(a: argparse.Namespace) -> int:
     for lab, sims in zip(res["labels"], res["similarities"]):
         print(f"class {lab}: cosine " + " ".join(f"{s:.3f}" for s in sims))
     print(f"wrote {a.out}")
+    return 0
+
+
+def cmd_drift_norm(a: argparse.Namespace) -> int:
+    """Handler of ``drifting drift-norm``."""
+    res = drift_diagnosis(a.run, batches=a.batches, n_gen=a.n_gen, n_pos=a.n_pos, seed=a.seed)
+    print(f"raw drift norm of {a.run} at N = {res['n_gen']}, P = {res['n_pos']} ({res['batches']} batches of every "
+          "class), against real images in place of the samples (the floor):")
+    print("| group @ tau | V2 | floor | V2 / floor | attraction V2 (floor) | repulsion V2 (floor) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for k, v in list(res["by_kind"].items()) + [("all", res["total"])]:
+        print(f"| {k} | {v['V2']:.4g} | {v['floor_V2']:.4g} | {v['V2'] / max(v['floor_V2'], 1e-12):.2f} | "
+              f"{v['V2_attr']:.4g} ({v['floor_V2_attr']:.4g}) | {v['V2_rep']:.4g} ({v['floor_V2_rep']:.4g}) |")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2))
+        print(f"wrote {a.json}")
     return 0
 
 
@@ -273,3 +368,13 @@ def add_analysis_parsers(subparsers) -> None:
     n.add_argument("--seed", type=int, default=0)
     n.add_argument("--out", required=True, help="PNG path")
     n.set_defaults(func=cmd_neighbours)
+
+    d = subparsers.add_parser("drift-norm", help="the raw drift norm of a trained run per feature group and "
+                              "temperature, attraction vs repulsion, against real images in place of the samples")
+    d.add_argument("run", help="a `drifting train --out` directory (with model/ and mae/)")
+    d.add_argument("--batches", type=_positive_int, default=4, help="batches of every class averaged (default 4)")
+    d.add_argument("--n-gen", type=_positive_int, default=None, help="samples per class (default: the run's N)")
+    d.add_argument("--n-pos", type=_positive_int, default=None, help="positives per class (default: the run's P)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--json", default=None, help="also write the full result here")
+    d.set_defaults(func=cmd_drift_norm)

@@ -53,7 +53,7 @@ from .images import to_uint8, write_grid, write_model_tokenizer
 
 TIME_SAMPLING = ("uniform", "logit-normal")
 # DiTConfig fields the recipe sets itself (from the data set, and the flow model's conventions).
-_RESERVED_DIT_FIELDS = ("input_size", "in_channels", "num_classes", "time_cond", "style_tokens")
+_RESERVED_DIT_FIELDS = ("input_size", "in_channels", "num_classes", "time_cond", "style_tokens", "alpha_mlp")
 
 
 @dataclass
@@ -123,10 +123,11 @@ class FlowTrainConfig:
 
 
 def flow_dit_config(cfg: FlowTrainConfig, channels: int, size: int, num_classes: int) -> DiTConfig:
-    """The velocity network's config: ``cfg.generator`` with time conditioning, no style tokens and
-    ``num_classes + 1`` class embeddings (the last one is the null class)."""
+    """The velocity network's config: ``cfg.generator`` with time conditioning, no style tokens, no alpha
+    embedder (a flow model's guidance is applied at sampling) and ``num_classes + 1`` class embeddings
+    (the last one is the null class)."""
     return dit_config(cfg.generator, **cfg.generator_overrides, input_size=size, in_channels=channels,
-                      num_classes=num_classes + 1, time_cond=True, style_tokens=0)
+                      num_classes=num_classes + 1, time_cond=True, style_tokens=0, alpha_mlp=False)
 
 
 def null_class(model: DriftingDiT) -> int:

@@ -14,7 +14,6 @@ saved sampler state this makes a resumed run repeat an uninterrupted one exactly
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -37,12 +36,13 @@ from ..loss import DEFAULT_TEMPERATURES, KERNELS, drifting_loss
 from ..models.dit import DriftingDiT, dit_config
 from ..models.encoders import build_encoder, encode_groups
 from ..models.tokenizer import Tokenizer, build_tokenizer
-from ..models.resnet_mae import ResNetMAE, mae_loss, random_resized_crop, resnet_mae_config
+from ..models.resnet_mae import ResNetMAE, cls_lambda, mae_loss, random_resized_crop, resnet_mae_config
 from ..training.checkpoint import jsonable, load_state, save_state
 from ..training.rng import step_generator
 from ..training.ema import EMA
 from ..training.interrupt import stop_on_sigint
 from ..training.loop import JsonlLogger as _Logger, progress_bar as _bar, truncate_log as _truncate_log
+from ..training.precision import PRECISIONS, autocast as precision_autocast
 from ..training.schedules import warmup_lr
 
 
@@ -59,6 +59,22 @@ class MAEConfig:
     ema_decay: float = 0.995
     crop_scale: tuple[float, float] = (0.5, 1.0)
     seed: int = 0
+    # A.3 "Classification fine-tuning": after the MAE steps, cls_steps more steps of all parameters with a
+    # linear head on the pooled last map and the loss lambda L_cls + (1 - lambda) L_recon, lambda warmed
+    # linearly 0 -> cls_lambda over cls_warmup steps (the paper: 3k steps, 1k warm-up, 0.1). 0 = off.
+    cls_steps: int = 0
+    cls_lambda: float = 0.1
+    cls_warmup: int = 1000
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"mae.steps must be >= 1, got {self.steps}")
+        if self.cls_steps < 0:
+            raise ValueError(f"mae.cls_steps must be >= 0 (0 = no classification fine-tuning), got {self.cls_steps}")
+        if not 0.0 <= self.cls_lambda <= 1.0:
+            raise ValueError(f"mae.cls_lambda must be in [0, 1], got {self.cls_lambda}")
+        if self.cls_warmup < 0:
+            raise ValueError(f"mae.cls_warmup must be >= 0, got {self.cls_warmup}")
 
 
 @dataclass
@@ -79,6 +95,10 @@ class ImageTrainConfig:
     encoder_space: str = "latent"
     mae: MAEConfig = field(default_factory=MAEConfig)
     steps: int = 1000
+    # a wall-time budget for the generator's training (MAE pre-training and evaluation excluded): stop at the
+    # first step boundary after this many minutes, or at `steps`, whichever comes first (None: steps only).
+    # For comparisons at equal wall time (`drifting peers --minutes`); a step budget repeats exactly.
+    minutes: float | None = None
     classes_per_step: int = 10  # Nc
     n_gen: int = 8  # N generated per class (also the generated negatives)
     n_pos: int = 8  # P positives per class
@@ -88,6 +108,9 @@ class ImageTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: int = 100
+    # the last lr_decay fraction of training (of `steps`, or of `minutes` with a time budget) ramps the lr
+    # linearly down to 0 (0 = constant after the warm-up, as the paper's Table 8)
+    lr_decay: float = 0.0
     grad_clip: float = 2.0
     ema_decays: tuple[float, ...] = (0.99, 0.999)
     # EMA warm-up (Drift-RAE Table 8's formula; 0 = off as in the drifting paper). On for short CPU
@@ -108,6 +131,9 @@ class ImageTrainConfig:
     normalize_drift: bool = True
     style_tokens: int | None = None  # override the generator preset's style tokens (A.2; 0 = off)
     seed: int = 0
+    # bf16 autocast of the generator and encoder (training.precision): "auto" (on CUDA only), "fp32" or
+    # "bf16" (also on the CPU). The field and the loss are fp32 either way.
+    precision: str = "auto"
     log_every: int = 10
     sample_every: int = 250
     # at the end: accuracy of an in-domain classifier on this many samples and a classifier-feature
@@ -121,6 +147,8 @@ class ImageTrainConfig:
                 raise ValueError(msg)
 
         need(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        need(self.minutes is None or self.minutes > 0, f"minutes must be None or > 0, got {self.minutes}")
+        need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         need(self.classes_per_step >= 1, f"classes_per_step must be >= 1, got {self.classes_per_step}")
         need(self.n_gen >= 2, f"n_gen must be >= 2 (generated samples are also negatives), got {self.n_gen}")
         need(self.n_pos >= 1, f"n_pos must be >= 1, got {self.n_pos}")
@@ -128,6 +156,7 @@ class ImageTrainConfig:
         need(self.sampler in ("queue", "balanced"), f"sampler must be 'queue' or 'balanced', got {self.sampler!r}")
         need(self.feature_sets in ("ab", "abc", "abcd"), f"feature_sets must be ab, abc or abcd, got {self.feature_sets!r}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(0.0 <= self.lr_decay <= 1.0, f"lr_decay must be in [0, 1], got {self.lr_decay}")
         need(self.encoder_space in ("latent", "pixel"),
              f"encoder_space must be 'latent' or 'pixel', got {self.encoder_space!r}")
         need(self.kernel in KERNELS, f"kernel must be one of {KERNELS}, got {self.kernel!r}")
@@ -136,6 +165,7 @@ class ImageTrainConfig:
              f"attraction and repulsion must be >= 0, got {self.attraction}, {self.repulsion}")
         need(self.style_tokens is None or self.style_tokens >= 0, f"style_tokens must be None or >= 0, got {self.style_tokens}")
         need(self.mae.width is None or self.mae.width >= 1, f"mae.width must be None or >= 1, got {self.mae.width}")
+        self.mae.validate()
         need(self.max_locations is None or self.max_locations >= 1,
              f"max_locations must be None or >= 1, got {self.max_locations}")
 
@@ -163,7 +193,10 @@ def _imagenet_preset(generator: str, encoder: str, mae_epochs: int, **kw) -> dic
 # ImageTrainConfig defaults. The ImageNet rows are Table 8's columns; they expect ImageNet as an
 # image folder (``--data DIR``) and, for the latent presets, SD-VAE latents (``--tokenizer``).
 TRAIN_PRESETS: dict[str, dict] = {
-    "cpu": {},  # the defaults: Fashion-MNIST, ~15 minutes on 2 CPU cores (README's main job)
+    # the README's main job: Fashion-MNIST, under 15 minutes on 2 CPU cores with the MAE pre-training. Chosen by
+    # the lever study of docs/results.md (issue 15): the cpu-p4 DiT, A.3's classification fine-tuning of the
+    # MAE (400 steps, lambda 0.1 after a 100-step warm-up), 1500 steps, metrics on 2000 samples.
+    "cpu": dict(generator="cpu-p4", mae=MAEConfig(cls_steps=400, cls_warmup=100), steps=1500, eval_samples=2000),
     "cpu-tiny": dict(generator="cpu-tiny", mae=MAEConfig(encoder="cpu-tiny", steps=30, batch=32), steps=20,
                      classes_per_step=4, n_gen=4, n_pos=4, n_uncond=4, max_locations=16, warmup=5,
                      ema_warmup=10, sample_every=10, ckpt_every=10, log_every=5),  # smoke tests, seconds
@@ -200,36 +233,56 @@ def pretrain_mae(ds: ImageDataset, cfg: MAEConfig, out_dir: str | Path, *, progr
     """Train the ResNet-MAE (A.3: 2x2 zero-masking at 50%, loss on masked pixels, random resized
     crops, AdamW, EMA) and save the EMA model to ``out_dir`` (config.json + model.safetensors).
 
+    With ``cfg.cls_steps > 0`` a second phase fine-tunes all parameters with a linear head on the
+    dataset's labels (A.3 "Classification fine-tuning": ``lambda L_cls + (1 - lambda) L_recon``,
+    lambda from :func:`cls_lambda`); each phase has its own cosine learning rate (the MAE phase
+    after a 100-step warm-up; the fine-tuning ramps lambda instead), and the EMA carries through both. The exported model then has ``num_classes`` and its head.
+
     With a ``tokenizer`` it is a latent-MAE: the crops are made on the images and then encoded
     ("images are augmented before being passed through the VAE encoder", A.3)."""
+    cfg.validate()
     H, W, C = ds.shape
     c, h, _ = tokenizer.latent_shape(C, H, W) if tokenizer is not None else (C, H, W)
     torch.manual_seed(cfg.seed)
     width = {} if cfg.width is None else {"base_width": cfg.width}
-    model = ResNetMAE(resnet_mae_config(cfg.encoder, in_channels=c, input_size=h, **width))
+    heads = {"num_classes": ds.num_classes} if cfg.cls_steps > 0 else {}
+    model = ResNetMAE(resnet_mae_config(cfg.encoder, in_channels=c, input_size=h, **width, **heads))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(model, (cfg.ema_decay,))
-    bar = _bar(cfg.steps, "train-mae", progress)
-    for step in range(cfg.steps):
-        g = step_generator(cfg.seed, step, stream=1)
-        idx = torch.randint(len(ds), (cfg.batch,), generator=g)
-        x = random_resized_crop(ds.to_tensor(idx.numpy()), g, scale=cfg.crop_scale)  # [B, C, H, W]
-        if tokenizer is not None:
-            with torch.no_grad():
-                x = tokenizer.encode(x)  # [B, c, h, w]
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-        loss, _ = mae_loss(model, x, g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema.update(model)
+    labels_all = torch.from_numpy(ds.labels).long()
+    phases = [("train-mae", cfg.steps, False), ("mae cls ft", cfg.cls_steps, True)]
+    step = 0  # the global step: the (seed, step) stream continues across phases
+    for desc, n, classify in phases:
+        bar = _bar(n, desc, progress) if n > 0 else None
+        for i in range(n):
+            g = step_generator(cfg.seed, step, stream=1)
+            idx = torch.randint(len(ds), (cfg.batch,), generator=g)
+            x = random_resized_crop(ds.to_tensor(idx.numpy()), g, scale=cfg.crop_scale)  # [B, C, H, W]
+            if tokenizer is not None:
+                with torch.no_grad():
+                    x = tokenizer.encode(x)  # [B, c, h, w]
+            warm = 1.0 if classify else min(1.0, (i + 1) / 100)  # fine-tuning: lambda's warm-up is the ramp
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * i / n))
+            if classify:
+                loss, stats = mae_loss(model, x, g, labels=labels_all[idx],
+                                       cls_weight=cls_lambda(i, cfg.cls_warmup, cfg.cls_lambda))
+            else:
+                loss, stats = mae_loss(model, x, g)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            ema.update(model)
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                if i % 10 == 0:
+                    post = {"loss": f"{loss.item():.4f}"}
+                    if "acc" in stats:
+                        post["acc"] = f"{stats['acc'].item():.2f}"
+                    bar.set_postfix(**post)
         if bar is not None:
-            bar.update(1)
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-    if bar is not None:
-        bar.close()
+            bar.close()
     best = ema.models[cfg.ema_decay]
     best.save_pretrained(out_dir)
     return best
@@ -310,7 +363,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
     dev = torch.device(device if device is not None else "cpu")
     layout, comm = init_from_env(ranks_per_class, dev)
     main = layout.rank == 0
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+    autocast = precision_autocast(dev, cfg.precision)
     ds = load_dataset(cfg.data, "train")
     H, W, C = ds.shape
     K = ds.num_classes
@@ -422,7 +475,8 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                 if not torch.isfinite(loss_all):
                     raise FloatingPointError(
                         f"non-finite loss at step {step}; the last good checkpoint is {ckpt} (resume with --resume)")
-                lr = warmup_lr(cfg.lr, step, cfg.warmup)
+                lr = warmup_lr(cfg.lr, step, cfg.warmup, decay=cfg.lr_decay,
+                               progress=_progress(step, cfg, time.perf_counter() - t0))
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
@@ -454,6 +508,14 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                     save(done)
                 if interrupted["flag"]:
                     raise KeyboardInterrupt(f"interrupted after step {done}; resume from {ckpt} with --resume")
+                if cfg.minutes is not None and _out_of_time(time.perf_counter() - t0, cfg.minutes, main, comm):
+                    if done % cfg.log_every != 0 and done != cfg.steps:  # the last step is always in the history
+                        v2 = sum(v.item() for k, v in stats.items() if "/V2@" in k)
+                        for key, val in (("step", done), ("loss", loss_all.item()), ("V2", v2),
+                                         ("time", time.perf_counter() - t0)):
+                            history[key].append(val)
+                    save(done)
+                    break
         finally:
             if log is not None:
                 log.close()
@@ -472,10 +534,27 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                                      seed=cfg.seed + 1, progress=progress)
         if metrics is not None:
             metrics["train_seconds"] = history["time"][-1] if history["time"] else None
-            metrics["steps_per_second"] = cfg.steps / max(history["time"][-1], 1e-9) if history["time"] else None
+            metrics["steps"] = history["step"][-1] if history["step"] else None
+            metrics["steps_per_second"] = history["step"][-1] / max(history["time"][-1], 1e-9) if history["time"] else None
             if out is not None:
                 (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return ImageRun(G, ema, ds, history, out, metrics)
+
+
+def _progress(step: int, cfg: ImageTrainConfig, elapsed: float) -> float:
+    """The fraction of training done before ``step``: of the steps, or of the time budget if it ends sooner."""
+    done = step / cfg.steps
+    if cfg.minutes is not None:
+        done = max(done, elapsed / (60.0 * cfg.minutes))
+    return min(done, 1.0)
+
+
+def _out_of_time(elapsed: float, minutes: float, main: bool, comm) -> bool:
+    """Whether the time budget is spent; under torchrun every rank follows rank 0's clock."""
+    over = torch.tensor(float(main and elapsed >= 60.0 * minutes))
+    if comm is not None:
+        over = comm.sum(over)
+    return bool(over > 0)
 
 
 def _slot_noise(G: DriftingDiT, seed: int, step: int, slot: int, n: int, shape: tuple[int, int, int]):

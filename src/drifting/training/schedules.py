@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 
-def warmup_lr(base: float, step: int, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps then constant: ``base * min(1, (step + 1) / warmup)`` (0-based step)."""
-    return base * min(1.0, (step + 1) / max(1, warmup))
+def warmup_lr(base: float, step: int, warmup: int, *, decay: float = 0.0, progress: float | None = None) -> float:
+    """Linear warm-up over ``warmup`` steps, ``base * min(1, (step + 1) / warmup)`` (0-based step), then
+    constant; with ``decay > 0`` the last ``decay`` fraction of training ramps it linearly down to 0.
+
+    ``progress`` in [0, 1] is how much of the training is done (the step over the total, or the time spent
+    over a time budget); it is needed when ``decay > 0``. The factor is ``min(1, (1 - progress) / decay)``.
+    """
+    lr = base * min(1.0, (step + 1) / max(1, warmup))
+    if decay > 0:
+        if progress is None:
+            raise ValueError("progress: needed with decay > 0 (the fraction of training done)")
+        lr *= min(1.0, max(0.0, 1.0 - progress) / decay)
+    return lr
 
 
 def linear_decay_lr(step: int, base: float = 3e-5, final: float = 3e-7, total: int = 10_000) -> float:

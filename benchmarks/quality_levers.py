@@ -1,0 +1,144 @@
+"""Image quality per CPU-minute: each lever of the main job at equal wall time (issue 15).
+
+Every variant is the ``cpu`` preset with a few fields changed, trained for the same wall-time budget
+(``--minutes``, the generator's training only; the MAE is pre-trained once per MAE setting and cached,
+and its pre-training time is reported apart), then scored on ``--eval-n`` one-step samples at alpha 1
+with the in-domain classifier: accuracy, classifier-feature FID to the 10k test images, and the
+train-vs-test floor at the same sample size. The metrics classifier is never a training signal.
+
+    python benchmarks/quality_levers.py --list
+    python benchmarks/quality_levers.py --only default,cls-ft --minutes 10 --threads 1
+    python benchmarks/quality_levers.py --only default --seed 1     # seed noise of a row
+
+Results accumulate in the JSON (one entry per variant and seed); the table printed at the end holds
+every entry measured so far. Run one job at a time with 2 threads, or two side by side with
+``--threads 1`` each (then compare only rows measured the same way: the ``threads`` column).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_common_args, machine_info, markdown_table, setup_threads  # noqa: E402
+
+from drifting.data.images import load_dataset  # noqa: E402
+from drifting.models.dit import PRESETS  # noqa: E402
+from drifting.recipes.images import cached_mae_dir, evaluate_generator, train_images, train_preset  # noqa: E402
+
+NAME = "quality_levers"
+
+# name -> overrides of train_preset("cpu", ...) (MAE fields with the mae_ prefix; "dit": fields of the
+# generator's DiTConfig changed from the preset's, registered as a DiT preset of the variant's name)
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "cls-ft": dict(mae_cls_steps=400, mae_cls_warmup=100),
+    "cls-ft-0.3": dict(mae_cls_steps=800, mae_cls_warmup=100, mae_cls_lambda=0.3),
+    "no-style": dict(style_tokens=0),
+    "n16": dict(n_gen=16, n_pos=16, n_uncond=16),
+    "n32": dict(n_gen=32, n_pos=32, n_uncond=16),
+    "pos32": dict(n_pos=32),
+    "pos64": dict(n_pos=64),
+    "tau0.2": dict(temperatures=(0.2,)),
+    "lr2e-3": dict(lr=2e-3),
+    "lr4e-3": dict(lr=4e-3),
+    "decay0.3": dict(lr_decay=0.3),
+    "lr2e-3-decay0.5": dict(lr=2e-3, lr_decay=0.5),
+    "no-cfg": dict(cfg="none", n_uncond=0),
+    "p4-h128-d4": dict(dit=dict(patch_size=4, hidden=128, depth=4)),
+    "p7-h128-d4": dict(dit=dict(hidden=128, depth=4)),
+    "p4-h128-d6": dict(dit=dict(patch_size=4, hidden=128, depth=6)),
+    "combo": dict(dit=dict(patch_size=4, hidden=128, depth=4, alpha_mlp=True), mae_cls_steps=400,
+                  mae_cls_warmup=100, n_pos=32, lr_decay=0.3),
+    "loc16": dict(max_locations=16),
+    "loc256": dict(max_locations=256),
+    "no-vanilla": dict(vanilla=False),
+    "ema0.99": dict(ema_decays=(0.99,)),
+}
+
+
+def _with_generator(name: str, overrides: dict) -> dict:
+    """``overrides`` with its ``dit`` changes registered as the DiT preset ``lever:NAME``."""
+    over = dict(overrides)
+    dit = over.pop("dit", None)
+    if dit:
+        base = over.get("generator", "cpu-small")
+        PRESETS[f"lever:{name}"] = replace(PRESETS[base], **dit).validate()
+        over["generator"] = f"lever:{name}"
+    return over
+
+
+def run_variant(name: str, overrides: dict, minutes: float, eval_n: int, seed: int, out_root: Path) -> dict:
+    cfg = train_preset("cpu", seed=seed, mae_seed=0, minutes=minutes, steps=10**6, eval_samples=0,
+                       sample_every=10**9, ckpt_every=10**9, **_with_generator(name, overrides))
+    ds = load_dataset(cfg.data, "train")
+    t0 = time.perf_counter()
+    mae_dir = cached_mae_dir(ds, cfg.mae, progress=False)
+    mae_s = time.perf_counter() - t0
+    out = out_root / f"{name}_s{seed}"
+    run = train_images(cfg, out, progress=False)
+    h = run.history
+    t1 = time.perf_counter()
+    m = evaluate_generator(run.ema.models[max(cfg.ema_decays)], cfg.data, eval_n, seed=seed + 1)
+    return {
+        "variant": name, "seed": seed, "overrides": json.loads(json.dumps(overrides)),
+        "minutes": minutes, "steps": h["step"][-1], "train_s": h["time"][-1], "mae_dir": str(mae_dir),
+        "mae_s_this_call": mae_s, "eval_s": time.perf_counter() - t1, "V2_first": h["V2"][0],
+        "V2_peak": max(h["V2"]), "V2_last": h["V2"][-1], "threads": torch.get_num_threads(), **m,
+        "samples_png": str(out / "samples.png"),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, NAME, timing=False)
+    p.add_argument("--list", action="store_true", help="print the variants and exit")
+    p.add_argument("--only", default="default", help="comma-separated variant names (default: default)")
+    p.add_argument("--minutes", type=float, default=10.0, help="training wall time per variant")
+    p.add_argument("--eval-n", type=int, default=2000, help="samples scored per variant")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--runs", default=None, help="where the runs go (default: a temporary directory)")
+    a = p.parse_args(argv)
+    if a.list:
+        for k, v in VARIANTS.items():
+            print(f"{k}: {v}")
+        return 0
+    names = [n.strip() for n in a.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        p.error(f"--only: unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}")
+    if a.quick:
+        a.minutes, a.eval_n = 0.1, 200
+    setup_threads(a.threads)
+    path = Path(a.out)
+    record = json.loads(path.read_text()) if path.is_file() else {"machine": machine_info(), "rows": []}
+    with tempfile.TemporaryDirectory(prefix="levers_") as tmp:
+        root = Path(a.runs) if a.runs else Path(tmp)
+        for n in names:
+            row = run_variant(n, VARIANTS[n], a.minutes, a.eval_n, a.seed, root)
+            row["cpu"] = machine_info()["cpu"]
+            record["rows"] = [r for r in record["rows"] if not (r["variant"] == n and r["seed"] == a.seed
+                                                                 and r["minutes"] == a.minutes)] + [row]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record, indent=2))
+            print(f"{n} seed {a.seed}: acc {row['accuracy']:.3f}, FID {row['classifier_fid']:.2f} "
+                  f"(floor {row['floor_classifier_fid']:.2f}), {row['steps']} steps", flush=True)
+    head = ["variant", "seed", "min", "threads", "steps", "accuracy", "classifier FID", "floor", "V2 peak / last"]
+    rows = [[r["variant"], r["seed"], r["minutes"], r["threads"], r["steps"], f"{r['accuracy']:.3f}",
+             f"{r['classifier_fid']:.2f}", f"{r['floor_classifier_fid']:.2f}",
+             f"{r['V2_peak'] / max(r['V2_last'], 1e-12):.2f}"] for r in record["rows"]]
+    print(f"CPU: {record['machine']['cpu']}")
+    print(markdown_table(head, rows))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
