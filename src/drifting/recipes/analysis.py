@@ -342,7 +342,7 @@ def cmd_drift_norm(a: argparse.Namespace) -> int:
 
 def add_analysis_parsers(subparsers) -> None:
     """Register ``drifting cfg-sweep`` (Fig. 5) and ``drifting neighbours`` (Fig. 6) on ``subparsers``."""
-    from ..cli import _positive_int  # imported here: cli imports this module lazily
+    from ..cli import _positive_int, add_threads_option  # imported here: cli imports this module lazily
     from .evaluate import _metric_list
 
     c = subparsers.add_parser("cfg-sweep", help="FID / precision / recall vs CFG scale alpha (Fig. 5), JSON + PNG")
@@ -356,6 +356,7 @@ def add_analysis_parsers(subparsers) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", required=True, help="directory for cfg_sweep.json and cfg_sweep.png")
     c.add_argument("--no-progress", action="store_true")
+    add_threads_option(c)
     c.set_defaults(func=cmd_cfg_sweep)
 
     n = subparsers.add_parser("neighbours", help="generated samples beside their top-k training neighbours (Fig. 6)")
@@ -367,6 +368,7 @@ def add_analysis_parsers(subparsers) -> None:
     n.add_argument("--pool-size", type=_positive_int, default=None, help="search only the first N training images")
     n.add_argument("--seed", type=int, default=0)
     n.add_argument("--out", required=True, help="PNG path")
+    add_threads_option(n)
     n.set_defaults(func=cmd_neighbours)
 
     d = subparsers.add_parser("drift-norm", help="the raw drift norm of a trained run per feature group and "
@@ -377,4 +379,5 @@ def add_analysis_parsers(subparsers) -> None:
     d.add_argument("--n-pos", type=_positive_int, default=None, help="positives per class (default: the run's P)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--json", default=None, help="also write the full result here")
+    add_threads_option(d)
     d.set_defaults(func=cmd_drift_norm)

@@ -197,6 +197,9 @@ TRAIN_PRESETS: dict[str, dict] = {
     # the lever study of docs/results.md (issue 15): the cpu-p4 DiT, A.3's classification fine-tuning of the
     # MAE (400 steps, lambda 0.1 after a 100-step warm-up), 1500 steps, metrics on 2000 samples.
     "cpu": dict(generator="cpu-p4", mae=MAEConfig(cls_steps=400, cls_warmup=100), steps=1500, eval_samples=2000),
+    # the main job before issue 15 (the ImageTrainConfig defaults: cpu-small DiT, plain MAE, 1000 steps): the
+    # preset of the ablation and peer tables in docs/results.md measured before it
+    "cpu-v1": {},
     "cpu-tiny": dict(generator="cpu-tiny", mae=MAEConfig(encoder="cpu-tiny", steps=30, batch=32), steps=20,
                      classes_per_step=4, n_gen=4, n_pos=4, n_uncond=4, max_locations=16, warmup=5,
                      ema_warmup=10, sample_every=10, ckpt_every=10, log_every=5),  # smoke tests, seconds
