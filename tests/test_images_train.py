@@ -72,6 +72,20 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path, monkeypatch, crash_at):
     assert any(k.startswith("tap0.loc/V2@") for k in lines[0]["V2_groups"])
 
 
+def test_checkpoint_from_before_an_option_existed_still_resumes(tmp_path):
+    from drifting.training.checkpoint import load_state, save_state
+
+    train_images(tiny(steps=3, ckpt_every=3), tmp_path, progress=False)
+    state = load_state(tmp_path / "checkpoint.pt")
+    for key in ("minutes", "lr_decay", "precision"):  # options added later: an older checkpoint lacks them
+        state["config"].pop(key)
+    state["config"]["mae"].pop("cls_steps")
+    save_state(tmp_path / "checkpoint.pt", state)
+    assert train_images(tiny(steps=3, ckpt_every=3), tmp_path, progress=False, resume=True).history["step"][-1] == 3
+    with pytest.raises(ValueError, match="different configuration"):  # a real difference still refuses
+        train_images(tiny(steps=3, ckpt_every=3, lr_decay=0.5), tmp_path, progress=False, resume=True)
+
+
 def test_mae_is_cached_between_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("DRIFTING_CACHE", str(tmp_path / "cache"))  # empty: other tests fill the shared one
     calls = []
@@ -114,6 +128,17 @@ def test_mae_classification_fine_tuning(tmp_path, monkeypatch):
             tiny(mae=MAEConfig(**bad)).validate()
 
 
+def test_train_mae_cli_fine_tunes_with_labels(tmp_path, capsys):
+    from drifting.models.resnet_mae import ResNetMAE
+
+    assert main(["train-mae", "--out", str(tmp_path / "m"), "--preset", "cpu-tiny", "--steps", "2", "--cls-steps", "2",
+                 "--cls-warmup", "1", "--no-progress"]) == 0
+    assert "classification head" in capsys.readouterr().out
+    assert ResNetMAE.from_pretrained(tmp_path / "m").config.num_classes == 10
+    rc = main(["train-mae", "--out", str(tmp_path / "x"), "--cls-steps", "2", "--cls-lambda", "2", "--no-progress"])
+    assert rc != 0 and "mae.cls_lambda must be in [0, 1]" in capsys.readouterr().err
+
+
 def test_time_budget_stops_training_and_keeps_a_checkpoint(tmp_path):
     run = train_images(tiny(steps=10_000, minutes=1e-9, ckpt_every=10_000), tmp_path, progress=False)
     assert run.history["step"] == [1]  # the first step boundary past the budget
@@ -144,6 +169,10 @@ def test_presets():
     assert (l2.n_pos, l2.cfg_config.no_cfg_prob, l2.weight_decay) == (64, 0.5, 0.01)
     ab = train_preset("ablation", steps=7, mae_steps=3)
     assert (ab.steps, ab.mae.steps, ab.lr, ab.classes_per_step, ab.mae.encoder) == (7, 3, 2e-4, 64, "latent-256")
+    cpu = train_preset("cpu")  # the main job (issue 15's lever study)
+    assert (cpu.generator, cpu.mae.cls_steps, cpu.mae.cls_lambda, cpu.mae.cls_warmup, cpu.steps) == ("cpu-p4", 400, 0.1, 100, 1500)
+    assert train_preset("cpu-v1") == ImageTrainConfig()  # the earlier main job: the dataclass defaults
+    assert train_preset("cpu", mae_cls_steps=0).mae.cls_steps == 0
     with pytest.raises(ValueError, match="preset"):
         train_preset("nope")
 

@@ -37,7 +37,7 @@ from ..models.dit import DriftingDiT, dit_config
 from ..models.encoders import build_encoder, encode_groups
 from ..models.tokenizer import Tokenizer, build_tokenizer
 from ..models.resnet_mae import ResNetMAE, cls_lambda, mae_loss, random_resized_crop, resnet_mae_config
-from ..training.checkpoint import jsonable, load_state, save_state
+from ..training.checkpoint import fill_defaults, jsonable, load_state, save_state
 from ..training.rng import step_generator
 from ..training.ema import EMA
 from ..training.interrupt import stop_on_sigint
@@ -400,7 +400,8 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
         if ckpt is None or not ckpt.is_file():
             raise FileNotFoundError(f"resume requested but there is no checkpoint at {ckpt}")
         state = load_state(ckpt)
-        if state["config"] != jsonable(asdict(cfg)):
+        # a checkpoint written before an option existed holds its default (the run behaved that way)
+        if fill_defaults(state["config"], _config_defaults()) != jsonable(asdict(cfg)):
             raise ValueError(f"{ckpt} was written with a different configuration; use a new --out")
         G.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -542,6 +543,11 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
             if out is not None:
                 (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return ImageRun(G, ema, ds, history, out, metrics)
+
+
+def _config_defaults() -> dict:
+    """The defaults of every ImageTrainConfig field, the MAE config's included, as JSON."""
+    return jsonable(asdict(ImageTrainConfig()))
 
 
 def _progress(step: int, cfg: ImageTrainConfig, elapsed: float) -> float:

@@ -55,3 +55,15 @@ def jsonable(v):
     if isinstance(v, (list, tuple)):
         return [jsonable(x) for x in v]
     return v
+
+
+def fill_defaults(stored: dict, defaults: dict) -> dict:
+    """``stored`` (a checkpoint's JSON config) with the keys it lacks taken from ``defaults``, nested dicts
+    included: a checkpoint written before an option existed reads as holding the option's default."""
+    out = dict(stored)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = fill_defaults(out[k], v)
+    return out

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_state, save_state
+from .checkpoint import fill_defaults, load_state, save_state
 
 
 def progress_bar(total: int, desc: str, progress: bool, initial: int = 0):
@@ -101,7 +101,7 @@ class TrainRun:
         self.start = 0
         if resume and self.ckpt.is_file():
             state = load_state(self.ckpt)
-            stored = {**{k: v for k, v in (defaults or {}).items() if k in config}, **state["config"]}
+            stored = fill_defaults(state["config"], {k: v for k, v in (defaults or {}).items() if k in config})
             if state.get("kind") != kind or stored != config:
                 raise ValueError(f"{self.ckpt} was written by another run or configuration; use a new --out, or "
                                  "resume=False (--no-resume) to start over there")
