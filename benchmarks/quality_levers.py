@@ -1,6 +1,7 @@
 """Image quality per CPU-minute: each lever of the main job at equal wall time (issue 15).
 
-Every variant is the ``cpu`` preset with a few fields changed, trained for the same wall-time budget
+Every variant is a preset (``--preset``, default ``cpu-v1``: the main job before issue 15, which the table in
+docs/results.md started from) with a few fields changed, trained for the same wall-time budget
 (``--minutes``, the generator's training only; the MAE is pre-trained once per MAE setting and cached,
 and its pre-training time is reported apart), then scored on ``--eval-n`` one-step samples at alpha 1
 with the in-domain classifier: accuracy, classifier-feature FID to the 10k test images, and the
@@ -35,7 +36,7 @@ from drifting.recipes.images import cached_mae_dir, evaluate_generator, train_im
 
 NAME = "quality_levers"
 
-# name -> overrides of train_preset("cpu", ...) (MAE fields with the mae_ prefix; "dit": fields of the
+# name -> overrides of train_preset(PRESET, ...) (MAE fields with the mae_ prefix; "dit": fields of the
 # generator's DiTConfig changed from the preset's, registered as a DiT preset of the variant's name)
 VARIANTS: dict[str, dict] = {
     "default": {},
@@ -64,20 +65,21 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def _with_generator(name: str, overrides: dict) -> dict:
+def _with_generator(name: str, overrides: dict, preset: str) -> dict:
     """``overrides`` with its ``dit`` changes registered as the DiT preset ``lever:NAME``."""
     over = dict(overrides)
     dit = over.pop("dit", None)
     if dit:
-        base = over.get("generator", "cpu-small")
+        base = over.get("generator") or train_preset(preset).generator
         PRESETS[f"lever:{name}"] = replace(PRESETS[base], **dit).validate()
         over["generator"] = f"lever:{name}"
     return over
 
 
-def run_variant(name: str, overrides: dict, minutes: float, eval_n: int, seed: int, out_root: Path) -> dict:
-    cfg = train_preset("cpu", seed=seed, mae_seed=0, minutes=minutes, steps=10**6, eval_samples=0,
-                       sample_every=10**9, ckpt_every=10**9, **_with_generator(name, overrides))
+def run_variant(name: str, overrides: dict, minutes: float, eval_n: int, seed: int, out_root: Path,
+                preset: str = "cpu-v1") -> dict:
+    cfg = train_preset(preset, seed=seed, mae_seed=0, minutes=minutes, steps=10**6, eval_samples=0,
+                       sample_every=10**9, ckpt_every=10**9, **_with_generator(name, overrides, preset))
     ds = load_dataset(cfg.data, "train")
     t0 = time.perf_counter()
     mae_dir = cached_mae_dir(ds, cfg.mae, progress=False)
@@ -88,7 +90,7 @@ def run_variant(name: str, overrides: dict, minutes: float, eval_n: int, seed: i
     t1 = time.perf_counter()
     m = evaluate_generator(run.ema.models[max(cfg.ema_decays)], cfg.data, eval_n, seed=seed + 1)
     return {
-        "variant": name, "seed": seed, "overrides": json.loads(json.dumps(overrides)),
+        "variant": name, "preset": preset, "seed": seed, "overrides": json.loads(json.dumps(overrides)),
         "minutes": minutes, "steps": h["step"][-1], "train_s": h["time"][-1], "mae_dir": str(mae_dir),
         "mae_s_this_call": mae_s, "eval_s": time.perf_counter() - t1, "V2_first": h["V2"][0],
         "V2_peak": max(h["V2"]), "V2_last": h["V2"][-1], "threads": torch.get_num_threads(), **m,
@@ -104,6 +106,7 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=float, default=10.0, help="training wall time per variant")
     p.add_argument("--eval-n", type=int, default=2000, help="samples scored per variant")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default="cpu-v1", help="the training preset every variant starts from (default cpu-v1)")
     p.add_argument("--runs", default=None, help="where the runs go (default: a temporary directory)")
     a = p.parse_args(argv)
     if a.list:
@@ -122,10 +125,11 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="levers_") as tmp:
         root = Path(a.runs) if a.runs else Path(tmp)
         for n in names:
-            row = run_variant(n, VARIANTS[n], a.minutes, a.eval_n, a.seed, root)
+            row = run_variant(n, VARIANTS[n], a.minutes, a.eval_n, a.seed, root, a.preset)
             row["cpu"] = machine_info()["cpu"]
             record["rows"] = [r for r in record["rows"] if not (r["variant"] == n and r["seed"] == a.seed
-                                                                 and r["minutes"] == a.minutes)] + [row]
+                                                                 and r["minutes"] == a.minutes
+                                                                 and r.get("preset", "cpu-v1") == a.preset)] + [row]
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(record, indent=2))
             print(f"{n} seed {a.seed}: acc {row['accuracy']:.3f}, FID {row['classifier_fid']:.2f} "
