@@ -139,6 +139,17 @@ def test_train_mae_cli_fine_tunes_with_labels(tmp_path, capsys):
     assert rc != 0 and "mae.cls_lambda must be in [0, 1]" in capsys.readouterr().err
 
 
+def test_bf16_autocast_on_the_cpu(tmp_path):
+    from drifting.training.precision import uses_bf16
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not uses_bf16(cpu, "auto") and uses_bf16(cuda, "auto") and uses_bf16(cpu, "bf16") and not uses_bf16(cuda, "fp32")
+    run = train_images(tiny(steps=2, precision="bf16", log_every=1), tmp_path, progress=False)
+    assert np.isfinite(run.history["loss"]).all() and run.generator.class_embed.weight.dtype == torch.float32
+    with pytest.raises(ValueError, match="precision must be one of"):
+        tiny(precision="fp16").validate()
+
+
 def test_time_budget_stops_training_and_keeps_a_checkpoint(tmp_path):
     run = train_images(tiny(steps=10_000, minutes=1e-9, ckpt_every=10_000), tmp_path, progress=False)
     assert run.history["step"] == [1]  # the first step boundary past the budget
