@@ -153,6 +153,7 @@ def test_bf16_autocast_on_the_cpu(tmp_path):
 def test_time_budget_stops_training_and_keeps_a_checkpoint(tmp_path):
     run = train_images(tiny(steps=10_000, minutes=1e-9, ckpt_every=10_000), tmp_path, progress=False)
     assert run.history["step"] == [1]  # the first step boundary past the budget
+    assert [json.loads(ln)["step"] for ln in (tmp_path / "log.jsonl").read_text().splitlines()] == [1]
     from drifting.training.checkpoint import load_state
 
     assert int(load_state(tmp_path / "checkpoint.pt")["step"]) == 1

@@ -93,7 +93,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     cfg = train_preset(
         a.preset, data=a.data, generator=a.generator, encoder=a.encoder, mae_dir=a.mae, mae_encoder=a.mae_preset,
-        mae_steps=a.mae_steps, mae_batch=a.mae_batch, mae_cls_steps=a.mae_cls_steps, mae_seed=a.seed, steps=a.steps, seed=a.seed, cfg=a.cfg,
+        mae_steps=a.mae_steps, mae_batch=a.mae_batch, mae_cls_steps=a.mae_cls_steps, mae_seed=a.seed,
+        steps=a.steps, seed=a.seed, cfg=a.cfg,
         n_uncond=a.n_uncond, sampler=a.sampler, lr=a.lr, classes_per_step=a.classes_per_step, n_gen=a.n_gen,
         n_pos=a.n_pos, max_locations=a.max_locations, lr_decay=a.lr_decay, minutes=a.minutes, precision=a.precision,
         tokenizer=a.tokenizer, encoder_space=a.encoder_space,

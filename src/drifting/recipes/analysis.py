@@ -9,8 +9,8 @@
   feature group and temperature, its attraction and repulsion parts, against the same numbers with
   real images in place of the samples (the finite-sample floor the norm can fall to).
 
-Both are registered on the command line by :func:`add_analysis_parsers`
-(``drifting cfg-sweep`` and ``drifting neighbours``).
+All three are registered on the command line by :func:`add_analysis_parsers`
+(``drifting cfg-sweep``, ``drifting neighbours`` and ``drifting drift-norm``).
 """
 
 from __future__ import annotations
@@ -341,7 +341,7 @@ def cmd_drift_norm(a: argparse.Namespace) -> int:
 
 
 def add_analysis_parsers(subparsers) -> None:
-    """Register ``drifting cfg-sweep`` (Fig. 5) and ``drifting neighbours`` (Fig. 6) on ``subparsers``."""
+    """Register ``drifting cfg-sweep`` (Fig. 5), ``drifting neighbours`` (Fig. 6) and ``drifting drift-norm``."""
     from ..cli import _positive_int, add_threads_option  # imported here: cli imports this module lazily
     from .evaluate import _metric_list
 

@@ -97,7 +97,7 @@ class ImageTrainConfig:
     steps: int = 1000
     # a wall-time budget for the generator's training (MAE pre-training and evaluation excluded): stop at the
     # first step boundary after this many minutes, or at `steps`, whichever comes first (None: steps only).
-    # For comparisons at equal wall time (`drifting peers --minutes`); a step budget repeats exactly.
+    # For comparisons at equal wall time (benchmarks/quality_levers.py); a step budget repeats exactly.
     minutes: float | None = None
     classes_per_step: int = 10  # Nc
     n_gen: int = 8  # N generated per class (also the generated negatives)
@@ -239,7 +239,8 @@ def pretrain_mae(ds: ImageDataset, cfg: MAEConfig, out_dir: str | Path, *, progr
     With ``cfg.cls_steps > 0`` a second phase fine-tunes all parameters with a linear head on the
     dataset's labels (A.3 "Classification fine-tuning": ``lambda L_cls + (1 - lambda) L_recon``,
     lambda from :func:`cls_lambda`); each phase has its own cosine learning rate (the MAE phase
-    after a 100-step warm-up; the fine-tuning ramps lambda instead), and the EMA carries through both. The exported model then has ``num_classes`` and its head.
+    after a 100-step warm-up; the fine-tuning ramps lambda instead), and the EMA carries through
+    both. The exported model then has ``num_classes`` and its head.
 
     With a ``tokenizer`` it is a latent-MAE: the crops are made on the images and then encoded
     ("images are augmented before being passed through the VAE encoder", A.3)."""
@@ -492,7 +493,10 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                 if comm is not None:  # stop together: a Ctrl-C seen by any rank stops all after this step
                     flag = torch.tensor(float(interrupted["flag"]))
                     interrupted["flag"] = bool(comm.sum(flag) > 0)
-                if done % cfg.log_every == 0 or done == cfg.steps:
+                # the time budget (--minutes) ends the run like its last step: logged and checkpointed
+                last = done == cfg.steps or (cfg.minutes is not None and
+                                             _out_of_time(time.perf_counter() - t0, cfg.minutes, main, comm))
+                if done % cfg.log_every == 0 or last:
                     v2 = sum(v.item() for k, v in stats.items() if "/V2@" in k)
                     history["step"].append(done)
                     history["loss"].append(loss_all.item())
@@ -508,17 +512,11 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                 if out is not None and (done % cfg.sample_every == 0 or done == cfg.steps):
                     save_grid(ema.models[max(cfg.ema_decays)], K, out / f"samples_{done:06d}.png", seed=cfg.seed,
                               tokenizer=tok)
-                if ckpt is not None and (done % cfg.ckpt_every == 0 or done == cfg.steps or interrupted["flag"]):
+                if ckpt is not None and (done % cfg.ckpt_every == 0 or last or interrupted["flag"]):
                     save(done)
                 if interrupted["flag"]:
                     raise KeyboardInterrupt(f"interrupted after step {done}; resume from {ckpt} with --resume")
-                if cfg.minutes is not None and _out_of_time(time.perf_counter() - t0, cfg.minutes, main, comm):
-                    if done % cfg.log_every != 0 and done != cfg.steps:  # the last step is always in the history
-                        v2 = sum(v.item() for k, v in stats.items() if "/V2@" in k)
-                        for key, val in (("step", done), ("loss", loss_all.item()), ("V2", v2),
-                                         ("time", time.perf_counter() - t0)):
-                            history[key].append(val)
-                    save(done)
+                if last:
                     break
         finally:
             if log is not None:
