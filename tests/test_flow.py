@@ -358,3 +358,27 @@ def test_train_flow_cli(tiny_data, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "trained 2 flow-matching steps" in out and str(tmp_path / "model") in out
     assert load_flow_model(tmp_path / "model").config.hidden == 64  # the full cpu-tiny preset
+
+
+def test_time_budget_ends_the_run_like_its_last_step(tiny_data, tmp_path):
+    cfg = tiny_cfg(tiny_data, steps=10_000, minutes=1e-9, ckpt_every=10_000, log_every=10_000, sample_steps=1)
+    res = train_flow(cfg, tmp_path, progress=False)
+    assert res["steps"] == 1 and res["steps_per_second"] > 0  # the first step boundary past the budget
+    assert [json.loads(ln)["step"] for ln in (tmp_path / "log.jsonl").read_text().splitlines()] == [1]
+    assert int(load_state(tmp_path / "checkpoint.pt")["step"]) == 1  # logged and checkpointed
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match=r"FlowTrainConfig\.minutes:"):
+            FlowTrainConfig(minutes=bad).validate()
+
+
+def test_a_checkpoint_from_before_the_time_budget_resumes(tiny_data, tmp_path):
+    from drifting.training.checkpoint import save_state
+
+    cfg = tiny_cfg(tiny_data, steps=2, ckpt_every=1, sample_steps=1)
+    train_flow(replace(cfg, steps=1), tmp_path, progress=False)
+    state = load_state(tmp_path / "checkpoint.pt")
+    state["config"].pop("minutes")  # written before the option existed
+    state["config"]["steps"] = 2
+    save_state(tmp_path / "checkpoint.pt", state)
+    assert train_flow(cfg, tmp_path, progress=False)["steps"] == 2

@@ -226,6 +226,36 @@ def test_eval_classifier_cli(tmp_path, capsys):
     assert main(["eval-classifier", str(bad), "--classifier", str(tmp_path / "clf")]) == 2
 
 
+@pytest.mark.parametrize("images, labels, why", [
+    (np.zeros((4, 28, 28, 1), np.float32), np.arange(4), "uint8"),  # floats in [0, 1]: refused, not rescaled
+    (np.zeros((4, 32, 32, 1), np.uint8), np.arange(4), "do not match"),
+    (np.zeros((4, 28, 28, 1), np.uint8), np.array([0, 1, 2, 10]), "labels must lie in"),
+    (np.zeros((4, 28, 28, 1), np.uint8), None, "needs 'labels'"),
+])
+def test_eval_classifier_checks_its_input_before_training(tmp_path, monkeypatch, capsys, images, labels, why):
+    import drifting.recipes.classify as classify
+
+    monkeypatch.setattr(classify, "train_classifier", lambda *a, **k: pytest.fail("trained before checking"))
+    monkeypatch.setattr(classify, "cached_classifier", lambda *a, **k: pytest.fail("trained before checking"))
+    f = tmp_path / "s.npz"
+    np.savez(f, images=images, **({} if labels is None else {"labels": labels}))
+    assert main(["eval-classifier", str(f), "--no-progress"]) == 2
+    assert why in capsys.readouterr().err
+
+
+def test_resume_from_a_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
+    train_images(tiny(steps=3, ckpt_every=3), tmp_path, progress=False)
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # truncated, as by a full disk
+    before = ckpt.read_bytes()
+    with pytest.raises(ValueError, match="cannot be read"):
+        train_images(tiny(steps=3, ckpt_every=3), tmp_path, progress=False, resume=True)
+    assert ckpt.read_bytes() == before  # left as it was
+    rc = main(["train", "--out", str(tmp_path), "--preset", "cpu-tiny", "--resume", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "checkpoint.pt cannot be read" in err and "Traceback" not in err
+
+
 def test_several_encoders_sum_their_losses(tmp_path):
     """Table 9: MAE + another encoder; each encoder's groups are prefixed and enter the summed loss."""
     import torchvision

@@ -70,3 +70,37 @@ def test_threads_option_applies_and_is_restored(tmp_path, monkeypatch):
         assert seen == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_equal_wall_time_configs():
+    c = peer_configs(preset="cpu", minutes=15, flow={"lr": 2e-3, "ema_decays": (0.9995,)})
+    d, m, f = c["drifting"], c["mmd"], c["flow"]
+    assert d.minutes == m.minutes == f.minutes == 15  # the budget is the time; the steps only cap it
+    assert d.steps == m.steps == f.steps == peers.MAX_STEPS
+    assert f.lr == 2e-3 and f.ema_decays == (0.9995,) and f.batch == d.classes_per_step * d.n_gen
+    assert peer_configs(minutes=15, steps=400)["flow"].steps == 400
+    with pytest.raises(TypeError):
+        peer_configs(flow={"learning_rate": 1e-3})  # not a FlowTrainConfig field
+    with pytest.raises(ValueError, match="FlowTrainConfig.lr"):
+        peer_configs(flow={"lr": -1.0})
+
+
+def test_run_peers_with_a_time_budget_and_a_subset(tmp_path, monkeypatch, standin_path):
+    monkeypatch.setattr(classify, "CLASSIFIER_STEPS", 20)
+    res = run_peers(tmp_path, preset="cpu-tiny", minutes=1e-9, methods=("drifting", "flow"), eval_n=20,
+                    euler_steps=(1,), inception=standin_path, progress=False)
+    assert [r["method"] for r in res["rows"]] == ["drifting", "flow matching, Euler 1"]
+    assert [r["train_steps"] for r in res["rows"]] == [1, 1]  # each stopped at the first step past the budget
+    assert res["minutes"] == 1e-9 and "min of training each" in format_peers(res)
+    with pytest.raises(ValueError, match="methods"):
+        run_peers(tmp_path, methods=("gan",))
+
+
+def test_cli_time_budget_and_flow_options(tmp_path, monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr(peers, "run_peers", lambda out, **k: seen.update(k) or {"rows": [], "eval_n": 1, "ref": "x"})
+    assert main(["peers", "--out", str(tmp_path), "--minutes", "15", "--flow", '{"lr": 0.002}',
+                 "--methods", "drifting,flow"]) == 0
+    assert seen["minutes"] == 15 and seen["flow"] == {"lr": 0.002} and seen["methods"] == ("drifting", "flow")
+    assert main(["peers", "--out", str(tmp_path), "--minutes", "0"]) == 2
+    assert "minutes" in capsys.readouterr().err

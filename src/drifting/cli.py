@@ -34,6 +34,16 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {s}")
+    return v
+
+
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_positive_int, default=4000, help="training steps (default 4000)")
     p.add_argument("--seed", type=int, default=0)
@@ -158,16 +168,22 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
 
 def cmd_eval_classifier(a: argparse.Namespace) -> int:
-    import numpy as np
-
     from .data.images import load_dataset
     from .models.classifier import SmallCNN
     from .recipes.classify import cached_classifier, classifier_report, train_classifier
 
-    z = np.load(a.samples, allow_pickle=False)
-    if "images" not in z or "labels" not in z:
-        raise ValueError(f"{a.samples} must hold 'images' (uint8 [N,H,W,C]) and 'labels' ([N])")
+    from .recipes.evaluate import load_samples
+
+    # every input is checked before the (minutes-long) classifier training
+    images, labels = load_samples(a.samples)
+    if labels is None:
+        raise ValueError(f"{a.samples}: eval-classifier needs 'labels' ([N] integers, the conditioning classes)")
     train, test = load_dataset(a.data, "train"), load_dataset(a.data, "test")
+    if images.shape[1:] != train.shape:
+        raise ValueError(f"{a.samples}: images of shape {images.shape[1:]} do not match {a.data}'s {train.shape}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= train.num_classes):
+        raise ValueError(f"{a.samples}: labels must lie in [0, {train.num_classes}) for {a.data}, "
+                         f"got [{labels.min()}, {labels.max()}]")
     if a.classifier is None:
         model = cached_classifier(train, steps=a.steps, progress=not a.no_progress)
     elif (Path(a.classifier) / "model.safetensors").is_file():
@@ -175,7 +191,7 @@ def cmd_eval_classifier(a: argparse.Namespace) -> int:
     else:
         model = train_classifier(train, steps=a.steps, progress=not a.no_progress)
         model.save_pretrained(a.classifier)
-    rep = classifier_report(model, z["images"], z["labels"], test, train)
+    rep = classifier_report(model, images, labels, test, train)
     for k, v in rep.items():
         print(f"{k:28s} {v:.4g}" if isinstance(v, float) else f"{k:28s} {v}")
     if a.json:
@@ -197,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--samples", type=_positive_int, default=5000, help="points to generate (default 5000)")
     f.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     _add_fit_args(f)
+    add_threads_option(f)
     f.set_defaults(func=cmd_fit_points)
 
     t = sub.add_parser("toy", help="the paper's toy studies: fig3, fig4, ablation (Tables 1, 11, A.6)")
@@ -206,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--target", default="checkerboard", help=f"ablation target, one of: {', '.join(TARGETS)}")
     t.add_argument("--no-progress", action="store_true")
+    add_threads_option(t)
     t.set_defaults(func=cmd_toy)
 
     tr = sub.add_parser("train", help="train a class-conditional image generator (DiT + ResNet-MAE features)",
@@ -243,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float, default=None)
     tr.add_argument("--lr-decay", type=float, default=None,
                     help="the last fraction of training ramps the lr linearly to 0 (0: constant)")
-    tr.add_argument("--minutes", type=float, default=None,
+    tr.add_argument("--minutes", type=_positive_float, default=None,
                     help="a wall-time budget for the generator's training (stops at --steps or after this long)")
     tr.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                     help="bf16 autocast of the networks: auto (CUDA only, default), fp32, bf16 (also on the CPU)")
@@ -270,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     tm.add_argument("--cls-warmup", type=int, default=1000, help="steps of lambda's linear warm-up from 0 (default 1000)")
     tm.add_argument("--seed", type=int, default=0)
     tm.add_argument("--no-progress", action="store_true")
+    add_threads_option(tm)
     tm.set_defaults(func=cmd_train_mae)
 
     sp = sub.add_parser("sample", help="one-step samples from a trained generator, as .npz + PNG grid")
@@ -279,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--labels", default=None, help="comma-separated class indices (default: all classes in turn)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", required=True, help="output .npz (images uint8 [N,H,W,C], labels int64 [N])")
+    add_threads_option(sp)
     sp.set_defaults(func=cmd_sample)
 
     ec = sub.add_parser("eval-classifier", help="accuracy and classifier-feature FID of class-conditional samples")
@@ -288,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--steps", type=_positive_int, default=1500, help="classifier training steps when training one")
     ec.add_argument("--json", default=None, help="also write the report here")
     ec.add_argument("--no-progress", action="store_true")
+    add_threads_option(ec)
     ec.set_defaults(func=cmd_eval_classifier)
 
     from .recipes.evaluate import add_eval_parser

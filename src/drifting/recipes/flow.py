@@ -65,6 +65,9 @@ class FlowTrainConfig:
     # further DiTConfig overrides (e.g. {"hidden": 32, "depth": 1} for tests); not the reserved fields
     generator_overrides: dict = field(default_factory=dict)
     steps: int = 1000
+    # a wall-time budget (minutes of training, sample grids excluded): the run ends at the first step past it,
+    # or at `steps`, whichever comes first (None: steps only); for peers at equal wall time (`drifting peers`)
+    minutes: float | None = None
     batch: int = 80
     # the image trainer's optimizer settings (same backbone, same budget): AdamW(0.9, 0.95)
     lr: float = 1e-3
@@ -103,6 +106,8 @@ class FlowTrainConfig:
         for name in ("warmup", "ema_warmup"):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, name, "must be an integer >= 0")
+        need(self.minutes is None or (math.isfinite(self.minutes) and self.minutes > 0), "minutes",
+             "must be None or a finite number > 0")
         need(self.generator in PRESETS, "generator", f"must be a DiT preset, one of {sorted(PRESETS)}")
         need(isinstance(self.generator_overrides, dict), "generator_overrides", "must be a dict of DiTConfig fields")
         known = {f.name for f in fields(DiTConfig)}
@@ -287,7 +292,7 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
     ema = EMA(model, cfg.ema_decays, warmup_steps=cfg.ema_warmup)
     config = jsonable(asdict(cfg))
     run = TrainRun(out, "flow", config, {"model": model, "optimizer": opt, "ema": ema}, steps=cfg.steps,
-                   resume=resume, progress=progress, desc="train-flow")
+                   resume=resume, progress=progress, desc="train-flow", minutes=cfg.minutes, defaults=_defaults())
     best = ema.models[max(cfg.ema_decays)]
     try:
         with stop_on_sigint() as interrupted:
@@ -308,10 +313,12 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
                     loss = flow_matching_loss(model, y, labels, t, eps)
                 run.check_loss(loss, step)
                 gnorm = optimizer_step(model, opt, loss, cfg.grad_clip, ema)
-                run.end_step(step + 1, loss.item(), {"lr": lr, "grad_norm": gnorm.item()}, log_every=cfg.log_every,
+                last = run.end_step(step + 1, loss.item(), {"lr": lr, "grad_norm": gnorm.item()}, log_every=cfg.log_every,
                              ckpt_every=cfg.ckpt_every, sample_every=cfg.sample_every, interrupted=interrupted["flag"],
                              sample=lambda path: save_flow_grid(best, K, path, steps=cfg.sample_steps,
                                                                 cfg_scale=cfg.sample_cfg, seed=cfg.seed, tokenizer=tok))
+                if last:
+                    break
     finally:
         run.close()
 
@@ -320,14 +327,20 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
     save_flow_grid(best, K, out / "samples.png", per_class=10, steps=cfg.sample_steps, cfg_scale=cfg.sample_cfg,
                    seed=cfg.seed, tokenizer=tok)  # one row per class
     secs = run.train_seconds
-    return {"steps": cfg.steps, "train_seconds": secs, "steps_per_second": cfg.steps / max(secs, 1e-9),
+    steps = run.history["step"][-1] if run.history["step"] else run.start
+    return {"steps": steps, "train_seconds": secs, "steps_per_second": steps / max(secs, 1e-9),
             "final_loss": run.history["loss"][-1] if run.history["loss"] else None, "model_dir": str(out / "model"),
             "samples": str(out / "samples.png"), "params": model.num_params()}
 
 
+def _defaults() -> dict:
+    """The defaults of every FlowTrainConfig field as JSON (a checkpoint from before a field existed holds it)."""
+    return jsonable(asdict(FlowTrainConfig()))
+
+
 # --------------------------------------------------------------------------- command line
 def cmd_train_flow(a: argparse.Namespace) -> int:
-    overrides = {k: getattr(a, k) for k in ("data", "generator", "steps", "batch", "lr", "label_dropout",
+    overrides = {k: getattr(a, k) for k in ("data", "generator", "steps", "minutes", "batch", "lr", "label_dropout",
                                             "time_sampling", "sample_steps", "sample_cfg", "seed", "tokenizer")
                  if getattr(a, k) is not None}
     dit = {k: getattr(a, k) for k in ("patch_size", "depth", "hidden") if getattr(a, k) is not None}
@@ -344,7 +357,7 @@ def cmd_train_flow(a: argparse.Namespace) -> int:
 
 def add_flow_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``drifting train-flow --out DIR ...`` on ``subparsers`` (from ``add_subparsers``)."""
-    from ..cli import _positive_int, add_threads_option  # (imported here: cli imports this module lazily)
+    from ..cli import _positive_float, _positive_int, add_threads_option  # (imported here: cli imports this module lazily)
 
     f = subparsers.add_parser(
         "train-flow", help="train a class-conditional flow-matching DiT (multi-step baseline / Drift-RAE teacher)",
@@ -355,6 +368,8 @@ def add_flow_parser(subparsers) -> argparse.ArgumentParser:
     f.add_argument("--data", default=None, help="fashion-mnist (default), mnist:<dir>, an IDX dir, .npz or image folder")
     f.add_argument("--generator", default=None, help=f"DiT preset (default cpu-small): {', '.join(PRESETS)}")
     f.add_argument("--steps", type=_positive_int, default=None, help="training steps (default 1000)")
+    f.add_argument("--minutes", type=_positive_float, default=None,
+                   help="wall-time budget in minutes: stop at the first step past it (default: --steps only)")
     f.add_argument("--batch", type=_positive_int, default=None, help="images per step (default 80)")
     f.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
     f.add_argument("--label-dropout", type=float, default=None, help="P(label -> null class) (default 0.1)")

