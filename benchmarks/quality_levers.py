@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_common_args, machine_info, markdown_table, setup_threads  # noqa: E402
 
 from drifting.data.images import load_dataset  # noqa: E402
+from drifting.models import convnet  # noqa: E402
 from drifting.models.dit import PRESETS  # noqa: E402
 from drifting.recipes.images import cached_mae_dir, evaluate_generator, train_images, train_preset  # noqa: E402
 
@@ -40,6 +41,8 @@ NAME = "quality_levers"
 # generator's DiTConfig changed from the preset's, registered as a DiT preset of the variant's name)
 VARIANTS: dict[str, dict] = {
     "default": {},
+    "conv-cpu": dict(generator="conv-cpu"),
+    "dit-p4": dict(generator="cpu-p4"),
     "cls-ft": dict(mae_cls_steps=400, mae_cls_warmup=100),
     "cls-ft-0.3": dict(mae_cls_steps=800, mae_cls_warmup=100, mae_cls_lambda=0.3),
     "no-style": dict(style_tokens=0),
@@ -71,7 +74,8 @@ def _with_generator(name: str, overrides: dict, preset: str) -> dict:
     dit = over.pop("dit", None)
     if dit:
         base = over.get("generator") or train_preset(preset).generator
-        PRESETS[f"lever:{name}"] = replace(PRESETS[base], **dit).validate()
+        family = convnet.PRESETS if base in convnet.PRESETS else PRESETS
+        family[f"lever:{name}"] = replace(family[base], **dit).validate()
         over["generator"] = f"lever:{name}"
     return over
 

@@ -382,3 +382,15 @@ def test_a_checkpoint_from_before_the_time_budget_resumes(tiny_data, tmp_path):
     state["config"]["steps"] = 2
     save_state(tmp_path / "checkpoint.pt", state)
     assert train_flow(cfg, tmp_path, progress=False)["steps"] == 2
+
+
+def test_the_flow_peer_on_the_conv_backbone(tiny_data, tmp_path):
+    from drifting.models.convnet import ConvGenerator
+
+    cfg = tiny_cfg(tiny_data, generator="conv-tiny", generator_overrides={}, steps=2, sample_steps=1)
+    train_flow(cfg, tmp_path, progress=False)
+    model = load_flow_model(tmp_path / "model")
+    assert isinstance(model, ConvGenerator) and model.config.time_cond and null_class(model) == 10
+    assert model.config.style_tokens == 0 and model.config.alpha_mlp is False
+    with pytest.raises(ValueError, match="generator_overrides"):
+        FlowTrainConfig(generator="conv-tiny", generator_overrides={"patch_size": 4}).validate()

@@ -182,7 +182,8 @@ def test_presets():
     ab = train_preset("ablation", steps=7, mae_steps=3)
     assert (ab.steps, ab.mae.steps, ab.lr, ab.classes_per_step, ab.mae.encoder) == (7, 3, 2e-4, 64, "latent-256")
     cpu = train_preset("cpu")  # the main job (issue 15's lever study)
-    assert (cpu.generator, cpu.mae.cls_steps, cpu.mae.cls_lambda, cpu.mae.cls_warmup, cpu.steps) == ("cpu-p4", 400, 0.1, 100, 1500)
+    assert (cpu.generator, cpu.mae.cls_steps, cpu.mae.cls_lambda, cpu.mae.cls_warmup, cpu.steps) == ("conv-cpu", 400, 0.1, 100, 1000)
+    assert train_preset("cpu-dit").generator == "cpu-p4"
     assert train_preset("cpu-v1") == ImageTrainConfig()  # the earlier main job: the dataclass defaults
     assert train_preset("cpu", mae_cls_steps=0).mae.cls_steps == 0
     with pytest.raises(ValueError, match="preset"):
@@ -328,3 +329,15 @@ def test_train_cli_prints_the_metrics_table(tmp_path, monkeypatch, capsys):
     assert f"| {m['accuracy']:.3f} | {m['classifier_fid']:.2f} | {m['floor_classifier_fid']:.2f} |" in text
     assert (out / "samples.png").is_file() and (out / "model" / "model.safetensors").is_file()
     assert main(["train", "--preset", "nope", "--out", str(out)]) == 2  # a clear error, not a traceback
+
+
+def test_the_conv_generator_trains_exports_and_samples(tmp_path):
+    from drifting.models.convnet import ConvGenerator
+    from drifting.recipes.images import load_generator
+
+    run = train_images(tiny(generator="conv-tiny", steps=3, ckpt_every=3), tmp_path, progress=False)
+    assert isinstance(run.generator, ConvGenerator) and np.isfinite(run.history["loss"]).all()
+    model, tok = load_generator(tmp_path / "model")
+    assert isinstance(model, ConvGenerator) and tok is None
+    assert main(["sample", str(tmp_path / "model"), "--num", "20", "--out", str(tmp_path / "s.npz")]) == 0
+    assert np.load(tmp_path / "s.npz")["images"].shape == (20, 28, 28, 1)

@@ -27,12 +27,13 @@ the tapped maps that :func:`drifting.features.feature_sets` turns into feature g
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..presets import preset
 from .pretrained import PretrainedMixin
 
 # -----------------------------------------------------------------------------
@@ -158,9 +159,7 @@ PRESETS: dict[str, ResNetMAEConfig] = {
 
 def resnet_mae_config(name: str, **overrides) -> ResNetMAEConfig:
     """A validated copy of ``PRESETS[name]`` with ``overrides`` applied."""
-    if name not in PRESETS:
-        raise ValueError(f"name: unknown ResNet-MAE preset {name!r}; choose one of {sorted(PRESETS)}")
-    return replace(PRESETS[name], **overrides).validate()
+    return preset(PRESETS, name, "ResNet-MAE", **overrides)
 
 
 # -----------------------------------------------------------------------------

@@ -60,6 +60,7 @@ from ..distributed import init_from_env
 from ..field import compute_V, drift_rae_field, laplace_norm_noise, pairwise_distances
 from ..loss import DEFAULT_TEMPERATURES
 from ..models.dit import DriftingDiT
+from ..models.generators import build_generator
 from ..training.checkpoint import jsonable
 from ..training.ema import EMA
 from ..training.interrupt import stop_on_sigint
@@ -300,7 +301,7 @@ def distill(cfg: DistillConfig, out: str | Path, *, progress: bool = True, resum
         tok = tok.to(dev)
 
     torch.manual_seed(cfg.seed)
-    student = copy.deepcopy(teacher) if cfg.init == "teacher" else DriftingDiT(teacher.config)
+    student = copy.deepcopy(teacher) if cfg.init == "teacher" else build_generator(teacher.config)
     student = student.to(dev).train()
     del teacher
     student_ddp = student if comm is None else torch.nn.parallel.DistributedDataParallel(

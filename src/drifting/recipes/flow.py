@@ -8,8 +8,9 @@ Drift-RAE §3.1 (Eq. 1-4), with the paper's time convention (t = 0 data, t = 1 n
     v(y_t, t) = E[eps - y | y_t]                                                (Eq. 3)
     L(theta) = int_0^1 E ||v_theta(y_t, t, c) - (eps - y)||^2 dt                (Eq. 4)
 
-The velocity network is a :class:`~drifting.models.dit.DriftingDiT` built with
-``time_cond=True`` (a DiT timestep embedder added to the conditioning vector), no style tokens,
+The velocity network is the generator preset's network (a :class:`~drifting.models.dit.DriftingDiT` or a
+:class:`~drifting.models.convnet.ConvGenerator`, the same backbone as the drifting run it is compared with)
+built with ``time_cond=True`` (a DiT timestep embedder added to the conditioning vector), no style tokens,
 and ``K + 1`` class embeddings: index ``K`` (the last one) is the "null" class that replaces a
 label with probability ``label_dropout`` during training, for classifier-free guidance
 ``v = v_uncond + s (v_cond - v_uncond)`` at sampling time. Sampling is Euler from t = 1 to t = 0,
@@ -34,14 +35,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..data.images import load_dataset
-from ..models.dit import PRESETS, DiTConfig, DriftingDiT, dit_config
+from ..models.generators import build_generator, config_fields, generator_config, generator_names, load_generator_model
+from ..models.onestep import OneStepGenerator
 from ..training.checkpoint import jsonable
 from ..training.ema import EMA
 from ..training.rng import step_generator
@@ -52,8 +54,8 @@ from ..models.tokenizer import Tokenizer, build_tokenizer
 from .images import to_uint8, write_grid, write_model_tokenizer
 
 TIME_SAMPLING = ("uniform", "logit-normal")
-# DiTConfig fields the recipe sets itself (from the data set, and the flow model's conventions).
-_RESERVED_DIT_FIELDS = ("input_size", "in_channels", "num_classes", "time_cond", "style_tokens", "alpha_mlp")
+# generator config fields the recipe sets itself (from the data set, and the flow model's conventions).
+_RESERVED_FIELDS = ("input_size", "in_channels", "num_classes", "time_cond", "style_tokens", "alpha_mlp")
 
 
 @dataclass
@@ -61,8 +63,8 @@ class FlowTrainConfig:
     """Everything a flow-matching run depends on (saved in its checkpoint and beside its export)."""
 
     data: str = "fashion-mnist"  # a data.images.load_dataset spec
-    generator: str = "cpu-small"  # DiT preset (models.dit.PRESETS), built with time_cond=True, style_tokens=0
-    # further DiTConfig overrides (e.g. {"hidden": 32, "depth": 1} for tests); not the reserved fields
+    generator: str = "cpu-small"  # generator preset (DiT or conv), built with time_cond=True, style_tokens=0
+    # further overrides of the preset's config (DiTConfig / ConvGenConfig) (e.g. {"hidden": 32, "depth": 1} for tests); not the reserved fields
     generator_overrides: dict = field(default_factory=dict)
     steps: int = 1000
     # a wall-time budget (minutes of training, sample grids excluded): the run ends at the first step past it,
@@ -108,12 +110,12 @@ class FlowTrainConfig:
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, name, "must be an integer >= 0")
         need(self.minutes is None or (math.isfinite(self.minutes) and self.minutes > 0), "minutes",
              "must be None or a finite number > 0")
-        need(self.generator in PRESETS, "generator", f"must be a DiT preset, one of {sorted(PRESETS)}")
-        need(isinstance(self.generator_overrides, dict), "generator_overrides", "must be a dict of DiTConfig fields")
-        known = {f.name for f in fields(DiTConfig)}
-        bad = sorted(k for k in self.generator_overrides if k not in known or k in _RESERVED_DIT_FIELDS)
-        need(not bad, "generator_overrides", f"unknown or reserved DiTConfig field(s) {bad} (reserved: "
-             f"{list(_RESERVED_DIT_FIELDS)}, set by the recipe)")
+        need(self.generator in generator_names(), "generator", f"must be a generator preset, one of {generator_names()}")
+        need(isinstance(self.generator_overrides, dict), "generator_overrides", "must be a dict of generator config fields")
+        known = config_fields(self.generator)
+        bad = sorted(k for k in self.generator_overrides if k not in known or k in _RESERVED_FIELDS)
+        need(not bad, "generator_overrides", f"unknown or reserved generator config field(s) {bad} (reserved: "
+             f"{list(_RESERVED_FIELDS)}, set by the recipe)")
         need(self.lr > 0 and math.isfinite(self.lr), "lr", "must be a finite number > 0")
         need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         need(math.isfinite(self.grad_clip), "grad_clip", "must be finite (<= 0 turns clipping off)")
@@ -127,15 +129,15 @@ class FlowTrainConfig:
         return self
 
 
-def flow_dit_config(cfg: FlowTrainConfig, channels: int, size: int, num_classes: int) -> DiTConfig:
+def flow_dit_config(cfg: FlowTrainConfig, channels: int, size: int, num_classes: int):
     """The velocity network's config: ``cfg.generator`` with time conditioning, no style tokens, no alpha
     embedder (a flow model's guidance is applied at sampling) and ``num_classes + 1`` class embeddings
     (the last one is the null class)."""
-    return dit_config(cfg.generator, **cfg.generator_overrides, input_size=size, in_channels=channels,
+    return generator_config(cfg.generator, **cfg.generator_overrides, input_size=size, in_channels=channels,
                       num_classes=num_classes + 1, time_cond=True, style_tokens=0, alpha_mlp=False)
 
 
-def null_class(model: DriftingDiT) -> int:
+def null_class(model: OneStepGenerator) -> int:
     """The label of the unconditional ("null") class of a flow model: its last class index."""
     return model.config.num_classes - 1
 
@@ -192,7 +194,7 @@ def euler_sample(model, labels, steps: int, *, cfg_scale: float = 1.0, noise: to
         raise ValueError(f"cfg_scale: the guidance scale must be a finite number >= 0, got {cfg_scale!r}")
     cfg = model.config
     if not cfg.time_cond:
-        raise ValueError("model: euler_sample needs a flow model (DiTConfig.time_cond=True), got time_cond=False")
+        raise ValueError("model: euler_sample needs a flow model (config.time_cond=True), got time_cond=False")
     dev = model.device
     labels = torch.as_tensor(labels, device=dev)
     if labels.dim() != 1:
@@ -222,7 +224,7 @@ def euler_sample(model, labels, steps: int, *, cfg_scale: float = 1.0, noise: to
 
 
 @torch.no_grad()
-def flow_generate(model: DriftingDiT, labels: torch.Tensor, steps: int, *, cfg_scale: float = 1.0, seed: int = 0,
+def flow_generate(model: OneStepGenerator, labels: torch.Tensor, steps: int, *, cfg_scale: float = 1.0, seed: int = 0,
                   batch: int = 500, tokenizer: Tokenizer | None = None) -> np.ndarray:
     """Euler samples as uint8 ``[n, H, W, C]`` for ``labels [n]`` (the flow counterpart of
     :func:`drifting.recipes.images.generate`); a latent-space model's samples are decoded by ``tokenizer``."""
@@ -235,17 +237,17 @@ def flow_generate(model: DriftingDiT, labels: torch.Tensor, steps: int, *, cfg_s
     return np.concatenate(out)
 
 
-def save_flow_grid(model: DriftingDiT, num_classes: int, path: str | Path, *, per_class: int = 8, steps: int = 50,
+def save_flow_grid(model: OneStepGenerator, num_classes: int, path: str | Path, *, per_class: int = 8, steps: int = 50,
                    cfg_scale: float = 1.0, seed: int = 0, tokenizer: Tokenizer | None = None) -> None:
     """A PNG grid with one row per class of ``steps``-step Euler samples."""
     labels = torch.arange(num_classes).repeat_interleave(per_class)  # [K * per_class]
     write_grid(flow_generate(model, labels, steps, cfg_scale=cfg_scale, seed=seed, tokenizer=tokenizer), per_class, path)
 
 
-def load_flow_model(model_dir: str | Path, device: str | torch.device = "cpu") -> DriftingDiT:
+def load_flow_model(model_dir: str | Path, device: str | torch.device = "cpu") -> OneStepGenerator:
     """The velocity network exported by :func:`train_flow` (``OUT/model``: config.json +
     model.safetensors; nothing is unpickled). Its null class is :func:`null_class`."""
-    model = DriftingDiT.from_pretrained(model_dir, device=device)
+    model = load_generator_model(model_dir, device=device)
     if not model.config.time_cond:
         raise ValueError(f"model_dir: {model_dir} holds a one-step generator (time_cond=False), not a flow model")
     return model.eval()
@@ -287,7 +289,7 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
         tok = tok.to(dev)
 
     torch.manual_seed(cfg.seed)
-    model = DriftingDiT(flow_dit_config(cfg, C, H, K)).to(dev)
+    model = build_generator(flow_dit_config(cfg, C, H, K)).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(model, cfg.ema_decays, warmup_steps=cfg.ema_warmup)
     config = jsonable(asdict(cfg))
@@ -366,7 +368,7 @@ def add_flow_parser(subparsers) -> argparse.ArgumentParser:
         "Running again with the same --out resumes its checkpoint.")
     f.add_argument("--out", required=True, help="output directory")
     f.add_argument("--data", default=None, help="fashion-mnist (default), mnist:<dir>, an IDX dir, .npz or image folder")
-    f.add_argument("--generator", default=None, help=f"DiT preset (default cpu-small): {', '.join(PRESETS)}")
+    f.add_argument("--generator", default=None, help=f"generator preset (default cpu-small): {', '.join(generator_names())}")
     f.add_argument("--steps", type=_positive_int, default=None, help="training steps (default 1000)")
     f.add_argument("--minutes", type=_positive_float, default=None,
                    help="wall-time budget in minutes: stop at the first step past it (default: --steps only)")

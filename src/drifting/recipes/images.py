@@ -33,7 +33,8 @@ from ..features import group_by_class, sample_locations, take_locations, vanilla
 from ..guidance import CFG_PRESETS, sample_alpha, uncond_neg_weights
 from ..field import NORMALIZE_CHOICES
 from ..loss import DEFAULT_TEMPERATURES, KERNELS, drifting_loss
-from ..models.dit import DriftingDiT, dit_config
+from ..models.generators import build_generator, generator_config, load_generator_model
+from ..models.onestep import OneStepGenerator
 from ..models.encoders import build_encoder, encode_groups
 from ..models.tokenizer import Tokenizer, build_tokenizer
 from ..models.resnet_mae import ResNetMAE, cls_lambda, mae_loss, random_resized_crop, resnet_mae_config
@@ -82,7 +83,7 @@ class ImageTrainConfig:
     """Everything an image run depends on (saved beside its checkpoints and export)."""
 
     data: str = "fashion-mnist"
-    generator: str = "cpu-small"  # DiT preset (models.dit.PRESETS)
+    generator: str = "cpu-small"  # generator preset: a DiT (models.dit.PRESETS) or a U-Net (models.convnet.PRESETS)
     # feature encoder(s) (models.encoders.build_encoder spec); "mae" is the ResNet-MAE of mae_dir, else
     # pre-trained with `mae` (cached between runs). "mae+timm:convnextv2_atto:W.safetensors@64": Table 9.
     encoder: str = "mae"
@@ -194,9 +195,12 @@ def _imagenet_preset(generator: str, encoder: str, mae_epochs: int, **kw) -> dic
 # image folder (``--data DIR``) and, for the latent presets, SD-VAE latents (``--tokenizer``).
 TRAIN_PRESETS: dict[str, dict] = {
     # the README's main job: Fashion-MNIST, under 15 minutes on 2 CPU cores with the MAE pre-training. Chosen by
-    # the lever study of docs/results.md (issue 15): the cpu-p4 DiT, A.3's classification fine-tuning of the
-    # MAE (400 steps, lambda 0.1 after a 100-step warm-up), 1500 steps, metrics on 2000 samples.
-    "cpu": dict(generator="cpu-p4", mae=MAEConfig(cls_steps=400, cls_warmup=100), steps=1500, eval_samples=2000),
+    # the lever study of docs/results.md (issue 15): the conv-cpu U-Net generator (models.convnet), A.3's
+    # classification fine-tuning of the MAE (400 steps, lambda 0.1 after a 100-step warm-up), 1000 steps (the
+    # U-Net's steps cost 1.7x the DiT's on 2 cores), metrics on 2000 samples.
+    "cpu": dict(generator="conv-cpu", mae=MAEConfig(cls_steps=400, cls_warmup=100), steps=1000, eval_samples=2000),
+    # the main job with the paper's DiT generator instead (the cpu-p4 DiT; the default before the U-Net)
+    "cpu-dit": dict(generator="cpu-p4", mae=MAEConfig(cls_steps=400, cls_warmup=100), steps=1500, eval_samples=2000),
     # the main job before issue 15 (the ImageTrainConfig defaults: cpu-small DiT, plain MAE, 1000 steps): the
     # preset of the ablation and peer tables in docs/results.md measured before it
     "cpu-v1": {},
@@ -336,7 +340,7 @@ def encode(encoder, x: torch.Tensor, sets: str, vanilla: bool, raw: torch.Tensor
 # --------------------------------------------------------------------------- training
 @dataclass
 class ImageRun:
-    generator: DriftingDiT
+    generator: OneStepGenerator
     ema: EMA
     dataset: ImageDataset
     history: dict
@@ -389,7 +393,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
 
     torch.manual_seed(cfg.seed)
     style_over = {} if cfg.style_tokens is None else {"style_tokens": cfg.style_tokens}
-    G = DriftingDiT(dit_config(cfg.generator, input_size=h, in_channels=c, num_classes=K, **style_over)).to(dev)
+    G = build_generator(generator_config(cfg.generator, input_size=h, in_channels=c, num_classes=K, **style_over)).to(dev)
     G_ddp = G if comm is None else torch.nn.parallel.DistributedDataParallel(G, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.AdamW(G.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(G, cfg.ema_decays, warmup_steps=cfg.ema_warmup)
@@ -564,14 +568,14 @@ def _out_of_time(elapsed: float, minutes: float, main: bool, comm) -> bool:
     return bool(over > 0)
 
 
-def _slot_noise(G: DriftingDiT, seed: int, step: int, slot: int, n: int, shape: tuple[int, int, int]):
+def _slot_noise(G: OneStepGenerator, seed: int, step: int, slot: int, n: int, shape: tuple[int, int, int]):
     """Noise ``[n, c, h, w]`` and style draws of class slot ``slot`` at ``step``, from their own stream
     ``(seed, step, slot)``: a rank draws only its slots, and no draw depends on the world size."""
     g = step_generator(seed, step, stream=1000 + slot)
     return torch.randn(n, *shape, generator=g), G.draw_style(n, generator=g)
 
 
-def evaluate_generator(model: DriftingDiT, data: str, n: int, *, tokenizer: Tokenizer | None = None, seed: int = 1,
+def evaluate_generator(model: OneStepGenerator, data: str, n: int, *, tokenizer: Tokenizer | None = None, seed: int = 1,
                        progress: bool = False) -> dict | None:
     """In-domain classifier metrics of ``n`` one-step samples (labels cycling through the classes):
     accuracy, classifier-feature FID to the test split and the train-vs-test floor. None when the
@@ -618,13 +622,13 @@ def model_tokenizer(model_dir: str | Path) -> Tokenizer | None:
     return build_tokenizer(t["spec"], pixel_channels=int(t["pixel_channels"]))
 
 
-def load_generator(model_dir: str | Path) -> tuple[DriftingDiT, Tokenizer | None]:
-    """A generator exported by :func:`train_images` and, for a latent-space one, its tokenizer."""
-    return DriftingDiT.from_pretrained(model_dir), model_tokenizer(model_dir)
+def load_generator(model_dir: str | Path) -> tuple[OneStepGenerator, Tokenizer | None]:
+    """A generator exported by :func:`train_images` (DiT or U-Net) and, for a latent-space one, its tokenizer."""
+    return load_generator_model(model_dir), model_tokenizer(model_dir)
 
 
 @torch.no_grad()
-def generate(model: DriftingDiT, labels: torch.Tensor, alpha: float = 1.0, *, seed: int = 0,
+def generate(model: OneStepGenerator, labels: torch.Tensor, alpha: float = 1.0, *, seed: int = 0,
              batch: int = 500, tokenizer: Tokenizer | None = None) -> np.ndarray:
     """One-step samples as uint8 ``[n, H, W, C]`` for the given labels ``[n]`` at CFG scale alpha;
     a latent-space generator's samples are decoded by ``tokenizer``."""
@@ -646,7 +650,7 @@ def to_uint8(x: torch.Tensor, tokenizer: Tokenizer | None = None) -> np.ndarray:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def save_grid(model: DriftingDiT, num_classes: int, path: str | Path, *, per_class: int = 8, alpha: float = 1.0,
+def save_grid(model: OneStepGenerator, num_classes: int, path: str | Path, *, per_class: int = 8, alpha: float = 1.0,
               seed: int = 0, tokenizer: Tokenizer | None = None) -> None:
     """A class-by-class grid (one row per class) of one-step samples as PNG."""
     labels = torch.arange(num_classes).repeat_interleave(per_class)
