@@ -8,7 +8,7 @@ import torch
 
 import drifting.recipes.images as images
 from drifting.cli import main
-from drifting.recipes.images import ImageTrainConfig, MAEConfig, train_images
+from drifting.recipes.images import ImageTrainConfig, MAEConfig, train_images, train_preset
 
 
 def tiny(**kw):
@@ -341,3 +341,26 @@ def test_the_conv_generator_trains_exports_and_samples(tmp_path):
     assert isinstance(model, ConvGenerator) and tok is None
     assert main(["sample", str(tmp_path / "model"), "--num", "20", "--out", str(tmp_path / "s.npz")]) == 0
     assert np.load(tmp_path / "s.npz")["images"].shape == (20, 28, 28, 1)
+
+
+def test_learning_curve_every_k_steps(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_eval(model, data, n, **kw):  # the classifier metrics (tested elsewhere); here: when and what
+        calls.append(n)
+        return {"accuracy": 0.1 * len(calls), "classifier_fid": 10.0 / len(calls)}
+
+    monkeypatch.setattr(images, "evaluate_generator", fake_eval)
+    run = train_images(tiny(steps=5, eval_every=2, eval_samples=30), tmp_path, progress=False)
+    curve = json.loads((tmp_path / "curve.json").read_text())
+    assert [p["step"] for p in curve] == [2, 4, 5] and calls == [30, 30, 30]  # every 2 steps and at the end
+    assert [p["accuracy"] for p in curve] == pytest.approx([0.1, 0.2, 0.3])
+    assert all(b["time"] > a["time"] for a, b in zip(curve, curve[1:]))
+    assert run.metrics["accuracy"] == pytest.approx(0.3) and run.metrics["steps"] == 5  # the last point, not a 4th call
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 5
+    with pytest.raises(ValueError, match="eval_every"):
+        tiny(eval_every=-1).validate()
+    with pytest.raises(ValueError, match="eval_samples"):
+        tiny(eval_every=10, eval_samples=0).validate()
+    long = train_preset("cpu-long")
+    assert (long.generator, long.steps, long.eval_every) == ("conv-cpu", 8000, 1000)

@@ -108,7 +108,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         n_uncond=a.n_uncond, sampler=a.sampler, lr=a.lr, classes_per_step=a.classes_per_step, n_gen=a.n_gen,
         n_pos=a.n_pos, max_locations=a.max_locations, lr_decay=a.lr_decay, minutes=a.minutes, precision=a.precision,
         tokenizer=a.tokenizer, encoder_space=a.encoder_space,
-        eval_samples=a.eval_samples,
+        eval_samples=a.eval_samples, eval_every=a.eval_every,
     )
     run = train_images(cfg, a.out, progress=not a.no_progress, resume=a.resume, device=a.device,
                        tensorboard=a.tensorboard, ranks_per_class=a.ranks_per_class, compile_field=a.compile_field)
@@ -256,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--steps", type=_positive_int, default=None)
     tr.add_argument("--eval-samples", type=int, default=None,
                     help="samples for the final in-domain classifier metrics (default 1000; 0 skips)")
+    tr.add_argument("--eval-every", type=int, default=None,
+                    help="a learning curve: the same metrics every this many steps, OUT/curve.json (default 0: off)")
     tr.add_argument("--cfg", default=None, help="CFG preset for training (ablation, B/2, L/2, none, ...)")
     tr.add_argument("--sampler", choices=("queue", "balanced"), default=None)
     tr.add_argument("--lr", type=float, default=None)

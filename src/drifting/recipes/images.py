@@ -140,6 +140,9 @@ class ImageTrainConfig:
     # at the end: accuracy of an in-domain classifier on this many samples and a classifier-feature
     # FID to the test split, with the train-vs-test floor (OUT/metrics.json; 0 = skip)
     eval_samples: int = 1000
+    # a learning curve: every eval_every steps (0 = off) the same metrics on eval_samples samples of the EMA
+    # generator, against the training time so far (the evaluation's own time excluded); OUT/curve.json
+    eval_every: int = 0
     ckpt_every: int = 250
 
     def validate(self) -> None:
@@ -148,6 +151,9 @@ class ImageTrainConfig:
                 raise ValueError(msg)
 
         need(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        need(self.eval_every >= 0, f"eval_every must be >= 0 (0 = no learning curve), got {self.eval_every}")
+        need(self.eval_every == 0 or self.eval_samples > 0,
+             f"eval_every={self.eval_every} needs eval_samples > 0, got {self.eval_samples}")
         need(self.minutes is None or self.minutes > 0, f"minutes must be None or > 0, got {self.minutes}")
         need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         need(self.classes_per_step >= 1, f"classes_per_step must be >= 1, got {self.classes_per_step}")
@@ -199,6 +205,10 @@ TRAIN_PRESETS: dict[str, dict] = {
     # classification fine-tuning of the MAE (400 steps, lambda 0.1 after a 100-step warm-up), 1000 steps (the
     # U-Net's steps cost 1.7x the DiT's on 2 cores), metrics on 2000 samples.
     "cpu": dict(generator="conv-cpu", mae=MAEConfig(cls_steps=400, cls_warmup=100), steps=1000, eval_samples=2000),
+    # issue 15 item 3: the main job for about an hour on 2 cores (8000 steps at 2.5 steps/s), with a learning curve
+    # (accuracy and classifier FID every 1000 steps against the training time, OUT/curve.json)
+    "cpu-long": dict(generator="conv-cpu", mae=MAEConfig(cls_steps=400, cls_warmup=100), steps=8000, eval_samples=2000,
+                     eval_every=1000),
     # the main job with the paper's DiT generator instead (the cpu-p4 DiT; the default before the U-Net)
     "cpu-dit": dict(generator="cpu-p4", mae=MAEConfig(cls_steps=400, cls_warmup=100), steps=1500, eval_samples=2000),
     # the main job before issue 15 (the ImageTrainConfig defaults: cpu-small DiT, plain MAE, 1000 steps): the
@@ -431,6 +441,11 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
     log = _Logger(out, tensorboard) if out is not None else None
     bar = _bar(cfg.steps, "train", progress and main, initial=start)
     t0 = time.perf_counter() - (history["time"][-1] if history["time"] else 0.0)
+    paused = [0.0]  # seconds of learning-curve evaluation in this session, left out of the training time
+
+    def elapsed() -> float:
+        return time.perf_counter() - t0 - paused[0]
+
     Nc_all, N_all, P_all = cfg.classes_per_step, cfg.n_gen, cfg.n_pos
     cls_slots = layout.classes(Nc_all)  # this rank's class slots of the step
     Nc, N, P, U_loc = len(range(Nc_all)[cls_slots]), N_all // layout.ranks_per_class, P_all // layout.ranks_per_class, U // layout.ranks_per_class
@@ -485,7 +500,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                     raise FloatingPointError(
                         f"non-finite loss at step {step}; the last good checkpoint is {ckpt} (resume with --resume)")
                 lr = warmup_lr(cfg.lr, step, cfg.warmup, decay=cfg.lr_decay,
-                               progress=_progress(step, cfg, time.perf_counter() - t0))
+                               progress=_progress(step, cfg, elapsed()))
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
@@ -499,13 +514,13 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                     interrupted["flag"] = bool(comm.sum(flag) > 0)
                 # the time budget (--minutes) ends the run like its last step: logged and checkpointed
                 last = done == cfg.steps or (cfg.minutes is not None and
-                                             _out_of_time(time.perf_counter() - t0, cfg.minutes, main, comm))
+                                             _out_of_time(elapsed(), cfg.minutes, main, comm))
                 if done % cfg.log_every == 0 or last:
                     v2 = sum(v.item() for k, v in stats.items() if "/V2@" in k)
                     history["step"].append(done)
                     history["loss"].append(loss_all.item())
                     history["V2"].append(v2)
-                    history["time"].append(time.perf_counter() - t0)
+                    history["time"].append(elapsed())
                     if log is not None:
                         log.write(done, {"loss": loss_all.item(), "V2": v2, "lr": lr, "grad_norm": gnorm.item(),
                                          "time": history["time"][-1]}, stats)
@@ -516,6 +531,13 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                 if out is not None and (done % cfg.sample_every == 0 or done == cfg.steps):
                     save_grid(ema.models[max(cfg.ema_decays)], K, out / f"samples_{done:06d}.png", seed=cfg.seed,
                               tokenizer=tok)
+                if cfg.eval_every and main and (done % cfg.eval_every == 0 or last):
+                    t_eval = time.perf_counter()
+                    point = evaluate_generator(ema.models[max(cfg.ema_decays)], cfg.data, cfg.eval_samples,
+                                               tokenizer=tok, seed=cfg.seed + 1)
+                    if point is not None:
+                        history.setdefault("curve", []).append({"step": done, "time": elapsed(), **point})
+                    paused[0] += time.perf_counter() - t_eval  # the curve's evaluations are not training time
                 if ckpt is not None and (done % cfg.ckpt_every == 0 or last or interrupted["flag"]):
                     save(done)
                 if interrupted["flag"]:
@@ -534,16 +556,21 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
         (out / "model" / "train_config.json").write_text(json.dumps(jsonable(asdict(cfg)), indent=2))
         write_model_tokenizer(out / "model", cfg.tokenizer, C)  # how to decode its latents (load_generator)
         (out / "history.json").write_text(json.dumps(history))
+        if history.get("curve"):
+            (out / "curve.json").write_text(json.dumps(history["curve"], indent=2))
     metrics = None
-    if cfg.eval_samples > 0 and main:
+    curve = history.get("curve") or []
+    if curve and history["step"] and curve[-1]["step"] == history["step"][-1]:  # the curve ends at the final one
+        metrics = {k: v for k, v in curve[-1].items() if k not in ("step", "time")}
+    elif cfg.eval_samples > 0 and main:
         metrics = evaluate_generator(ema.models[max(cfg.ema_decays)], cfg.data, cfg.eval_samples, tokenizer=tok,
                                      seed=cfg.seed + 1, progress=progress)
-        if metrics is not None:
-            metrics["train_seconds"] = history["time"][-1] if history["time"] else None
-            metrics["steps"] = history["step"][-1] if history["step"] else None
-            metrics["steps_per_second"] = history["step"][-1] / max(history["time"][-1], 1e-9) if history["time"] else None
-            if out is not None:
-                (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if metrics is not None:
+        metrics["train_seconds"] = history["time"][-1] if history["time"] else None
+        metrics["steps"] = history["step"][-1] if history["step"] else None
+        metrics["steps_per_second"] = history["step"][-1] / max(history["time"][-1], 1e-9) if history["time"] else None
+        if out is not None:
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return ImageRun(G, ema, ds, history, out, metrics)
 
 
