@@ -129,7 +129,7 @@ class FlowTrainConfig:
         return self
 
 
-def flow_dit_config(cfg: FlowTrainConfig, channels: int, size: int, num_classes: int):
+def flow_net_config(cfg: FlowTrainConfig, channels: int, size: int, num_classes: int):
     """The velocity network's config: ``cfg.generator`` with time conditioning, no style tokens, no alpha
     embedder (a flow model's guidance is applied at sampling) and ``num_classes + 1`` class embeddings
     (the last one is the null class)."""
@@ -289,7 +289,7 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
         tok = tok.to(dev)
 
     torch.manual_seed(cfg.seed)
-    model = build_generator(flow_dit_config(cfg, C, H, K)).to(dev)
+    model = build_generator(flow_net_config(cfg, C, H, K)).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(model, cfg.ema_decays, warmup_steps=cfg.ema_warmup)
     config = jsonable(asdict(cfg))

@@ -48,7 +48,7 @@ def peer_configs(*, preset: str = "cpu", steps: int | None = None, flow_steps: i
     """``{"drifting": ImageTrainConfig, "mmd": ImageTrainConfig, "flow": FlowTrainConfig}`` on one budget:
     the same steps (``steps``, ``flow_steps``), or with ``minutes`` the same wall time each (then the
     steps, default unlimited, are only a cap). ``flow``: FlowTrainConfig fields of the flow peer (its
-    tuned learning rate, EMA, model: ``benchmarks/flow_levers.py``)."""
+    learning rate, EMA, model size), so that it gets the same tuning as drifting."""
     if minutes is not None:
         steps, flow_steps = steps or MAX_STEPS, flow_steps or steps or MAX_STEPS
     drift = train_preset(preset, steps=steps, minutes=minutes, eval_samples=0, **overrides)
@@ -101,9 +101,10 @@ def run_peers(out: str | Path, *, preset: str = "cpu", steps: int | None = None,
         raise ValueError(f"methods: choose from drifting, mmd, flow; got {list(methods)!r}")
     cfgs = peer_configs(preset=preset, steps=steps, flow_steps=flow_steps, minutes=minutes, flow=flow, **overrides)
     cfgs = {k: v for k, v in cfgs.items() if k in methods}
-    ref = f"{next(iter(cfgs.values())).data}:test"
+    data = next(iter(cfgs.values())).data
+    ref = f"{data}:test"
     trained = {name: train_once(name, cfg, root, progress) for name, cfg in cfgs.items()}
-    K = load_dataset(ref[:-len(":test")], "train").num_classes
+    K = load_dataset(data, "train").num_classes
     labels = torch.arange(eval_n) % K
 
     def one_step(name):
@@ -114,9 +115,8 @@ def run_peers(out: str | Path, *, preset: str = "cpu", steps: int | None = None,
         flow_model = load_flow_model(trained["flow"][0])
         return lambda: flow_generate(flow_model, labels, k, seed=seed)
 
-    jobs = [("drifting", 1, "drifting", one_step)] if "drifting" in cfgs else []
-    jobs += [("MMD (C.2)", 1, "mmd", one_step)] if "mmd" in cfgs else []
-    jobs = [(label, nfe, name, make(name)) for label, nfe, name, make in jobs]
+    jobs = [(label, 1, name, one_step(name)) for label, name in (("drifting", "drifting"), ("MMD (C.2)", "mmd"))
+            if name in cfgs]
     if "flow" in cfgs:
         jobs += [(f"flow matching, Euler {k}", k, "flow", euler(k)) for k in euler_steps]
     rows = []
