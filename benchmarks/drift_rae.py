@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from drifting.recipes.autoencoders import cached_rae_dir, cached_vae_dir
-from drifting.recipes.drift_rae import PRESETS, distill_preset
+from drifting.recipes.distill import PRESETS, distill_preset
 from drifting.recipes.evaluate import evaluate
 from drifting.recipes.flow import FlowTrainConfig, flow_generate, load_flow_model
 from drifting.recipes.images import model_tokenizer, write_grid

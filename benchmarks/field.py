@@ -1,4 +1,4 @@
-"""The fast drifting field (drifting.fast_field.drift_fields) against a literal Alg. 2 loop.
+"""The fast drifting field (drifting.field.fast.drift_fields) against a literal Alg. 2 loop.
 
 For B problems of N generated samples x, P positives and M negatives (the first N negatives are
 x itself, self pairs masked), D channels and the K = 3 default temperatures, per shape:
@@ -16,7 +16,7 @@ x itself, self pairs masked), D channels and the K = 3 default temperatures, per
 * peak extra memory (KiB): each call runs in a fresh subprocess, ``ru_maxrss`` after the call minus
   ``ru_maxrss`` once the inputs exist (after a tiny warm-up call that pages the code in); it
   includes the output ``[B, K, N, D]`` (column ``out KiB``); ``plan KiB`` is the bound that
-  :func:`drifting.fast_field.plan_chunks` sets on a chunk's temporaries (three logit buffers, the
+  :func:`drifting.field.fast.plan_chunks` sets on a chunk's temporaries (three logit buffers, the
   centered targets and samples; not the running sums of a streamed problem, ``4 K N D`` values,
   which scale with the output, not with Y). The subprocess runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed
   tensors are unmapped: the peak is that of live tensors, not of glibc's free lists;
@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (add_common_args, fmt, fmt_ms, markdown_table, print_report, run_each, setup_threads,  # noqa: E402
                      time_call, write_json)
 
-from drifting.fast_field import DEFAULT_MAX_ELEMENTS, Distances, drift_fields, plan_chunks  # noqa: E402
+from drifting.field.fast import DEFAULT_MAX_ELEMENTS, Distances, drift_fields, plan_chunks  # noqa: E402
 from drifting.field import alg2_literal, drift_from_distances, pairwise_distances  # noqa: E402
 
 NAME = "field"

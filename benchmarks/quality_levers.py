@@ -65,6 +65,18 @@ VARIANTS: dict[str, dict] = {
     "loc256": dict(max_locations=256),
     "no-vanilla": dict(vanilla=False),
     "ema0.99": dict(ema_decays=(0.99,)),
+    # the encoder, on the U-Net main job (--preset cpu): a stronger label fine-tuning, a wider MAE
+    "cls0.5": dict(mae_cls_steps=800, mae_cls_warmup=100, mae_cls_lambda=0.5),
+    "mae16-cls0.5": dict(mae_width=16, mae_cls_steps=800, mae_cls_warmup=100, mae_cls_lambda=0.5),
+    "n16-u8": dict(n_gen=16, n_pos=16),
+    "lr3e-3-decay0.5": dict(lr=3e-3, lr_decay=0.5),
+    "decay0.5": dict(lr_decay=0.5),
+    "lr3e-3-decay1": dict(lr=3e-3, lr_decay=1.0),
+    "lr6e-3-decay0.5": dict(lr=6e-3, lr_decay=0.5),
+    "lr3e-3": dict(lr=3e-3),
+    "pos32-lr3e-3-decay0.5": dict(n_pos=32, lr=3e-3, lr_decay=0.5),
+    "pos32-lr3e-3-decay0.5-mae16": dict(n_pos=32, lr=3e-3, lr_decay=0.5, mae_width=16, mae_cls_steps=800,
+                                        mae_cls_warmup=100, mae_cls_lambda=0.5),
 }
 
 
@@ -80,10 +92,13 @@ def _with_generator(name: str, overrides: dict, preset: str) -> dict:
     return over
 
 
-def run_variant(name: str, overrides: dict, minutes: float, eval_n: int, seed: int, out_root: Path,
-                preset: str = "cpu-v1") -> dict:
-    cfg = train_preset(preset, seed=seed, mae_seed=0, minutes=minutes, steps=10**6, eval_samples=0,
-                       sample_every=10**9, ckpt_every=10**9, **_with_generator(name, overrides, preset))
+def run_variant(name: str, overrides: dict, minutes: float | None, eval_n: int, seed: int, out_root: Path,
+                preset: str = "cpu-v1", steps: int | None = None) -> dict:
+    """One row: a wall-time budget (``minutes``) or, with ``steps``, a step budget (the same work whatever else
+    runs on the machine; its wall time is then compared through the step cost of a quiet machine)."""
+    budget = dict(minutes=None, steps=steps) if steps else dict(minutes=minutes, steps=10**6)
+    cfg = train_preset(preset, seed=seed, mae_seed=0, eval_samples=0, sample_every=10**9, ckpt_every=10**9,
+                       **budget, **_with_generator(name, overrides, preset))
     ds = load_dataset(cfg.data, "train")
     t0 = time.perf_counter()
     mae_dir = cached_mae_dir(ds, cfg.mae, progress=False)
@@ -95,7 +110,7 @@ def run_variant(name: str, overrides: dict, minutes: float, eval_n: int, seed: i
     m = evaluate_generator(run.ema.models[max(cfg.ema_decays)], cfg.data, eval_n, seed=seed + 1)
     return {
         "variant": name, "preset": preset, "seed": seed, "overrides": json.loads(json.dumps(overrides)),
-        "minutes": minutes, "steps": h["step"][-1], "train_s": h["time"][-1], "mae_dir": str(mae_dir),
+        "minutes": None if steps else minutes, "step_budget": steps, "steps": h["step"][-1], "train_s": h["time"][-1], "mae_dir": str(mae_dir),
         "mae_s_this_call": mae_s, "eval_s": time.perf_counter() - t1, "V2_first": h["V2"][0],
         "V2_peak": max(h["V2"]), "V2_last": h["V2"][-1], "threads": torch.get_num_threads(), **m,
         "samples_png": str(out / "samples.png"),
@@ -108,6 +123,9 @@ def main(argv=None) -> int:
     p.add_argument("--list", action="store_true", help="print the variants and exit")
     p.add_argument("--only", default="default", help="comma-separated variant names (default: default)")
     p.add_argument("--minutes", type=float, default=10.0, help="training wall time per variant")
+    p.add_argument("--steps", type=int, default=None,
+                   help="a step budget instead of --minutes (robust to a busy machine; the rows then carry their "
+                        "ms per step, to be compared with a quiet machine's step cost)")
     p.add_argument("--eval-n", type=int, default=2000, help="samples scored per variant")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", default="cpu-v1", help="the training preset every variant starts from (default cpu-v1)")
@@ -129,17 +147,18 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="levers_") as tmp:
         root = Path(a.runs) if a.runs else Path(tmp)
         for n in names:
-            row = run_variant(n, VARIANTS[n], a.minutes, a.eval_n, a.seed, root, a.preset)
+            row = run_variant(n, VARIANTS[n], a.minutes, a.eval_n, a.seed, root, a.preset, steps=a.steps)
             row["cpu"] = machine_info()["cpu"]
             record["rows"] = [r for r in record["rows"] if not (r["variant"] == n and r["seed"] == a.seed
-                                                                 and r["minutes"] == a.minutes
+                                                                 and r["minutes"] == (None if a.steps else a.minutes)
+                                                                 and r.get("step_budget") == a.steps
                                                                  and r.get("preset", "cpu-v1") == a.preset)] + [row]
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(record, indent=2))
             print(f"{n} seed {a.seed}: acc {row['accuracy']:.3f}, FID {row['classifier_fid']:.2f} "
                   f"(floor {row['floor_classifier_fid']:.2f}), {row['steps']} steps", flush=True)
     head = ["variant", "seed", "min", "threads", "steps", "accuracy", "classifier FID", "floor", "V2 peak / last"]
-    rows = [[r["variant"], r["seed"], r["minutes"], r["threads"], r["steps"], f"{r['accuracy']:.3f}",
+    rows = [[r["variant"], r["seed"], r["minutes"] or "-", r["threads"], r["steps"], f"{r['accuracy']:.3f}",
              f"{r['classifier_fid']:.2f}", f"{r['floor_classifier_fid']:.2f}",
              f"{r['V2_peak'] / max(r['V2_last'], 1e-12):.2f}"] for r in record["rows"]]
     print(f"CPU: {record['machine']['cpu']}")

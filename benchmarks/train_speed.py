@@ -18,6 +18,7 @@ history entry and are not counted.
     python benchmarks/train_speed.py                    # cpu-tiny (40 steps) and cpu (20 steps)
     python benchmarks/train_speed.py --quick            # 5 steps of cpu-tiny
     python benchmarks/train_speed.py --presets cpu --steps 50 --threads 2
+    python benchmarks/train_speed.py --presets cpu --steps 50 --nchw    # U-Net: channels-last against NCHW
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ from _common import add_common_args, markdown_table, print_report, run_each, set
 
 from drifting.cache import cache_root, content_key  # noqa: E402
 from drifting.data.images import load_dataset  # noqa: E402
+from drifting.models import convnet  # noqa: E402
 from drifting.recipes.images import train_images, train_preset  # noqa: E402
 from drifting.training.checkpoint import jsonable  # noqa: E402
 
@@ -53,13 +55,22 @@ def mae_cached(cfg) -> bool | None:
     return (cache_root() / "mae" / key / ".complete").is_file()
 
 
-def bench_preset(name: str, steps: int) -> dict:
+def nchw_generator(name: str) -> str | None:
+    """The preset's U-Net generator with ``channels_last=False``, registered as ``NAME-nchw`` (None: not a U-Net)."""
+    gen = train_preset(name).generator
+    if gen not in convnet.PRESETS:
+        return None
+    convnet.PRESETS[f"{gen}-nchw"] = replace(convnet.PRESETS[gen], channels_last=False)
+    return f"{gen}-nchw"
+
+
+def bench_preset(name: str, steps: int, **overrides) -> dict:
     cached = mae_cached(train_preset(name, steps=1, **NO_EXTRAS))
     with tempfile.TemporaryDirectory(prefix=f"train_speed_{name}_") as tmp:
         t0 = time.perf_counter()
-        train_images(train_preset(name, steps=1, **NO_EXTRAS), Path(tmp) / "setup", progress=False)
+        train_images(train_preset(name, steps=1, **NO_EXTRAS, **overrides), Path(tmp) / "setup", progress=False)
         setup_s = time.perf_counter() - t0
-        cfg = train_preset(name, steps=steps, **NO_EXTRAS)
+        cfg = train_preset(name, steps=steps, **NO_EXTRAS, **overrides)
         t0 = time.perf_counter()
         run = train_images(cfg, Path(tmp) / "run", progress=False)
         wall = time.perf_counter() - t0
@@ -98,11 +109,19 @@ def main() -> None:
     p.add_argument("--presets", nargs="+", default=None, help="default: cpu-tiny cpu (--quick: cpu-tiny)")
     p.add_argument("--steps", type=int, default=None,
                    help="timed steps per preset (default: 40 for cpu-tiny, 20 for cpu; --quick: 5)")
+    p.add_argument("--nchw", action="store_true",
+                   help="after each preset with a U-Net generator, the same preset with its convolutions on NCHW "
+                        "activations (ConvGenConfig.channels_last=False)")
     a = p.parse_args()
     setup_threads(a.threads)
     presets = a.presets or (["cpu-tiny"] if a.quick else ["cpu-tiny", "cpu"])
+    steps = {n: a.steps or (5 if a.quick else DEFAULT_STEPS.get(n, 20)) for n in presets}
     rows = []
-    rows += run_each(presets, lambda name: bench_preset(name, a.steps or (5 if a.quick else DEFAULT_STEPS.get(name, 20))))
+    for name in presets:
+        rows += run_each([name], lambda n: bench_preset(n, steps[n]))
+        gen = nchw_generator(name) if a.nchw else None
+        if gen is not None:
+            rows += run_each([name], lambda n: {**bench_preset(n, steps[n], generator=gen), "preset": f"{n} (NCHW)"})
     print_report(f"**Training speed of the CPU presets** (train_images, MAE pre-trained or cached beforehand; "
                  f"{torch.get_num_threads()} threads)", table(rows))
     write_json(a.out, NAME, {"rows": rows}, a, started)

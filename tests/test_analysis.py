@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from drifting.cli import analysis as cli_an
 from drifting.recipes import analysis as an
 from drifting.recipes.images import ImageTrainConfig, MAEConfig, generate, train_images
 
@@ -114,12 +115,12 @@ def test_parsers_register_both_commands():
     import argparse
 
     p = argparse.ArgumentParser()
-    an.add_analysis_parsers(p.add_subparsers(dest="command"))
+    cli_an.add_analysis_parsers(p.add_subparsers(dest="command"))
     a = p.parse_args(["cfg-sweep", "M", "--alphas", "1,1.5", "--num", "8", "--ref", "fashion-mnist:test",
                       "--metrics", "fid,prdc", "--out", "D"])
-    assert a.alphas == (1.0, 1.5) and a.metrics == ("fid", "prdc") and a.func is an.cmd_cfg_sweep
+    assert a.alphas == (1.0, 1.5) and a.metrics == ("fid", "prdc") and a.func is cli_an.cmd_cfg_sweep
     a = p.parse_args(["neighbours", "M", "--k", "3", "--out", "x.png"])
-    assert a.k == 3 and a.num == 8 and a.data is None and a.func is an.cmd_neighbours
+    assert a.k == 3 and a.num == 8 and a.data is None and a.func is cli_an.cmd_neighbours
     for bad in (["cfg-sweep", "M", "--alphas", "0.5", "--ref", "r", "--out", "D"],
                 ["neighbours", "M", "--k", "0", "--out", "x.png"]):
         with pytest.raises(SystemExit):
@@ -130,7 +131,7 @@ def test_neighbours_command_runs(run_dir, tmp_path, capsys):
     import argparse
 
     p = argparse.ArgumentParser()
-    an.add_analysis_parsers(p.add_subparsers(dest="command"))
+    cli_an.add_analysis_parsers(p.add_subparsers(dest="command"))
     a = p.parse_args(["neighbours", str(run_dir / "model"), "--num", "2", "--k", "2", "--pool-size", "100",
                       "--out", str(tmp_path / "nn.png")])
     assert a.func(a) == 0

@@ -113,3 +113,24 @@ def test_registry_builds_and_loads_either_family(tmp_path):
     (bad / "config.json").write_text(json.dumps({"_class_name": "ResNetMAE"}))
     with pytest.raises(ValueError, match="not one of the generators"):
         load_generator_model(bad)
+
+
+def test_channels_last_is_the_same_function():
+    """``channels_last`` changes only the activations' memory layout: the same outputs and gradients as NCHW
+    (up to float rounding), and the output is an ordinary contiguous NCHW tensor."""
+    m = trained()
+    z = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    labels, alpha = torch.arange(6) % 10, torch.linspace(1, 3, 6)
+    style = m.draw_style(6, generator=torch.Generator().manual_seed(4))
+    outs, grads = [], []
+    for flag in (False, True):
+        m.config.channels_last = flag
+        m.zero_grad()
+        x = m(z, labels, alpha, style)
+        assert x.is_contiguous()
+        x.square().sum().backward()
+        outs.append(x.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None]))
+    assert outs[0].abs().max() > 0.01  # a trained network: the comparison is not between zeros
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-5)

@@ -111,7 +111,7 @@ def test_two_rank_distillation_equals_one_rank(tmp_path):
     from test_drift_rae import flow_cfg, tiny_distill
 
     from drifting.data.images import load_dataset
-    from drifting.recipes.drift_rae import distill
+    from drifting.recipes.distill import distill
     from drifting.recipes.flow import train_flow
 
     ds = load_dataset("fashion-mnist", "train")

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-import drifting.recipes.drift_rae as dr
+import drifting.recipes.distill as dr
 from drifting.cli import main
 from drifting.data.images import load_dataset
 from drifting.field import compute_V
 from drifting.models.dit import DriftingDiT, dit_config
 from drifting.models.tokenizer import tiny_autoencoder_kl
-from drifting.recipes.drift_rae import DistillConfig, distill, distill_preset, drift_rae_loss, one_step, tokens
+from drifting.recipes.distill import DistillConfig, distill, distill_preset, drift_rae_loss, one_step, tokens
 from drifting.recipes.flow import FlowTrainConfig, euler_sample, flow_generate, load_flow_model, train_flow
 from drifting.recipes.images import model_tokenizer
 from drifting.training.checkpoint import load_state

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from drifting.cli.evaluate import add_eval_parser
 from drifting.data.images import load_fashion_mnist
 from drifting.eval import fid as fidmod
 from drifting.eval.fid import (
@@ -296,7 +297,7 @@ def test_eval_command_writes_json_and_table(standin_path, tmp_path, fmnist, caps
 
     save_file({k: v.contiguous() for k, v in _tiny_vit(224).state_dict().items()}, str(tmp_path / "dino.safetensors"))
     p = argparse.ArgumentParser(prog="drifting")
-    ev.add_eval_parser(p.add_subparsers(dest="command", required=True))
+    add_eval_parser(p.add_subparsers(dest="command", required=True))
     a = p.parse_args(["eval", str(samples), "--ref", str(ref), "--json", str(tmp_path / "out" / "m.json"),
                       "--inception", str(standin_path), "--dinov2", str(tmp_path / "dino.safetensors"),
                       "--no-progress", "--device", "cpu", "--batch", "16"])

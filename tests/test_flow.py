@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 import drifting.recipes.flow as flow
+from drifting.cli.flow import add_flow_parser
 from drifting.data.images import load_dataset
 from drifting.models.dit import DiTConfig, DriftingDiT, dit_config
-from drifting.recipes.flow import (FlowTrainConfig, add_flow_parser, euler_sample, flow_matching_loss, flow_path,
-                                   load_flow_model, null_class, sample_time, train_flow)
+from drifting.recipes.flow import (FlowTrainConfig, euler_sample, flow_matching_loss, flow_path, load_flow_model,
+                                   null_class, sample_time, train_flow)
 from drifting.training.checkpoint import load_state
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from drifting.cli.autoencoders import add_autoencoder_parsers
 from drifting.models.rae import (
     AutoencoderRAETokenizer,
     RAEConfig,
@@ -23,11 +24,11 @@ from drifting.models.rae import (
     upsample_sizes,
 )
 from drifting.models.resnet_mae import ResNetMAE, ResNetMAEConfig
-from drifting.models.tokenizer import TOKENIZER_SPECS, Tokenizer, build_tokenizer
+from drifting.models.tokenizer import Tokenizer
+from drifting.models.tokenizers import TOKENIZER_SPECS, build_tokenizer
 from drifting.recipes.autoencoders import (
     RAETrainConfig,
     VAETrainConfig,
-    add_autoencoder_parsers,
     cached_rae_dir,
     train_rae,
     train_vae,

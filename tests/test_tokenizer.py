@@ -16,9 +16,9 @@ from drifting.models.tokenizer import (
     AutoencoderKLTokenizer,
     IdentityTokenizer,
     Tokenizer,
-    build_tokenizer,
     tiny_autoencoder_kl,
 )
+from drifting.models.tokenizers import build_tokenizer
 
 
 

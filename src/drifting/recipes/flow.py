@@ -32,7 +32,6 @@ Module notes: the checkpointing, logging, progress bar and grid writing are thos
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 from dataclasses import asdict, dataclass, field
@@ -50,7 +49,8 @@ from ..training.rng import step_generator
 from ..training.interrupt import stop_on_sigint
 from ..training.loop import TrainRun, optimizer_step
 from ..training.schedules import warmup_lr
-from ..models.tokenizer import Tokenizer, build_tokenizer
+from ..models.tokenizer import Tokenizer
+from ..models.tokenizers import build_tokenizer
 from .images import to_uint8, write_grid, write_model_tokenizer
 
 TIME_SAMPLING = ("uniform", "logit-normal")
@@ -85,7 +85,7 @@ class FlowTrainConfig:
     # "logit-normal": t = sigmoid(n), n ~ N(0, 1), which concentrates on the middle of the path.
     time_sampling: str = "uniform"
     seed: int = 0
-    # latent space (optional): a models.tokenizer.build_tokenizer spec ("rae:DIR", "autoencoderkl:DIR",
+    # latent space (optional): a models.tokenizers.build_tokenizer spec ("rae:DIR", "autoencoderkl:DIR",
     # "autoencoder-rae:DIR", ...). The training images are encoded once; the network works on latents
     # [c, h, w] (set generator_overrides["patch_size"] to divide h) and samples are decoded for grids.
     # This is the Drift-RAE teacher's setting (a flow model in RAE latent space, §4.1).
@@ -338,55 +338,3 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
 def _defaults() -> dict:
     """The defaults of every FlowTrainConfig field as JSON (a checkpoint from before a field existed holds it)."""
     return jsonable(asdict(FlowTrainConfig()))
-
-
-# --------------------------------------------------------------------------- command line
-def cmd_train_flow(a: argparse.Namespace) -> int:
-    overrides = {k: getattr(a, k) for k in ("data", "generator", "steps", "minutes", "batch", "lr", "label_dropout",
-                                            "time_sampling", "sample_steps", "sample_cfg", "seed", "tokenizer")
-                 if getattr(a, k) is not None}
-    dit = {k: getattr(a, k) for k in ("patch_size", "depth", "hidden") if getattr(a, k) is not None}
-    if dit:
-        overrides["generator_overrides"] = dit
-    cfg = FlowTrainConfig(**overrides).validate()
-    res = train_flow(cfg, a.out, progress=not a.no_progress, resume=not a.no_resume, device=a.device)
-    print(f"trained {res['steps']} flow-matching steps in {res['train_seconds']:.0f}s "
-          f"({res['steps_per_second']:.2f} step/s); final loss {res['final_loss']:.4f}")
-    print(f"wrote {res['model_dir']}/ (EMA velocity network), {res['samples']} (one row per class, "
-          f"{cfg.sample_steps} Euler steps), log.jsonl, checkpoint.pt")
-    return 0
-
-
-def add_flow_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``drifting train-flow --out DIR ...`` on ``subparsers`` (from ``add_subparsers``)."""
-    from ..cli import _positive_float, _positive_int, add_threads_option  # (imported here: cli imports this module lazily)
-
-    f = subparsers.add_parser(
-        "train-flow", help="train a class-conditional flow-matching DiT (multi-step baseline / Drift-RAE teacher)",
-        description="Flow matching (Drift-RAE Eq. 1-4) on the DiT backbone with a timestep embedder and "
-        "classifier-free guidance by label dropout. Options left out keep FlowTrainConfig's defaults. "
-        "Running again with the same --out resumes its checkpoint.")
-    f.add_argument("--out", required=True, help="output directory")
-    f.add_argument("--data", default=None, help="fashion-mnist (default), mnist:<dir>, an IDX dir, .npz or image folder")
-    f.add_argument("--generator", default=None, help=f"generator preset (default cpu-small): {', '.join(generator_names())}")
-    f.add_argument("--steps", type=_positive_int, default=None, help="training steps (default 1000)")
-    f.add_argument("--minutes", type=_positive_float, default=None,
-                   help="wall-time budget in minutes: stop at the first step past it (default: --steps only)")
-    f.add_argument("--batch", type=_positive_int, default=None, help="images per step (default 80)")
-    f.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
-    f.add_argument("--label-dropout", type=float, default=None, help="P(label -> null class) (default 0.1)")
-    f.add_argument("--time-sampling", choices=TIME_SAMPLING, default=None, help="t distribution (default uniform)")
-    f.add_argument("--sample-steps", type=_positive_int, default=None, help="Euler steps of the grids (default 50)")
-    f.add_argument("--sample-cfg", type=float, default=None, help="CFG scale of the grids (default 1)")
-    f.add_argument("--seed", type=int, default=None)
-    f.add_argument("--tokenizer", default=None,
-                   help="train in a latent space: rae:DIR, autoencoderkl:DIR, autoencoder-rae:DIR (default: pixels)")
-    f.add_argument("--patch-size", type=_positive_int, default=None, help="DiT patch size (must divide the input side)")
-    f.add_argument("--depth", type=_positive_int, default=None, help="DiT blocks (default: the preset's)")
-    f.add_argument("--hidden", type=_positive_int, default=None, help="DiT token width (default: the preset's)")
-    f.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    add_threads_option(f)
-    f.add_argument("--no-resume", action="store_true", help="start over even if OUT/checkpoint.pt exists")
-    f.add_argument("--no-progress", action="store_true", help="no progress bar")
-    f.set_defaults(func=cmd_train_flow)
-    return f

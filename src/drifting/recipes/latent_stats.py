@@ -35,7 +35,6 @@ Protocol notes (choices the paper leaves open, all recorded in the outputs):
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -54,7 +53,6 @@ __all__ = [
     "teacher_curvature",
     "run_latent_stats",
     "format_latent_stats",
-    "add_latent_stats_parser",
 ]
 
 DEFAULT_PER_CLASS = 1000  # Fashion-MNIST's test split has exactly 1000 images per class
@@ -424,7 +422,7 @@ def run_latent_stats(spaces: dict, data: str = "fashion-mnist", split: str = "te
         "spec"}, "teachers": {name: curvature + "model_dir", "latent_space"}}``.
     """
     from ..data.images import load_dataset
-    from ..models.tokenizer import build_tokenizer
+    from ..models.tokenizers import build_tokenizer
 
     if not isinstance(spaces, dict) or not spaces:
         raise ValueError(f"spaces must be a non-empty dict {{name: tokenizer spec}}, got {spaces!r}")
@@ -510,115 +508,3 @@ def format_latent_stats(result: dict) -> str:
                 f"{_num(t['deviation']['mean'], '.4g')} | {_num(t['deviation']['max'], '.4g')} | "
                 f"{_num(t['deviation_per_sqrt_dim']['mean'], '.4g')} |")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- command line
-def _name_value(option: str, value_name: str):
-    """An argparse ``type`` parsing ``NAME=VALUE`` into ``(name, value)`` with errors naming ``option``."""
-    def parse(s: str) -> tuple[str, str]:
-        name, sep, value = s.partition("=")
-        if not sep or not name.strip() or not value.strip():
-            raise argparse.ArgumentTypeError(f"{option} expects NAME={value_name} (e.g. {option} "
-                                             f"{'pixel=pixel' if option == '--space' else 'a=' + value_name}), "
-                                             f"got {s!r}")
-        return name.strip(), value.strip()
-
-    return parse
-
-
-def _patch_arg(s: str) -> tuple[str | None, int]:
-    name, sep, value = s.rpartition("=")
-    try:
-        p = int(value)
-    except ValueError:
-        p = 0
-    if p < 1 or (sep and not name.strip()):
-        raise argparse.ArgumentTypeError(f"--patch expects P or NAME=P with P a positive integer, got {s!r}")
-    return (name.strip() if sep else None), p
-
-
-def _pairs(pairs, option: str) -> dict:
-    out = {}
-    for name, value in pairs or []:
-        if name in out:
-            raise ValueError(f"{option}: the name {name!r} is given twice")
-        out[name] = value
-    return out
-
-
-def _jsonable(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
-
-
-def cmd_latent_stats(a: argparse.Namespace) -> int:
-    spaces = _pairs(a.space, "--space")
-    teachers = _pairs(a.teacher, "--teacher") or None
-    patch: dict = {}
-    for name, p in a.patch or []:
-        if name is None:
-            patch.update({n: p for n in spaces if n not in patch})
-        elif name not in spaces:
-            raise ValueError(f"--patch: {name!r} is not a --space name ({', '.join(spaces)})")
-        else:
-            patch[name] = p
-    res = run_latent_stats(spaces, data=a.data, split=a.split, per_class=a.per_class, patch=patch, tau=a.tau,
-                           teachers=teachers, curvature_n=a.curvature_n, curvature_steps=a.curvature_steps,
-                           cfg_scale=a.cfg_scale, seed=a.seed, device=a.device, batch=a.batch,
-                           progress=not a.no_progress)
-    print(format_latent_stats(res))
-    if a.json:
-        p = Path(a.json)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(_jsonable(res), indent=2, allow_nan=False) + "\n")
-        print(f"wrote {p}")
-    return 0
-
-
-def add_latent_stats_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``drifting latent-stats --space NAME=SPEC ...`` on ``subparsers`` (from ``add_subparsers``)."""
-    from ..cli import _positive_int, add_threads_option  # (imported here: cli imports this module lazily)
-
-    def per_class_arg(s: str) -> int:
-        v = _positive_int(s)
-        if v < 2:
-            raise argparse.ArgumentTypeError(f"--per-class must be >= 2 (a covariance needs 2 samples), got {v}")
-        return v
-
-    f = subparsers.add_parser(
-        "latent-stats",
-        help="isotropy, dispersion and teacher curvature of latent spaces (Drift-RAE Tables 1-2, Fig. 1)",
-        description="Drift-RAE §3.2 / App. B.1 statistics, per class and per token: PR and SE (Table 1), NN-d and "
-        "S-MMD (Table 2) of each --space on the first --per-class images of every class, and the curvature of "
-        "each --teacher's flow-ODE trajectories (Fig. 1). Prints markdown tables.")
-    f.add_argument("--space", action="append", required=True, type=_name_value("--space", "SPEC"),
-                   metavar="NAME=SPEC", help="a latent space: NAME=tokenizer spec, e.g. pixel=pixel, "
-                   "sdvae=autoencoderkl:DIR, rae=rae:DIR (repeatable)")
-    f.add_argument("--teacher", action="append", default=None, type=_name_value("--teacher", "DIR"),
-                   metavar="NAME=DIR", help="a flow model directory (OUT/model of train-flow) for the curvature "
-                   "table (repeatable)")
-    f.add_argument("--patch", action="append", default=None, type=_patch_arg, metavar="[NAME=]P",
-                   help="group PxP latent positions into one token (as a DiT with patch P); P alone applies to "
-                   "every space without its own NAME=P (default 1)")
-    f.add_argument("--data", default="fashion-mnist", help="data spec (default fashion-mnist): mnist:<dir>, IDX "
-                   "dir, .npz or image folder")
-    f.add_argument("--split", default="test", help="train or test (default test)")
-    f.add_argument("--per-class", type=per_class_arg, default=DEFAULT_PER_CLASS,
-                   help=f"images per class, the same for every space (default {DEFAULT_PER_CLASS})")
-    f.add_argument("--tau", type=float, default=1.0, help="S-MMD kernel temperature (default 1.0, Eq. 53)")
-    f.add_argument("--curvature-n", type=_positive_int, default=32, help="trajectories per teacher (default 32)")
-    f.add_argument("--curvature-steps", type=_positive_int, default=50, help="Euler steps (default 50, >= 2)")
-    f.add_argument("--cfg-scale", type=float, default=1.0, help="teacher guidance scale (default 1)")
-    f.add_argument("--seed", type=int, default=0, help="seed of the teachers' start noise")
-    f.add_argument("--device", default="cpu", help="cpu, cuda, ... (encoders, teachers and statistics)")
-    f.add_argument("--batch", type=_positive_int, default=256, help="images per encoder call (default 256)")
-    f.add_argument("--json", default=None, metavar="OUT.json", help="also write the full result here")
-    add_threads_option(f)
-    f.add_argument("--no-progress", action="store_true", help="no progress bar")
-    f.set_defaults(func=cmd_latent_stats)
-    return f

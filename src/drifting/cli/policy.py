@@ -1,0 +1,95 @@
+"""``drifting policy collect | train | eval | compare``: Drifting Policy vs Diffusion Policy
+(:mod:`drifting.recipes.policy`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from ..recipes.policy import PolicyTrainConfig, evaluate_policy, format_table, load_policy, train_policy
+from ..training.checkpoint import jsonable
+from .args import add_threads_option
+
+
+_TRAIN_FLAGS = ("demos", "steps", "batch", "lr", "n_gen", "n_pos", "pos_radius", "scheduler", "inference_steps",
+                "eval_episodes", "snapshots", "ckpt_every", "seed", "horizon", "n_obs_steps", "n_action_steps",
+                "eval_max_steps")
+
+
+def _train_overrides(a: argparse.Namespace) -> dict:
+    return {k: getattr(a, k) for k in _TRAIN_FLAGS if getattr(a, k, None) is not None}
+
+
+def cmd_policy(a: argparse.Namespace) -> int:
+    from ..policy.experts import cached_demos
+
+    if a.action == "collect":
+        d = cached_demos(a.env, a.episodes, seed=a.seed or 0, progress=not a.no_progress)
+        s = d.stats
+        print(f"{a.env}: kept {d.n_episodes} of {s.get('n_attempted')} expert episodes ({len(d.obs)} steps); expert "
+              f"mean score {s.get('mean_score'):.3f}, success rate {s.get('success_rate'):.3f}")
+        return 0
+    if a.action == "eval":
+        pol, cfg = load_policy(a.model)
+        if a.scheduler or a.inference_steps:  # e.g. DDIM with fewer steps for a DDPM-trained policy
+            pc = replace(pol.config, scheduler=a.scheduler or pol.config.scheduler,
+                         inference_steps=a.inference_steps or pol.config.inference_steps)
+            from ..policy.policies import build_policy
+
+            state = pol.state_dict()
+            pol = build_policy(pc)
+            pol.load_state_dict(state)
+        env = cfg["train"]["env"]
+        m = evaluate_policy(pol.eval(), env, a.episodes, seed=a.seed if a.seed is not None else 100_000,
+                            progress=not a.no_progress)
+        print(f"{env}, {pol.config.kind} policy, NFE {m['nfe']}: success rate {m['success_rate']:.3f}, mean score "
+              f"{m['mean_score']:.3f}, {m['ms_per_action']:.2f} ms per action over {m['n_episodes']} episodes "
+              f"(batched), "
+              f"{m['ms_per_chunk_1obs']:.1f} ms per chunk of {pol.config.n_action_steps} for one observation")
+        return 0
+    envs = [a.env] if a.action == "train" else a.envs
+    kinds = [a.kind] if a.action == "train" else ["drifting", "diffusion"]
+    rows = []
+    t0 = time.perf_counter()
+    for env in envs:
+        for kind in kinds:
+            cfg = replace(PolicyTrainConfig(env=env, kind=kind), **_train_overrides(a)).validate()
+            sub = Path(a.out) if a.action == "train" else Path(a.out) / env / kind
+            rows.append(train_policy(cfg, sub, progress=not a.no_progress))
+    print(format_table(rows))
+    if a.action == "compare":
+        (Path(a.out) / "table.md").write_text(format_table(rows) + "\n")
+        (Path(a.out) / "results.json").write_text(json.dumps(jsonable(rows), indent=2))
+        print(f"wrote {Path(a.out) / 'table.md'} and results.json ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def add_policy_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("policy", help="robot-control policies: Drifting Policy vs Diffusion Policy (§5.3)",
+                              description="collect expert demonstrations, train, evaluate, or compare both policies "
+                              "on PushT and LunarLanderContinuous (see docs/policy_experts.md)")
+    p.add_argument("action", choices=("collect", "train", "eval", "compare"))
+    p.add_argument("model", nargs="?", help="eval: a policy directory (OUT/model or OUT/snapshots/step_N)")
+    p.add_argument("--env", default="pusht", help="pusht or lunarlander")
+    p.add_argument("--envs", nargs="+", default=["pusht", "lunarlander"], help="compare: the tasks")
+    p.add_argument("--kind", default="drifting", help="train: drifting or diffusion")
+    p.add_argument("--out", default=None, help="train / compare: output directory")
+    p.add_argument("--episodes", type=int, default=50, help="collect: attempted expert episodes; eval: episodes")
+    for k in _TRAIN_FLAGS:
+        typ = str if k == "scheduler" else (float if k in ("lr", "pos_radius") else int)
+        p.add_argument("--" + k.replace("_", "-"), type=typ, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    add_threads_option(p)
+    p.set_defaults(func=_checked_cmd)
+    return p
+
+
+def _checked_cmd(a: argparse.Namespace) -> int:
+    if a.action in ("train", "compare") and not a.out:
+        raise ValueError(f"policy {a.action} needs --out DIR")
+    if a.action == "eval" and not a.model:
+        raise ValueError("policy eval needs a model directory")
+    return cmd_policy(a)
