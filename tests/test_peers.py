@@ -59,7 +59,7 @@ def test_cli_rejects_bad_euler_steps(tmp_path, capsys):
 def test_threads_option_applies_and_is_restored(tmp_path, monkeypatch):
     import torch
 
-    import drifting.recipes.peers as peers_mod
+    import drifting.cli.peers as peers_mod  # the command calls run_peers through this module
 
     seen = []
     monkeypatch.setattr(peers_mod, "run_peers", lambda *a, **k: seen.append(torch.get_num_threads()) or {"rows": [], "eval_n": 1, "ref": "x"})
