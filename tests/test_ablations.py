@@ -87,7 +87,9 @@ def test_cli_all_runs_every_table(tmp_path, monkeypatch, capsys):
         return {"title": name, "preset": kw["preset"], "steps": kw["steps"], "eval_samples": kw["eval_samples"],
                 "rows": [{"row": "default", "accuracy": 0.5, "clf_fid": 10.0, "train_seconds": 1.0}]}
 
-    monkeypatch.setattr(ablations, "run_ablation", fake)
+    import drifting.cli.ablations as command  # the command calls run_ablation through this module
+
+    monkeypatch.setattr(command, "run_ablation", fake)
     assert main(["ablate", "all", "--out", str(tmp_path), "--steps", "7"]) == 0
     assert calls == [(n, 7) for n in sorted(ABLATIONS)]
     assert capsys.readouterr().out.count("| default | 0.500 | 10.0 | 1 |") == len(ABLATIONS)

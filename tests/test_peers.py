@@ -98,7 +98,9 @@ def test_run_peers_with_a_time_budget_and_a_subset(tmp_path, monkeypatch, standi
 
 def test_cli_time_budget_and_flow_options(tmp_path, monkeypatch, capsys):
     seen = {}
-    monkeypatch.setattr(peers, "run_peers", lambda out, **k: seen.update(k) or {"rows": [], "eval_n": 1, "ref": "x"})
+    import drifting.cli.peers as command  # the command calls run_peers through this module
+
+    monkeypatch.setattr(command, "run_peers", lambda out, **k: seen.update(k) or {"rows": [], "eval_n": 1, "ref": "x"})
     assert main(["peers", "--out", str(tmp_path), "--minutes", "15", "--flow", '{"lr": 0.002}',
                  "--methods", "drifting,flow"]) == 0
     assert seen["minutes"] == 15 and seen["flow"] == {"lr": 0.002} and seen["methods"] == ("drifting", "flow")
