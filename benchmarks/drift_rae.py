@@ -29,7 +29,7 @@ from drifting.recipes.autoencoders import cached_rae_dir, cached_vae_dir
 from drifting.recipes.distill import PRESETS, distill_preset
 from drifting.recipes.evaluate import evaluate
 from drifting.recipes.flow import FlowTrainConfig, flow_generate, load_flow_model
-from drifting.recipes.images import model_tokenizer, write_grid
+from drifting.recipes.image_sampling import model_tokenizer, write_grid
 from drifting.recipes.latent_stats import format_latent_stats, run_latent_stats
 from drifting.recipes.peers import train_once
 from drifting.training.checkpoint import jsonable

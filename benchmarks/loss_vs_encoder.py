@@ -1,7 +1,7 @@
 """The drifting loss against the feature encoder: time per training step of each part.
 
 The paper says the loss costs little next to the encoder. Per setting, with the feature groups
-built exactly as :func:`drifting.recipes.images.train_images` builds them (``encode`` -> sample
+built exactly as :func:`drifting.recipes.image_training.train_images` builds them (``encode`` -> sample
 the locations -> ``take_locations`` -> ``group_by_class``; CFG weights of the unconditional
 negatives from ``uncond_neg_weights`` with alpha drawn as in training), this times:
 
@@ -50,7 +50,8 @@ from drifting.features import group_by_class, sample_locations, take_locations  
 from drifting.guidance import sample_alpha, uncond_neg_weights  # noqa: E402
 from drifting.loss import drifting_loss  # noqa: E402
 from drifting.models.resnet_mae import ResNetMAE, resnet_mae_config  # noqa: E402
-from drifting.recipes.images import ImageTrainConfig, encode, train_preset  # noqa: E402
+from drifting.recipes.image_config import ImageTrainConfig, train_preset  # noqa: E402
+from drifting.recipes.image_training import encode  # noqa: E402
 
 NAME = "loss_vs_encoder"
 

@@ -33,7 +33,9 @@ from _common import add_common_args, machine_info, markdown_table, setup_threads
 from drifting.data.images import load_dataset  # noqa: E402
 from drifting.models import convnet  # noqa: E402
 from drifting.models.dit import PRESETS  # noqa: E402
-from drifting.recipes.images import cached_mae_dir, evaluate_generator, train_images, train_preset  # noqa: E402
+from drifting.recipes.image_config import train_preset  # noqa: E402
+from drifting.recipes.image_training import evaluate_generator, train_images  # noqa: E402
+from drifting.recipes.mae_pretrain import cached_mae_dir  # noqa: E402
 
 NAME = "quality_levers"
 
@@ -77,6 +79,17 @@ VARIANTS: dict[str, dict] = {
     "pos32-lr3e-3-decay0.5": dict(n_pos=32, lr=3e-3, lr_decay=0.5),
     "pos32-lr3e-3-decay0.5-mae16": dict(n_pos=32, lr=3e-3, lr_decay=0.5, mae_width=16, mae_cls_steps=800,
                                         mae_cls_warmup=100, mae_cls_lambda=0.5),
+    # session 5, on the session-4 preset (--preset cpu: P = 32, lr 3e-3, decay 0.5)
+    "gen16": dict(n_gen=16),
+    "gen32-u16": dict(n_gen=32, n_uncond=16),
+    "cls0.5-800": dict(mae_cls_steps=800, mae_cls_lambda=0.5),
+    "cls1.0-800": dict(mae_cls_steps=800, mae_cls_lambda=1.0),
+    "loc-all": dict(max_locations=None),
+    "lr5e-3": dict(lr=5e-3),
+    "tau0.05-0.2": dict(temperatures=(0.05, 0.2)),
+    "steps1500": {},  # the preset at a larger --steps: how much longer training buys
+    "unet-w16": dict(dit=dict(widths=(16, 64, 64))),  # level 0 (28x28) at 16 channels: cheaper steps
+    "unet-w24-96": dict(dit=dict(widths=(24, 96, 96))),
 }
 
 

@@ -38,7 +38,8 @@ from _common import add_common_args, markdown_table, print_report, run_each, set
 from drifting.cache import cache_root, content_key  # noqa: E402
 from drifting.data.images import load_dataset  # noqa: E402
 from drifting.models import convnet  # noqa: E402
-from drifting.recipes.images import train_images, train_preset  # noqa: E402
+from drifting.recipes.image_config import train_preset  # noqa: E402
+from drifting.recipes.image_training import train_images  # noqa: E402
 from drifting.training.checkpoint import jsonable  # noqa: E402
 
 NAME = "train_speed"

@@ -10,7 +10,7 @@ import drifting.recipes.classify as classify
 from drifting.cli import main
 from drifting.models.dit import DriftingDiT
 from drifting.recipes.ablations import ABLATIONS, Ablation, ablation_config, format_ablation, run_ablation
-from drifting.recipes.images import train_images
+from drifting.recipes.image_training import train_images
 
 
 def test_every_row_is_a_valid_distinct_config():
@@ -87,7 +87,7 @@ def test_cli_all_runs_every_table(tmp_path, monkeypatch, capsys):
         return {"title": name, "preset": kw["preset"], "steps": kw["steps"], "eval_samples": kw["eval_samples"],
                 "rows": [{"row": "default", "accuracy": 0.5, "clf_fid": 10.0, "train_seconds": 1.0}]}
 
-    import drifting.cli.ablations as command  # the command calls run_ablation through this module
+    import drifting.cli.cmd_ablations as command  # the command calls run_ablation through this module
 
     monkeypatch.setattr(command, "run_ablation", fake)
     assert main(["ablate", "all", "--out", str(tmp_path), "--steps", "7"]) == 0

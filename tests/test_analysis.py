@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from drifting.cli import analysis as cli_an
+from drifting.cli import cmd_analysis as cli_an
 from drifting.recipes import analysis as an
-from drifting.recipes.images import ImageTrainConfig, MAEConfig, generate, train_images
+from drifting.recipes.image_config import ImageTrainConfig
+from drifting.recipes.image_sampling import generate
+from drifting.recipes.image_training import train_images
+from drifting.recipes.mae_pretrain import MAEConfig
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,7 @@ def test_nearest_neighbours_chunked_matches_brute_force(run_dir, tmp_path):
     assert png.stat().st_size > 1000
 
     # brute force: the same samples and pool, every similarity at once
-    from drifting.recipes.images import load_generator
+    from drifting.recipes.image_sampling import load_generator
 
     model, tok = load_generator(run_dir / "model")
     samples = generate(model, torch.arange(4), 1.0, seed=1, tokenizer=tok)

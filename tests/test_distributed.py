@@ -14,7 +14,9 @@ import torch
 
 from drifting.distributed import Layout, LossComm, init_from_env
 from drifting.loss import drifting_loss
-from drifting.recipes.images import ImageTrainConfig, MAEConfig, train_images
+from drifting.recipes.image_config import ImageTrainConfig
+from drifting.recipes.image_training import train_images
+from drifting.recipes.mae_pretrain import MAEConfig
 from drifting.training.checkpoint import jsonable
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -18,7 +18,7 @@ from drifting.models.dit import DriftingDiT, dit_config
 from drifting.models.tokenizer import tiny_autoencoder_kl
 from drifting.recipes.distill import DistillConfig, distill, distill_preset, drift_rae_loss, one_step, tokens
 from drifting.recipes.flow import FlowTrainConfig, euler_sample, flow_generate, load_flow_model, train_flow
-from drifting.recipes.images import model_tokenizer
+from drifting.recipes.image_sampling import model_tokenizer
 from drifting.training.checkpoint import load_state
 from drifting.training.schedules import linear_decay_lr
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from drifting.cli.evaluate import add_eval_parser
+from drifting.cli.cmd_evaluate import add_eval_parser
 from drifting.data.images import load_fashion_mnist
 from drifting.eval import fid as fidmod
 from drifting.eval.fid import (

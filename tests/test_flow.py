@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import drifting.recipes.flow as flow
-from drifting.cli.flow import add_flow_parser
+from drifting.cli.cmd_flow import add_flow_parser
 from drifting.data.images import load_dataset
 from drifting.models.dit import DiTConfig, DriftingDiT, dit_config
 from drifting.recipes.flow import (FlowTrainConfig, euler_sample, flow_matching_loss, flow_path, load_flow_model,

@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-import drifting.recipes.images as images
+import drifting.recipes.image_training as image_training
+import drifting.recipes.mae_pretrain as mae_pretrain
 from drifting.cli import main
-from drifting.recipes.images import ImageTrainConfig, MAEConfig, train_images, train_preset
+from drifting.recipes.image_config import ImageTrainConfig, train_preset
+from drifting.recipes.image_training import train_images
+from drifting.recipes.mae_pretrain import MAEConfig
 
 
 def tiny(**kw):
@@ -45,16 +48,16 @@ def test_train_writes_model_and_samples(tmp_path, monkeypatch):
 
 def test_interrupted_run_resumes_bit_for_bit(tmp_path, monkeypatch, crash_at):
     ref = train_images(tiny(), tmp_path / "ref", progress=False)
-    real = images.drifting_loss
+    real = image_training.drifting_loss
     crash = crash_at(real, 5)
 
     # same MAE for both runs: reuse the reference's pre-trained encoder
-    monkeypatch.setattr(images, "drifting_loss", crash)
+    monkeypatch.setattr(image_training, "drifting_loss", crash)
     cfg = tiny(mae_dir=str(tmp_path / "ref" / "mae"), log_every=1)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_images(cfg, tmp_path / "run", progress=False)
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 3
-    monkeypatch.setattr(images, "drifting_loss", real)
+    monkeypatch.setattr(image_training, "drifting_loss", real)
     res = train_images(cfg, tmp_path / "run", progress=False, resume=True)
     # reference run with the same encoder, uninterrupted
     ref = train_images(cfg, tmp_path / "ref2", progress=False)
@@ -89,8 +92,8 @@ def test_checkpoint_from_before_an_option_existed_still_resumes(tmp_path):
 def test_mae_is_cached_between_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("DRIFTING_CACHE", str(tmp_path / "cache"))  # empty: other tests fill the shared one
     calls = []
-    real = images.pretrain_mae
-    monkeypatch.setattr(images, "pretrain_mae", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = mae_pretrain.pretrain_mae
+    monkeypatch.setattr(mae_pretrain, "pretrain_mae", lambda *a, **k: calls.append(1) or real(*a, **k))
     a = train_images(tiny(steps=1), tmp_path / "a", progress=False)
     b = train_images(tiny(steps=1), tmp_path / "b", progress=False)
     assert len(calls) == 1  # the second run found the encoder in the cache
@@ -110,10 +113,10 @@ def test_mae_classification_fine_tuning(tmp_path, monkeypatch):
     ds = load_dataset("fashion-mnist", "train")
     weights = []
     real = rm.mae_loss
-    monkeypatch.setattr(images, "mae_loss", lambda *a, **k: weights.append(k.get("cls_weight")) or real(*a, **k))
+    monkeypatch.setattr(mae_pretrain, "mae_loss", lambda *a, **k: weights.append(k.get("cls_weight")) or real(*a, **k))
     cfg = MAEConfig(encoder="cpu-tiny", steps=3, batch=32, cls_steps=40, cls_lambda=0.5, cls_warmup=4, lr=5e-3,
                     ema_decay=0.5)
-    images.pretrain_mae(ds, cfg, tmp_path / "ft", progress=False)
+    mae_pretrain.pretrain_mae(ds, cfg, tmp_path / "ft", progress=False)
     assert weights == [None] * 3 + [0.0, 0.125, 0.25, 0.375] + [0.5] * 36  # the MAE phase, then the warm-up
     ft = ResNetMAE.from_pretrained(tmp_path / "ft")
     assert ft.config.num_classes == 10 and ft.head is not None
@@ -121,7 +124,7 @@ def test_mae_classification_fine_tuning(tmp_path, monkeypatch):
     with torch.no_grad():
         acc = (ft(x)[1].argmax(-1) == y).float().mean().item()
     assert acc > 0.2  # the (EMA) head learned the labels: chance is 0.1 (0.13 without the fine-tuning steps)
-    images.pretrain_mae(ds, MAEConfig(encoder="cpu-tiny", steps=3, batch=32), tmp_path / "plain", progress=False)
+    mae_pretrain.pretrain_mae(ds, MAEConfig(encoder="cpu-tiny", steps=3, batch=32), tmp_path / "plain", progress=False)
     assert ResNetMAE.from_pretrained(tmp_path / "plain").head is None
     for bad in (dict(cls_steps=-1), dict(cls_lambda=1.5), dict(cls_warmup=-2)):
         with pytest.raises(ValueError, match="mae.cls_"):
@@ -169,7 +172,7 @@ def test_location_subsampling_and_tensorboard(tmp_path):
 
 
 def test_presets():
-    from drifting.recipes.images import TRAIN_PRESETS, train_preset
+    from drifting.recipes.image_config import TRAIN_PRESETS, train_preset
 
     for name in TRAIN_PRESETS:
         train_preset(name)  # each validates
@@ -297,7 +300,7 @@ def test_latent_generator_with_autoencoderkl(tmp_path, space):
 
 
 def test_non_finite_loss_stops_with_the_checkpoint_intact(tmp_path, monkeypatch):
-    real = images.drifting_loss
+    real = image_training.drifting_loss
     calls = {"n": 0}
 
     def nan_at_5(*a, **k):
@@ -305,13 +308,13 @@ def test_non_finite_loss_stops_with_the_checkpoint_intact(tmp_path, monkeypatch)
         loss, stats = real(*a, **k)
         return (loss * float("nan") if calls["n"] == 5 else loss), stats
 
-    monkeypatch.setattr(images, "drifting_loss", nan_at_5)
+    monkeypatch.setattr(image_training, "drifting_loss", nan_at_5)
     cfg = tiny()
     with pytest.raises(FloatingPointError, match="non-finite loss at step 4.*checkpoint"):
         train_images(cfg, tmp_path, progress=False)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["step"] == 3 and all(torch.isfinite(v).all() for v in state["model"].values())
-    monkeypatch.setattr(images, "drifting_loss", real)
+    monkeypatch.setattr(image_training, "drifting_loss", real)
     run = train_images(cfg, tmp_path, progress=False, resume=True)  # resumable
     assert np.isfinite(run.history["loss"]).all()
 
@@ -333,7 +336,7 @@ def test_train_cli_prints_the_metrics_table(tmp_path, monkeypatch, capsys):
 
 def test_the_conv_generator_trains_exports_and_samples(tmp_path):
     from drifting.models.convnet import ConvGenerator
-    from drifting.recipes.images import load_generator
+    from drifting.recipes.image_sampling import load_generator
 
     run = train_images(tiny(generator="conv-tiny", steps=3, ckpt_every=3), tmp_path, progress=False)
     assert isinstance(run.generator, ConvGenerator) and np.isfinite(run.history["loss"]).all()
@@ -350,7 +353,7 @@ def test_learning_curve_every_k_steps(tmp_path, monkeypatch):
         calls.append(n)
         return {"accuracy": 0.1 * len(calls), "classifier_fid": 10.0 / len(calls)}
 
-    monkeypatch.setattr(images, "evaluate_generator", fake_eval)
+    monkeypatch.setattr(image_training, "evaluate_generator", fake_eval)
     run = train_images(tiny(steps=5, eval_every=2, eval_samples=30), tmp_path, progress=False)
     curve = json.loads((tmp_path / "curve.json").read_text())
     assert [p["step"] for p in curve] == [2, 4, 5] and calls == [30, 30, 30]  # every 2 steps and at the end

@@ -1,4 +1,5 @@
-"""The package's import graph: no import cycles, and the command line stays inside ``drifting.cli``.
+"""The package's import graph: no import cycles, and the command line stays inside ``drifting.cli``; and
+no two modules of the package share a file name.
 
 Every module of the installed ``drifting`` package is parsed (not imported), and every ``import`` and
 ``from ... import`` statement in it, at module level or inside a function, class, ``try`` or ``if``,
@@ -32,6 +33,7 @@ import ast
 import importlib.util
 import subprocess
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -182,9 +184,12 @@ def graph(root) -> dict[str, set[str]]:
 
 def test_the_graph_sees_the_package(graph):
     """The parse found the package and its imports, lazy ones included (else the checks below are vacuous)."""
-    assert {PACKAGE, CLI, f"{CLI}.args", f"{PACKAGE}.recipes.images", f"{PACKAGE}.field"} <= set(graph)
-    assert f"{PACKAGE}.recipes.points" in graph[f"{CLI}.points"]  # imported inside cmd_fit_points
-    assert f"{CLI}.args" in graph[f"{CLI}.flow"] and PACKAGE in graph[CLI]
+    assert {PACKAGE, CLI, f"{CLI}.args", f"{PACKAGE}.recipes.image_training", f"{PACKAGE}.field"} <= set(graph)
+    assert f"{PACKAGE}.recipes.point_fitting" in graph[f"{CLI}.cmd_points"]  # imported inside cmd_fit_points
+    assert f"{PACKAGE}.recipes.image_training" in graph[f"{PACKAGE}.recipes.analysis"]  # inside drift_diagnosis
+    assert f"{CLI}.args" in graph[f"{CLI}.cmd_flow"] and PACKAGE in graph[CLI]
+    # `from ..models.encoders import ...` also runs drifting/models/__init__.py: an edge to that package too
+    assert {f"{PACKAGE}.models.encoders", f"{PACKAGE}.models"} <= graph[f"{PACKAGE}.recipes.image_training"]
 
 
 def test_every_import_names_a_module(graph):
@@ -195,6 +200,18 @@ def test_every_import_names_a_module(graph):
 def test_no_import_cycles(graph):
     cycles = find_cycles(graph)
     assert not cycles, "import cycles:\n" + "\n".join("  " + " -> ".join(c) for c in cycles)
+
+
+def test_no_two_modules_share_a_file_name(root):
+    """``recipes/images.py`` beside ``data/images.py`` (or ``cli/points.py`` beside ``recipes/points.py``) is one
+    name for two modules in tracebacks, editor tabs and prose: every module's file name is its own (the
+    ``__init__.py`` and ``__main__.py`` of the packages aside)."""
+    by_name = defaultdict(list)
+    for module, path in package_modules(root).items():
+        if path.name not in ("__init__.py", "__main__.py"):
+            by_name[path.name].append(module)
+    assert len(by_name) > 50  # the check sees the package's modules
+    assert {name: mods for name, mods in by_name.items() if len(mods) > 1} == {}
 
 
 def test_command_line_stays_in_cli(root, graph):
@@ -245,6 +262,12 @@ class C:
     assert imports_of("pkg.cli", "from . import args, main\nfrom .args import x\n", modules,
                       is_package=True) == {"pkg.cli.args"}
     assert imports_of("pkg.util", "import pkg.rec.a\n", modules) == {"pkg.rec.a", "pkg.rec"}  # pkg: its own
+    # `from .rec import a` (a module) runs pkg/rec/__init__.py and then pkg.rec.a: an edge to each; of a name
+    # that is not a module, the package alone
+    assert imports_of("pkg.util", "from .rec import a\n", modules) == {"pkg.rec.a", "pkg.rec"}
+    assert imports_of("pkg.cli.args", "from ..rec import a, thing\n", modules) == {"pkg.rec.a", "pkg.rec"}
+    assert imports_of("pkg.cli.args", "from ..rec import thing\n", modules) == {"pkg.rec"}
+    assert imports_of("pkg.cli.args", "from ..rec.a import thing\n", modules) == {"pkg.rec.a", "pkg.rec"}
     with pytest.raises(ValueError, match="above the top-level package"):
         imports_of("pkg.util", "from ... import x\n", modules)
 

@@ -1,4 +1,4 @@
-"""Tests for drifting.eval.latent_stats (Drift-RAE §3.2, App. B.1: Eq. 46-53, Fig. 1)."""
+"""Tests for drifting.eval.latent_metrics (Drift-RAE §3.2, App. B.1: Eq. 46-53, Fig. 1)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from drifting.eval.latent_stats import (
+from drifting.eval.latent_metrics import (
     isotropy_stats,
     nn_distance,
     participation_ratio,

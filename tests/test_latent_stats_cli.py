@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from drifting.cli.latent_stats import add_latent_stats_parser
-from drifting.eval.latent_stats import isotropy_stats, nn_distance, spherical_mmd
+from drifting.cli.cmd_latent_stats import add_latent_stats_parser
+from drifting.eval.latent_metrics import isotropy_stats, nn_distance, spherical_mmd
 from drifting.models.dit import DriftingDiT, dit_config
 from drifting.recipes.flow import euler_sample
 from drifting.recipes.latent_stats import (euler_path, first_per_class, format_latent_stats, latent_statistics,

@@ -59,7 +59,7 @@ def test_cli_rejects_bad_euler_steps(tmp_path, capsys):
 def test_threads_option_applies_and_is_restored(tmp_path, monkeypatch):
     import torch
 
-    import drifting.cli.peers as peers_mod  # the command calls run_peers through this module
+    import drifting.cli.cmd_peers as peers_mod  # the command calls run_peers through this module
 
     seen = []
     monkeypatch.setattr(peers_mod, "run_peers", lambda *a, **k: seen.append(torch.get_num_threads()) or {"rows": [], "eval_n": 1, "ref": "x"})
@@ -98,7 +98,7 @@ def test_run_peers_with_a_time_budget_and_a_subset(tmp_path, monkeypatch, standi
 
 def test_cli_time_budget_and_flow_options(tmp_path, monkeypatch, capsys):
     seen = {}
-    import drifting.cli.peers as command  # the command calls run_peers through this module
+    import drifting.cli.cmd_peers as command  # the command calls run_peers through this module
 
     monkeypatch.setattr(command, "run_peers", lambda out, **k: seen.update(k) or {"rows": [], "eval_n": 1, "ref": "x"})
     assert main(["peers", "--out", str(tmp_path), "--minutes", "15", "--flow", '{"lr": 0.002}',

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-import drifting.recipes.points as points
+import drifting.recipes.point_fitting as points
 from drifting.cli import main
-from drifting.recipes.points import PointsConfig, fit_points, sample_points
+from drifting.recipes.point_fitting import PointsConfig, fit_points, sample_points
 
 
 def test_short_fit_reaches_noise_floor():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from drifting.cli.autoencoders import add_autoencoder_parsers
+from drifting.cli.cmd_autoencoders import add_autoencoder_parsers
 from drifting.models.rae import (
     AutoencoderRAETokenizer,
     RAEConfig,
@@ -33,7 +33,7 @@ from drifting.recipes.autoencoders import (
     train_rae,
     train_vae,
 )
-from drifting.recipes.images import MAEConfig
+from drifting.recipes.mae_pretrain import MAEConfig
 
 TINY_MAE = ResNetMAEConfig(in_channels=1, base_width=4, blocks_per_stage=(1, 1, 1, 1), gn_groups=4, input_size=28)
 TINY_DEC = dict(decoder_width=16, decoder_blocks=1, decoder_min_width=8, gn_groups=4)
@@ -248,7 +248,7 @@ def test_train_rae_pretrains_the_mae_through_the_shared_cache(npz_data):
     d1 = cached_rae_dir(cfg=cfg, progress=False)
     m = json.loads((d1 / "metrics.json").read_text())
     from drifting.data.images import load_dataset
-    from drifting.recipes.images import cached_mae_dir
+    from drifting.recipes.mae_pretrain import cached_mae_dir
 
     assert m["mae_dir"] == str(cached_mae_dir(load_dataset(npz_data), mae, progress=False))  # the generator's encoder
     assert cached_rae_dir(npz_data, cfg, progress=False) == d1  # reused, not retrained

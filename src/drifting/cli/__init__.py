@@ -12,18 +12,18 @@ import os
 import sys
 
 from .. import __version__
-from .ablations import add_ablate_parser
-from .analysis import add_analysis_parsers
-from .autoencoders import add_autoencoder_parsers
-from .distill import add_distill_parser
-from .evaluate import add_eval_classifier_parser, add_eval_parser
-from .flow import add_flow_parser
-from .images import add_image_parsers
-from .latent_stats import add_latent_stats_parser
-from .peers import add_peers_parser
-from .points import add_points_parser
-from .policy import add_policy_parser
-from .toy import add_toy_parser
+from .cmd_ablations import add_ablate_parser
+from .cmd_analysis import add_analysis_parsers
+from .cmd_autoencoders import add_autoencoder_parsers
+from .cmd_distill import add_distill_parser
+from .cmd_evaluate import add_eval_classifier_parser, add_eval_parser
+from .cmd_flow import add_flow_parser
+from .cmd_images import add_image_parsers
+from .cmd_latent_stats import add_latent_stats_parser
+from .cmd_peers import add_peers_parser
+from .cmd_points import add_points_parser
+from .cmd_policy import add_policy_parser
+from .cmd_toy import add_toy_parser
 
 
 def build_parser() -> argparse.ArgumentParser:

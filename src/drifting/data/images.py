@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -360,6 +361,17 @@ def load_mnist(root: str | os.PathLike, split: str = "train") -> ImageDataset:
 # ---------------------------------------------------------------------------
 
 
+# what numpy and zipfile raise on a truncated, overwritten or non-.npz file (or a corrupt member of one)
+_NPZ_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _npz_reason(err: BaseException) -> str:
+    text = str(err)
+    if "allow_pickle" in text:  # numpy's advice to unpickle is not ours to give: we never unpickle
+        return "it is neither an .npz archive nor an .npy array, or an array in it needs pickle"
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
 def open_npz(path: Path, what: str, expect: str):
     """``np.load(path)`` of an ``.npz`` archive without pickle; clear errors for a missing file
     (FileNotFoundError naming ``what``), an unreadable one or a plain ``.npy`` (ValueError naming ``expect``)."""
@@ -367,11 +379,23 @@ def open_npz(path: Path, what: str, expect: str):
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
         npz = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise ValueError(f"{path}: not a readable .npz file ({err})") from err
+    except _NPZ_READ_ERRORS as err:
+        raise ValueError(f"{path}: not a readable .npz file ({_npz_reason(err)}); expected an .npz archive "
+                         f"with {expect}, as written by np.savez") from err
     if not hasattr(npz, "files"):  # a plain .npy saved under an .npz name
         raise ValueError(f"{path}: expected an .npz archive with {expect}, got a single array")
     return npz
+
+
+def read_npz_array(npz, key: str, path: Path) -> np.ndarray:
+    """``npz[key]`` (of an archive from :func:`open_npz`), with a ValueError naming ``path`` and ``key`` when
+    the member is truncated or corrupt, or holds objects that would need pickle."""
+    try:
+        return npz[key]
+    except _NPZ_READ_ERRORS as err:
+        raise ValueError(f"{path}: cannot read array {key!r} ({_npz_reason(err)}); the file is truncated or "
+                         "corrupt, or the array holds Python objects: store numbers (e.g. images as uint8, "
+                         "labels as int) and write the file again with np.savez") from err
 
 
 def load_npz(path: str | os.PathLike) -> ImageDataset:
@@ -399,6 +423,9 @@ def load_npz(path: str | os.PathLike) -> ImageDataset:
                 f"{path}: an array needs pickle to load ({err}); store images as uint8, labels as "
                 "int and class_names as a string array (np.array(names, dtype=str))"
             ) from err
+        except _NPZ_READ_ERRORS as err:  # a truncated or corrupt member
+            raise ValueError(f"{path}: cannot read its arrays ({_npz_reason(err)}); the file is truncated or "
+                             "corrupt: write it again with np.savez") from err
     if images.dtype != np.uint8:
         raise ValueError(f"{path}: 'images' must have dtype uint8 (values 0..255), got {images.dtype}")
     if images.ndim == 3:

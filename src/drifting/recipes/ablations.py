@@ -1,9 +1,9 @@
 """The paper's ablations at CPU scale: one command per table (``drifting ablate NAME``).
 
-Each ablation is a list of rows; a row is a set of :class:`~drifting.recipes.images.ImageTrainConfig`
+Each ablation is a list of rows; a row is a set of :class:`~drifting.recipes.image_config.ImageTrainConfig`
 overrides on a shared base (the ``cpu`` preset with fewer steps). Every row trains a generator
 and is scored by the in-domain classifier (accuracy of one-step samples and a classifier-feature
-FID to the test split, see :func:`~drifting.recipes.images.evaluate_generator`). Runs are keyed
+FID to the test split, see :func:`~drifting.recipes.image_training.evaluate_generator`). Runs are keyed
 by a hash of their full configuration, so a row shared by several tables (the default, which
 every table has) is trained once, and an interrupted ablation resumes where it stopped.
 
@@ -24,7 +24,8 @@ from pathlib import Path
 
 from ..cache import content_key
 from ..training.checkpoint import jsonable
-from .images import ImageTrainConfig, train_images, train_preset
+from .image_config import ImageTrainConfig, train_preset
+from .image_training import train_images
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ ABLATIONS: dict[str, Ablation] = {
 def ablation_config(overrides: dict, *, preset: str = "cpu", steps: int = 200, eval_samples: int = 1000,
                     **base) -> ImageTrainConfig:
     """The row config: ``preset`` with ``steps``/``eval_samples`` and ``base`` overrides, then the row's
-    (``mae_*`` keys set fields of the MAE config, as in :func:`~drifting.recipes.images.train_preset`)."""
+    (``mae_*`` keys set fields of the MAE config, as in :func:`~drifting.recipes.image_config.train_preset`)."""
     kw = {"steps": steps, "eval_samples": eval_samples, "sample_every": steps, "ckpt_every": max(1, min(100, steps)),
           **base, **overrides}
     return train_preset(preset, **kw)

@@ -10,7 +10,7 @@
   real images in place of the samples (the finite-sample floor the norm can fall to).
 
 Their commands (``drifting cfg-sweep``, ``drifting neighbours`` and ``drifting drift-norm``) are in
-:mod:`drifting.cli.analysis`.
+:mod:`drifting.cli.cmd_analysis`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .evaluate import METRICS, evaluate
-from .images import generate, load_generator, write_grid
+from .image_sampling import generate, load_generator, write_grid
 
 
 def _check_alphas(alphas) -> tuple[float, ...]:
@@ -244,7 +244,7 @@ def drift_diagnosis(run_dir: str | Path, *, batches: int = 4, n_gen: int | None 
     from ..features import group_by_class
     from ..loss import drifting_loss
     from ..models.resnet_mae import ResNetMAE
-    from .images import encode
+    from .image_training import encode
 
     run_dir = Path(run_dir)
     tc = run_dir / "model" / "train_config.json"

@@ -9,7 +9,7 @@ both on the same data, so the library's latent-space pipelines (``build_tokenize
 ``build_tokenizer("autoencoderkl:DIR")``) can compare them.
 
 * :func:`train_rae`: the frozen encoder is the ResNet-MAE the image generator uses
-  (:func:`drifting.recipes.images.cached_mae_dir` with the same :class:`MAEConfig`), its stage-3
+  (:func:`drifting.recipes.mae_pretrain.cached_mae_dir` with the same :class:`MAEConfig`), its stage-3
   output ``[32, 7, 7]`` (Fashion-MNIST) is the latent, normalized per channel with statistics of
   the training set, and a conv decoder is trained with noise-augmented latents
   ``z + sigma * eps``, ``sigma ~ U[0, noise_tau]`` per sample (RAE's noise-augmented decoding).
@@ -45,8 +45,10 @@ from ..models.rae import RAETokenizer, channel_stats
 from ..models.tokenizer import Tokenizer
 from ..training.checkpoint import jsonable
 from ..training.ema import EMA
+from ..training.loop import progress_bar as _bar
 from ..training.rng import step_generator
-from .images import MAEConfig, _bar, cached_mae_dir, to_uint8, write_grid
+from .image_sampling import to_uint8, write_grid
+from .mae_pretrain import MAEConfig, cached_mae_dir
 
 __all__ = [
     "RAETrainConfig",
@@ -431,7 +433,7 @@ def _cached(kind: str, cfg, train_fn, progress: bool) -> Path:
 def cached_rae_dir(data: str | None = None, cfg: RAETrainConfig | None = None, progress: bool = True) -> Path:
     """The export directory of the RAE trained with ``cfg`` (default ``RAETrainConfig()``; ``data``, when
     given, overrides ``cfg.data``), from the on-disk cache or trained now. Keyed by the config and the training images and labels
-    (:mod:`drifting.cache`), like :func:`drifting.recipes.images.cached_mae_dir`."""
+    (:mod:`drifting.cache`), like :func:`drifting.recipes.mae_pretrain.cached_mae_dir`."""
     cfg = _with_data(RAETrainConfig() if cfg is None else cfg, data)
     return _cached("rae", cfg.validate(), train_rae, progress)
 

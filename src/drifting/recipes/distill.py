@@ -67,7 +67,7 @@ from ..training.loop import TrainRun, optimizer_step
 from ..training.rng import step_generator
 from ..training.schedules import linear_decay_lr
 from .flow import load_flow_model, save_flow_grid
-from .images import model_tokenizer, write_model_tokenizer
+from .image_sampling import model_tokenizer, write_model_tokenizer
 
 INITS = ("teacher", "scratch")
 FEATURES = ("latent", "decode-encode")

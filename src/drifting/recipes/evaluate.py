@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.images import ImageDataset, load_dataset, load_npz, open_npz
+from ..data.images import ImageDataset, load_dataset, load_npz, open_npz, read_npz_array
 from ..eval.fid import cached_features, extract_features, fid_from_features, load_dinov2, load_inception
 from ..eval.prdc import prdc
 
@@ -37,6 +37,24 @@ SPLITS = ("train", "test")
 # ---------------------------------------------------------------------------
 
 
+def _uint8_hint(images: np.ndarray) -> str:
+    """How to turn ``images`` of another dtype into the uint8 images the metrics read (empty when unclear)."""
+    if images.size == 0 or images.ndim not in (3, 4):
+        return ""
+    if np.issubdtype(images.dtype, np.floating) and np.isfinite(images).all():
+        lo, hi = float(images.min()), float(images.max())
+        if 0.0 <= lo and hi <= 1.0:
+            return "; floats in [0, 1]: save np.round(images * 255).astype(np.uint8)"
+        if -1.0 <= lo and hi <= 1.0:
+            return "; floats in [-1, 1]: save np.round((images + 1) * 127.5).astype(np.uint8)"
+        if 0.0 <= lo and hi <= 255.0:
+            return "; floats in [0, 255]: save np.round(images).astype(np.uint8)"
+    elif (np.issubdtype(images.dtype, np.integer) and images.dtype != np.uint8
+          and images.min() >= 0 and images.max() <= 255):
+        return "; integers in 0..255: save images.astype(np.uint8)"
+    return ""
+
+
 def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """``images`` uint8 ``[N, H, W, C]`` and ``labels`` ``[N]`` (None when absent) from a samples ``.npz``."""
     p = Path(path).expanduser()
@@ -44,10 +62,11 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     if "images" not in z.files:
         raise ValueError(f"{p}: expected an .npz with key 'images' (uint8 [N, H, W, C]) and optionally 'labels'")
     with z:
-        images = z["images"]
-        labels = z["labels"] if "labels" in z.files else None
+        images = read_npz_array(z, "images", p)
+        labels = read_npz_array(z, "labels", p) if "labels" in z.files else None
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise ValueError(f"{p}: 'images' must be uint8 [N, H, W, C] or [N, H, W], got {images.dtype} {images.shape}")
+        raise ValueError(f"{p}: 'images' must be uint8 [N, H, W, C] or [N, H, W] (values 0..255), got "
+                         f"{images.dtype} {images.shape}{_uint8_hint(images)}")
     images = images[..., None] if images.ndim == 3 else images  # [N, H, W, C]
     if labels is not None and (labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer)):
         raise ValueError(f"{p}: 'labels' must be integers [N] with N = {len(images)}, got {labels.dtype} {labels.shape}")

@@ -27,7 +27,7 @@ latents ``[c, h, w]``: the Drift-RAE teacher, a flow model in RAE latent space. 
 for grids, and the export records the tokenizer (``model/tokenizer.json``).
 
 Module notes: the checkpointing, logging, progress bar and grid writing are those of
-:mod:`drifting.recipes.images`.
+:mod:`drifting.recipes.image_training`.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from ..training.loop import TrainRun, optimizer_step
 from ..training.schedules import warmup_lr
 from ..models.tokenizer import Tokenizer
 from ..models.tokenizers import build_tokenizer
-from .images import to_uint8, write_grid, write_model_tokenizer
+from .image_sampling import to_uint8, write_grid, write_model_tokenizer
 
 TIME_SAMPLING = ("uniform", "logit-normal")
 # generator config fields the recipe sets itself (from the data set, and the flow model's conventions).
@@ -227,7 +227,7 @@ def euler_sample(model, labels, steps: int, *, cfg_scale: float = 1.0, noise: to
 def flow_generate(model: OneStepGenerator, labels: torch.Tensor, steps: int, *, cfg_scale: float = 1.0, seed: int = 0,
                   batch: int = 500, tokenizer: Tokenizer | None = None) -> np.ndarray:
     """Euler samples as uint8 ``[n, H, W, C]`` for ``labels [n]`` (the flow counterpart of
-    :func:`drifting.recipes.images.generate`); a latent-space model's samples are decoded by ``tokenizer``."""
+    :func:`drifting.recipes.image_sampling.generate`); a latent-space model's samples are decoded by ``tokenizer``."""
     model.eval()
     g = torch.Generator().manual_seed(seed)
     out = []

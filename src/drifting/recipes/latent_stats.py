@@ -2,7 +2,7 @@
 
 Drift-RAE (§3.2, App. B.1) motivates distilling with a drifting field rather than along ODE
 trajectories by three measurements of a latent space, all made here with the metric functions of
-:mod:`drifting.eval.latent_stats`:
+:mod:`drifting.eval.latent_metrics`:
 
 * Table 1, isotropy (Eq. 46-48): the normalized participation ratio PR and spectral entropy SE of
   the covariance of ``{z_i[token] : label_i = c}``, computed "separately for each class and each
@@ -27,7 +27,7 @@ Protocol notes (choices the paper leaves open, all recorded in the outputs):
   image of a class) has a zero covariance and no PR/SE; it is left out of the PR/SE average and
   counted in ``dead_cells`` (NN-d and S-MMD are well defined there, both 0, and kept).
 * Aggregation: PR/SE uniform over (class, token) cells; NN-d a mean over samples (Eq. 49); S-MMD
-  the mean over classes of the per-class mean over tokens (as :func:`~drifting.eval.latent_stats.spherical_mmd`).
+  the mean over classes of the per-class mean over tokens (as :func:`~drifting.eval.latent_metrics.spherical_mmd`).
 * Curvature: the paper uses Chen et al. (2024)'s code, whose plotted quantity is the distance of
   the trajectory points from the chord (``trajectory_deviation``); we report it, and the
   velocity-variance curvature of rectified flow (``trajectory_curvature``), raw and per dimension.
@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..eval.latent_stats import (isotropy_stats, nn_distance, spherical_mmd, trajectory_curvature,
+from ..eval.latent_metrics import (isotropy_stats, nn_distance, spherical_mmd, trajectory_curvature,
                                  trajectory_deviation)
 
 __all__ = [
@@ -122,7 +122,7 @@ def latent_statistics(latents: torch.Tensor, labels, *, per_class: int | None = 
     group of positions: :func:`to_tokens`) on ``D``-dimensional token vectors:
 
     * PR (Eq. 47) and SE (Eq. 48) of the spectrum (Eq. 46) of each (class, token) covariance,
-      averaged uniformly over the cells (:func:`~drifting.eval.latent_stats.isotropy_stats`);
+      averaged uniformly over the cells (:func:`~drifting.eval.latent_metrics.isotropy_stats`);
       cells whose samples are all identical have no spectrum and are counted in ``dead_cells``.
     * NN-d (Eq. 49): the mean over samples and tokens of the distance to the nearest other sample
       of the class at the same token, divided by ``sqrt(D)``.
@@ -303,9 +303,9 @@ def teacher_curvature(flow_model, labels, *, steps: int = 50, seed: int = 0, cfg
     steps (:func:`euler_path`), then per trajectory:
 
     * ``curvature``: ``1/S sum_k |v_k - (y_1 - y_0)|^2``, the variance of the velocity along the path
-      (:func:`~drifting.eval.latent_stats.trajectory_curvature`): 0 iff the velocity is constant;
+      (:func:`~drifting.eval.latent_metrics.trajectory_curvature`): 0 iff the velocity is constant;
     * ``deviation``: the distance of each intermediate point from the chord (Chen et al. 2024's
-      analysis, :func:`~drifting.eval.latent_stats.trajectory_deviation`), ``[S - 1]`` per trajectory.
+      analysis, :func:`~drifting.eval.latent_metrics.trajectory_deviation`), ``[S - 1]`` per trajectory.
 
     Both grow with the dimension ``D = C H W`` of the space, so ``curvature_per_dim`` (``/ D``) and
     ``deviation_per_sqrt_dim`` (``/ sqrt(D)``) are given for comparing spaces. A trajectory whose

@@ -2,7 +2,7 @@
 
 Three generators share the DiT preset, the data and the per-step batch:
 
-* **drifting** (1 NFE): the image trainer of :mod:`drifting.recipes.images` as configured by ``preset``;
+* **drifting** (1 NFE): the image trainer of :mod:`drifting.recipes.image_training` as configured by ``preset``;
 * **MMD** (1 NFE): the same trainer, feature space and samples, with the drifting field replaced by
   the field of a squared-MMD loss with Gaussian kernels (paper C.2, Eq. 41-45) and no drift
   normalization, so its gradient is that of MMD^2 summed over the bandwidths ``MMD_BANDWIDTHS``
@@ -32,7 +32,9 @@ from ..data.images import load_dataset
 from .evaluate import evaluate
 from .distill import DistillConfig, distill
 from .flow import FlowTrainConfig, flow_generate, load_flow_model, train_flow
-from .images import ImageTrainConfig, generate, load_generator, train_images, train_preset, write_grid
+from .image_config import ImageTrainConfig, train_preset
+from .image_sampling import generate, load_generator, write_grid
+from .image_training import train_images
 
 EULER_STEPS = (1, 2, 4, 8, 16, 32, 50)
 MMD_BANDWIDTHS = (0.25, 0.5, 1.0)  # sigma / (mean distance) per feature group, in normalized features

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..eval import figures as fig
-from .points import PointsConfig, fit_points
+from .point_fitting import PointsConfig, fit_points
 
 BIMODAL_MODES = np.array([[-2.0, -2.0], [2.0, 2.0]])  # the centers of the "bimodal" target
 

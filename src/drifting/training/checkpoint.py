@@ -2,7 +2,8 @@
 
 * Training state: one file written atomically (tmp file + ``os.replace``), so a crash while
   saving never corrupts the last good checkpoint; loaded with ``torch.load(weights_only=True)``
-  (tensors, numbers, strings, lists and dicts only — never arbitrary pickles).
+  (tensors, numbers, strings, lists and dicts only — never arbitrary pickles) after a CRC check of the
+  file. A file that cannot be read is a :class:`CorruptCheckpointError` naming it and what to do.
 * Export: ``config.json`` + ``model.safetensors`` in a directory.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -25,21 +26,67 @@ def save_state(path: str | os.PathLike, state: dict) -> None:
     os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file, never half
 
 
+# what every training checkpoint of this library holds (the trainers add their own parts)
+_REQUIRED_KEYS = ("step", "config", "history")
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file exists but cannot be read, or is not a drifting training checkpoint.
+
+    The message names the file and what to do; the command line prints it and exits with status 2."""
+
+
+def _what_to_do(path: Path) -> str:
+    return (f"The file was left as it is. To go on, either keep it (move it aside, e.g. to {path.name}.bad, "
+            "to look at it later) and start a new run in another --out, or copy an older checkpoint of this "
+            f"same run (a backup) to {path} and resume again.")
+
+
+def _reason(err: BaseException) -> str:
+    """A one-line reason from a torch.load error. torch's weights-only message opens with advice to load with
+    weights_only=False (unpickling arbitrary code), which is not ours to give: keep only the parser's reason."""
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    line = line if len(line) <= 160 else line[:157] + "..."
+    return f"{type(err).__name__}: {line}" if line else type(err).__name__
+
+
 def load_state(path: str | os.PathLike, map_location="cpu") -> dict:
+    """The training state saved by :func:`save_state` at ``path``.
+
+    Raises FileNotFoundError when there is no file, and :class:`CorruptCheckpointError` (a ValueError) naming
+    the file and what to do when it cannot be read (truncated, overwritten, not a torch file, objects that
+    ``weights_only`` refuses) or is not a dict holding ``step``, ``config`` and ``history``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        # torch's reader checks no CRCs: a damaged stretch of tensor data would load as wrong weights
+        with zipfile.ZipFile(path) as z:
+            damaged = z.testzip()  # reads every member once (~0.1 s per 200 MB)
+        if damaged is not None:
+            raise CorruptCheckpointError(f"checkpoint {path} cannot be read (its member {damaged} fails the CRC "
+                                         f"check): it is corrupt. {_what_to_do(path)}")
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (MemoryError, CorruptCheckpointError):
+        raise
+    except (PermissionError, IsADirectoryError) as err:
+        raise CorruptCheckpointError(f"checkpoint {path} cannot be read ({_reason(err)}); check the file's "
+                                     "permissions and resume again") from err
+    except Exception as err:  # noqa: BLE001 - torch's zip and pickle readers raise many kinds on a bad file
         raise CorruptCheckpointError(
-            f"checkpoint {path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-            "it is corrupt, truncated or not a drifting checkpoint. It was left as it is: move it aside to keep it, "
-            "then start over in this directory without resuming, or use a new --out") from err
-
-
-class CorruptCheckpointError(ValueError):
-    """A checkpoint file exists but cannot be read (the command line reports it and exits with status 2)."""
+            f"checkpoint {path} cannot be read ({_reason(err)}): it is corrupt, truncated or not a drifting "
+            f"checkpoint. {_what_to_do(path)}") from err
+    missing = [k for k in _REQUIRED_KEYS if k not in state] if isinstance(state, dict) else list(_REQUIRED_KEYS)
+    if missing:
+        got = f"a dict without {missing}" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise CorruptCheckpointError(
+            f"checkpoint {path} cannot be read as a drifting training checkpoint (it holds {got}). "
+            f"{_what_to_do(path)}")
+    return state
 
 
 def export_model(directory: str | os.PathLike, model: torch.nn.Module, config: dict) -> None:

@@ -1,4 +1,4 @@
-"""``drifting train``, ``train-mae`` and ``sample``: the image generator (:mod:`drifting.recipes.images`)."""
+"""``drifting train``, ``train-mae`` and ``sample``: the image generator (:mod:`drifting.recipes.image_training`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,16 @@ from .args import add_threads_option, positive_float, positive_int
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from ..recipes.images import train_images, train_preset
+    from ..recipes.image_config import train_preset
+    from ..recipes.image_training import train_images
+    from ..training.checkpoint import load_state
 
+    if a.resume:  # a missing or unreadable checkpoint is reported now, not after the dataset and the MAE
+        ckpt = Path(a.out) / "checkpoint.pt"
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"--resume: there is no checkpoint at {ckpt}; run without --resume to start "
+                                    "there, or give the --out of the run to continue")
+        load_state(ckpt)  # CorruptCheckpointError when it cannot be read; train_images checks its configuration
     cfg = train_preset(
         a.preset, data=a.data, generator=a.generator, encoder=a.encoder, mae_dir=a.mae, mae_encoder=a.mae_preset,
         mae_steps=a.mae_steps, mae_batch=a.mae_batch, mae_cls_steps=a.mae_cls_steps, mae_seed=a.seed,
@@ -42,7 +50,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_train_mae(a: argparse.Namespace) -> int:
     from ..data.images import load_dataset
-    from ..recipes.images import MAEConfig, pretrain_mae
+    from ..recipes.mae_pretrain import MAEConfig, pretrain_mae
 
     cfg = MAEConfig(encoder=a.preset, steps=a.steps, seed=a.seed, cls_steps=a.cls_steps, cls_lambda=a.cls_lambda,
                     cls_warmup=a.cls_warmup)
@@ -56,7 +64,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from ..recipes.images import generate, load_generator, write_grid
+    from ..recipes.image_sampling import generate, load_generator, write_grid
 
     model, tokenizer = load_generator(a.model)
     K = model.config.num_classes

@@ -60,12 +60,22 @@ def cmd_eval_classifier(a: argparse.Namespace) -> int:
     images, labels = load_samples(a.samples)
     if labels is None:
         raise ValueError(f"{a.samples}: eval-classifier needs 'labels' ([N] integers, the conditioning classes)")
+    if len(images) < 2:
+        raise ValueError(f"{a.samples}: eval-classifier needs at least 2 images (the classifier-feature FID "
+                         f"uses their covariance), got {len(images)}")
     train, test = load_dataset(a.data, "train"), load_dataset(a.data, "test")
     if images.shape[1:] != train.shape:
         raise ValueError(f"{a.samples}: images of shape {images.shape[1:]} do not match {a.data}'s {train.shape}")
     if len(labels) and (labels.min() < 0 or labels.max() >= train.num_classes):
         raise ValueError(f"{a.samples}: labels must lie in [0, {train.num_classes}) for {a.data}, "
                          f"got [{labels.min()}, {labels.max()}]")
+    if a.json:  # a report path that cannot be written fails now, not after the training
+        if Path(a.json).is_dir():
+            raise ValueError(f"--json {a.json} is a directory; give a file path, e.g. {Path(a.json) / 'report.json'}")
+        try:
+            Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"--json {a.json}: cannot create its folder ({err}); give a writable path") from err
     if a.classifier is None:
         model = cached_classifier(train, steps=a.steps, progress=not a.no_progress)
     elif (Path(a.classifier) / "model.safetensors").is_file():

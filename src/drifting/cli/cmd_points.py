@@ -1,4 +1,4 @@
-"""``drifting fit-points``: fit a point cloud with the MLP generator (:mod:`drifting.recipes.points`)."""
+"""``drifting fit-points``: fit a point cloud with the MLP generator (:mod:`drifting.recipes.point_fitting`)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _summary_table(m: dict) -> str:
 
 
 def cmd_fit_points(a: argparse.Namespace) -> int:
-    from ..recipes.points import PointsConfig, fit_points
+    from ..recipes.point_fitting import PointsConfig, fit_points
 
     cfg = PointsConfig(
         data=a.data, steps=a.steps, seed=a.seed, batch=a.batch, n_pos=a.n_pos, lr=a.lr,

@@ -1,0 +1,178 @@
+"""The configuration of an image run (:class:`ImageTrainConfig`) and its named presets
+(:data:`TRAIN_PRESETS`, :func:`train_preset`; ``drifting train --preset NAME``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ..field import NORMALIZE_CHOICES
+from ..guidance import CFG_PRESETS
+from ..loss import DEFAULT_TEMPERATURES, KERNELS
+from ..training.precision import PRECISIONS
+from .mae_pretrain import MAEConfig
+
+
+@dataclass
+class ImageTrainConfig:
+    """Everything an image run depends on (saved beside its checkpoints and export)."""
+
+    data: str = "fashion-mnist"
+    generator: str = "cpu-small"  # generator preset: a DiT (models.dit.PRESETS) or a U-Net (models.convnet.PRESETS)
+    # feature encoder(s) (models.encoders.build_encoder spec); "mae" is the ResNet-MAE of mae_dir, else
+    # pre-trained with `mae` (cached between runs). "mae+timm:convnextv2_atto:W.safetensors@64": Table 9.
+    encoder: str = "mae"
+    mae_dir: str | None = None  # a pretrained ResNet-MAE export; None: pre-train (cached), copy to OUT/mae
+    # latent space (optional): a models.tokenizers.build_tokenizer spec such as "sd-vae:/path/to/sd-vae";
+    # the generator then works on latents. encoder_space: where the feature encoder looks, "latent"
+    # (latent-MAE, Table 8's latent presets) or "pixel" (generated latents are decoded first, with
+    # gradients through the decoder, as for MoCo / SimCLR / pixel-MAE features on a latent generator).
+    tokenizer: str | None = None
+    encoder_space: str = "latent"
+    mae: MAEConfig = field(default_factory=MAEConfig)
+    steps: int = 1000
+    # a wall-time budget for the generator's training (MAE pre-training and evaluation excluded): stop at the
+    # first step boundary after this many minutes, or at `steps`, whichever comes first (None: steps only).
+    # For comparisons at equal wall time (benchmarks/quality_levers.py); a step budget repeats exactly.
+    minutes: float | None = None
+    classes_per_step: int = 10  # Nc
+    n_gen: int = 8  # N generated per class (also the generated negatives)
+    n_pos: int = 8  # P positives per class
+    cfg: str = "ablation"  # CFG preset (guidance.CFG_PRESETS): alpha distribution and N_unc
+    n_uncond: int | None = 8  # override the preset's N_unc (None: the preset's)
+    sampler: str = "queue"  # "queue" (A.8) or "balanced"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: int = 100
+    # the last lr_decay fraction of training (of `steps`, or of `minutes` with a time budget) ramps the lr
+    # linearly down to 0 (0 = constant after the warm-up, as the paper's Table 8)
+    lr_decay: float = 0.0
+    grad_clip: float = 2.0
+    ema_decays: tuple[float, ...] = (0.99, 0.999)
+    # EMA warm-up (Drift-RAE Table 8's formula; 0 = off as in the drifting paper). On for short CPU
+    # runs: without it a 0.999 EMA still holds 82% of the zero-output init after 200 steps.
+    ema_warmup: int = 1000
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+    feature_sets: str = "abcd"  # A.5 ablation: ab | abc | abcd
+    # drift at most this many random locations per feature group and step (None: all). Each
+    # location is its own problem, so a random subset is an unbiased, cheaper estimate.
+    max_locations: int | None = 64
+    vanilla: bool = True  # also drift the raw generator output
+    # the field (ablations and the MMD peer): Alg. 2's "laplace" kernel or C.2's "mmd" (loss.KERNELS),
+    # kernel normalization (Table 11: both | y | none), a V+ - r V- (Table 1), drift normalization (A.6)
+    kernel: str = "laplace"
+    normalize: str = "both"
+    attraction: float = 1.0
+    repulsion: float = 1.0
+    normalize_drift: bool = True
+    style_tokens: int | None = None  # override the generator preset's style tokens (A.2; 0 = off)
+    seed: int = 0
+    # bf16 autocast of the generator and encoder (training.precision): "auto" (on CUDA only), "fp32" or
+    # "bf16" (also on the CPU). The field and the loss are fp32 either way.
+    precision: str = "auto"
+    log_every: int = 10
+    sample_every: int = 250
+    # at the end: accuracy of an in-domain classifier on this many samples and a classifier-feature
+    # FID to the test split, with the train-vs-test floor (OUT/metrics.json; 0 = skip)
+    eval_samples: int = 1000
+    # a learning curve: every eval_every steps (0 = off) the same metrics on eval_samples samples of the EMA
+    # generator, against the training time so far (the evaluation's own time excluded); OUT/curve.json
+    eval_every: int = 0
+    ckpt_every: int = 250
+
+    def validate(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(msg)
+
+        need(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        need(self.eval_every >= 0, f"eval_every must be >= 0 (0 = no learning curve), got {self.eval_every}")
+        need(self.eval_every == 0 or self.eval_samples > 0,
+             f"eval_every={self.eval_every} needs eval_samples > 0, got {self.eval_samples}")
+        need(self.minutes is None or self.minutes > 0, f"minutes must be None or > 0, got {self.minutes}")
+        need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        need(self.classes_per_step >= 1, f"classes_per_step must be >= 1, got {self.classes_per_step}")
+        need(self.n_gen >= 2, f"n_gen must be >= 2 (generated samples are also negatives), got {self.n_gen}")
+        need(self.n_pos >= 1, f"n_pos must be >= 1, got {self.n_pos}")
+        need(self.cfg in CFG_PRESETS, f"cfg must be one of {sorted(CFG_PRESETS)}, got {self.cfg!r}")
+        need(self.sampler in ("queue", "balanced"), f"sampler must be 'queue' or 'balanced', got {self.sampler!r}")
+        need(self.feature_sets in ("ab", "abc", "abcd"), f"feature_sets must be ab, abc or abcd, got {self.feature_sets!r}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(0.0 <= self.lr_decay <= 1.0, f"lr_decay must be in [0, 1], got {self.lr_decay}")
+        need(self.encoder_space in ("latent", "pixel"),
+             f"encoder_space must be 'latent' or 'pixel', got {self.encoder_space!r}")
+        need(self.kernel in KERNELS, f"kernel must be one of {KERNELS}, got {self.kernel!r}")
+        need(self.normalize in NORMALIZE_CHOICES, f"normalize must be one of {NORMALIZE_CHOICES}, got {self.normalize!r}")
+        need(self.attraction >= 0 and self.repulsion >= 0,
+             f"attraction and repulsion must be >= 0, got {self.attraction}, {self.repulsion}")
+        need(self.style_tokens is None or self.style_tokens >= 0, f"style_tokens must be None or >= 0, got {self.style_tokens}")
+        need(self.mae.width is None or self.mae.width >= 1, f"mae.width must be None or >= 1, got {self.mae.width}")
+        self.mae.validate()
+        need(self.max_locations is None or self.max_locations >= 1,
+             f"max_locations must be None or >= 1, got {self.max_locations}")
+
+    @property
+    def cfg_config(self):
+        c = CFG_PRESETS[self.cfg]
+        if self.n_uncond is not None:
+            c = replace(c, n_uncond=self.n_uncond)
+        return c
+
+
+def _imagenet_preset(generator: str, encoder: str, mae_epochs: int, **kw) -> dict:
+    """Table 8 (ImageNet 256x256, 1.28M images): the MAE uses lr 4e-3, batch 8192, EMA 0.9995 (A.3)."""
+    mae = MAEConfig(encoder=encoder, steps=round(mae_epochs * 1_281_167 / 8192), batch=8192, lr=4e-3,
+                    ema_decay=0.9995, crop_scale=(0.2, 1.0))
+    base = dict(generator=generator, mae=mae, grad_clip=2.0, n_gen=64, n_uncond=None, max_locations=None, ema_warmup=0,
+                ema_decays=(0.999, 0.9995, 0.9998, 0.9999), sample_every=5000, ckpt_every=2000, log_every=50)
+    return {**base, **kw}
+
+
+# Named training configurations (``drifting train --preset NAME``); fields left out keep the
+# ImageTrainConfig defaults. The ImageNet rows are Table 8's columns; they expect ImageNet as an
+# image folder (``--data DIR``) and, for the latent presets, SD-VAE latents (``--tokenizer``).
+TRAIN_PRESETS: dict[str, dict] = {
+    # the README's main job: Fashion-MNIST, under 15 minutes on 2 CPU cores with the MAE pre-training. Chosen by
+    # the lever study of docs/results.md (issue 15): the conv-cpu U-Net generator (models.convnet), A.3's
+    # classification fine-tuning of the MAE (400 steps, lambda 0.1 after a 100-step warm-up), 1000 steps (the
+    # U-Net's steps cost 1.7x the DiT's on 2 cores), metrics on 2000 samples.
+    # Session 4's lever table (600 steps each): P = 32 positives, lr 3e-3 and the last half of training ramping the
+    # lr to 0 took classifier FID 57 -> 40 and accuracy 0.74 -> 0.80 at equal steps.
+    "cpu": dict(generator="conv-cpu", mae=MAEConfig(cls_steps=400, cls_warmup=100), steps=1000, eval_samples=2000,
+                n_pos=32, lr=3e-3, lr_decay=0.5),
+    # issue 15 item 3: the main job for about an hour on 2 cores (8000 steps at 2.5 steps/s), with a learning curve
+    # (accuracy and classifier FID every 1000 steps against the training time, OUT/curve.json)
+    "cpu-long": dict(generator="conv-cpu", mae=MAEConfig(cls_steps=400, cls_warmup=100), steps=8000, eval_samples=2000,
+                     eval_every=1000, n_pos=32, lr=3e-3, lr_decay=0.5),
+    # the main job with the paper's DiT generator instead (the cpu-p4 DiT; the default before the U-Net)
+    "cpu-dit": dict(generator="cpu-p4", mae=MAEConfig(cls_steps=400, cls_warmup=100), steps=1500, eval_samples=2000),
+    # the main job before issue 15 (the ImageTrainConfig defaults: cpu-small DiT, plain MAE, 1000 steps): the
+    # preset of the ablation and peer tables in docs/results.md measured before it
+    "cpu-v1": {},
+    "cpu-tiny": dict(generator="cpu-tiny", mae=MAEConfig(encoder="cpu-tiny", steps=30, batch=32), steps=20,
+                     classes_per_step=4, n_gen=4, n_pos=4, n_uncond=4, max_locations=16, warmup=5,
+                     ema_warmup=10, sample_every=10, ckpt_every=10, log_every=5),  # smoke tests, seconds
+    "ablation": _imagenet_preset("B/2", "latent-256", 192, steps=30_000, lr=2e-4, weight_decay=0.01, warmup=5000,
+                                 classes_per_step=64, n_pos=64, cfg="ablation", ema_decays=(0.999,)),
+    "B/2": _imagenet_preset("B/2", "latent-640", 1280, steps=200_000, lr=4e-4, weight_decay=0.0, warmup=10_000,
+                            classes_per_step=128, n_pos=128, cfg="B/2"),
+    "L/2": _imagenet_preset("L/2", "latent-640", 1280, steps=200_000, lr=4e-4, weight_decay=0.01, warmup=10_000,
+                            classes_per_step=128, n_pos=64, cfg="L/2"),
+    "B/16": _imagenet_preset("B/16", "pixel-640", 1280, steps=100_000, lr=2e-4, weight_decay=0.01, warmup=10_000,
+                             classes_per_step=128, n_pos=128, cfg="B/16"),
+    "L/16": _imagenet_preset("L/16", "pixel-640", 1280, steps=100_000, lr=4e-4, weight_decay=0.01, warmup=10_000,
+                             classes_per_step=128, n_pos=128, cfg="L/16"),
+}
+
+
+def train_preset(name: str, **overrides) -> ImageTrainConfig:
+    """``ImageTrainConfig`` of the preset ``name`` with ``overrides`` (None values are ignored)."""
+    if name not in TRAIN_PRESETS:
+        raise ValueError(f"preset: unknown training preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
+    cfg = ImageTrainConfig(**TRAIN_PRESETS[name])
+    mae_over = {k[4:]: v for k, v in overrides.items() if k.startswith("mae_") and k != "mae_dir" and v is not None}
+    if mae_over:
+        cfg.mae = replace(cfg.mae, **mae_over)
+    rest = {k: v for k, v in overrides.items() if (not k.startswith("mae_") or k == "mae_dir") and v is not None}
+    cfg = replace(cfg, **rest)
+    cfg.validate()
+    return cfg

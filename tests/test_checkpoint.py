@@ -1,0 +1,110 @@
+"""Training checkpoints that cannot be read: a clear error naming the file and what to do, never a raw
+traceback from torch's zip or pickle reader, and the file left as it was."""
+
+import os
+
+import pytest
+import torch
+
+from drifting.cli import main
+from drifting.training.checkpoint import CorruptCheckpointError, load_state, save_state
+
+
+def _good_state() -> dict:
+    return {"model": {"w": torch.arange(2000.0)}, "step": 3, "config": {"lr": 1e-3}, "history": "{}"}
+
+
+def _truncated(path):
+    save_state(path, _good_state())
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # as by a full disk or a killed copy
+
+
+def _random_bytes(path):
+    path.write_bytes(os.urandom(4096))
+
+
+def _empty(path):
+    path.write_bytes(b"")
+
+
+def _text(path):
+    path.write_text("hello, I am not a checkpoint\n")
+
+
+def _zeroed_middle(path):  # the zip directory is intact, a stretch of tensor data is not
+    save_state(path, _good_state())
+    b = bytearray(path.read_bytes())
+    b[len(b) // 3: len(b) // 3 + 2048] = bytes(2048)
+    path.write_bytes(bytes(b))
+
+
+BAD_FILES = {"truncated": _truncated, "random bytes": _random_bytes, "empty": _empty, "text": _text,
+             "zeroed middle": _zeroed_middle}
+
+
+def test_a_good_checkpoint_round_trips(tmp_path):
+    save_state(tmp_path / "checkpoint.pt", _good_state())
+    state = load_state(tmp_path / "checkpoint.pt")
+    assert state["step"] == 3 and torch.equal(state["model"]["w"], torch.arange(2000.0))
+
+
+@pytest.mark.parametrize("make", list(BAD_FILES.values()), ids=list(BAD_FILES))
+def test_an_unreadable_checkpoint_is_a_clear_error(tmp_path, make):
+    ckpt = tmp_path / "checkpoint.pt"
+    make(ckpt)
+    before = ckpt.read_bytes()
+    with pytest.raises(CorruptCheckpointError) as info:
+        load_state(ckpt)
+    msg = str(info.value)
+    assert isinstance(info.value, ValueError)  # the command line reports ValueErrors without a traceback
+    assert str(ckpt) in msg and "cannot be read" in msg
+    assert "another --out" in msg and "older checkpoint" in msg and "left as it is" in msg
+    assert "weights_only" not in msg  # torch's advice to unpickle with weights_only=False is not passed on
+    assert "\n" not in msg
+    assert ckpt.read_bytes() == before
+
+
+@pytest.mark.parametrize("state, what", [
+    ([1, 2, 3], "a list"),
+    ({"model": {}, "step": 1}, "without ['config', 'history']"),
+])
+def test_a_readable_file_that_is_no_training_checkpoint_is_refused(tmp_path, state, what):
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(CorruptCheckpointError, match="as a drifting training checkpoint") as info:
+        load_state(tmp_path / "checkpoint.pt")
+    assert what in str(info.value) and "another --out" in str(info.value)
+
+
+def test_a_missing_checkpoint_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        load_state(tmp_path / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("make", [_truncated, _random_bytes], ids=["truncated", "random bytes"])
+def test_train_resume_on_a_corrupt_checkpoint_prints_the_error_and_exits_2(tmp_path, monkeypatch, capsys, make):
+    import drifting.recipes.image_training as image_training
+
+    # reported before the dataset is read or the MAE pre-trained
+    monkeypatch.setattr(image_training, "train_images", lambda *a, **k: pytest.fail("trained before checking the checkpoint"))
+    make(tmp_path / "checkpoint.pt")
+    rc = main(["train", "--preset", "cpu-tiny", "--out", str(tmp_path), "--resume", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("drifting train: error: checkpoint ") and "checkpoint.pt cannot be read" in err
+    assert "another --out" in err and "Traceback" not in err
+
+
+def test_train_resume_without_a_checkpoint_says_so_first(tmp_path, monkeypatch, capsys):
+    import drifting.recipes.image_training as image_training
+
+    monkeypatch.setattr(image_training, "train_images", lambda *a, **k: pytest.fail("trained before checking the checkpoint"))
+    rc = main(["train", "--preset", "cpu-tiny", "--out", str(tmp_path / "nothing-here"), "--resume", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "there is no checkpoint at" in err and "without --resume" in err
+
+
+def test_fit_points_resume_on_a_corrupt_checkpoint_exits_2(tmp_path, capsys):
+    _random_bytes(tmp_path / "checkpoint.pt")
+    rc = main(["fit-points", "8gaussians", "--out", str(tmp_path), "--resume", "--steps", "2", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "checkpoint.pt cannot be read" in err and "Traceback" not in err
