@@ -90,6 +90,9 @@ VARIANTS: dict[str, dict] = {
     "steps1500": {},  # the preset at a larger --steps: how much longer training buys
     "unet-w16": dict(dit=dict(widths=(16, 64, 64))),  # level 0 (28x28) at 16 channels: cheaper steps
     "unet-w24-96": dict(dit=dict(widths=(24, 96, 96))),
+    "unet-16-32-64": dict(dit=dict(widths=(16, 32, 64))),  # 0.33M parameters, 2.5x cheaper fwd+bwd
+    "sets-ab": dict(feature_sets="ab"),
+    "sets-ab-no-vanilla": dict(feature_sets="ab", vanilla=False),
 }
 
 

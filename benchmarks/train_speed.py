@@ -19,6 +19,7 @@ history entry and are not counted.
     python benchmarks/train_speed.py --quick            # 5 steps of cpu-tiny
     python benchmarks/train_speed.py --presets cpu --steps 50 --threads 2
     python benchmarks/train_speed.py --presets cpu --steps 50 --nchw    # U-Net: channels-last against NCHW
+    python benchmarks/train_speed.py --presets cpu --steps 50 --no-feature-cache   # the real-feature cache's gain
 """
 from __future__ import annotations
 
@@ -34,7 +35,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_common_args, markdown_table, print_report, run_each, setup_threads, write_json  # noqa: E402
-
 from drifting.cache import cache_root, content_key  # noqa: E402
 from drifting.data.images import load_dataset  # noqa: E402
 from drifting.models import convnet  # noqa: E402
@@ -113,6 +113,9 @@ def main() -> None:
     p.add_argument("--nchw", action="store_true",
                    help="after each preset with a U-Net generator, the same preset with its convolutions on NCHW "
                         "activations (ConvGenConfig.channels_last=False)")
+    p.add_argument("--no-feature-cache", action="store_true",
+                   help="after each preset that caches the real images' features (real_feature_cache_gb > 0), the same "
+                        "preset encoding them every step (the cache's build is in the first step's time)")
     a = p.parse_args()
     setup_threads(a.threads)
     presets = a.presets or (["cpu-tiny"] if a.quick else ["cpu-tiny", "cpu"])
@@ -123,6 +126,9 @@ def main() -> None:
         gen = nchw_generator(name) if a.nchw else None
         if gen is not None:
             rows += run_each([name], lambda n: {**bench_preset(n, steps[n], generator=gen), "preset": f"{n} (NCHW)"})
+        if a.no_feature_cache and train_preset(name).real_feature_cache_gb > 0:
+            rows += run_each([name], lambda n: {**bench_preset(n, steps[n], real_feature_cache_gb=0.0),
+                                                "preset": f"{n} (no feature cache)"})
     print_report(f"**Training speed of the CPU presets** (train_images, MAE pre-trained or cached beforehand; "
                  f"{torch.get_num_threads()} threads)", table(rows))
     write_json(a.out, NAME, {"rows": rows}, a, started)

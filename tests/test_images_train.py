@@ -185,7 +185,8 @@ def test_presets():
     ab = train_preset("ablation", steps=7, mae_steps=3)
     assert (ab.steps, ab.mae.steps, ab.lr, ab.classes_per_step, ab.mae.encoder) == (7, 3, 2e-4, 64, "latent-256")
     cpu = train_preset("cpu")  # the main job (issue 15's lever study)
-    assert (cpu.generator, cpu.mae.cls_steps, cpu.mae.cls_lambda, cpu.mae.cls_warmup, cpu.steps) == ("conv-cpu", 400, 0.1, 100, 1000)
+    assert (cpu.generator, cpu.mae.cls_steps, cpu.mae.cls_lambda, cpu.mae.cls_warmup, cpu.steps) == (
+        "conv-small", 400, 0.1, 100, 1500)
     assert train_preset("cpu-dit").generator == "cpu-p4"
     assert train_preset("cpu-v1") == ImageTrainConfig()  # the earlier main job: the dataclass defaults
     assert train_preset("cpu", mae_cls_steps=0).mae.cls_steps == 0
@@ -366,4 +367,4 @@ def test_learning_curve_every_k_steps(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="eval_samples"):
         tiny(eval_every=10, eval_samples=0).validate()
     long = train_preset("cpu-long")
-    assert (long.generator, long.steps, long.eval_every) == ("conv-cpu", 8000, 1000)
+    assert (long.generator, long.steps, long.eval_every) == ("conv-small", 12000, 1500)

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dit import ALPHA_SCALE, TIME_SCALE, TimestepEmbedder
 from ..presets import preset
+from .dit import ALPHA_SCALE, TIME_SCALE, TimestepEmbedder
 from .onestep import OneStepGenerator
 from .pretrained import PretrainedMixin
 
@@ -84,6 +84,10 @@ PRESETS: dict[str, ConvGenConfig] = {
     # the main job's generator (issue 15): 28 -> 14 -> 7 at widths 32/64/64, 0.52M parameters, about the
     # DiT cpu-p4's cost per step on two cores
     "conv-cpu": ConvGenConfig(),
+    # the main job's generator since session 5: level 0 (28x28) at 16 channels and level 1 at 32, 0.33M
+    # parameters; its forward and backward cost 0.4x conv-cpu's, which bought 1.5x the steps and classifier FID
+    # 56 -> 41 at equal wall time (docs/results.md, "Levers on the U-Net (session 5)")
+    "conv-small": ConvGenConfig(widths=(16, 32, 64)),
     # tests: seconds
     "conv-tiny": ConvGenConfig(widths=(8, 16), hidden=32, gn_groups=4, style_tokens=4, codebook_size=8),
 }

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import encoder_feature_sets, feature_sets
+from ..features import feature_sets
 from .resnet_mae import ResNetMAE, tap_blocks
 
 IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # (mean, std) of [0, 1] RGB
@@ -86,6 +86,27 @@ def _tap_indices(n_blocks: int, taps: str) -> list[int]:
     return tap_blocks(n_blocks) if taps == "every2+stage_end" else [n_blocks]
 
 
+def tap_maps(encoder, x: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    """The tapped maps of ``encoder`` on ``x [B, C0, H, W]`` by group-name prefix: ``{"tap": [[B, C_i, H_i, W_i],
+    ...]}``, or ``{"{name}/tap": [...]}`` per encoder of a :class:`MultiEncoder`."""
+    if isinstance(encoder, MultiEncoder):
+        return {f"{name}/tap": enc.forward_features(x) for name, enc in encoder.encoders.items()}
+    if not hasattr(encoder, "forward_features"):
+        raise ValueError(f"encoder: expected a module with forward_features(x), got {type(encoder).__name__}")
+    return {"tap": encoder.forward_features(x)}
+
+
+def groups_from_maps(maps: Mapping[str, list[torch.Tensor]], x: torch.Tensor, sets: str = "abcd", *,
+                     include_input_sq: bool = True) -> dict[str, torch.Tensor]:
+    """The A.5 feature groups ``{key: [B, L, C]}`` of :func:`tap_maps`' output for the input ``x``
+    (``input.sq`` is the raw ``x``'s, once)."""
+    out: dict[str, torch.Tensor] = {}
+    for i, (prefix, m) in enumerate(maps.items()):
+        sq = include_input_sq and i == 0  # "input.sq" has no prefix: add it once
+        out.update(feature_sets(m, x, sets=sets, prefix=prefix, include_input_sq=sq))
+    return out
+
+
 def encode_groups(encoder, x: torch.Tensor, sets: str = "abcd", *, include_input_sq: bool = True
                   ) -> dict[str, torch.Tensor]:
     """The A.5 feature groups ``{key: [B, L, C]}`` of ``encoder`` on ``x [B, C0, H, W]``.
@@ -93,11 +114,7 @@ def encode_groups(encoder, x: torch.Tensor, sets: str = "abcd", *, include_input
     Works for anything with ``forward_features`` (e.g. ``ResNetMAE(...).encoder``); a
     :class:`MultiEncoder` gives its prefixed groups. ``input.sq`` is the raw ``x``'s.
     """
-    if isinstance(encoder, MultiEncoder):
-        return encoder.encode_groups(x, sets, include_input_sq=include_input_sq)
-    if not hasattr(encoder, "forward_features"):
-        raise ValueError(f"encoder: expected a module with forward_features(x), got {type(encoder).__name__}")
-    return encoder_feature_sets(encoder, x, sets=sets, include_input_sq=include_input_sq)
+    return groups_from_maps(tap_maps(encoder, x), x, sets, include_input_sq=include_input_sq)
 
 
 class FrozenEncoder(nn.Module):
@@ -269,11 +286,7 @@ class MultiEncoder(FrozenEncoder):
     def encode_groups(self, x: torch.Tensor, sets: str = "abcd", *, include_input_sq: bool = True
                       ) -> dict[str, torch.Tensor]:
         """``{"{name}/tap{k}.{stat}": [B, L, C]}`` for every encoder, plus one ``input.sq``."""
-        out: dict[str, torch.Tensor] = {}
-        for i, (name, enc) in enumerate(self.encoders.items()):
-            sq = include_input_sq and i == 0  # "input.sq" has no prefix: add it once
-            out.update(feature_sets(enc.forward_features(x), x, sets=sets, prefix=f"{name}/tap", include_input_sq=sq))
-        return out
+        return encode_groups(self, x, sets, include_input_sq=include_input_sq)
 
 
 # -----------------------------------------------------------------------------

@@ -56,6 +56,10 @@ class ImageTrainConfig:
     # drift at most this many random locations per feature group and step (None: all). Each
     # location is its own problem, so a random subset is an unbiased, cheaper estimate.
     max_locations: int | None = 64
+    # keep the frozen encoder's tap maps of every training image (drifting.feature_cache): the real images'
+    # features cost no forward per step. The cache is used when it fits this many GiB (0 = off) and the
+    # generator works in pixel space; the result is the same up to float rounding. On in the CPU presets.
+    real_feature_cache_gb: float = 0.0
     vanilla: bool = True  # also drift the raw generator output
     # the field (ablations and the MMD peer): Alg. 2's "laplace" kernel or C.2's "mmd" (loss.KERNELS),
     # kernel normalization (Table 11: both | y | none), a V+ - r V- (Table 1), drift normalization (A.6)
@@ -107,6 +111,8 @@ class ImageTrainConfig:
         need(self.style_tokens is None or self.style_tokens >= 0, f"style_tokens must be None or >= 0, got {self.style_tokens}")
         need(self.mae.width is None or self.mae.width >= 1, f"mae.width must be None or >= 1, got {self.mae.width}")
         self.mae.validate()
+        need(self.real_feature_cache_gb >= 0,
+             f"real_feature_cache_gb must be >= 0 (0 = no cache), got {self.real_feature_cache_gb}")
         need(self.max_locations is None or self.max_locations >= 1,
              f"max_locations must be None or >= 1, got {self.max_locations}")
 
@@ -132,19 +138,21 @@ def _imagenet_preset(generator: str, encoder: str, mae_epochs: int, **kw) -> dic
 # image folder (``--data DIR``) and, for the latent presets, SD-VAE latents (``--tokenizer``).
 TRAIN_PRESETS: dict[str, dict] = {
     # the README's main job: Fashion-MNIST, under 15 minutes on 2 CPU cores with the MAE pre-training. Chosen by
-    # the lever study of docs/results.md (issue 15): the conv-cpu U-Net generator (models.convnet), A.3's
-    # classification fine-tuning of the MAE (400 steps, lambda 0.1 after a 100-step warm-up), 1000 steps (the
-    # U-Net's steps cost 1.7x the DiT's on 2 cores), metrics on 2000 samples.
-    # Session 4's lever table (600 steps each): P = 32 positives, lr 3e-3 and the last half of training ramping the
-    # lr to 0 took classifier FID 57 -> 40 and accuracy 0.74 -> 0.80 at equal steps.
-    "cpu": dict(generator="conv-cpu", mae=MAEConfig(cls_steps=400, cls_warmup=100), steps=1000, eval_samples=2000,
-                n_pos=32, lr=3e-3, lr_decay=0.5),
-    # issue 15 item 3: the main job for about an hour on 2 cores (8000 steps at 2.5 steps/s), with a learning curve
-    # (accuracy and classifier FID every 1000 steps against the training time, OUT/curve.json)
-    "cpu-long": dict(generator="conv-cpu", mae=MAEConfig(cls_steps=400, cls_warmup=100), steps=8000, eval_samples=2000,
-                     eval_every=1000, n_pos=32, lr=3e-3, lr_decay=0.5),
+    # the lever study of docs/results.md (issue 15): A.3's classification fine-tuning of the MAE (400 steps,
+    # lambda 0.1 after a 100-step warm-up), metrics on 2000 samples. Session 4 (600 steps each): P = 32
+    # positives, lr 3e-3 and the last half of training ramping the lr to 0 took classifier FID 57 -> 40 and
+    # accuracy 0.74 -> 0.80 at equal steps. Session 5 (8 minutes each): the conv-small U-Net (0.4x the cost of
+    # conv-cpu's forward and backward) took FID 56 -> 41 at equal wall time; 1500 of its steps cost about what
+    # 1000 of conv-cpu's did. The real images' tap maps are cached (5% a step).
+    "cpu": dict(generator="conv-small", mae=MAEConfig(cls_steps=400, cls_warmup=100), real_feature_cache_gb=4.0,
+                steps=1500, eval_samples=2000, n_pos=32, lr=3e-3, lr_decay=0.5),
+    # issue 15 item 3: the main job for about an hour on 2 cores (12000 steps at about 3.3 steps/s), with a
+    # learning curve (accuracy and classifier FID every 1500 steps against the training time, OUT/curve.json)
+    "cpu-long": dict(generator="conv-small", mae=MAEConfig(cls_steps=400, cls_warmup=100), real_feature_cache_gb=4.0,
+                     steps=12000, eval_samples=2000, eval_every=1500, n_pos=32, lr=3e-3, lr_decay=0.5),
     # the main job with the paper's DiT generator instead (the cpu-p4 DiT; the default before the U-Net)
-    "cpu-dit": dict(generator="cpu-p4", mae=MAEConfig(cls_steps=400, cls_warmup=100), steps=1500, eval_samples=2000),
+    "cpu-dit": dict(generator="cpu-p4", mae=MAEConfig(cls_steps=400, cls_warmup=100), real_feature_cache_gb=4.0,
+                    steps=1500, eval_samples=2000),
     # the main job before issue 15 (the ImageTrainConfig defaults: cpu-small DiT, plain MAE, 1000 steps): the
     # preset of the ablation and peer tables in docs/results.md measured before it
     "cpu-v1": {},

@@ -32,10 +32,11 @@ import torch
 from ..data.images import ImageDataset, load_dataset
 from ..data.queue import make_sampler
 from ..distributed import barrier, init_from_env
+from ..feature_cache import RealFeatureCache
 from ..features import group_by_class, sample_locations, take_locations, vanilla_group
 from ..guidance import sample_alpha, uncond_neg_weights
 from ..loss import drifting_loss
-from ..models.encoders import build_encoder, encode_groups
+from ..models.encoders import build_encoder, groups_from_maps, tap_maps
 from ..models.generators import build_generator, generator_config
 from ..models.onestep import OneStepGenerator
 from ..models.tokenizer import Tokenizer
@@ -43,7 +44,9 @@ from ..models.tokenizers import build_tokenizer
 from ..training.checkpoint import fill_defaults, jsonable, load_state, save_state
 from ..training.ema import EMA
 from ..training.interrupt import stop_on_sigint
-from ..training.loop import JsonlLogger as _Logger, progress_bar as _bar, truncate_log as _truncate_log
+from ..training.loop import JsonlLogger as _Logger
+from ..training.loop import progress_bar as _bar
+from ..training.loop import truncate_log as _truncate_log
 from ..training.precision import autocast as precision_autocast
 from ..training.rng import step_generator
 from ..training.schedules import warmup_lr
@@ -84,11 +87,12 @@ def _chw(ds: ImageDataset) -> tuple[int, int, int]:
     return C, H, W
 
 
-def encode(encoder, x: torch.Tensor, sets: str, vanilla: bool, raw: torch.Tensor | None = None
-           ) -> dict[str, torch.Tensor]:
+def encode(encoder, x: torch.Tensor, sets: str, vanilla: bool, raw: torch.Tensor | None = None,
+           maps: dict[str, list[torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
     """Per-sample feature groups ``{name: [B, L, C]}`` (A.5) of the encoder input ``x``, plus the raw
-    generator-space sample ``raw`` (default ``x``) as the "vanilla" group."""
-    feats = encode_groups(encoder, x, sets)
+    generator-space sample ``raw`` (default ``x``) as the "vanilla" group. ``maps``: the encoder's tap maps
+    of ``x`` when already known (a :class:`RealFeatureCache`), else computed here."""
+    feats = groups_from_maps(tap_maps(encoder, x) if maps is None else maps, x, sets)
     if vanilla:
         feats["vanilla"] = vanilla_group(x if raw is None else raw)
     return feats
@@ -193,6 +197,16 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
     def elapsed() -> float:
         return time.perf_counter() - t0 - paused[0]
 
+    # the real images' tap maps, once (counted in the training time); pixel space only: a tokenizer's
+    # encoding is part of the step there
+    cache = None
+    if cfg.real_feature_cache_gb > 0 and cfg.tokenizer is None:
+        cache = RealFeatureCache.build(encoder, ds.to_tensor, len(ds), max_gb=cfg.real_feature_cache_gb,
+                                       device=dev, autocast=autocast)
+        if cache is None and main:
+            print(f"real-feature cache off: the maps of {len(ds)} images exceed real_feature_cache_gb="
+                  f"{cfg.real_feature_cache_gb:g}", flush=True)
+
     Nc_all, N_all, P_all = cfg.classes_per_step, cfg.n_gen, cfg.n_pos
     cls_slots = layout.classes(Nc_all)  # this rank's class slots of the step
     Nc, N, P, U_loc = len(range(Nc_all)[cls_slots]), N_all // layout.ranks_per_class, P_all // layout.ranks_per_class, U // layout.ranks_per_class
@@ -216,14 +230,16 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                 real_idx = [pos_all[cls_slots][:, layout.rows(P_all)].reshape(-1)]  # [Nc*P]
                 if U > 0:
                     real_idx.append(unc_all[cls_slots][:, layout.rows(U)].reshape(-1))  # [Nc*U_loc]
-                real = ds.to_tensor(torch.cat(real_idx).numpy()).to(dev)  # [Nc*(P+U_loc), C, H, W]
+                real_idx = torch.cat(real_idx)
+                real = ds.to_tensor(real_idx.numpy()).to(dev)  # [Nc*(P+U_loc), C, H, W]
                 noise, labels, style = noise.to(dev), labels.to(dev), style.to(dev)
 
                 with autocast:
                     x = G_ddp(noise, labels, alpha.repeat_interleave(N).to(dev), style)  # [Nc*N, c, h, w]
                     with torch.no_grad():
                         real_z = tok.encode(real)  # [Nc*(P+U), c, h, w], the generator's space
-                        f_real = encode(encoder, real if decode_first else real_z, cfg.feature_sets, cfg.vanilla, real_z)
+                        f_real = encode(encoder, real if decode_first else real_z, cfg.feature_sets, cfg.vanilla, real_z,
+                                        maps=None if cache is None else cache.take(real_idx.to(dev)))
                     f_gen = encode(encoder, tok.decode(x) if decode_first else x, cfg.feature_sets, cfg.vanilla, x)
                 if not torch.isfinite(x).all():
                     raise FloatingPointError(f"the generator produced non-finite samples at step {step}; the last good "

@@ -1,0 +1,120 @@
+"""The real-feature cache: the same maps and groups as a fresh encoder forward, the same training, exact resume."""
+
+import numpy as np
+import pytest
+import torch
+
+import drifting.recipes.image_training as image_training
+from drifting.feature_cache import RealFeatureCache
+from drifting.models.encoders import MultiEncoder, encode_groups, groups_from_maps, tap_maps
+from drifting.models.resnet_mae import ResNetMAE, resnet_mae_config
+from drifting.recipes.image_config import ImageTrainConfig, train_preset
+from drifting.recipes.image_training import train_images
+from drifting.recipes.mae_pretrain import MAEConfig
+
+
+def _encoder(seed):
+    torch.manual_seed(seed)
+    return ResNetMAE(resnet_mae_config("cpu-tiny")).encoder.eval()
+
+
+def test_cached_maps_equal_a_fresh_forward():
+    enc = _encoder(0)
+    images = torch.rand(70, 1, 28, 28) * 2 - 1
+    cache = RealFeatureCache.build(enc, lambda idx: images[idx], 70, max_gb=1.0, batch=32)
+    assert cache is not None and cache.n_images == 70
+    idx = torch.tensor([69, 3, 3, 40, 0])  # across batches, repeated, out of order
+    fresh = tap_maps(enc, images[idx])
+    got = cache.take(idx)
+    assert list(got) == ["tap"] and len(got["tap"]) == len(fresh["tap"])
+    for a, b in zip(got["tap"], fresh["tap"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # the groups built from the cached maps are those of encode_groups on the images
+    ga, gb = groups_from_maps(got, images[idx], "abcd"), encode_groups(enc, images[idx], "abcd")
+    assert sorted(ga) == sorted(gb) and "input.sq" in ga
+    for k in ga:
+        torch.testing.assert_close(ga[k], gb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_multi_encoder_keeps_its_prefixes():
+    multi = MultiEncoder({"a": _encoder(0), "b": _encoder(1)})
+    images = torch.rand(10, 1, 28, 28) * 2 - 1
+    cache = RealFeatureCache.build(multi, lambda idx: images[idx], 10, max_gb=1.0, batch=4)
+    idx = torch.arange(10)
+    ga, gb = groups_from_maps(cache.take(idx), images, "ab"), encode_groups(multi, images, "ab")
+    assert sorted(ga) == sorted(gb) and any(k.startswith("b/tap") for k in ga)
+    for k in ga:
+        torch.testing.assert_close(ga[k], gb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_cache_is_refused_over_its_budget():
+    enc = _encoder(0)
+    images = torch.rand(8, 1, 28, 28)
+    calls = []
+    per_image = sum(m[0].numel() * 4 for m in tap_maps(enc, images[:1])["tap"])
+
+    def load(idx):
+        calls.append(len(idx))
+        return images[idx]
+
+    assert RealFeatureCache.build(enc, load, 8, max_gb=per_image * 7.5 / 1024**3, batch=2) is None
+    assert calls == [2]  # one batch encoded, then given up
+    assert RealFeatureCache.build(enc, load, 8, max_gb=per_image * 8.5 / 1024**3, batch=2) is not None
+    with pytest.raises(ValueError, match="max_gb"):
+        RealFeatureCache.build(enc, load, 8, max_gb=0)
+    with pytest.raises(ValueError, match="real_feature_cache_gb"):
+        ImageTrainConfig(real_feature_cache_gb=-1).validate()
+
+
+@pytest.fixture
+def small_data(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 30)
+    images = rng.integers(0, 256, size=(120, 28, 28, 1), dtype=np.uint8)
+    path = tmp_path / "small.npz"
+    np.savez(path, images=images, labels=labels)
+    return str(path)
+
+
+def _cfg(data, mae_dir=None, **kw):
+    base = dict(data=data, generator="cpu-tiny", mae=MAEConfig(encoder="cpu-tiny", steps=2, batch=16), steps=6,
+                classes_per_step=3, n_gen=4, n_pos=4, n_uncond=2, ckpt_every=3, sample_every=10**6, warmup=2,
+                eval_samples=0, max_locations=None, mae_dir=mae_dir, real_feature_cache_gb=1.0)
+    base.update(kw)
+    return ImageTrainConfig(**base)
+
+
+def test_training_with_the_cache_is_training_without_it(tmp_path, small_data, monkeypatch):
+    ref = train_images(_cfg(small_data, real_feature_cache_gb=0.0), tmp_path / "off", progress=False)
+    mae = str(tmp_path / "off" / "mae")
+    builds = []
+    real_build = RealFeatureCache.build
+    monkeypatch.setattr(RealFeatureCache, "build", classmethod(lambda cls, *a, **k: builds.append(1)
+                                                                or real_build(*a, **k)))
+    on = train_images(_cfg(small_data, mae), tmp_path / "on", progress=False)
+    off = train_images(_cfg(small_data, mae, real_feature_cache_gb=0.0), tmp_path / "off2", progress=False)
+    assert builds == [1]
+    np.testing.assert_allclose(on.history["loss"], off.history["loss"], rtol=1e-4)
+    np.testing.assert_allclose(off.history["loss"], ref.history["loss"], rtol=1e-4)
+    for a, b in zip(on.generator.parameters(), off.generator.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_interrupted_run_with_the_cache_resumes_bit_for_bit(tmp_path, small_data, monkeypatch, crash_at):
+    first = train_images(_cfg(small_data), tmp_path / "ref", progress=False)
+    cfg = _cfg(small_data, str(tmp_path / "ref" / "mae"))
+    ref = train_images(cfg, tmp_path / "ref2", progress=False)
+    real = image_training.drifting_loss
+    monkeypatch.setattr(image_training, "drifting_loss", crash_at(real, 5))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_images(cfg, tmp_path / "run", progress=False)
+    monkeypatch.setattr(image_training, "drifting_loss", real)
+    res = train_images(cfg, tmp_path / "run", progress=False, resume=True)
+    for (k, a), b in zip(ref.generator.state_dict().items(), res.generator.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert first.history["step"][-1] == 6
+
+
+def test_the_cpu_presets_use_the_cache_and_the_tests_preset_does_not():
+    assert train_preset("cpu").real_feature_cache_gb > 0 and train_preset("cpu-long").real_feature_cache_gb > 0
+    assert train_preset("cpu-tiny").real_feature_cache_gb == 0
