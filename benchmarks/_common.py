@@ -26,13 +26,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def add_common_args(p: argparse.ArgumentParser, name: str, timing: bool = True) -> None:
-    """``--quick``, ``--threads``, ``--out`` (every benchmark) and, with ``timing``, ``--repeat``, ``--stat``."""
-    p.add_argument("--quick", action="store_true", help="tiny sizes, finishes in well under a minute (smoke test)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
-    p.add_argument("--out", default=str(RESULTS / f"{name}.json"), help=f"JSON output (default benchmarks/results/{name}.json)")
+    """``--quick``, ``--threads``, ``--out`` (every benchmark) and, with ``timing``, ``--repeat``,
+    ``--stat``."""
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes, finishes in well under a minute (smoke test)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (default: torch's default)")
+    p.add_argument("--out", default=str(RESULTS / f"{name}.json"),
+                   help=f"JSON output (default benchmarks/results/{name}.json)")
     if not timing:
         return
-    p.add_argument("--repeat", type=int, default=5, help="timed samples per measurement after the warm-up (>= 3)")
+    p.add_argument("--repeat", type=int, default=5,
+                   help="timed samples per measurement after the warm-up (>= 3)")
     p.add_argument("--stat", choices=("median", "min"), default="median",
                    help="statistic of the timed samples used in the tables and ratios (both are in the JSON)")
 
@@ -53,9 +58,9 @@ def machine_info() -> dict:
     except OSError:
         pass
     info = {
-        "cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
+        "cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "python": platform.python_version(), "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "mkldnn": torch.backends.mkldnn.is_available(),
         "cuda": torch.cuda.is_available(),
@@ -105,8 +110,8 @@ def time_call(fn: Callable[..., object], *, repeat: int = 5, warmup: int = 1, mi
             for _ in range(number):
                 fn()
             samples.append((time.perf_counter() - t0) / number)
-    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "samples": samples,
-            "number": number}
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
+            "samples": samples, "number": number}
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -145,7 +150,8 @@ def write_json(path: str | Path, name: str, results: dict, args: argparse.Namesp
     return out
 
 
-def run_each(items: Sequence, bench: Callable[[object], dict], label: Callable[[object], str] = str) -> list[dict]:
+def run_each(items: Sequence, bench: Callable[[object], dict],
+             label: Callable[[object], str] = str) -> list[dict]:
     """``[bench(item) for item in items]``, printing each item's wall time as it finishes."""
     rows = []
     for item in items:

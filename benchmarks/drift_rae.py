@@ -41,14 +41,18 @@ ROWS = {"A": "baseline (Alg. 2 field, 16 pos / 16 neg)", "B": "+ input perturbat
 
 def teacher_config(spec: str, steps: int) -> FlowTrainConfig:
     """The cpu-small DiT on a latent grid with one token per latent position (patch 1)."""
-    return FlowTrainConfig(tokenizer=spec, generator="cpu-small", generator_overrides={"patch_size": 1, "depth": 4},
+    return FlowTrainConfig(tokenizer=spec, generator="cpu-small",
+                           generator_overrides={"patch_size": 1, "depth": 4},
                            steps=steps, batch=80, sample_every=max(steps, 1), ckpt_every=250)
 
 
-def score(model_dir: str, steps: int, labels: torch.Tensor, path: Path, eval_n: int, seed: int, progress: bool) -> dict:
+def score(model_dir: str, steps: int, labels: torch.Tensor, path: Path, eval_n: int, seed: int,
+          progress: bool) -> dict:
     """Sample ``labels`` with ``steps`` Euler steps (1: the one-step map) and score them; the row is kept
-    beside the samples (``path`` with .json) and reused while the model file and the settings are unchanged."""
-    key = {"model": str(Path(model_dir).resolve()), "mtime": (Path(model_dir) / "model.safetensors").stat().st_mtime,
+    beside the samples (``path`` with .json) and reused while the model file and the settings are
+    unchanged."""
+    key = {"model": str(Path(model_dir).resolve()),
+           "mtime": (Path(model_dir) / "model.safetensors").stat().st_mtime,
            "steps": steps, "eval_n": eval_n, "seed": seed, "n": len(labels)}
     cached = path.with_suffix(".json")
     if cached.is_file() and json.loads(cached.read_text()).get("key") == key:
@@ -61,8 +65,9 @@ def score(model_dir: str, steps: int, labels: torch.Tensor, path: Path, eval_n: 
     np.savez(path, images=imgs, labels=labels.numpy().astype(np.int64))
     res = evaluate(path, "fashion-mnist:test", n_ref=eval_n, progress=progress)
     clf = res.get("classifier", {})
-    row = {"nfe": steps, "fid": res.get("fid"), "precision": res.get("precision"), "recall": res.get("recall"),
-           "accuracy": clf.get("accuracy"), "classifier_fid": clf.get("classifier_fid"),
+    row = {"nfe": steps, "fid": res.get("fid"), "precision": res.get("precision"),
+           "recall": res.get("recall"), "accuracy": clf.get("accuracy"),
+           "classifier_fid": clf.get("classifier_fid"),
            "images_per_second": len(labels) / secs, "samples": str(path)}
     cached.write_text(json.dumps({"key": key, "row": row}))
     return row
@@ -72,12 +77,13 @@ def table(title: str, rows: list[dict], first: str) -> str:
     def f(v, fmt):
         return "-" if v is None else fmt.format(v)
 
-    out = [f"**{title}**", "", f"| {first} | NFE | FID | precision | recall | classifier acc. | classifier FID | train s |",
+    out = [f"**{title}**", "",
+           f"| {first} | NFE | FID | precision | recall | classifier acc. | classifier FID | train s |",
            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        out.append(f"| {r['name']} | {r['nfe']} | {f(r['fid'], '{:.1f}')} | {f(r['precision'], '{:.3f}')} | "
-                   f"{f(r['recall'], '{:.3f}')} | {f(r['accuracy'], '{:.3f}')} | {f(r['classifier_fid'], '{:.1f}')} | "
-                   f"{f(r.get('train_seconds'), '{:.0f}')} |")
+        out.append(f"| {r['name']} | {r['nfe']} | {f(r['fid'], '{:.1f}')} | {f(r['precision'], '{:.3f}')} "
+                   f"| {f(r['recall'], '{:.3f}')} | {f(r['accuracy'], '{:.3f}')} "
+                   f"| {f(r['classifier_fid'], '{:.1f}')} | {f(r.get('train_seconds'), '{:.0f}')} |")
     return "\n".join(out)
 
 
@@ -85,7 +91,8 @@ def distillation_part(a, t_dir, t_secs, labels, samples: Path, progress: bool):
     """Table 3's students from the RAE teacher, and the teacher at K Euler steps, scored."""
     extra = {} if a.distill_lr is None else {"lr": a.distill_lr, "lr_final": a.distill_lr / 100}
     students = {k: distill_preset(k, str(t_dir), steps=a.distill_steps, **extra) for k in ROWS}
-    trained = {f"distill_{k}": train_once(f"distill_{k}", c, Path(a.out), progress) for k, c in students.items()}
+    trained = {f"distill_{k}": train_once(f"distill_{k}", c, Path(a.out), progress)
+               for k, c in students.items()}
     teacher_rows = []
     for k in (int(v) for v in a.euler_steps.split(",")):
         r = score(str(t_dir), k, labels, samples / f"teacher_K{k}.npz", a.eval_n, 1, progress)
@@ -103,7 +110,8 @@ def distillation_part(a, t_dir, t_secs, labels, samples: Path, progress: bool):
 def write_rows_grid(rows: list[dict], path: Path) -> None:
     """One grid row per scored generator: two samples of every class."""
     zs = [np.load(r["samples"]) for r in rows]
-    write_grid(np.concatenate([np.concatenate([z["images"][z["labels"] == c][:2] for c in range(10)]) for z in zs]),
+    write_grid(np.concatenate([np.concatenate([z["images"][z["labels"] == c][:2] for c in range(10)])
+                               for z in zs]),
                20, path)
 
 
@@ -112,19 +120,23 @@ def main() -> None:
     p.add_argument("--out", default="runs/drift_rae")
     p.add_argument("--teacher-steps", type=int, default=1200)
     p.add_argument("--vae-teacher-steps", type=int, default=None,
-                   help="steps of the VAE-latent teacher (curvature, Table 9's VAE row; default --teacher-steps)")
+                   help="steps of the VAE-latent teacher (curvature, Table 9's VAE row; "
+                   "default --teacher-steps)")
     p.add_argument("--distill-steps", type=int, default=300)
-    p.add_argument("--distill-lr", type=float, default=None, help="initial distillation lr (default: Table 8's 3e-5)")
+    p.add_argument("--distill-lr", type=float, default=None,
+                   help="initial distillation lr (default: Table 8's 3e-5)")
     p.add_argument("--scratch-steps", type=int, default=300)
     p.add_argument("--scratch-lr", type=float, default=1e-3)
     p.add_argument("--eval-n", type=int, default=500)
     p.add_argument("--euler-steps", default=",".join(map(str, EULER_STEPS)))
-    p.add_argument("--per-class", type=int, default=200, help="test images per class for the latent statistics")
+    p.add_argument("--per-class", type=int, default=200,
+                   help="test images per class for the latent statistics")
     p.add_argument("--skip-scratch", action="store_true")
     p.add_argument("--part", choices=("all", "distill", "scratch", "teacher"), default="all",
-                   help="distill: teacher + Table 3 students only (writes --json); scratch: Table 9 and the latent "
-                   "statistics only (writes --json with _scratch before .json); all: both; teacher: only score the "
-                   "teacher at every K, most steps first (a second process can fill the score cache)")
+                   help="distill: teacher + Table 3 students only (writes --json); scratch: Table 9 and "
+                   "the latent statistics only (writes --json with _scratch before .json); all: both; "
+                   "teacher: only score the teacher at every K, most steps first (a second process can "
+                   "fill the score cache)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default="benchmarks/results/drift_rae.json")
     p.add_argument("--no-progress", action="store_true")
@@ -150,7 +162,8 @@ def main() -> None:
         result, teacher_rows, student_rows, trained = {"eval_n": a.eval_n, "configs": {}}, [], [], {}
         out = out.with_name(out.stem + "_scratch.json")
     else:
-        result, teacher_rows, student_rows, trained = distillation_part(a, t_dir, t_secs, labels, samples, progress)
+        result, teacher_rows, student_rows, trained = distillation_part(a, t_dir, t_secs, labels, samples,
+                                                                        progress)
         result |= {"rae_dir": str(rae), "vae_dir": str(vae)}
         result["configs"]["teacher_rae"] = jsonable(asdict(t_cfgs["RAE"]))
         out.write_text(json.dumps(jsonable(result), indent=2, default=str))  # the distillation results, first
@@ -161,9 +174,10 @@ def main() -> None:
         if a.part == "distill":
             return
     teachers = {"RAE": (t_dir, t_secs), "VAE": train_once("teacher_vae", t_cfgs["VAE"], root, progress)}
-    stats = run_latent_stats(spaces, per_class=a.per_class, teachers={k: str(v[0]) for k, v in teachers.items()},
-                             progress=progress)
-    result |= {"latent_stats": stats, "teacher_seconds": {k: v[1] for k, v in teachers.items()}, "presets": PRESETS}
+    stats = run_latent_stats(spaces, per_class=a.per_class,
+                             teachers={k: str(v[0]) for k, v in teachers.items()}, progress=progress)
+    result |= {"latent_stats": stats, "teacher_seconds": {k: v[1] for k, v in teachers.items()},
+               "presets": PRESETS}
     result["configs"]["teacher_vae"] = jsonable(asdict(t_cfgs["VAE"]))
     out.write_text(json.dumps(jsonable(result), indent=2, default=str))
     print(format_latent_stats(stats), flush=True)
@@ -178,8 +192,8 @@ def main() -> None:
     scratch_rows = []
     for k in scratch:
         d, secs = trained[k]
-        r = score(str(d), 1, labels, samples / f"scratch_{k.replace(' ', '_').replace('+', 'p')}.npz", a.eval_n, 1,
-                  progress)
+        r = score(str(d), 1, labels, samples / f"scratch_{k.replace(' ', '_').replace('+', 'p')}.npz",
+                  a.eval_n, 1, progress)
         scratch_rows.append({"name": k, "train_seconds": secs, **r})
     result["scratch"] = scratch_rows
     result["configs"] |= {f"scratch {k}": jsonable(asdict(c)) for k, c in scratch.items()}

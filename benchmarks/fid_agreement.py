@@ -24,7 +24,8 @@ def main() -> None:
     a = p.parse_args()
     r = fid_agreement(a.n, data=a.data, inception=a.inception)
     rows = [("n per side", r["n"]), ("FID, drifting eval", f"{r['fid_drifting']:.6f}"),
-            ("FID, torch-fidelity", f"{r['fid_torch_fidelity']:.6f}"), ("relative difference", f"{r['rel_diff']:.2e}"),
+            ("FID, torch-fidelity", f"{r['fid_torch_fidelity']:.6f}"),
+            ("relative difference", f"{r['rel_diff']:.2e}"),
             ("seconds, drifting eval", f"{r['seconds_drifting']:.0f}"),
             ("seconds, torch-fidelity", f"{r['seconds_torch_fidelity']:.0f}")]
     w = max(len(k) for k, _ in rows)

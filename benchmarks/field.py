@@ -18,8 +18,8 @@ x itself, self pairs masked), D channels and the K = 3 default temperatures, per
   includes the output ``[B, K, N, D]`` (column ``out KiB``); ``plan KiB`` is the bound that
   :func:`drifting.field.fast.plan_chunks` sets on a chunk's temporaries (three logit buffers, the
   centered targets and samples; not the running sums of a streamed problem, ``4 K N D`` values,
-  which scale with the output, not with Y). The subprocess runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed
-  tensors are unmapped: the peak is that of live tensors, not of glibc's free lists;
+  which scale with the output, not with Y). The subprocess runs with ``MALLOC_MMAP_THRESHOLD_=65536``
+  so that freed tensors are unmapped: the peak is that of live tensors, not of glibc's free lists;
 * speedup over the literal loop and the agreement ``max_k ||V_fast - V_lit|| / ||V_lit||``.
 
 Temperatures: tau = 0.02, 0.05, 0.2 in the loss's normalized units, i.e. ``T = tau sqrt(D) S`` with
@@ -46,11 +46,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (add_common_args, fmt, fmt_ms, markdown_table, print_report, run_each, setup_threads,  # noqa: E402
-                     time_call, write_json)
-
-from drifting.field.fast import DEFAULT_MAX_ELEMENTS, Distances, drift_fields, plan_chunks  # noqa: E402
+from _common import (  # noqa: E402
+    add_common_args,
+    fmt,
+    fmt_ms,
+    markdown_table,
+    print_report,
+    run_each,
+    setup_threads,
+    time_call,
+    write_json,
+)
 from drifting.field import alg2_literal, drift_from_distances, pairwise_distances  # noqa: E402
+from drifting.field.fast import DEFAULT_MAX_ELEMENTS, Distances, drift_fields, plan_chunks  # noqa: E402
 
 NAME = "field"
 TAUS = (0.02, 0.05, 0.2)
@@ -73,7 +81,8 @@ def parse_shape(s: str) -> tuple:
     return tuple(v)
 
 
-def make_inputs(B: int, N: int, P: int, D: int, extra: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def make_inputs(B: int, N: int, P: int, D: int, extra: int,
+                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``x [B, N, D]`` and ``y [B, P + N + extra, D]`` = [positives; x; extra negatives], built in place
     (no temporaries, so ``ru_maxrss`` after this is the inputs' size)."""
     g = torch.Generator().manual_seed(seed)
@@ -90,7 +99,8 @@ def temperatures(x: torch.Tensor, y: torch.Tensor) -> list[float]:
 
 
 def literal_loop(x, y, P, temps):
-    return torch.stack([torch.stack([alg2_literal(x[b], y[b, :P], y[b, P:], T) for T in temps]) for b in range(x.shape[0])])
+    return torch.stack([torch.stack([alg2_literal(x[b], y[b, :P], y[b, P:], T) for T in temps])
+                        for b in range(x.shape[0])])
 
 
 def fast(x, y, P, temps, max_elements, compile=False):
@@ -169,7 +179,8 @@ def measure_memory(shape: tuple, temps: list[float], impl: str, threads: int | N
     # every allocation of 64 KiB or more gets its own mapping, returned when freed: the peak is then
     # the peak of live tensors, neither hidden by reused free heap nor inflated by fragmentation
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
-    r = subprocess.run([sys.executable, __file__, "--mem-child", json.dumps(spec)], capture_output=True, text=True, env=env)
+    r = subprocess.run([sys.executable, __file__, "--mem-child", json.dumps(spec)], capture_output=True,
+                       text=True, env=env)
     if r.returncode != 0:
         print(f"memory subprocess failed ({impl}, {shape}): {r.stderr[-2000:]}", file=sys.stderr)
         return None
@@ -218,10 +229,12 @@ def bench_shape(shape: tuple, a: argparse.Namespace) -> dict:
     V_lit = literal_loop(x, y, P, temps)
     rel = max(((V_fast[:, k] - V_lit[:, k]).norm() / V_lit[:, k].norm()).item() for k in range(K))
 
-    mem = {impl: measure_memory(shape, temps, impl, a.threads) for impl in ("fast", "literal")} if a.memory else {}
+    mem = ({impl: measure_memory(shape, temps, impl, a.threads) for impl in ("fast", "literal")}
+           if a.memory else {})
     s = {k: v[stat] for k, v in t.items()}
     row = {
-        "B": B, "N": N, "P": P, "M": M, "D": D, "Y": Y, "K": K, "max_elements": me if me is not None else DEFAULT_MAX_ELEMENTS,
+        "B": B, "N": N, "P": P, "M": M, "D": D, "Y": Y, "K": K,
+        "max_elements": me if me is not None else DEFAULT_MAX_ELEMENTS,
         "temperatures": temps, "chunk": chunk, "block": block, "streaming": block < Y, "flops": flops,
         "times": t, "compile_seconds": compile_s,
         "speedup_vs_literal": s["literal"] / s["fast_k3"], "speedup_vs_old": s["old"] / s["fast_k3"],
@@ -230,24 +243,26 @@ def bench_shape(shape: tuple, a: argparse.Namespace) -> dict:
         "gflops_fast": flops / s["fast_k3"] / 1e9, "gflops_bare": flops / s["bare"] / 1e9,
         "gflops_compiled": flops / s["compiled"] / 1e9 if "compiled" in s else None,
         "rel_err_vs_literal": rel, "rel_err_compiled_vs_literal": rel_compiled,
-        "plan_temp_kib": 4 * chunk * (3 * K * N * block + block * D + N * D) / 1024, "output_kib": 4 * B * K * N * D / 1024,
-        "inputs_kib": 4 * (B * N * D + B * Y * D) / 1024,
+        "plan_temp_kib": 4 * chunk * (3 * K * N * block + block * D + N * D) / 1024,
+        "output_kib": 4 * B * K * N * D / 1024, "inputs_kib": 4 * (B * N * D + B * Y * D) / 1024,
         "memory": mem,
     }
     return row
 
 
 def table(rows: list[dict], peak: float, stat: str, compiled: bool) -> str:
-    headers = ["B", "N", "P", "M", "D", "chunk x block", "fast K=3 ms", "dist ms", "K=1 ms", "K3/(3 K1)", "literal ms",
-               "old ms", "bare mm ms", "speedup vs literal", "vs old", "GFLOP/s fast (% peak)", "GFLOP/s bare (% peak)",
-               "rel. err", "extra KiB fast", "extra KiB literal", "plan KiB", "out KiB"]
+    headers = ["B", "N", "P", "M", "D", "chunk x block", "fast K=3 ms", "dist ms", "K=1 ms", "K3/(3 K1)",
+               "literal ms", "old ms", "bare mm ms", "speedup vs literal", "vs old", "GFLOP/s fast (% peak)",
+               "GFLOP/s bare (% peak)", "rel. err", "extra KiB fast", "extra KiB literal", "plan KiB",
+               "out KiB"]
     if compiled:
         headers[9:9] = ["compiled ms", "compile s"]
     out = []
     for r in rows:
         s = {k: v[stat] for k, v in r["times"].items()}
         mf, ml = r["memory"].get("fast"), r["memory"].get("literal")
-        cells = [r["B"], r["N"], r["P"], r["M"], r["D"], f"{r['chunk']} x {r['block']}" + (" (stream)" if r["streaming"] else ""),
+        cells = [r["B"], r["N"], r["P"], r["M"], r["D"],
+                 f"{r['chunk']} x {r['block']}" + (" (stream)" if r["streaming"] else ""),
                  fmt_ms(s["fast_k3"]), fmt_ms(s["dist"]), fmt_ms(s["fast_k1"]), f"{r['sharing_ratio']:.2f}",
                  fmt_ms(s["literal"]), fmt_ms(s["old"]), fmt_ms(s["bare"]), f"{r['speedup_vs_literal']:.1f}x",
                  f"{r['speedup_vs_old']:.2f}x",
@@ -266,13 +281,16 @@ def main() -> None:
         print(json.dumps(mem_child(json.loads(sys.argv[2]))))
         return
     started = time.perf_counter()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, NAME)
-    p.add_argument("--shapes", nargs="+", type=parse_shape, default=None, help="B,N,P,D[,EXTRA[,MAX_ELEMENTS]] ...")
+    p.add_argument("--shapes", nargs="+", type=parse_shape, default=None,
+                   help="B,N,P,D[,EXTRA[,MAX_ELEMENTS]] ...")
     p.add_argument("--compile", action="store_true",
-                   help="also time drift_fields(compile=True) (compile time apart; it compiles the dense path only, "
-                   "streaming rows run uncompiled)")
-    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the subprocess memory measurements")
+                   help="also time drift_fields(compile=True) (compile time apart; it compiles the dense "
+                   "path only, streaming rows run uncompiled)")
+    p.add_argument("--no-memory", dest="memory", action="store_false",
+                   help="skip the subprocess memory measurements")
     p.add_argument("--min-sample-s", type=float, default=0.05,
                    help="a timed sample repeats a short call until it lasts this long (default 0.05 s)")
     a = p.parse_args()
@@ -285,13 +303,16 @@ def main() -> None:
     print(f"matmul peak (2048^3 float32, best of {3 if a.quick else 7}): {peak:.1f} GFLOP/s, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     rows = run_each(shapes, lambda shape: bench_shape(shape, a))
-    print_report(f"**Fast field vs literal Alg. 2** ({a.stat} of {a.repeat} samples, ms per call; K = 3 temperatures; "
-                 f"matmul peak {peak:.1f} GFLOP/s; {torch.get_num_threads()} threads)", table(rows, peak, a.stat, a.compile))
+    print_report(f"**Fast field vs literal Alg. 2** ({a.stat} of {a.repeat} samples, ms per call; K = 3 "
+                 f"temperatures; matmul peak {peak:.1f} GFLOP/s; {torch.get_num_threads()} threads)",
+                 table(rows, peak, a.stat, a.compile))
     bad = [r for r in rows if r["speedup_vs_literal"] <= 1]
     if bad:
-        print(f"\nWARNING: the fast field is not faster than the literal loop at {[(r['B'], r['N'], r['P'], r['D']) for r in bad]}")
-    write_json(a.out, NAME, {"matmul_peak_gflops": peak, "matmul_peak_shape": [2048, 2048, 2048], "stat": a.stat,
-                             "taus": TAUS, "rows": rows}, a, started)
+        print("\nWARNING: the fast field is not faster than the literal loop "
+              f"at {[(r['B'], r['N'], r['P'], r['D']) for r in bad]}")
+    write_json(a.out, NAME,
+               {"matmul_peak_gflops": peak, "matmul_peak_shape": [2048, 2048, 2048], "stat": a.stat,
+                "taus": TAUS, "rows": rows}, a, started)
 
 
 if __name__ == "__main__":

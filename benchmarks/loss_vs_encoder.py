@@ -43,9 +43,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (add_common_args, fmt_ms, markdown_table, print_report, run_each, setup_threads, time_call,  # noqa: E402
-                     write_json)
-
+from _common import (  # noqa: E402
+    add_common_args,
+    fmt_ms,
+    markdown_table,
+    print_report,
+    run_each,
+    setup_threads,
+    time_call,
+    write_json,
+)
 from drifting.features import group_by_class, sample_locations, take_locations  # noqa: E402
 from drifting.guidance import sample_alpha, uncond_neg_weights  # noqa: E402
 from drifting.loss import drifting_loss  # noqa: E402
@@ -64,12 +71,14 @@ def setting_config(name: str, a: argparse.Namespace) -> tuple[ImageTrainConfig, 
     if a.quick:
         cfg = train_preset("ablation", classes_per_step=1, n_gen=16, n_pos=16, n_uncond=8, max_locations=ml)
         return cfg, (4, 32, 32), {"base_width": 32}
-    cfg = train_preset("ablation", classes_per_step=a.latent_classes, n_uncond=a.latent_uncond, max_locations=ml)
+    cfg = train_preset("ablation", classes_per_step=a.latent_classes, n_uncond=a.latent_uncond,
+                       max_locations=ml)
     return cfg, (4, 32, 32), ({"base_width": a.latent_width} if a.latent_width else {})
 
 
 def build_encoder(cfg: ImageTrainConfig, chw: tuple[int, int, int], overrides: dict):
-    """A randomly initialised ResNet-MAE encoder of ``cfg.mae.encoder``, frozen as build_encoder freezes it."""
+    """A randomly initialised ResNet-MAE encoder of ``cfg.mae.encoder``, frozen as build_encoder freezes
+    it."""
     C, H, _ = chw
     width = {} if cfg.mae.width is None else {"base_width": cfg.mae.width}
     torch.manual_seed(0)
@@ -101,7 +110,8 @@ def bench_setting(name: str, a: argparse.Namespace) -> dict:
     # the features of one step, grouped as train_images groups them
     f_real = fwd_real()
     f_gen = {k: v.detach() for k, v in fwd_gen().items()}
-    cot = {k: torch.randn(v.shape, generator=g) for k, v in f_gen.items()}  # cotangents of the encoder backward
+    # cotangents of the encoder backward
+    cot = {k: torch.randn(v.shape, generator=g) for k, v in f_gen.items()}
     subsets = sample_locations(f_gen, cfg.max_locations, g)
     f_gen, f_real = take_locations(f_gen, subsets), take_locations(f_real, subsets)
     gen = {k: v.requires_grad_() for k, v in group_by_class(f_gen, Nc).items()}  # {j: [Nc, N, L, C]}
@@ -118,9 +128,9 @@ def bench_setting(name: str, a: argparse.Namespace) -> dict:
     def loss_step():
         for v in gen.values():
             v.grad = None
-        loss, _ = drifting_loss(gen, pos, neg, neg_weights=w, temperatures=cfg.temperatures, kernel=cfg.kernel,
-                                normalize=cfg.normalize, attraction=cfg.attraction, repulsion=cfg.repulsion,
-                                normalize_drift=cfg.normalize_drift)
+        loss, _ = drifting_loss(gen, pos, neg, neg_weights=w, temperatures=cfg.temperatures,
+                                kernel=cfg.kernel, normalize=cfg.normalize, attraction=cfg.attraction,
+                                repulsion=cfg.repulsion, normalize_drift=cfg.normalize_drift)
         loss.backward()
 
     t["loss"] = time_call(loss_step, **rep)
@@ -138,42 +148,47 @@ def bench_setting(name: str, a: argparse.Namespace) -> dict:
         "encoder_params": sum(p.numel() for p in encoder.parameters()), "input_chw": list(chw),
         "classes": Nc, "n_gen": N, "n_pos": P, "n_uncond": U, "max_locations": cfg.max_locations,
         "feature_sets": sets, "vanilla": vanilla, "temperatures": list(cfg.temperatures),
-        "groups": {k: list(v) for k, v in groups.items()}, "problems": sum(v[0] * v[2] for v in groups.values()),
+        "groups": {k: list(v) for k, v in groups.items()},
+        "problems": sum(v[0] * v[2] for v in groups.values()),
         "field_gflop": field_flops / 1e9, "times": t, "encoder_seconds": enc, "loss_seconds": s["loss"],
         "ratio_loss_to_encoder": s["loss"] / enc, "loss_gflops": field_flops / s["loss"] / 1e9,
     }
 
 
 def table(rows: list[dict], stat: str) -> str:
-    headers = ["setting", "encoder", "classes x (N + P + U)", "locations", "groups / problems", "enc fwd gen ms",
-               "enc fwd real ms", "enc bwd ms", "encoder total ms", "loss fwd+bwd ms", "field GFLOP (GFLOP/s)",
-               "loss / encoder"]
+    headers = ["setting", "encoder", "classes x (N + P + U)", "locations", "groups / problems",
+               "enc fwd gen ms", "enc fwd real ms", "enc bwd ms", "encoder total ms", "loss fwd+bwd ms",
+               "field GFLOP (GFLOP/s)", "loss / encoder"]
     out = []
     for r in rows:
         s = {k: v[stat] for k, v in r["times"].items()}
         enc = r["encoder"] + ("" if not r["encoder_overrides"] else f" {r['encoder_overrides']}")
         out.append([r["setting"], enc, f"{r['classes']} x ({r['n_gen']} + {r['n_pos']} + {r['n_uncond']})",
-                    r["max_locations"] or "all", f"{len(r['groups'])} / {r['problems']}", fmt_ms(s["enc_fwd_gen"]),
-                    fmt_ms(s["enc_fwd_real"]), fmt_ms(s["enc_bwd"]), fmt_ms(r["encoder_seconds"]), fmt_ms(s["loss"]),
+                    r["max_locations"] or "all", f"{len(r['groups'])} / {r['problems']}",
+                    fmt_ms(s["enc_fwd_gen"]), fmt_ms(s["enc_fwd_real"]), fmt_ms(s["enc_bwd"]),
+                    fmt_ms(r["encoder_seconds"]), fmt_ms(s["loss"]),
                     f"{r['field_gflop']:.3g} ({r['loss_gflops']:.3g})", f"{r['ratio_loss_to_encoder']:.3f}"])
     return markdown_table(headers, out)
 
 
 def main() -> None:
     started = time.perf_counter()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, NAME)
     p.set_defaults(repeat=3)
     p.add_argument("--settings", nargs="+", choices=("cpu", "latent"), default=["cpu", "latent"])
     p.add_argument("--latent-classes", type=int, default=2)
     p.add_argument("--latent-uncond", type=int, default=32)
     p.add_argument("--latent-max-locations", type=int, default=64, help="0: every location")
-    p.add_argument("--latent-width", type=int, default=None, help="override latent-256's base width (default: 256)")
+    p.add_argument("--latent-width", type=int, default=None,
+                   help="override latent-256's base width (default: 256)")
     a = p.parse_args()
     setup_threads(a.threads)
     rows = run_each(a.settings, lambda name: bench_setting(name, a))
-    print_report(f"**Drifting loss vs feature encoder, per training step** ({a.stat} of {a.repeat} samples, ms; "
-                 f"{torch.get_num_threads()} threads{'; --quick' if a.quick else ''})", table(rows, a.stat))
+    print_report(f"**Drifting loss vs feature encoder, per training step** ({a.stat} of {a.repeat} samples, "
+                 f"ms; {torch.get_num_threads()} "
+                 f"threads{'; --quick' if a.quick else ''})", table(rows, a.stat))
     write_json(a.out, NAME, {"stat": a.stat, "rows": rows}, a, started)
 
 

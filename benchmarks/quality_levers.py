@@ -29,7 +29,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_common_args, machine_info, markdown_table, setup_threads  # noqa: E402
-
 from drifting.data.images import load_dataset  # noqa: E402
 from drifting.models import convnet  # noqa: E402
 from drifting.models.dit import PRESETS  # noqa: E402

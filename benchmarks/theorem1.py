@@ -43,7 +43,8 @@ CLUSTER_RADIUS = 0.1  # s of the concentrated contrast case
 
 
 def drift_terms(y: torch.Tensor, x: torch.Tensor, tau: float) -> dict[str, float]:
-    """Mean over j of ``|V_j+|^2``, ``|V_j-|^2``, ``|V_j|^2`` (Eq. 7) for positives ``y [P, d]``, negatives ``x [N, d]``."""
+    """Mean over j of ``|V_j+|^2``, ``|V_j-|^2``, ``|V_j|^2`` (Eq. 7) for positives ``y [P, d]``, negatives
+    ``x [N, d]``."""
     # torch.cdist's matrix-product form: float64 keeps its cancellation error (~1e-8 |x|) far
     # below the distance spread that the softmaxes see; the self term is masked, not computed.
     d_yx = torch.cdist(x, y)  # [N, P]   |y_i - x_j|
@@ -60,7 +61,8 @@ def drift_terms(y: torch.Tensor, x: torch.Tensor, tau: float) -> dict[str, float
 
 
 def sample(d: int, r: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Dispersed positives ``[d, d]`` on S^{d-1}, negatives ``[d, d]`` in [-r, r]^d, concentrated positives ``[d, d]``."""
+    """Dispersed positives ``[d, d]`` on S^{d-1}, negatives ``[d, d]`` in [-r, r]^d, concentrated positives
+    ``[d, d]``."""
     g = torch.Generator().manual_seed(1_000_003 * seed + d)
     y = torch.randn(d, d, generator=g, dtype=torch.float64)
     y = y / y.norm(dim=1, keepdim=True)  # uniform on the unit sphere
@@ -116,8 +118,10 @@ def plot(res: dict, path: Path) -> None:
         rows = [w for w in res["rows"] if w["tau"] == tau]
         d = [w["d"] for w in rows]
         col = f"C{ti}"
-        axes[0].loglog(d, [w["v_pos_sq"] for w in rows], "o-", color=col, label=f"uniform sphere, tau={tau:g}")
-        axes[0].loglog(d, [w["conc_v_pos_sq"] for w in rows], "s--", color=col, label=f"concentrated, tau={tau:g}")
+        axes[0].loglog(d, [w["v_pos_sq"] for w in rows], "o-", color=col,
+                       label=f"uniform sphere, tau={tau:g}")
+        axes[0].loglog(d, [w["conc_v_pos_sq"] for w in rows], "s--", color=col,
+                       label=f"concentrated, tau={tau:g}")
         axes[1].loglog(d, [w["v_sq"] for w in rows], "o-", color=col, label=f"|V|^2, tau={tau:g}")
         axes[1].loglog(d, [w["v_neg_sq"] for w in rows], "x:", color=col, label=f"|V-|^2, tau={tau:g}")
     dims = res["config"]["dims"]

@@ -19,7 +19,8 @@ history entry and are not counted.
     python benchmarks/train_speed.py --quick            # 5 steps of cpu-tiny
     python benchmarks/train_speed.py --presets cpu --steps 50 --threads 2
     python benchmarks/train_speed.py --presets cpu --steps 50 --nchw    # U-Net: channels-last against NCHW
-    python benchmarks/train_speed.py --presets cpu --steps 50 --no-feature-cache   # the real-feature cache's gain
+    # the real-feature cache's gain:
+    python benchmarks/train_speed.py --presets cpu --steps 50 --no-feature-cache
 """
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def mae_cached(cfg) -> bool | None:
 
 
 def nchw_generator(name: str) -> str | None:
-    """The preset's U-Net generator with ``channels_last=False``, registered as ``NAME-nchw`` (None: not a U-Net)."""
+    """The preset's U-Net generator with ``channels_last=False``, registered as ``NAME-nchw`` (None: not a
+    U-Net)."""
     gen = train_preset(name).generator
     if gen not in convnet.PRESETS:
         return None
@@ -69,7 +71,8 @@ def bench_preset(name: str, steps: int, **overrides) -> dict:
     cached = mae_cached(train_preset(name, steps=1, **NO_EXTRAS))
     with tempfile.TemporaryDirectory(prefix=f"train_speed_{name}_") as tmp:
         t0 = time.perf_counter()
-        train_images(train_preset(name, steps=1, **NO_EXTRAS, **overrides), Path(tmp) / "setup", progress=False)
+        train_images(train_preset(name, steps=1, **NO_EXTRAS, **overrides), Path(tmp) / "setup",
+                     progress=False)
         setup_s = time.perf_counter() - t0
         cfg = train_preset(name, steps=steps, **NO_EXTRAS, **overrides)
         t0 = time.perf_counter()
@@ -84,10 +87,10 @@ def bench_preset(name: str, steps: int, **overrides) -> dict:
         "preset": name, "steps": steps, "mae_cached_before": cached, "setup_seconds": setup_s,
         "wall_seconds": wall, "loop_seconds": times[-1], "steps_per_second": steps / times[-1],
         "steps_per_second_after_first": len(rest) / sum(rest), "first_step_seconds": per_step[0],
-        "median_step_seconds": statistics.median(rest), "min_step_seconds": min(rest), "step_seconds": per_step,
-        "classes_per_step": cfg.classes_per_step, "n_gen": cfg.n_gen, "n_pos": cfg.n_pos,
-        "n_uncond": cfg.cfg_config.n_uncond, "generator": cfg.generator, "mae_encoder": cfg.mae.encoder,
-        "max_locations": cfg.max_locations,
+        "median_step_seconds": statistics.median(rest), "min_step_seconds": min(rest),
+        "step_seconds": per_step, "classes_per_step": cfg.classes_per_step, "n_gen": cfg.n_gen,
+        "n_pos": cfg.n_pos, "n_uncond": cfg.cfg_config.n_uncond, "generator": cfg.generator,
+        "mae_encoder": cfg.mae.encoder, "max_locations": cfg.max_locations,
     }
 
 
@@ -97,25 +100,28 @@ def table(rows: list[dict]) -> str:
     out = [[r["preset"], f"{r['generator']} / {r['mae_encoder']}",
             f"{r['classes_per_step']} x ({r['n_gen']} + {r['n_pos']} + {r['n_uncond']})", r["steps"],
             f"{r['steps_per_second']:.2f}", f"{r['steps_per_second_after_first']:.2f}",
-            f"{r['median_step_seconds']:.3f}", f"{r['min_step_seconds']:.3f}", f"{r['first_step_seconds']:.2f}",
-            f"{r['setup_seconds']:.1f} ({'-' if r['mae_cached_before'] is None else ('yes' if r['mae_cached_before'] else 'no')})"]
+            f"{r['median_step_seconds']:.3f}", f"{r['min_step_seconds']:.3f}",
+            f"{r['first_step_seconds']:.2f}", f"{r['setup_seconds']:.1f} "
+            f"({'-' if r['mae_cached_before'] is None else ('yes' if r['mae_cached_before'] else 'no')})"]
            for r in rows]
     return markdown_table(headers, out)
 
 
 def main() -> None:
     started = time.perf_counter()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, NAME, timing=False)
     p.add_argument("--presets", nargs="+", default=None, help="default: cpu-tiny cpu (--quick: cpu-tiny)")
     p.add_argument("--steps", type=int, default=None,
                    help="timed steps per preset (default: 40 for cpu-tiny, 20 for cpu; --quick: 5)")
     p.add_argument("--nchw", action="store_true",
-                   help="after each preset with a U-Net generator, the same preset with its convolutions on NCHW "
-                        "activations (ConvGenConfig.channels_last=False)")
+                   help="after each preset with a U-Net generator, the same preset with its convolutions on "
+                        "NCHW activations (ConvGenConfig.channels_last=False)")
     p.add_argument("--no-feature-cache", action="store_true",
-                   help="after each preset that caches the real images' features (real_feature_cache_gb > 0), the same "
-                        "preset encoding them every step (the cache's build is in the first step's time)")
+                   help="after each preset that caches the real images' features "
+                        "(real_feature_cache_gb > 0), the same preset encoding them every step (the "
+                        "cache's build is in the first step's time)")
     a = p.parse_args()
     setup_threads(a.threads)
     presets = a.presets or (["cpu-tiny"] if a.quick else ["cpu-tiny", "cpu"])
@@ -125,12 +131,13 @@ def main() -> None:
         rows += run_each([name], lambda n: bench_preset(n, steps[n]))
         gen = nchw_generator(name) if a.nchw else None
         if gen is not None:
-            rows += run_each([name], lambda n: {**bench_preset(n, steps[n], generator=gen), "preset": f"{n} (NCHW)"})
+            rows += run_each([name],
+                             lambda n: {**bench_preset(n, steps[n], generator=gen), "preset": f"{n} (NCHW)"})
         if a.no_feature_cache and train_preset(name).real_feature_cache_gb > 0:
             rows += run_each([name], lambda n: {**bench_preset(n, steps[n], real_feature_cache_gb=0.0),
                                                 "preset": f"{n} (no feature cache)"})
-    print_report(f"**Training speed of the CPU presets** (train_images, MAE pre-trained or cached beforehand; "
-                 f"{torch.get_num_threads()} threads)", table(rows))
+    print_report("**Training speed of the CPU presets** (train_images, MAE pre-trained or cached "
+                 f"beforehand; {torch.get_num_threads()} threads)", table(rows))
     write_json(a.out, NAME, {"rows": rows}, a, started)
 
 

@@ -37,8 +37,8 @@ def standin_path(tmp_path_factory):
 
 @pytest.fixture
 def crash_at():
-    """``crash_at(fn, n)``: a wrapper of ``fn`` that raises ``RuntimeError("simulated crash")`` on its n-th call
-    (for the crash-and-resume tests of the trainers)."""
+    """``crash_at(fn, n)``: a wrapper of ``fn`` that raises ``RuntimeError("simulated crash")`` on its
+    n-th call (for the crash-and-resume tests of the trainers)."""
     def make(fn, n: int):
         calls = {"n": 0}
 

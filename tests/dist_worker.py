@@ -95,7 +95,8 @@ def run_train(out: Path, config: Path, ranks_per_class: int, crash_at: int | Non
 def run_distill(out: Path, config: Path) -> None:
     from drifting.recipes.distill import DistillConfig, distill
 
-    cfg = DistillConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(config.read_text()).items()})
+    cfg = DistillConfig(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in json.loads(config.read_text()).items()})
     distill(cfg, out, progress=False, resume=False)
     shutdown()
 

@@ -1,4 +1,5 @@
-"""`drifting ablate`: every paper table's rows are valid configs that reach the trainer; runs are shared and reused."""
+"""`drifting ablate`: every paper table's rows are valid configs that reach the trainer; runs are shared and
+reused."""
 
 import json
 
@@ -49,8 +50,10 @@ def test_knobs_reach_the_trainer(tmp_path, monkeypatch):
 
 def test_run_ablation_shares_and_reuses_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(classify, "CLASSIFIER_STEPS", 20)
-    monkeypatch.setitem(ABLATIONS, "t1", Ablation("t1", (("default", {}), ("no style tokens", {"style_tokens": 0}))))
-    monkeypatch.setitem(ABLATIONS, "t2", Ablation("t2", (("default", {}), ("(a, b)", {"feature_sets": "ab"}))))
+    monkeypatch.setitem(ABLATIONS, "t1",
+                        Ablation("t1", (("default", {}), ("no style tokens", {"style_tokens": 0}))))
+    monkeypatch.setitem(ABLATIONS, "t2",
+                        Ablation("t2", (("default", {}), ("(a, b)", {"feature_sets": "ab"}))))
     res = run_ablation("t1", tmp_path, steps=2, eval_samples=20, preset="cpu-tiny", progress=False)
     assert [r["row"] for r in res["rows"]] == ["default", "no style tokens"]
     assert all(0 <= r["accuracy"] <= 1 and r["clf_fid"] > 0 for r in res["rows"])
@@ -84,7 +87,8 @@ def test_cli_all_runs_every_table(tmp_path, monkeypatch, capsys):
 
     def fake(name, out, **kw):
         calls.append((name, kw["steps"]))
-        return {"title": name, "preset": kw["preset"], "steps": kw["steps"], "eval_samples": kw["eval_samples"],
+        return {"title": name, "preset": kw["preset"], "steps": kw["steps"],
+                "eval_samples": kw["eval_samples"],
                 "rows": [{"row": "default", "accuracy": 0.5, "clf_fid": 10.0, "train_seconds": 1.0}]}
 
     import drifting.cli.cmd_ablations as command  # the command calls run_ablation through this module

@@ -19,8 +19,8 @@ def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_run")
     with pytest.MonkeyPatch.context() as mp:  # module scope: conftest's per-test cache env is not yet set
         mp.setenv("DRIFTING_CACHE", str(tmp_path_factory.getbasetemp() / "drifting-cache"))
-        cfg = ImageTrainConfig(generator="cpu-tiny", mae=MAEConfig(encoder="cpu-tiny", steps=3, batch=32), steps=2,
-                               classes_per_step=3, n_gen=4, n_pos=4, n_uncond=2, eval_samples=0,
+        cfg = ImageTrainConfig(generator="cpu-tiny", mae=MAEConfig(encoder="cpu-tiny", steps=3, batch=32),
+                               steps=2, classes_per_step=3, n_gen=4, n_pos=4, n_uncond=2, eval_samples=0,
                                max_locations=None, warmup=1)
         train_images(cfg, out, progress=False)
     return out
@@ -152,10 +152,12 @@ def test_drift_diagnosis_splits_the_norm_and_its_floor_falls_with_the_batch(run_
             assert np.isfinite(r[k]) and r[k] > 0, (r["group"], k)
     assert small["total"]["V2"] == pytest.approx(sum(r["V2"] for r in small["groups"]))
     assert sum(v["V2"] for v in small["by_kind"].values()) == pytest.approx(small["total"]["V2"])
-    # real images in place of samples: what is left is the sampling noise of N and P, which shrinks as they grow
+    # real images in place of samples: what is left is the sampling noise of N and P, which shrinks as
+    # they grow
     assert big["total"]["floor_V2"] < 0.6 * small["total"]["floor_V2"]
     from drifting.cli import main
 
     assert main(["drift-norm", str(run_dir), "--batches", "1", "--json", str(tmp_path / "d.json")]) == 0
     out = capsys.readouterr().out
-    assert "| vanilla@0.2 |" in out and "| all |" in out and json.loads((tmp_path / "d.json").read_text())["batches"] == 1
+    assert ("| vanilla@0.2 |" in out and "| all |" in out
+            and json.loads((tmp_path / "d.json").read_text())["batches"] == 1)

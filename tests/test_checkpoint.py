@@ -81,11 +81,13 @@ def test_a_missing_checkpoint_is_file_not_found(tmp_path):
 
 
 @pytest.mark.parametrize("make", [_truncated, _random_bytes], ids=["truncated", "random bytes"])
-def test_train_resume_on_a_corrupt_checkpoint_prints_the_error_and_exits_2(tmp_path, monkeypatch, capsys, make):
+def test_train_resume_on_a_corrupt_checkpoint_prints_the_error_and_exits_2(tmp_path, monkeypatch, capsys,
+                                                                           make):
     import drifting.recipes.image_training as image_training
 
     # reported before the dataset is read or the MAE pre-trained
-    monkeypatch.setattr(image_training, "train_images", lambda *a, **k: pytest.fail("trained before checking the checkpoint"))
+    monkeypatch.setattr(image_training, "train_images",
+                        lambda *a, **k: pytest.fail("trained before checking the checkpoint"))
     make(tmp_path / "checkpoint.pt")
     rc = main(["train", "--preset", "cpu-tiny", "--out", str(tmp_path), "--resume", "--no-progress"])
     err = capsys.readouterr().err
@@ -97,14 +99,17 @@ def test_train_resume_on_a_corrupt_checkpoint_prints_the_error_and_exits_2(tmp_p
 def test_train_resume_without_a_checkpoint_says_so_first(tmp_path, monkeypatch, capsys):
     import drifting.recipes.image_training as image_training
 
-    monkeypatch.setattr(image_training, "train_images", lambda *a, **k: pytest.fail("trained before checking the checkpoint"))
-    rc = main(["train", "--preset", "cpu-tiny", "--out", str(tmp_path / "nothing-here"), "--resume", "--no-progress"])
+    monkeypatch.setattr(image_training, "train_images",
+                        lambda *a, **k: pytest.fail("trained before checking the checkpoint"))
+    rc = main(["train", "--preset", "cpu-tiny", "--out", str(tmp_path / "nothing-here"), "--resume",
+               "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "there is no checkpoint at" in err and "without --resume" in err
 
 
 def test_fit_points_resume_on_a_corrupt_checkpoint_exits_2(tmp_path, capsys):
     _random_bytes(tmp_path / "checkpoint.pt")
-    rc = main(["fit-points", "8gaussians", "--out", str(tmp_path), "--resume", "--steps", "2", "--no-progress"])
+    rc = main(["fit-points", "8gaussians", "--out", str(tmp_path), "--resume", "--steps", "2",
+               "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "checkpoint.pt cannot be read" in err and "Traceback" not in err

@@ -13,8 +13,10 @@ from drifting.recipes.classify import classifier_report, train_classifier
 def test_frechet_distance_closed_form():
     g = torch.Generator().manual_seed(0)
     n, d = 200_000, 3
-    a = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
-    b = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.tensor([3.0, 1.0, 0.5], dtype=torch.float64) + 1.0
+    a = (torch.randn(n, d, generator=g, dtype=torch.float64)
+         * torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64))
+    b = (torch.randn(n, d, generator=g, dtype=torch.float64)
+         * torch.tensor([3.0, 1.0, 0.5], dtype=torch.float64) + 1.0)
     # diagonal Gaussians: ||mu1 - mu2||^2 + sum (s1 - s2)^2 = 3 + (4 + 1 + 0) = 8
     assert abs(frechet_distance(a, b) - 8.0) < 0.1
     assert abs(frechet_distance(a, a)) < 1e-8

@@ -25,5 +25,6 @@ def test_every_command_takes_threads():
     commands = dict(_leaves(top))
     assert len(commands) >= 18 and "train" in commands and "eval-classifier" in commands
     policy = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)][0].choices["policy"]
-    missing = [n for n, p in commands.items() if not _has(p, "--threads") and not (n.startswith("policy") and _has(policy, "--threads"))]
+    missing = [n for n, p in commands.items()
+               if not _has(p, "--threads") and not (n.startswith("policy") and _has(policy, "--threads"))]
     assert missing == []

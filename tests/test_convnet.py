@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from drifting.models.convnet import ConvGenConfig, ConvGenerator, conv_config
-from drifting.models.generators import build_generator, generator_config, generator_names, load_generator_model
+from drifting.models.generators import (
+    build_generator,
+    generator_config,
+    generator_names,
+    load_generator_model,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -86,7 +91,8 @@ def test_time_conditioned_velocity():
 
 
 def test_config_validation_names_the_field():
-    cases = {"widths": dict(widths=()), "hidden": dict(hidden=0), "input_size": dict(input_size=2, widths=(8, 8, 8)),
+    cases = {"widths": dict(widths=()), "hidden": dict(hidden=0),
+             "input_size": dict(input_size=2, widths=(8, 8, 8)),
              "style_tokens": dict(style_tokens=-1), "alpha_mlp": dict(alpha_mlp=1)}
     for name, kw in cases.items():
         with pytest.raises(ValueError, match=rf"ConvGenConfig\.{name}:"):

@@ -57,7 +57,8 @@ def literal_median_bandwidths(a, b):
 # energy distance -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("n", "m", "d", "seed"), [(13, 13, 2, 0), (9, 17, 3, 1), (1, 5, 1, 2), (20, 7, 5, 3)])
+@pytest.mark.parametrize(("n", "m", "d", "seed"),
+                         [(13, 13, 2, 0), (9, 17, 3, 1), (1, 5, 1, 2), (20, 7, 5, 3)])
 def test_energy_matches_literal(n, m, d, seed):
     a = rand_set(n, d, seed)
     b = rand_set(m, d, seed + 100, shift=0.3)
@@ -104,7 +105,8 @@ def test_default_chunking_on_larger_sets():
     ref = energy_distance(a, b, chunk_size=3000)
     assert energy_distance(a, b) == pytest.approx(ref, rel=1e-11)
     bw = (0.7,)
-    assert mmd2(a, b, bandwidths=bw) == pytest.approx(mmd2(a, b, bandwidths=bw, chunk_size=3000), rel=1e-10, abs=1e-14)
+    assert mmd2(a, b, bandwidths=bw) == pytest.approx(mmd2(a, b, bandwidths=bw, chunk_size=3000), rel=1e-10,
+                                                      abs=1e-14)
 
 
 # MMD -----------------------------------------------------------------------------------
@@ -113,7 +115,8 @@ def test_default_chunking_on_larger_sets():
 @pytest.mark.parametrize("bandwidths", [(1.0,), (0.3, 1.0, 2.5), (0.5, 1.0, 2.0), [0.2, 1.7]])
 def test_mmd2_matches_literal(bandwidths):
     a, b = rand_set(15, 2, 0), rand_set(11, 2, 1, shift=0.4)
-    assert mmd2(a, b, bandwidths=bandwidths) == pytest.approx(literal_mmd2(a, b, bandwidths), abs=1e-10, rel=1e-10)
+    assert mmd2(a, b, bandwidths=bandwidths) == pytest.approx(literal_mmd2(a, b, bandwidths), abs=1e-10,
+                                                              rel=1e-10)
 
 
 def test_mmd2_scalar_bandwidth():
@@ -133,7 +136,8 @@ def test_median_bandwidths_subsample_is_deterministic():
     bw = median_bandwidths(x)
     assert bw == median_bandwidths(x)
     assert bw[1] == pytest.approx(2 * bw[0]) and bw[2] == pytest.approx(4 * bw[0])
-    assert 1.5 < bw[1] < 1.8  # |u - v| for 2-D standard normals is Rayleigh(sqrt 2): median 2 sqrt(ln 2) ~ 1.665
+    # |u - v| for 2-D standard normals is Rayleigh(sqrt 2): median 2 sqrt(ln 2) ~ 1.665
+    assert 1.5 < bw[1] < 1.8
     assert median_bandwidths(torch.zeros(5, 2)) == (0.5, 1.0, 2.0)  # all-equal points fall back to 1
 
 

@@ -39,7 +39,8 @@ def test_two_rank_loss_and_gradients_equal_one_rank(tmp_path):
     gen, pos, neg, w = global_batch()
     for name, (S, opts) in CASES.items():
         g1 = {k: v.clone().requires_grad_(True) for k, v in gen.items()}
-        loss, stats = drifting_loss(g1, pos, neg, neg_weights=w, **{k: v for k, v in opts.items() if k != "max_elements"})
+        loss, stats = drifting_loss(g1, pos, neg, neg_weights=w,
+                                    **{k: v for k, v in opts.items() if k != "max_elements"})
         loss.backward()
         mean_loss = sum(r[name]["loss"] for r in ranks) / 2
         assert torch.allclose(mean_loss, loss.detach(), rtol=1e-5), name
@@ -69,9 +70,9 @@ def test_layout_checks_and_single_process_defaults(monkeypatch):
 
 
 def tiny_cfg(mae_dir=None, **kw):
-    base = dict(generator="cpu-tiny", mae=MAEConfig(encoder="cpu-tiny", steps=3, batch=32), mae_dir=mae_dir, steps=4,
-                classes_per_step=4, n_gen=4, n_pos=4, n_uncond=2, ckpt_every=2, sample_every=100, warmup=2,
-                eval_samples=0, max_locations=8, log_every=1)
+    base = dict(generator="cpu-tiny", mae=MAEConfig(encoder="cpu-tiny", steps=3, batch=32), mae_dir=mae_dir,
+                steps=4, classes_per_step=4, n_gen=4, n_pos=4, n_uncond=2, ckpt_every=2, sample_every=100,
+                warmup=2, eval_samples=0, max_locations=8, log_every=1)
     base.update(kw)
     return ImageTrainConfig(**base)
 
@@ -96,7 +97,8 @@ def test_two_rank_training_equals_one_rank_and_resumes_on_one(tmp_path):
     for S in (1, 2):
         torchrun("train", tmp_path / f"r2s{S}", cfg_path, S)
         close(weights(tmp_path / f"r2s{S}"), ref.generator.state_dict())
-        log2 = [json.loads(ln)["loss"] for ln in (tmp_path / f"r2s{S}" / "log.jsonl").read_text().splitlines()]
+        log2 = [json.loads(ln)["loss"]
+                for ln in (tmp_path / f"r2s{S}" / "log.jsonl").read_text().splitlines()]
         log1 = [json.loads(ln)["loss"] for ln in (tmp_path / "ref1" / "log.jsonl").read_text().splitlines()]
         assert torch.allclose(torch.tensor(log2), torch.tensor(log1), rtol=1e-4)
 
@@ -110,11 +112,10 @@ def test_two_rank_training_equals_one_rank_and_resumes_on_one(tmp_path):
 
 
 def test_two_rank_distillation_equals_one_rank(tmp_path):
-    from test_drift_rae import flow_cfg, tiny_distill
-
     from drifting.data.images import load_dataset
     from drifting.recipes.distill import distill
     from drifting.recipes.flow import train_flow
+    from test_drift_rae import flow_cfg, tiny_distill
 
     ds = load_dataset("fashion-mnist", "train")
     keep = np.concatenate([np.flatnonzero(ds.labels == k)[:12] for k in range(10)])
@@ -130,7 +131,8 @@ def test_two_rank_distillation_equals_one_rank(tmp_path):
     b = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
     assert a["step"] == b["step"] == 3 and ref["steps"] == 3
     for k in a["model"]:
-        assert torch.allclose(a["model"][k], b["model"][k], rtol=0, atol=3e-5), k  # see the image trainer's test
+        # see the image trainer's test
+        assert torch.allclose(a["model"][k], b["model"][k], rtol=0, atol=3e-5), k
     la = [json.loads(ln)["loss"] for ln in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
     lb = [json.loads(ln)["loss"] for ln in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
     assert np.allclose(la, lb, rtol=1e-5)

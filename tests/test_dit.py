@@ -7,7 +7,6 @@ import torch
 
 from drifting.models.dit import PRESETS, DiTConfig, DriftingDiT, dit_config
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -176,7 +175,8 @@ def test_presets_and_config_errors():
     with pytest.raises(ValueError, match="widht"):
         dit_config("cpu-tiny", widht=3)
     bad = [(dict(patch_size=5), "input_size"), (dict(hidden=30, heads=4), "hidden"),
-           (dict(hidden=36, heads=4), "heads"), (dict(depth=0), "depth"), (dict(style_tokens=-1), "style_tokens"),
+           (dict(hidden=36, heads=4), "heads"), (dict(depth=0), "depth"),
+           (dict(style_tokens=-1), "style_tokens"),
            (dict(codebook_size=0), "codebook_size"), (dict(mlp_ratio=0.0), "mlp_ratio"),
            (dict(num_classes=0), "num_classes"), (dict(hidden=18, heads=3, pos_embed=True), "hidden")]
     for overrides, field in bad:

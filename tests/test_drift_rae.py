@@ -22,7 +22,6 @@ from drifting.recipes.image_sampling import model_tokenizer
 from drifting.training.checkpoint import load_state
 from drifting.training.schedules import linear_decay_lr
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -58,7 +57,8 @@ def test_one_step_is_z_minus_v_at_t1():
         v1 = m(z, labels, t=torch.ones(4))
     assert v1.abs().max() > 1e-3  # a non-trivial velocity, so the test can fail
     assert torch.equal(G, z - v1)  # Eq. 8
-    assert torch.allclose(G, euler_sample(m, labels, 1, noise=z), atol=1e-6)  # = one Euler step of the teacher
+    # = one Euler step of the teacher
+    assert torch.allclose(G, euler_sample(m, labels, 1, noise=z), atol=1e-6)
     with torch.no_grad():  # t = 1 matters: another time gives another map
         assert not torch.allclose(G, z - m(z, labels, t=torch.full((4,), 0.5)), atol=1e-4)
 
@@ -135,7 +135,8 @@ def test_loss_gradient_is_minus_the_normalized_eq11_field_per_token(batch):
 
 def test_y_softmax_is_alg2_per_token(batch):
     x, pos, extra = batch
-    grad, _, _ = loss_grad(x, pos, extra, temperatures=(0.9,), y_softmax=True, perturb=False, normalize_features=False)
+    grad, _, _ = loss_grad(x, pos, extra, temperatures=(0.9,), y_softmax=True, perturb=False,
+                           normalize_features=False)
     alg2 = lambda q, p, m, tau: compute_V(q, p, m, tau, normalize="both").double()  # noqa: E731
     assert torch.allclose(grad.double(), literal_grad(x, pos, extra, (0.9,), alg2), atol=1e-6)
     single, _, _ = loss_grad(x, pos, extra, temperatures=(0.9,), perturb=False, normalize_features=False)
@@ -180,7 +181,8 @@ def test_perturbation_is_g_plus_tau_n_on_every_generated_sample(batch, monkeypat
     m_all = torch.cat([q_all, tokens(extra)], 1)
     for tau, n in zip(temps, drawn):
         m = m_all + tau * n
-        V = torch.stack([eq11_literal(m[b, :3], p_all[b], m[b], tau) for b in range(m.shape[0])])  # [BL, N, c]
+        # [BL, N, c]
+        V = torch.stack([eq11_literal(m[b, :3], p_all[b], m[b], tau) for b in range(m.shape[0])])
         V = V / V.norm(dim=-1, keepdim=True)
         ref += (-2 * V / (12 * 3) / 2).view(2, 2, 3, 3, 4).permute(0, 3, 4, 1, 2)  # back to [G, N, c, h, w]
     assert torch.allclose(grad.double(), ref, atol=1e-6)
@@ -235,18 +237,20 @@ def pixel_teacher(tiny_data, tmp_path_factory) -> str:
 
 def tiny_distill(teacher, data, **kw):
     base = dict(teacher=teacher, data=data, steps=4, classes_per_step=3, n_pos=4, n_neg=3, n_extra_neg=2,
-                ckpt_every=2, log_every=1, sample_every=3, lr=1e-3, lr_final=1e-5, lr_decay_steps=3, ema_warmup=10)
+                ckpt_every=2, log_every=1, sample_every=3, lr=1e-3, lr_final=1e-5, lr_decay_steps=3,
+                ema_warmup=10)
     return DistillConfig(**{**base, **kw})
 
 
-def test_distill_starts_from_the_teacher_and_follows_table8_schedules(pixel_teacher, tiny_data, tmp_path, monkeypatch):
+def test_distill_starts_from_the_teacher_and_follows_table8_schedules(pixel_teacher, tiny_data, tmp_path,
+                                                                      monkeypatch):
     cfg = tiny_distill(pixel_teacher, tiny_data)
     seen = []
     real = dr.drift_rae_loss
 
     def spy(x, pos, extra, **kw):
-        seen.append((x.shape, pos.shape, None if extra is None else extra.shape, extra is not None and extra.requires_grad,
-                     x.requires_grad))
+        seen.append((x.shape, pos.shape, None if extra is None else extra.shape,
+                     extra is not None and extra.requires_grad, x.requires_grad))
         return real(x, pos, extra, **kw)
     monkeypatch.setattr(dr, "drift_rae_loss", spy)
     res = distill(cfg, tmp_path, progress=False)
@@ -275,10 +279,12 @@ def test_distill_starts_from_the_teacher_and_follows_table8_schedules(pixel_teac
     s0 = load_flow_model(zero["model_dir"])
     z = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
-        assert torch.allclose(one_step(s0, z, torch.arange(3)), one_step(teacher, z, torch.arange(3)), atol=1e-4)
+        assert torch.allclose(one_step(s0, z, torch.arange(3)), one_step(teacher, z, torch.arange(3)),
+                              atol=1e-4)
 
 
-def test_distill_resume_equals_an_uninterrupted_run(pixel_teacher, tiny_data, tmp_path, monkeypatch, crash_at):
+def test_distill_resume_equals_an_uninterrupted_run(pixel_teacher, tiny_data, tmp_path, monkeypatch,
+                                                    crash_at):
     cfg = tiny_distill(pixel_teacher, tiny_data, sample_every=100)
     real = dr.drift_rae_loss
     monkeypatch.setattr(dr, "drift_rae_loss", crash_at(real, 4))
@@ -313,7 +319,8 @@ def test_latent_teacher_decode_encode_and_scratch(tiny_data, tmp_path):
         r = distill(tiny_distill(res["model_dir"], tiny_data, steps=2, **kw), out, progress=False)
         student = load_flow_model(r["model_dir"])
         assert model_tokenizer(r["model_dir"]) is not None  # the student lives in the teacher's space
-        assert json.loads((out / "model" / "train_config.json").read_text())["init"] == kw.get("init", "teacher")
+        assert (json.loads((out / "model" / "train_config.json").read_text())["init"]
+                == kw.get("init", "teacher"))
         assert flow_generate(student, torch.arange(2), 1, tokenizer=tok).shape == (2, 28, 28, 1)
     with torch.no_grad():  # from scratch: G(z) = z at step 0 (zero-initialised output layer)
         fresh = DriftingDiT(teacher.config)
@@ -345,9 +352,10 @@ def test_distill_errors(pixel_teacher, tiny_data, tmp_path):
 
 
 def test_distill_cli(pixel_teacher, tiny_data, tmp_path, capsys):
-    rc = main(["distill", "--teacher", pixel_teacher, "--out", str(tmp_path), "--data", tiny_data, "--preset", "B",
-               "--steps", "2", "--classes-per-step", "2", "--n-pos", "3", "--n-neg", "2", "--n-extra-neg", "1",
-               "--temperatures", "0.05,0.2", "--no-perturb", "--no-progress", "--threads", "1"])
+    rc = main(["distill", "--teacher", pixel_teacher, "--out", str(tmp_path), "--data", tiny_data, "--preset",
+               "B", "--steps", "2", "--classes-per-step", "2", "--n-pos", "3", "--n-neg", "2",
+               "--n-extra-neg", "1", "--temperatures", "0.05,0.2", "--no-perturb", "--no-progress",
+               "--threads", "1"])
     assert rc == 0 and "distilled 2 steps" in capsys.readouterr().out
     cfg = json.loads((tmp_path / "model" / "train_config.json").read_text())
     assert cfg["perturb"] is False and cfg["y_softmax"] is False and cfg["temperatures"] == [0.05, 0.2]

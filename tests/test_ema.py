@@ -22,7 +22,8 @@ def test_ema_matches_formula_and_round_trips():
     other = EMA(model, decays=(0.9, 0.99))
     other.load_state_dict(ema.state_dict())
     assert other.step == 5
-    assert all(torch.equal(a, b) for a, b in zip(other.models[0.9].parameters(), ema.models[0.9].parameters()))
+    assert all(torch.equal(a, b)
+               for a, b in zip(other.models[0.9].parameters(), ema.models[0.9].parameters()))
 
 
 def test_ema_warmup_and_errors():

@@ -6,12 +6,11 @@ Everything is random-init (pretrained=False / weights=None): no network access.
 import sys
 
 import pytest
-import torch
-from torch import nn
-
-import torchvision  # noqa: E402  (test extras)
 import timm  # noqa: E402
+import torch
+import torchvision  # noqa: E402  (test extras)
 from safetensors.torch import save_file  # noqa: E402
+from torch import nn
 
 from drifting import drifting_loss  # noqa: E402
 from drifting.features import feature_sets, group_by_class  # noqa: E402
@@ -26,7 +25,6 @@ from drifting.models.encoders import (  # noqa: E402
     load_timm,
 )
 from drifting.models.resnet_mae import ResNetMAE, ResNetMAEConfig  # noqa: E402
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,7 +81,8 @@ def _layouts(sd: dict) -> dict:
     zeros = {k: torch.zeros_like(v) for k, v in bb.items()}  # a decoy encoder that must not be loaded
     moco2 = {f"module.encoder_q.{k}": v for k, v in {**bb, **mlp}.items()}
     moco2.update({f"module.encoder_k.{k}": v for k, v in zeros.items()})
-    moco2.update({"module.queue": torch.randn(128, 16, generator=g), "module.queue_ptr": torch.zeros(1, dtype=torch.long)})
+    moco2.update({"module.queue": torch.randn(128, 16, generator=g),
+                  "module.queue_ptr": torch.zeros(1, dtype=torch.long)})
     moco3 = {f"module.base_encoder.{k}": v for k, v in {**bb, **mlp}.items()}
     moco3.update({f"module.momentum_encoder.{k}": v for k, v in zeros.items()})
     moco3["module.predictor.0.weight"] = torch.randn(64, 128, generator=g)
@@ -140,7 +139,8 @@ def test_resnet50_taps_follow_a5():
         [(2, 256, 16, 16)] * 2 + [(2, 512, 8, 8)] * 2 + [(2, 1024, 4, 4)] * 3 + [(2, 2048, 2, 2)] * 2)
     # the same numbers by hand: resize, gray -> RGB, [-1, 1] -> [0, 1], ImageNet norm, torchvision layers
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in IMAGENET_NORM)
-    h = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)
+    h = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False,
+                                        antialias=True)
     h = ((h.repeat(1, 3, 1, 1) + 1) / 2 - mean) / std
     with torch.no_grad():
         h = model.maxpool(model.relu(model.bn1(model.conv1(h))))
@@ -229,7 +229,8 @@ def _to_fb_layout(sd: dict) -> dict:
     return out
 
 
-@pytest.mark.parametrize("layout", ["plain.safetensors", "wrapped_model.pth", "ddp_state_dict.pth", "fb_official.pt"])
+@pytest.mark.parametrize("layout",
+                         ["plain.safetensors", "wrapped_model.pth", "ddp_state_dict.pth", "fb_official.pt"])
 def test_timm_round_trip(cnx, tmp_path, layout):
     sd = {k: v.clone() for k, v in cnx.state_dict().items()}
     path = tmp_path / layout
@@ -246,7 +247,8 @@ def test_timm_round_trip(cnx, tmp_path, layout):
     x = images()
     a, b = TimmEncoder(loaded).forward_features(x), TimmEncoder(cnx).forward_features(x)
     assert all(torch.equal(u, v) for u, v in zip(a, b))
-    fresh = TimmEncoder(timm.create_model("convnextv2_atto", pretrained=False, num_classes=0)).forward_features(x)
+    fresh = TimmEncoder(timm.create_model("convnextv2_atto", pretrained=False,
+                                          num_classes=0)).forward_features(x)
     assert not torch.allclose(fresh[-1], b[-1])
 
 
@@ -256,7 +258,8 @@ def test_timm_convnext_taps_and_gradients(cnx):
     x = images(c=1).requires_grad_(True)
     maps = enc.forward_features(x)
     # stages [2, 2, 6, 2] blocks -> taps [2], [2], [2, 4, 6], [2]; stem /4 then /2 per stage: 16, 8, 4, 2
-    assert [tuple(f.shape) for f in maps] == [(2, 40, 16, 16), (2, 80, 8, 8)] + [(2, 160, 4, 4)] * 3 + [(2, 320, 2, 2)]
+    assert ([tuple(f.shape) for f in maps]
+            == [(2, 40, 16, 16), (2, 80, 8, 8)] + [(2, 160, 4, 4)] * 3 + [(2, 320, 2, 2)])
     ends = cnx.forward_intermediates(enc.prepare(x), intermediates_only=True)
     for got, want in zip([maps[0], maps[1], maps[4], maps[5]], ends):
         torch.testing.assert_close(got, want)
@@ -275,7 +278,8 @@ def test_timm_stage_outputs_fallback():
     assert (a.mode, b.mode) == ("intermediates", "features_only")
     x = images()
     ma, mb = a.forward_features(x), b.forward_features(x)
-    assert [tuple(t.shape[1:]) for t in ma] == [(64, 16, 16), (64, 8, 8), (128, 4, 4), (256, 2, 2), (512, 1, 1)]
+    assert [tuple(t.shape[1:]) for t in ma] == [(64, 16, 16), (64, 8, 8), (128, 4, 4), (256, 2, 2),
+                                                (512, 1, 1)]
     assert all(torch.allclose(u, v) for u, v in zip(ma, mb))
     with pytest.raises(ValueError, match="model"):
         TimmEncoder(nn.Conv2d(3, 3, 1))
@@ -373,7 +377,8 @@ def test_build_encoder_specs(r18, cnx, tmp_path):
     assert multi.encoders["resnet18"].resize == 64 and multi.encoders["resnet18_1"].resize is None
     x = images(c=1)
     groups = multi.encode_groups(x, "ab")
-    assert {k.split("/")[0] for k in groups} == {"mae", "resnet18", "resnet18_1", "convnextv2_atto", "input.sq"}
+    assert {k.split("/")[0] for k in groups} == {"mae", "resnet18", "resnet18_1", "convnextv2_atto",
+                                                 "input.sq"}
     torch.testing.assert_close(groups["convnextv2_atto/tap5.loc"],
                                encode_groups(TimmEncoder(cnx), x, "ab")["tap5.loc"])
 

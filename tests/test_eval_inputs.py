@@ -36,7 +36,8 @@ def _damaged_member(path):  # the zip directory is intact, the images' bytes are
     path.write_bytes(bytes(b))
 
 
-UNREADABLE = {"truncated": _truncated, "random bytes": _random_bytes, "empty": _empty, "damaged member": _damaged_member}
+UNREADABLE = {"truncated": _truncated, "random bytes": _random_bytes, "empty": _empty,
+              "damaged member": _damaged_member}
 
 
 @pytest.fixture
@@ -79,8 +80,10 @@ def test_load_samples_and_load_npz_name_the_unreadable_file(tmp_path, make):
 
 
 @pytest.mark.parametrize("images, hint", [
-    (np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32), "np.round(images * 255).astype(np.uint8)"),
-    (np.random.default_rng(0).uniform(-1, 1, (4, 28, 28, 1)), "np.round((images + 1) * 127.5).astype(np.uint8)"),
+    (np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32),
+     "np.round(images * 255).astype(np.uint8)"),
+    (np.random.default_rng(0).uniform(-1, 1, (4, 28, 28, 1)),
+     "np.round((images + 1) * 127.5).astype(np.uint8)"),
     (np.full((4, 28, 28, 1), 200, np.int64), "images.astype(np.uint8)"),
 ])
 def test_images_of_another_dtype_say_how_to_convert_them(tmp_path, capsys, no_classifier, images, hint):
@@ -97,7 +100,8 @@ def test_a_missing_file_is_refused_before_the_classifier(tmp_path, capsys, no_cl
 
 @pytest.mark.parametrize("arrays, why", [
     (dict(x=np.zeros(3)), "key 'images'"),
-    (dict(images=np.zeros((4, 28, 28, 1), np.uint8), labels=np.arange(3)), "'labels' must be integers [N] with N = 4"),
+    (dict(images=np.zeros((4, 28, 28, 1), np.uint8), labels=np.arange(3)),
+     "'labels' must be integers [N] with N = 4"),
     (dict(images=np.zeros((1, 28, 28, 1), np.uint8), labels=np.arange(1)), "at least 2 images"),
 ])
 def test_wrong_contents_are_refused_before_the_classifier(tmp_path, capsys, no_classifier, arrays, why):

@@ -17,14 +17,17 @@ from drifting.cli.cmd_evaluate import add_eval_parser
 from drifting.data.images import load_fashion_mnist
 from drifting.eval import fid as fidmod
 from drifting.eval.fid import (
-    cached_features, dinov2_features, extract_features, fid_from_features, inception_features, load_dinov2,
+    cached_features,
+    dinov2_features,
+    extract_features,
+    fid_from_features,
+    inception_features,
+    load_dinov2,
     load_inception,
 )
 from drifting.eval.frechet import frechet_distance
 from drifting.eval.prdc import prdc
 from drifting.recipes import evaluate as ev
-
-
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,8 @@ def test_fid_matches_torch_fidelity_on_fashion_mnist(agreement):
 
 def test_fid_of_noise_is_large(agreement, tmp_path):
     noise = np.random.default_rng(0).integers(0, 256, size=(16, 28, 28, 1), dtype=np.uint8)
-    res = ev.evaluate(_write_npz(tmp_path / "noise.npz", noise), "fashion-mnist:train", metrics=("fid", "prdc"),
+    res = ev.evaluate(_write_npz(tmp_path / "noise.npz", noise), "fashion-mnist:train",
+                      metrics=("fid", "prdc"),
                       n_ref=16, device="cpu", progress=False)  # the 16 train features come from the cache
     # 16 vs 16 images: FID is dominated by small-sample bias (~200 for real vs real here), noise is well above
     assert res["fid"] > 2 * agreement["fid_drifting"], (res["fid"], agreement["fid_drifting"])
@@ -91,9 +95,11 @@ def test_fid_from_features_against_hand_written_and_closed_form():
     # torch-fidelity's formula on the full F x F covariances
     import torch_fidelity.metric_fid as metric_fid
     u, v = rng.normal(size=(10, 64)), rng.normal(size=(12, 64)) * 1.5 + 0.2
-    full = metric_fid.fid_statistics_to_metric(*({"mu": f.mean(0), "sigma": np.cov(f, rowvar=False)} for f in (u, v)),
+    full = metric_fid.fid_statistics_to_metric(*({"mu": f.mean(0), "sigma": np.cov(f, rowvar=False)}
+                                                 for f in (u, v)),
                                                verbose=False)["frechet_inception_distance"]
-    assert abs(fid_from_features(u, v) - full) < 1e-6 * full  # the full form has sqrt(~1e-16) noise per null eigenvalue
+    # the full form has sqrt(~1e-16) noise per null eigenvalue
+    assert abs(fid_from_features(u, v) - full) < 1e-6 * full
     with pytest.raises(ValueError, match="same F"):
         fid_from_features(x, y[:, :3])
     with pytest.raises(ValueError, match="at least 2 rows"):
@@ -143,7 +149,8 @@ def test_reference_features_are_cached_on_disk(standin_path, tmp_path, monkeypat
         return extract_features(images, net, **kw)
 
     monkeypatch.setattr(ev, "extract_features", counting)
-    samples = _write_npz(tmp_path / "s.npz", np.random.default_rng(1).integers(0, 256, (12, 28, 28, 1), np.uint8))
+    samples = _write_npz(tmp_path / "s.npz",
+                         np.random.default_rng(1).integers(0, 256, (12, 28, 28, 1), np.uint8))
     kw = dict(metrics=("fid",), inception=standin_path, device="cpu", progress=False)
     r1 = ev.evaluate(samples, "fashion-mnist:test", n_ref=20, **kw)
     r2 = ev.evaluate(samples, "fashion-mnist:test", n_ref=20, **kw)
@@ -225,21 +232,25 @@ def test_prdc_exact_cases():
 def _tiny_vit(img_size):
     import timm
     torch.manual_seed(0)
-    return timm.create_model("vit_small_patch14_dinov2", pretrained=False, embed_dim=128, depth=2, num_heads=2,
-                             img_size=img_size, num_classes=0).eval()
+    return timm.create_model("vit_small_patch14_dinov2", pretrained=False, embed_dim=128, depth=2,
+                             num_heads=2, img_size=img_size, num_classes=0).eval()
 
 
 def test_dinov2_features_from_local_safetensors(tmp_path):
     from safetensors.torch import save_file
-    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x as resize
+    from torch_fidelity.interpolate_compat_tensorflow import (
+        interpolate_bilinear_2d_like_tensorflow1x as resize,
+    )
 
     model = _tiny_vit(224)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
     x = np.random.default_rng(0).integers(0, 256, size=(3, 28, 28, 1), dtype=np.uint8)
     f = dinov2_features(x, tmp_path / "model.safetensors", device="cpu")
     # independently: RGB, 224 x 224, ImageNet normalization, the CLS token after the final norm
-    t = resize(torch.from_numpy(x).permute(0, 3, 1, 2).repeat(1, 3, 1, 1).float(), size=(224, 224), align_corners=False)
-    t = (t / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    t = resize(torch.from_numpy(x).permute(0, 3, 1, 2).repeat(1, 3, 1, 1).float(), size=(224, 224),
+               align_corners=False)
+    t = ((t / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+         / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
     with torch.no_grad():
         want = model.forward_features(t)[:, 0].double().numpy()
     assert f.shape == (3, 128) and f.dtype == np.float64
@@ -295,7 +306,8 @@ def test_eval_command_writes_json_and_table(standin_path, tmp_path, fmnist, caps
     samples = _write_npz(tmp_path / "samples.npz", fmnist.images[40:70], fmnist.labels[40:70])
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in _tiny_vit(224).state_dict().items()}, str(tmp_path / "dino.safetensors"))
+    save_file({k: v.contiguous() for k, v in _tiny_vit(224).state_dict().items()},
+              str(tmp_path / "dino.safetensors"))
     p = argparse.ArgumentParser(prog="drifting")
     add_eval_parser(p.add_subparsers(dest="command", required=True))
     a = p.parse_args(["eval", str(samples), "--ref", str(ref), "--json", str(tmp_path / "out" / "m.json"),
@@ -342,7 +354,8 @@ def test_evaluate_classifier_metrics_on_a_labelled_dataset(tmp_path, fmnist):
 
 def test_floor_scores_real_images_of_the_other_split(standin_path, tmp_path):
     test = load_fashion_mnist(split="test").images
-    samples = _write_npz(tmp_path / "s.npz", np.random.default_rng(2).integers(0, 256, (16, 28, 28, 1), np.uint8))
+    samples = _write_npz(tmp_path / "s.npz",
+                         np.random.default_rng(2).integers(0, 256, (16, 28, 28, 1), np.uint8))
     kw = dict(metrics=("fid", "prdc"), inception=standin_path, device="cpu", progress=False, n_ref=40)
     r = ev.evaluate(samples, "fashion-mnist:test", floor=True, **kw)
     fl = r["floor"]

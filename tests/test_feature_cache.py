@@ -1,4 +1,5 @@
-"""The real-feature cache: the same maps and groups as a fresh encoder forward, the same training, exact resume."""
+"""The real-feature cache: the same maps and groups as a fresh encoder forward, the same training, exact
+resume."""
 
 import numpy as np
 import pytest
@@ -77,9 +78,9 @@ def small_data(tmp_path):
 
 
 def _cfg(data, mae_dir=None, **kw):
-    base = dict(data=data, generator="cpu-tiny", mae=MAEConfig(encoder="cpu-tiny", steps=2, batch=16), steps=6,
-                classes_per_step=3, n_gen=4, n_pos=4, n_uncond=2, ckpt_every=3, sample_every=10**6, warmup=2,
-                eval_samples=0, max_locations=None, mae_dir=mae_dir, real_feature_cache_gb=1.0)
+    base = dict(data=data, generator="cpu-tiny", mae=MAEConfig(encoder="cpu-tiny", steps=2, batch=16),
+                steps=6, classes_per_step=3, n_gen=4, n_pos=4, n_uncond=2, ckpt_every=3, sample_every=10**6,
+                warmup=2, eval_samples=0, max_locations=None, mae_dir=mae_dir, real_feature_cache_gb=1.0)
     base.update(kw)
     return ImageTrainConfig(**base)
 
@@ -116,5 +117,6 @@ def test_interrupted_run_with_the_cache_resumes_bit_for_bit(tmp_path, small_data
 
 
 def test_the_cpu_presets_use_the_cache_and_the_tests_preset_does_not():
-    assert train_preset("cpu").real_feature_cache_gb > 0 and train_preset("cpu-long").real_feature_cache_gb > 0
+    assert (train_preset("cpu").real_feature_cache_gb > 0
+            and train_preset("cpu-long").real_feature_cache_gb > 0)
     assert train_preset("cpu-tiny").real_feature_cache_gb == 0

@@ -46,7 +46,8 @@ def test_values_match_torch_reductions():
 
 def test_odd_and_small_maps():
     torch.manual_seed(0)
-    f7, f4, f2, f1 = torch.randn(2, 3, 7, 7), torch.randn(2, 3, 4, 4), torch.randn(2, 3, 2, 2), torch.randn(2, 3, 1, 1)
+    f7, f4, f2, f1 = (torch.randn(2, 3, 7, 7), torch.randn(2, 3, 4, 4), torch.randn(2, 3, 2, 2),
+                      torch.randn(2, 3, 1, 1))
     out = feature_sets([f7, f4, f2, f1], None)
     # 7x7: ceil-mode partial patches, nothing dropped
     assert out["tap0.p2mean"].shape == (2, 16, 3) and out["tap0.p4mean"].shape == (2, 4, 3)
@@ -127,7 +128,8 @@ def test_count_features_matches_cpu_small_encoder():
 
 def test_drifting_loss_end_to_end_through_encoder():
     torch.manual_seed(0)
-    cfg = ResNetMAEConfig(in_channels=1, base_width=4, blocks_per_stage=(1, 1, 1, 1), gn_groups=2, input_size=16)
+    cfg = ResNetMAEConfig(in_channels=1, base_width=4, blocks_per_stage=(1, 1, 1, 1), gn_groups=2,
+                          input_size=16)
     enc = ResNetEncoder(cfg).requires_grad_(False)
     Nc, n_gen, n_pos = 2, 4, 5
     gen = torch.randn(Nc * n_gen, 1, 16, 16, requires_grad=True)

@@ -16,7 +16,8 @@ def rel_err(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
-@pytest.mark.parametrize("N,P,extra,D,T", [(8, 8, 0, 2, 0.5), (16, 5, 7, 33, 1.0), (1, 3, 2, 4, 0.3), (32, 64, 16, 128, 8.0)])
+@pytest.mark.parametrize("N,P,extra,D,T",
+                         [(8, 8, 0, 2, 0.5), (16, 5, 7, 33, 1.0), (1, 3, 2, 4, 0.3), (32, 64, 16, 128, 8.0)])
 def test_equals_literal_alg2_unbatched(N, P, extra, D, T):
     g = torch.Generator().manual_seed(N * 100 + D)
     x = torch.randn(N, D, generator=g)
@@ -193,7 +194,8 @@ def test_mmd_field_is_minus_half_gradient_of_mmd2():
 def test_mmd_field_antisymmetric_and_zero():
     x = torch.randn(5, 2)
     p, q = torch.randn(6, 2), torch.randn(6, 2)
-    assert torch.allclose(mmd_field(x, p, q, 1.0, mask_self=False), -mmd_field(x, q, p, 1.0, mask_self=False), atol=1e-6)
+    assert torch.allclose(mmd_field(x, p, q, 1.0, mask_self=False), -mmd_field(x, q, p, 1.0, mask_self=False),
+                          atol=1e-6)
     assert mmd_field(x, p, p, 1.0, mask_self=False).abs().max() < 1e-6
     with pytest.raises(ValueError, match="sigma"):
         mmd_field(x, p, q, 0.0)
@@ -204,7 +206,8 @@ def test_mmd_neg_weights_equal_duplicated_negatives():
     from drifting.field import mmd_from_distances, pairwise_distances
 
     g = torch.Generator().manual_seed(2)
-    x, p = torch.randn(1, 4, 3, generator=g, dtype=torch.float64), torch.randn(1, 5, 3, generator=g, dtype=torch.float64)
+    x, p = torch.randn(1, 4, 3, generator=g, dtype=torch.float64), torch.randn(1, 5, 3, generator=g,
+                                                                               dtype=torch.float64)
     e = torch.randn(1, 2, 3, generator=g, dtype=torch.float64)
     y = torch.cat([p, x, e], 1)
     w = torch.tensor([1.0] * 4 + [3.0, 2.0], dtype=torch.float64).view(1, 1, 6)
@@ -216,52 +219,53 @@ def test_mmd_neg_weights_equal_duplicated_negatives():
 
 
 # ----------------------------------------------------------------------------- Drift-RAE
-def rae_literal(x, y_pos, x_neg, T, l=1.0, factor=False):
+def rae_literal(x, y_pos, x_neg, T, ell=1.0, factor=False):
     """Eq. (11) (l = 1, no factor) / Prop. 1 Eq. (38), term by term, with k != j for negatives."""
     out = []
     for j in range(x.shape[0]):
         xj = x[j].double()
         d = lambda a: (a.double() - xj).norm()  # noqa: E731
-        kp = torch.stack([torch.exp(-d(y) ** l / T) for y in y_pos])
+        kp = torch.stack([torch.exp(-d(y) ** ell / T) for y in y_pos])
         ks = [k for k in range(x_neg.shape[0]) if k != j]
-        kn = torch.stack([torch.exp(-d(x_neg[k]) ** l / T) for k in ks])
+        kn = torch.stack([torch.exp(-d(x_neg[k]) ** ell / T) for k in ks])
         v = torch.zeros_like(xj)
         for i, y in enumerate(y_pos):
-            g = d(y) ** (l - 2) if factor else 1.0
+            g = d(y) ** (ell - 2) if factor else 1.0
             v += kp[i] / kp.sum() * g * (y.double() - xj)
         for n, k in enumerate(ks):
-            g = d(x_neg[k]) ** (l - 2) if factor else 1.0
+            g = d(x_neg[k]) ** (ell - 2) if factor else 1.0
             v -= kn[n] / kn.sum() * g * (x_neg[k].double() - xj)
         out.append(v)
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("l,factor", [(1.0, False), (1.0, True), (2.0, False), (1.5, True)])
-def test_drift_rae_field_matches_eq11_by_hand(l, factor):
+@pytest.mark.parametrize("ell,factor", [(1.0, False), (1.0, True), (2.0, False), (1.5, True)])
+def test_drift_rae_field_matches_eq11_by_hand(ell, factor):
     g = torch.Generator().manual_seed(6)
     x = torch.randn(5, 3, generator=g)
     y = torch.randn(4, 3, generator=g)
     neg = torch.cat([x, torch.randn(2, 3, generator=g)])
-    ref = rae_literal(x, y, neg, 0.7, l, factor)
-    V = drift_rae_field(x, y, neg, 0.7, exponent=l, distance_factor=factor, normalize_output=False)
+    ref = rae_literal(x, y, neg, 0.7, ell, factor)
+    V = drift_rae_field(x, y, neg, 0.7, exponent=ell, distance_factor=factor, normalize_output=False)
     assert rel_err(V, ref) < 1e-5
-    Vn = drift_rae_field(x, y, neg, 0.7, exponent=l, distance_factor=factor)
+    Vn = drift_rae_field(x, y, neg, 0.7, exponent=ell, distance_factor=factor)
     assert torch.allclose(Vn.norm(dim=-1), torch.ones(5), atol=1e-5)
     assert torch.allclose(Vn, (ref / ref.norm(dim=-1, keepdim=True)).float(), atol=1e-5)
 
 
 def test_drift_rae_prop1_is_discriminator_logit_gradient():
     """Prop. 1 (Eq. 40): (l / T) V_l(x) = grad_x [log q_l(x) - log p_l(x)] with exponential kernels."""
-    T, l = 0.9, 1.5
+    T, ell = 0.9, 1.5
     g = torch.Generator().manual_seed(7)
     y = torch.randn(6, 3, generator=g, dtype=torch.float64)
     xs = torch.randn(5, 3, generator=g, dtype=torch.float64)
     x = torch.randn(1, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    k = lambda a: torch.exp(-(a - x).norm(dim=-1) ** l / T).mean()  # noqa: E731
+    k = lambda a: torch.exp(-(a - x).norm(dim=-1) ** ell / T).mean()  # noqa: E731
     logit = torch.log(k(y)) - torch.log(k(xs))
     (grad,) = torch.autograd.grad(logit, x)
-    V = drift_rae_field(x.detach(), y, xs, T, exponent=l, distance_factor=True, mask_self=False, normalize_output=False)
-    assert torch.allclose(l / T * V, grad, atol=1e-9)
+    V = drift_rae_field(x.detach(), y, xs, T, exponent=ell, distance_factor=True, mask_self=False,
+                        normalize_output=False)
+    assert torch.allclose(ell / T * V, grad, atol=1e-9)
 
 
 def test_drift_rae_errors():

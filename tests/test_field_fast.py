@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from drifting import compute_V
-from drifting.field.fast import Distances, drift_fields, plan_chunks
 from drifting.field import drift_from_distances
+from drifting.field.fast import Distances, drift_fields, plan_chunks
 
 
 def literal(x, y, P, T, *, normalize="both", mask=True, w=None, a=1.0, r=1.0):
@@ -28,7 +28,8 @@ def problem(B=3, N=12, P=10, extra=9, D=48, offset=3.0, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, N, D, generator=g) + offset
     y_pos = torch.randn(B, P, D, generator=g) + offset + 0.3
-    y = torch.cat([y_pos, x, torch.randn(B, extra, D, generator=g) * 1.5 + offset], dim=1)  # [B, P+N+extra, D]
+    # [B, P+N+extra, D]
+    y = torch.cat([y_pos, x, torch.randn(B, extra, D, generator=g) * 1.5 + offset], dim=1)
     return x, y, P
 
 
@@ -42,7 +43,8 @@ def budget_for_block(N, D, K, block):
 def test_equals_literal_alg2(normalize, block):
     x, y, P = problem(extra=200)  # Y = 222 targets: enough that a small budget must stream them
     max_elements = None if block is None else budget_for_block(12, 48, 3, block)
-    assert plan_chunks(3, 12, y.shape[1], 3, 48, max_elements) == ((3, y.shape[1]) if block is None else (1, block))
+    assert (plan_chunks(3, 12, y.shape[1], 3, 48, max_elements)
+            == ((3, y.shape[1]) if block is None else (1, block)))
     temps = [2.0, 5.0, 20.0]
     w = torch.rand(3, 1, y.shape[1] - P, generator=torch.Generator().manual_seed(5)) + 0.5
     for weights in (None, w):
@@ -85,7 +87,8 @@ def test_only_masked_negatives_and_a_small_temperature(normalize):
     for T in (1.0, 1e-3):
         for block in (None, 1):
             max_elements = None if block is None else budget_for_block(1, 8, 1, block)
-            V = drift_fields(Distances(x, y, self_col=P), P, [T], normalize=normalize, max_elements=max_elements)
+            V = drift_fields(Distances(x, y, self_col=P), P, [T], normalize=normalize,
+                             max_elements=max_elements)
             ref = literal(x, y, P, T, normalize=normalize)
             assert torch.isfinite(V).all() and torch.isfinite(ref).all()
             assert (V[:, 0].double() - ref).abs().max() <= 1e-5 * (1 + ref.abs().max()), (T, block)
@@ -176,7 +179,8 @@ def test_equals_the_line_by_line_alg2_transcription():
     temps = [1.0, 3.0, 9.0]
     V = drift_fields(Distances(x, y, self_col=P), P, temps)
     for k, T in enumerate(temps):
-        ref = torch.stack([alg2_literal(x[b].double(), y[b, :P].double(), y[b, P:].double(), T) for b in range(2)])
+        ref = torch.stack([alg2_literal(x[b].double(), y[b, :P].double(), y[b, P:].double(), T)
+                           for b in range(2)])
         assert rel(V[:, k], ref) < 1e-5
 
 

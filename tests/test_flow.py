@@ -15,10 +15,17 @@ import drifting.recipes.flow as flow
 from drifting.cli.cmd_flow import add_flow_parser
 from drifting.data.images import load_dataset
 from drifting.models.dit import DiTConfig, DriftingDiT, dit_config
-from drifting.recipes.flow import (FlowTrainConfig, euler_sample, flow_matching_loss, flow_path, load_flow_model,
-                                   null_class, sample_time, train_flow)
+from drifting.recipes.flow import (
+    FlowTrainConfig,
+    euler_sample,
+    flow_matching_loss,
+    flow_path,
+    load_flow_model,
+    null_class,
+    sample_time,
+    train_flow,
+)
 from drifting.training.checkpoint import load_state
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -125,7 +132,8 @@ def test_one_euler_step_is_z_minus_v_at_t1(trained):
     assert torch.allclose(x, z - (vu + 2.0 * (v1 - vu)), atol=1e-5)
     # seeded noise: reproducible, and the same as passing that noise
     a = euler_sample(trained, labels, 2, generator=torch.Generator().manual_seed(7))
-    b = euler_sample(trained, labels, 2, noise=torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(7)))
+    b = euler_sample(trained, labels, 2,
+                     noise=torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(7)))
     assert a.shape == (4, 1, 28, 28) and torch.equal(a, b)
 
 
@@ -197,14 +205,16 @@ def test_time_cond_zero_init_and_t_changes_the_output(trained):
     a, b = trained(z, labels, t=0.2), trained(z, labels, t=0.8)
     assert ((a - b).flatten(1).abs().amax(1) > 1e-4).all()  # every sample moves with t
     # float == 0-d tensor == [B] tensor; the ends of [0, 1] are accepted
-    assert torch.equal(a, trained(z, labels, t=torch.tensor(0.2))) and torch.equal(a, trained(z, labels, t=torch.full((4,), 0.2)))
+    assert (torch.equal(a, trained(z, labels, t=torch.tensor(0.2)))
+            and torch.equal(a, trained(z, labels, t=torch.full((4,), 0.2))))
     assert torch.isfinite(trained(z, labels, t=0.0)).all() and torch.isfinite(trained(z, labels, t=1)).all()
 
 
 def test_time_cond_validation_errors(trained):
     z, labels = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
     for bad in (None, 1.5, -0.1, float("nan"), True, "0.5", torch.rand(3), torch.rand(4, 1),
-                torch.tensor([0.1, 0.2, 1.2, 0.3]), torch.tensor([0.1, float("nan"), 0.2, 0.3]), torch.ones(4, dtype=torch.long)):
+                torch.tensor([0.1, 0.2, 1.2, 0.3]), torch.tensor([0.1, float("nan"), 0.2, 0.3]),
+                torch.ones(4, dtype=torch.long)):
         with pytest.raises(ValueError, match=r"^t: "):
             trained(z, labels, t=bad)
     plain = DriftingDiT(tiny_dit(time_cond=False))
@@ -221,7 +231,8 @@ def test_time_cond_off_keeps_the_state_dict_and_old_exports(tmp_path):
     adam_steps_plain = torch.optim.Adam(plain.parameters(), lr=1e-2)  # make the weights non-trivial
     for _ in range(2):
         adam_steps_plain.zero_grad()
-        plain(torch.randn(2, 1, 28, 28), torch.tensor([0, 1]), style=torch.zeros(2, 4, dtype=torch.long)).sum().backward()
+        plain(torch.randn(2, 1, 28, 28), torch.tensor([0, 1]),
+              style=torch.zeros(2, 4, dtype=torch.long)).sum().backward()
         adam_steps_plain.step()
     plain.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
@@ -229,7 +240,8 @@ def test_time_cond_off_keeps_the_state_dict_and_old_exports(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     back = DriftingDiT.from_pretrained(tmp_path)
     z, labels, style = torch.randn(2, 1, 28, 28), torch.tensor([2, 3]), torch.ones(2, 4, dtype=torch.long)
-    assert not back.config.time_cond and torch.equal(back(z, labels, 1.5, style), plain(z, labels, 1.5, style))
+    assert not back.config.time_cond and torch.equal(back(z, labels, 1.5, style),
+                                                     plain(z, labels, 1.5, style))
     with pytest.raises(ValueError, match="model_dir"):
         load_flow_model(tmp_path)  # a one-step generator is not a flow model
 
@@ -247,7 +259,8 @@ def tiny_data(tmp_path_factory) -> str:
 def tiny_cfg(data: str, **kw) -> FlowTrainConfig:
     base = dict(data=data, generator="cpu-tiny",
                 generator_overrides=dict(hidden=32, depth=1, heads=2, patch_size=7, in_context_tokens=2),
-                steps=6, batch=8, warmup=2, ema_warmup=3, ckpt_every=3, log_every=1, sample_every=4, sample_steps=2)
+                steps=6, batch=8, warmup=2, ema_warmup=3, ckpt_every=3, log_every=1, sample_every=4,
+                sample_steps=2)
     return FlowTrainConfig(**{**base, **kw})
 
 
@@ -333,7 +346,8 @@ def test_label_dropout_uses_the_null_class(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(flow, "flow_matching_loss", record)
     for p, check in ((1.0, lambda lab: (lab == 10).all()), (0.0, lambda lab: (lab < 10).all())):
         seen.clear()
-        train_flow(tiny_cfg(tiny_data, steps=2, label_dropout=p, sample_steps=1), tmp_path / str(p), progress=False)
+        train_flow(tiny_cfg(tiny_data, steps=2, label_dropout=p, sample_steps=1), tmp_path / str(p),
+                   progress=False)
         assert len(seen) == 2 and all(check(lab) for lab in seen)
 
 
@@ -341,9 +355,11 @@ def test_config_validation_names_the_field():
     cases = [("steps", dict(steps=0)), ("batch", dict(batch=-1)), ("lr", dict(lr=0.0)),
              ("label_dropout", dict(label_dropout=1.5)), ("time_sampling", dict(time_sampling="cosine")),
              ("ema_decays", dict(ema_decays=(1.0,))), ("ema_warmup", dict(ema_warmup=-1)),
-             ("generator", dict(generator="huge")), ("generator_overrides", dict(generator_overrides={"time_cond": False})),
-             ("generator_overrides", dict(generator_overrides={"width": 3})), ("sample_steps", dict(sample_steps=0)),
-             ("sample_cfg", dict(sample_cfg=-1.0)), ("weight_decay", dict(weight_decay=-0.1))]
+             ("generator", dict(generator="huge")),
+             ("generator_overrides", dict(generator_overrides={"time_cond": False})),
+             ("generator_overrides", dict(generator_overrides={"width": 3})),
+             ("sample_steps", dict(sample_steps=0)), ("sample_cfg", dict(sample_cfg=-1.0)),
+             ("weight_decay", dict(weight_decay=-0.1))]
     for name, kw in cases:
         with pytest.raises(ValueError, match=rf"FlowTrainConfig\.{name}:"):
             FlowTrainConfig(**kw).validate()
@@ -353,8 +369,9 @@ def test_config_validation_names_the_field():
 def test_train_flow_cli(tiny_data, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="drifting")
     add_flow_parser(parser.add_subparsers(dest="command", required=True))
-    a = parser.parse_args(["train-flow", "--out", str(tmp_path), "--data", tiny_data, "--generator", "cpu-tiny",
-                           "--steps", "2", "--batch", "4", "--sample-steps", "1", "--threads", "1", "--no-progress"])
+    a = parser.parse_args(["train-flow", "--out", str(tmp_path), "--data", tiny_data, "--generator",
+                           "cpu-tiny", "--steps", "2", "--batch", "4", "--sample-steps", "1", "--threads",
+                           "1", "--no-progress"])
     assert a.func(a) == 0
     out = capsys.readouterr().out
     assert "trained 2 flow-matching steps" in out and str(tmp_path / "model") in out

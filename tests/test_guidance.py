@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from drifting.guidance import CFG_PRESETS, CFGConfig, alpha_from_weight, cfg_weight, sample_alpha, uncond_neg_weights
+from drifting.guidance import (
+    CFG_PRESETS,
+    CFGConfig,
+    alpha_from_weight,
+    cfg_weight,
+    sample_alpha,
+    uncond_neg_weights,
+)
 
 
 def test_weight_matches_A7():

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image  # noqa: E402  (Pillow comes with matplotlib)
 
 from drifting.data.images import (
     FASHION_MNIST_CLASSES,
@@ -18,8 +19,6 @@ from drifting.data.images import (
     load_npz,
     read_idx,
 )
-
-from PIL import Image  # noqa: E402  (Pillow comes with matplotlib)
 
 _CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B,
           np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D, np.dtype(np.float64): 0x0E}
@@ -199,7 +198,8 @@ def test_load_idx_dataset_errors(tmp_path):
     with pytest.raises(ValueError, match=r"split must be one of \['train', 'test'\]"):
         load_idx_dataset(tmp_path, "val")
     write_idx_dir(tmp_path / "only_train", np.random.default_rng(0), splits=("train",))
-    with pytest.raises(FileNotFoundError, match="looked for: t10k-images-idx3-ubyte, t10k-images-idx3-ubyte.gz"):
+    with pytest.raises(FileNotFoundError,
+                       match="looked for: t10k-images-idx3-ubyte, t10k-images-idx3-ubyte.gz"):
         load_idx_dataset(tmp_path / "only_train", "test")
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -273,12 +273,17 @@ def test_load_npz_errors(tmp_path):
     u8 = np.zeros((2, 2, 2), np.uint8)
     cases = {
         "nokey": (dict(images=u8), "missing key"),
-        "float": (dict(images=u8.astype(np.float32), labels=np.zeros(2, int)), "'images' must have dtype uint8"),
-        "ndim": (dict(images=np.zeros((2, 2), np.uint8), labels=np.zeros(2, int)), "'images' must have shape"),
+        "float": (dict(images=u8.astype(np.float32), labels=np.zeros(2, int)),
+                  "'images' must have dtype uint8"),
+        "ndim": (dict(images=np.zeros((2, 2), np.uint8), labels=np.zeros(2, int)),
+                 "'images' must have shape"),
         "labels": (dict(images=u8, labels=np.zeros(2)), "'labels' must be a 1-D integer"),
-        "names": (dict(images=u8, labels=np.zeros(2, int), class_names=np.zeros(2)), "'class_names' must be a 1-D string"),
-        "pickle": (dict(images=u8, labels=np.zeros(2, int), class_names=np.array(["a", 1], dtype=object)), "needs pickle"),
-        "range": (dict(images=u8, labels=np.array([0, 3]), class_names=np.array(["a", "b"])), "labels must lie"),
+        "names": (dict(images=u8, labels=np.zeros(2, int), class_names=np.zeros(2)),
+                  "'class_names' must be a 1-D string"),
+        "pickle": (dict(images=u8, labels=np.zeros(2, int), class_names=np.array(["a", 1], dtype=object)),
+                   "needs pickle"),
+        "range": (dict(images=u8, labels=np.array([0, 3]), class_names=np.array(["a", "b"])),
+                  "labels must lie"),
     }
     for name, (arrays, match) in cases.items():
         np.savez(tmp_path / f"{name}.npz", **arrays)

@@ -84,7 +84,8 @@ def test_checkpoint_from_before_an_option_existed_still_resumes(tmp_path):
         state["config"].pop(key)
     state["config"]["mae"].pop("cls_steps")
     save_state(tmp_path / "checkpoint.pt", state)
-    assert train_images(tiny(steps=3, ckpt_every=3), tmp_path, progress=False, resume=True).history["step"][-1] == 3
+    assert train_images(tiny(steps=3, ckpt_every=3), tmp_path, progress=False,
+                        resume=True).history["step"][-1] == 3
     with pytest.raises(ValueError, match="different configuration"):  # a real difference still refuses
         train_images(tiny(steps=3, ckpt_every=3, lr_decay=0.5), tmp_path, progress=False, resume=True)
 
@@ -97,10 +98,12 @@ def test_mae_is_cached_between_runs(tmp_path, monkeypatch):
     a = train_images(tiny(steps=1), tmp_path / "a", progress=False)
     b = train_images(tiny(steps=1), tmp_path / "b", progress=False)
     assert len(calls) == 1  # the second run found the encoder in the cache
-    assert (tmp_path / "b" / "mae" / "model.safetensors").read_bytes() == (tmp_path / "a" / "mae" / "model.safetensors").read_bytes()
+    assert ((tmp_path / "b" / "mae" / "model.safetensors").read_bytes()
+            == (tmp_path / "a" / "mae" / "model.safetensors").read_bytes())
     for p, q in zip(a.generator.parameters(), b.generator.parameters()):  # same encoder -> same run
         assert torch.equal(p, q)
-    train_images(tiny(steps=1, mae=MAEConfig(encoder="cpu-tiny", steps=2, batch=32)), tmp_path / "c", progress=False)
+    train_images(tiny(steps=1, mae=MAEConfig(encoder="cpu-tiny", steps=2, batch=32)), tmp_path / "c",
+                 progress=False)
     assert len(calls) == 2  # another MAE config is another cache entry
 
 
@@ -113,9 +116,10 @@ def test_mae_classification_fine_tuning(tmp_path, monkeypatch):
     ds = load_dataset("fashion-mnist", "train")
     weights = []
     real = rm.mae_loss
-    monkeypatch.setattr(mae_pretrain, "mae_loss", lambda *a, **k: weights.append(k.get("cls_weight")) or real(*a, **k))
-    cfg = MAEConfig(encoder="cpu-tiny", steps=3, batch=32, cls_steps=40, cls_lambda=0.5, cls_warmup=4, lr=5e-3,
-                    ema_decay=0.5)
+    monkeypatch.setattr(mae_pretrain, "mae_loss",
+                        lambda *a, **k: weights.append(k.get("cls_weight")) or real(*a, **k))
+    cfg = MAEConfig(encoder="cpu-tiny", steps=3, batch=32, cls_steps=40, cls_lambda=0.5, cls_warmup=4,
+                    lr=5e-3, ema_decay=0.5)
     mae_pretrain.pretrain_mae(ds, cfg, tmp_path / "ft", progress=False)
     assert weights == [None] * 3 + [0.0, 0.125, 0.25, 0.375] + [0.5] * 36  # the MAE phase, then the warm-up
     ft = ResNetMAE.from_pretrained(tmp_path / "ft")
@@ -124,7 +128,8 @@ def test_mae_classification_fine_tuning(tmp_path, monkeypatch):
     with torch.no_grad():
         acc = (ft(x)[1].argmax(-1) == y).float().mean().item()
     assert acc > 0.2  # the (EMA) head learned the labels: chance is 0.1 (0.13 without the fine-tuning steps)
-    mae_pretrain.pretrain_mae(ds, MAEConfig(encoder="cpu-tiny", steps=3, batch=32), tmp_path / "plain", progress=False)
+    mae_pretrain.pretrain_mae(ds, MAEConfig(encoder="cpu-tiny", steps=3, batch=32), tmp_path / "plain",
+                              progress=False)
     assert ResNetMAE.from_pretrained(tmp_path / "plain").head is None
     for bad in (dict(cls_steps=-1), dict(cls_lambda=1.5), dict(cls_warmup=-2)):
         with pytest.raises(ValueError, match="mae.cls_"):
@@ -134,11 +139,12 @@ def test_mae_classification_fine_tuning(tmp_path, monkeypatch):
 def test_train_mae_cli_fine_tunes_with_labels(tmp_path, capsys):
     from drifting.models.resnet_mae import ResNetMAE
 
-    assert main(["train-mae", "--out", str(tmp_path / "m"), "--preset", "cpu-tiny", "--steps", "2", "--cls-steps", "2",
-                 "--cls-warmup", "1", "--no-progress"]) == 0
+    assert main(["train-mae", "--out", str(tmp_path / "m"), "--preset", "cpu-tiny", "--steps", "2",
+                 "--cls-steps", "2", "--cls-warmup", "1", "--no-progress"]) == 0
     assert "classification head" in capsys.readouterr().out
     assert ResNetMAE.from_pretrained(tmp_path / "m").config.num_classes == 10
-    rc = main(["train-mae", "--out", str(tmp_path / "x"), "--cls-steps", "2", "--cls-lambda", "2", "--no-progress"])
+    rc = main(["train-mae", "--out", str(tmp_path / "x"), "--cls-steps", "2", "--cls-lambda", "2",
+               "--no-progress"])
     assert rc != 0 and "mae.cls_lambda must be in [0, 1]" in capsys.readouterr().err
 
 
@@ -146,7 +152,8 @@ def test_bf16_autocast_on_the_cpu(tmp_path):
     from drifting.training.precision import uses_bf16
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert not uses_bf16(cpu, "auto") and uses_bf16(cuda, "auto") and uses_bf16(cpu, "bf16") and not uses_bf16(cuda, "fp32")
+    assert (not uses_bf16(cpu, "auto") and uses_bf16(cuda, "auto") and uses_bf16(cpu, "bf16")
+            and not uses_bf16(cuda, "fp32"))
     run = train_images(tiny(steps=2, precision="bf16", log_every=1), tmp_path, progress=False)
     assert np.isfinite(run.history["loss"]).all() and run.generator.class_embed.weight.dtype == torch.float32
     with pytest.raises(ValueError, match="precision must be one of"):
@@ -166,7 +173,8 @@ def test_time_budget_stops_training_and_keeps_a_checkpoint(tmp_path):
 
 
 def test_location_subsampling_and_tensorboard(tmp_path):
-    run = train_images(tiny(steps=2, max_locations=8, log_every=1), tmp_path, progress=False, tensorboard=True)
+    run = train_images(tiny(steps=2, max_locations=8, log_every=1), tmp_path, progress=False,
+                       tensorboard=True)
     assert np.isfinite(run.history["loss"]).all()
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
@@ -177,13 +185,16 @@ def test_presets():
     for name in TRAIN_PRESETS:
         train_preset(name)  # each validates
     b2 = train_preset("B/2")  # Table 8, "B/2, latent" column
-    assert (b2.generator, b2.mae.encoder, b2.lr, b2.weight_decay, b2.warmup, b2.steps) == ("B/2", "latent-640", 4e-4, 0.0, 10_000, 200_000)
-    assert (b2.classes_per_step, b2.n_pos, b2.n_gen, b2.cfg_config.n_uncond, b2.cfg_config.k) == (128, 128, 64, 32, 5.0)
+    assert (b2.generator, b2.mae.encoder, b2.lr, b2.weight_decay, b2.warmup, b2.steps) == (
+        "B/2", "latent-640", 4e-4, 0.0, 10_000, 200_000)
+    assert (b2.classes_per_step, b2.n_pos, b2.n_gen, b2.cfg_config.n_uncond, b2.cfg_config.k) == (
+        128, 128, 64, 32, 5.0)
     assert b2.ema_decays == (0.999, 0.9995, 0.9998, 0.9999) and b2.grad_clip == 2.0
     l2 = train_preset("L/2")
     assert (l2.n_pos, l2.cfg_config.no_cfg_prob, l2.weight_decay) == (64, 0.5, 0.01)
     ab = train_preset("ablation", steps=7, mae_steps=3)
-    assert (ab.steps, ab.mae.steps, ab.lr, ab.classes_per_step, ab.mae.encoder) == (7, 3, 2e-4, 64, "latent-256")
+    assert (ab.steps, ab.mae.steps, ab.lr, ab.classes_per_step, ab.mae.encoder) == (
+        7, 3, 2e-4, 64, "latent-256")
     cpu = train_preset("cpu")  # the main job (issue 15's lever study)
     assert (cpu.generator, cpu.mae.cls_steps, cpu.mae.cls_lambda, cpu.mae.cls_warmup, cpu.steps) == (
         "conv-small", 400, 0.1, 100, 1500)
@@ -286,7 +297,8 @@ def test_latent_generator_with_autoencoderkl(tmp_path, space):
     tiny_autoencoder_kl(in_channels=1).save_pretrained(tmp_path / "vae")
     spec = f"autoencoderkl:{tmp_path / 'vae'}"
     # the generator sees 4x14x14 latents: cpu-small's 7x7 patches tile them (cpu-tiny's 4x4 do not)
-    cfg = tiny(steps=2, log_every=1, tokenizer=spec, encoder_space=space, max_locations=8, generator="cpu-small")
+    cfg = tiny(steps=2, log_every=1, tokenizer=spec, encoder_space=space, max_locations=8,
+               generator="cpu-small")
     run = train_images(cfg, tmp_path / "run", progress=False)
     G = run.generator
     assert (G.config.in_channels, G.config.input_size) == (4, 14)
@@ -360,7 +372,8 @@ def test_learning_curve_every_k_steps(tmp_path, monkeypatch):
     assert [p["step"] for p in curve] == [2, 4, 5] and calls == [30, 30, 30]  # every 2 steps and at the end
     assert [p["accuracy"] for p in curve] == pytest.approx([0.1, 0.2, 0.3])
     assert all(b["time"] > a["time"] for a, b in zip(curve, curve[1:]))
-    assert run.metrics["accuracy"] == pytest.approx(0.3) and run.metrics["steps"] == 5  # the last point, not a 4th call
+    # the last point, not a 4th call
+    assert run.metrics["accuracy"] == pytest.approx(0.3) and run.metrics["steps"] == 5
     assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 5
     with pytest.raises(ValueError, match="eval_every"):
         tiny(eval_every=-1).validate()

@@ -80,10 +80,12 @@ def imports_of(module: str, source: str, modules, *, is_package: bool = False) -
         elif isinstance(node, ast.ImportFrom):
             base = _base(module, is_package, node.level) if node.level else ""
             target = ".".join(p for p in (base, node.module) if p)
-            targets = [f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target for a in node.names]
+            targets = [f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target
+                       for a in node.names]
         else:
             continue
-        out.update(p for t in targets if t.split(".")[0] in tops for p in _with_packages(t, module, is_package))
+        out.update(p for t in targets if t.split(".")[0] in tops
+                   for p in _with_packages(t, module, is_package))
     out.discard(module)  # `from . import x` in a package's __init__ where x is not a module
     return out
 
@@ -91,7 +93,8 @@ def imports_of(module: str, source: str, modules, *, is_package: bool = False) -
 def import_graph(root: Path, package: str = PACKAGE) -> dict[str, set[str]]:
     """``{module: modules it imports}`` over the package's own modules."""
     modules = package_modules(root, package)
-    return {m: imports_of(m, p.read_text(), modules, is_package=p.name == "__init__.py") for m, p in modules.items()}
+    return {m: imports_of(m, p.read_text(), modules, is_package=p.name == "__init__.py")
+            for m, p in modules.items()}
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -184,9 +187,11 @@ def graph(root) -> dict[str, set[str]]:
 
 def test_the_graph_sees_the_package(graph):
     """The parse found the package and its imports, lazy ones included (else the checks below are vacuous)."""
-    assert {PACKAGE, CLI, f"{CLI}.args", f"{PACKAGE}.recipes.image_training", f"{PACKAGE}.field"} <= set(graph)
+    assert ({PACKAGE, CLI, f"{CLI}.args", f"{PACKAGE}.recipes.image_training", f"{PACKAGE}.field"}
+            <= set(graph))
     assert f"{PACKAGE}.recipes.point_fitting" in graph[f"{CLI}.cmd_points"]  # imported inside cmd_fit_points
-    assert f"{PACKAGE}.recipes.image_training" in graph[f"{PACKAGE}.recipes.analysis"]  # inside drift_diagnosis
+    # inside drift_diagnosis
+    assert f"{PACKAGE}.recipes.image_training" in graph[f"{PACKAGE}.recipes.analysis"]
     assert f"{CLI}.args" in graph[f"{CLI}.cmd_flow"] and PACKAGE in graph[CLI]
     # `from ..models.encoders import ...` also runs drifting/models/__init__.py: an edge to that package too
     assert {f"{PACKAGE}.models.encoders", f"{PACKAGE}.models"} <= graph[f"{PACKAGE}.recipes.image_training"]
@@ -203,9 +208,9 @@ def test_no_import_cycles(graph):
 
 
 def test_no_two_modules_share_a_file_name(root):
-    """``recipes/images.py`` beside ``data/images.py`` (or ``cli/points.py`` beside ``recipes/points.py``) is one
-    name for two modules in tracebacks, editor tabs and prose: every module's file name is its own (the
-    ``__init__.py`` and ``__main__.py`` of the packages aside)."""
+    """``recipes/images.py`` beside ``data/images.py`` (or ``cli/points.py`` beside ``recipes/points.py``)
+    is one name for two modules in tracebacks, editor tabs and prose: every module's file name is its own
+    (the ``__init__.py`` and ``__main__.py`` of the packages aside)."""
     by_name = defaultdict(list)
     for module, path in package_modules(root).items():
         if path.name not in ("__init__.py", "__main__.py"):
@@ -236,7 +241,8 @@ def test_find_cycles_reports_each_cycle_and_only_cycles():
 
 def test_imports_argparse_sees_lazy_and_from_imports():
     assert imports_argparse("def f():\n    from argparse import Namespace\n")
-    assert imports_argparse("import os, argparse\n") and not imports_argparse("import os\nfrom .argparse import x\n")
+    assert imports_argparse("import os, argparse\n") and not imports_argparse("import os\nfrom "
+                                                                              ".argparse import x\n")
 
 
 def test_import_edges_resolve_relative_lazy_and_submodule_imports():
@@ -279,7 +285,8 @@ def test_a_lazy_import_back_into_the_cli_is_a_cycle(tmp_path):
     (root / "__init__.py").write_text("")
     (root / "cli.py").write_text("from .recipes.flow import add_flow_parser\n")
     (root / "recipes" / "__init__.py").write_text("")
-    (root / "recipes" / "flow.py").write_text("def add_flow_parser(sub):\n    from ..cli import positive_int\n")
+    (root / "recipes" / "flow.py").write_text("def add_flow_parser(sub):\n    from ..cli "
+                                              "import positive_int\n")
     g = import_graph(root, "pkg")
     assert g["pkg.cli"] == {"pkg.recipes.flow", "pkg.recipes"} and g["pkg.recipes.flow"] == {"pkg.cli"}
     assert find_cycles(g) == [["pkg.cli", "pkg.recipes.flow", "pkg.cli"]]

@@ -128,7 +128,8 @@ def test_nn_distance_weights_samples_across_classes():
     labels = torch.tensor([0, 0, 1, 1, 1, 1])
     r = nn_distance(x, labels)
     assert r["nn_d"] == pytest.approx((5 + 5 + 1 + 1 + 2 + 4) / 6, abs=1e-12)  # Eq. 49: per sample, 3.0
-    torch.testing.assert_close(r["per_class"], torch.tensor([5.0, 2.0], dtype=F64))  # a class mean would be 3.5
+    # a class mean would be 3.5
+    torch.testing.assert_close(r["per_class"], torch.tensor([5.0, 2.0], dtype=F64))
 
 
 def test_nn_distance_per_token_vs_flattened():
@@ -140,7 +141,8 @@ def test_nn_distance_per_token_vs_flattened():
     assert flat["nn_d"] == pytest.approx((2 * math.sqrt(17) + 5) / 3 / math.sqrt(2), abs=1e-12)
     assert flat["dim"] == 2
     y = torch.randn(6, 5, generator=gen(4), dtype=F64)  # T = 1: both protocols agree
-    assert nn_distance(y, None)["nn_d"] == pytest.approx(nn_distance(y[:, None], None, per_token=False)["nn_d"])
+    assert nn_distance(y, None)["nn_d"] == pytest.approx(nn_distance(y[:, None], None,
+                                                                     per_token=False)["nn_d"])
 
 
 # --------------------------------------------------------------------------- Eq. 50-53
@@ -152,7 +154,8 @@ def literal_smmd(x: torch.Tensor, tau: float) -> float:
     p = poles(d) * rho
 
     def k(a, b):
-        return torch.exp(-torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist") / (tau * math.sqrt(d)))
+        return torch.exp(-torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
+                         / (tau * math.sqrt(d)))
 
     return float(k(xt, xt).mean() + k(p, p).mean() - 2 * k(xt, p).mean())
 

@@ -14,9 +14,15 @@ from drifting.cli.cmd_latent_stats import add_latent_stats_parser
 from drifting.eval.latent_metrics import isotropy_stats, nn_distance, spherical_mmd
 from drifting.models.dit import DriftingDiT, dit_config
 from drifting.recipes.flow import euler_sample
-from drifting.recipes.latent_stats import (euler_path, first_per_class, format_latent_stats, latent_statistics,
-                                           run_latent_stats, teacher_curvature, to_tokens)
-
+from drifting.recipes.latent_stats import (
+    euler_path,
+    first_per_class,
+    format_latent_stats,
+    latent_statistics,
+    run_latent_stats,
+    teacher_curvature,
+    to_tokens,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -148,7 +154,8 @@ def test_dead_cells_are_left_out_of_pr_and_se():
     live = [isotropy_stats(x[labels == 0][:, 1:], None), isotropy_stats(x[labels == 1], None)]
     cells = torch.cat([s["pr_per_cell"].flatten() for s in live])
     assert st["pr"] == pytest.approx(float(cells.mean()), abs=1e-12)
-    assert st["nn_d"] == pytest.approx(nn_distance(x, labels)["nn_d"], abs=1e-12)  # dead cells count there (0)
+    # dead cells count there (0)
+    assert st["nn_d"] == pytest.approx(nn_distance(x, labels)["nn_d"], abs=1e-12)
 
 
 # --------------------------------------------------------------------------- Fig. 1
@@ -213,9 +220,9 @@ def small_data(tmp_path_factory):
 
 
 def test_run_latent_stats_and_tables(small_data):
-    res = run_latent_stats({"pixel": "pixel", "pixel/2": "pixel"}, data=str(small_data / "small.npz"), split="train",
-                           per_class=6, patch={"pixel/2": 2}, teachers={"t": str(small_data / "teacher")},
-                           curvature_n=4, curvature_steps=3)
+    res = run_latent_stats({"pixel": "pixel", "pixel/2": "pixel"}, data=str(small_data / "small.npz"),
+                           split="train", per_class=6, patch={"pixel/2": 2},
+                           teachers={"t": str(small_data / "teacher")}, curvature_n=4, curvature_steps=3)
     px, p2 = res["spaces"]["pixel"], res["spaces"]["pixel/2"]
     assert res["num_images"] == 18 and px["class_counts"] == [6, 6, 6] and px["spec"] == "pixel"
     assert (px["num_tokens"], px["dim"], p2["num_tokens"], p2["dim"]) == (64, 1, 16, 4)
@@ -230,7 +237,8 @@ def test_run_latent_stats_and_tables(small_data):
     with pytest.raises(ValueError, match="per_class"):
         run_latent_stats({"pixel": "pixel"}, data=str(small_data / "small.npz"), split="train", per_class=11)
     with pytest.raises(ValueError, match="patch"):
-        run_latent_stats({"pixel": "pixel"}, data=str(small_data / "small.npz"), split="train", patch={"x": 2})
+        run_latent_stats({"pixel": "pixel"}, data=str(small_data / "small.npz"), split="train",
+                         patch={"x": 2})
     with pytest.raises(ValueError, match="spaces"):
         run_latent_stats({}, data=str(small_data / "small.npz"))
 
@@ -243,13 +251,15 @@ def _parser():
 
 def test_cli_writes_json(small_data, tmp_path, capsys):
     out = tmp_path / "stats.json"
-    a = _parser().parse_args(["latent-stats", "--space", "pixel=pixel", "--space", "p2=pixel", "--patch", "p2=2",
-                              "--data", str(small_data / "small.npz"), "--split", "train", "--per-class", "5",
-                              "--teacher", f"t={small_data / 'teacher'}", "--curvature-n", "2",
-                              "--curvature-steps", "3", "--json", str(out), "--threads", "1", "--no-progress"])
+    a = _parser().parse_args(["latent-stats", "--space", "pixel=pixel", "--space", "p2=pixel", "--patch",
+                              "p2=2", "--data", str(small_data / "small.npz"), "--split", "train",
+                              "--per-class", "5", "--teacher", f"t={small_data / 'teacher'}", "--curvature-n",
+                              "2", "--curvature-steps", "3", "--json", str(out), "--threads", "1",
+                              "--no-progress"])
     assert a.func(a) == 0
     res = json.loads(out.read_text())
-    assert res["per_class"] == 5 and res["spaces"]["p2"]["patch"] == 2 and res["spaces"]["pixel"]["patch"] == 1
+    assert (res["per_class"] == 5 and res["spaces"]["p2"]["patch"] == 2
+            and res["spaces"]["pixel"]["patch"] == 1)
     assert res["teachers"]["t"]["n"] == 2
     assert "| Latent space | PR ↑ | SE ↑ |" in capsys.readouterr().out
 

@@ -16,27 +16,28 @@ def reference_loss(gen, pos, extra=None, w=None, temps=(0.02, 0.05, 0.2)):
     # S_j: weighted mean over all generated-to-target distances (self pairs included), / sqrt(C)
     num, den = 0.0, 0.0
     for b in range(B):
-        for l in range(L):
-            targets = [x[b, :, l]] + ([extra[b, :, l].double()] if extra is not None else [])
+        for li in range(L):
+            targets = [x[b, :, li]] + ([extra[b, :, li].double()] if extra is not None else [])
             wt = [torch.ones(N)] + ([w[b] if w.dim() == 2 else w] if extra is not None else [])
-            num += torch.cdist(x[b, :, l], pos[b, :, l].double()).sum()
+            num += torch.cdist(x[b, :, li], pos[b, :, li].double()).sum()
             den += N * P
             for t, ww in zip(targets, wt):
-                num += (torch.cdist(x[b, :, l], t) * ww.double()).sum()
+                num += (torch.cdist(x[b, :, li], t) * ww.double()).sum()
                 den += N * ww.sum().double()
     S = num / den / math.sqrt(C)
     V_total = torch.zeros_like(x)
     for tau in temps:
         Vs = torch.zeros_like(x)
         for b in range(B):
-            for l in range(L):
-                neg = x[b, :, l]
+            for li in range(L):
+                neg = x[b, :, li]
                 nw = None
                 if extra is not None:
-                    neg = torch.cat([neg, extra[b, :, l].double()])
+                    neg = torch.cat([neg, extra[b, :, li].double()])
                     ww = w[b] if w.dim() == 2 else w
                     nw = torch.cat([torch.ones(N, dtype=torch.float64), ww.double()])
-                Vs[b, :, l] = compute_V(x[b, :, l] / S, pos[b, :, l].double() / S, neg / S, tau * math.sqrt(C), neg_weights=nw)
+                Vs[b, :, li] = compute_V(x[b, :, li] / S, pos[b, :, li].double() / S, neg / S,
+                                        tau * math.sqrt(C), neg_weights=nw)
         lam = torch.sqrt(Vs.square().sum(-1).mean() / C)
         V_total += Vs / lam
     xs = gen.double() / S
@@ -157,7 +158,8 @@ def test_mmd_kernel_loss_gradient_is_mmd2_gradient():
     N, P, C, temps = 6, 7, 5, (0.3, 0.8)
     gen = torch.randn(1, N, C, generator=g, dtype=torch.float64, requires_grad=True)
     pos = torch.randn(1, P, C, generator=g, dtype=torch.float64) + 0.4
-    loss, _ = drifting_loss(gen, pos, temperatures=temps, kernel="mmd", normalize_features=False, normalize_drift=False)
+    loss, _ = drifting_loss(gen, pos, temperatures=temps, kernel="mmd", normalize_features=False,
+                            normalize_drift=False)
     (grad,) = torch.autograd.grad(loss, gen)
     x, y = gen[0], pos[0]
     mmd2 = 0.0

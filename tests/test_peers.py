@@ -1,4 +1,5 @@
-"""`drifting peers`: drifting, the MMD generator (C.2) and flow matching on one budget, scored side by side."""
+"""`drifting peers`: drifting, the MMD generator (C.2) and flow matching on one budget, scored side by
+side."""
 
 import json
 from dataclasses import asdict
@@ -24,7 +25,8 @@ def test_configs_share_the_budget():
 
 def test_run_peers_end_to_end_and_reuse(tmp_path, monkeypatch, standin_path):
     monkeypatch.setattr(classify, "CLASSIFIER_STEPS", 20)
-    kw = dict(preset="cpu-tiny", steps=2, eval_n=20, euler_steps=(1, 2), inception=standin_path, progress=False)
+    kw = dict(preset="cpu-tiny", steps=2, eval_n=20, euler_steps=(1, 2), inception=standin_path,
+              progress=False)
     res = run_peers(tmp_path, **kw)
     assert [(r["method"], r["nfe"]) for r in res["rows"]] == [
         ("drifting", 1), ("MMD (C.2)", 1), ("flow matching, Euler 1", 1), ("flow matching, Euler 2", 2)]
@@ -36,7 +38,8 @@ def test_run_peers_end_to_end_and_reuse(tmp_path, monkeypatch, standin_path):
     assert json.loads((tmp_path / "peers.json").read_text()) == res
     from PIL import Image
 
-    grid = Image.open(tmp_path / "peers.png")  # 4 methods x (10 classes x 2 samples), 28 px + 2 px padding, x2
+    # 4 methods x (10 classes x 2 samples), 28 px + 2 px padding, x2
+    grid = Image.open(tmp_path / "peers.png")
     assert grid.size == (2 * (20 * 30 + 2), 2 * (4 * 30 + 2))
     assert "| flow matching, Euler 2 | 2 |" in format_peers(res)
 
@@ -62,7 +65,9 @@ def test_threads_option_applies_and_is_restored(tmp_path, monkeypatch):
     import drifting.cli.cmd_peers as peers_mod  # the command calls run_peers through this module
 
     seen = []
-    monkeypatch.setattr(peers_mod, "run_peers", lambda *a, **k: seen.append(torch.get_num_threads()) or {"rows": [], "eval_n": 1, "ref": "x"})
+    monkeypatch.setattr(peers_mod, "run_peers",
+                        lambda *a, **k: seen.append(torch.get_num_threads())
+                        or {"rows": [], "eval_n": 1, "ref": "x"})
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -100,7 +105,8 @@ def test_cli_time_budget_and_flow_options(tmp_path, monkeypatch, capsys):
     seen = {}
     import drifting.cli.cmd_peers as command  # the command calls run_peers through this module
 
-    monkeypatch.setattr(command, "run_peers", lambda out, **k: seen.update(k) or {"rows": [], "eval_n": 1, "ref": "x"})
+    monkeypatch.setattr(command, "run_peers",
+                        lambda out, **k: seen.update(k) or {"rows": [], "eval_n": 1, "ref": "x"})
     assert main(["peers", "--out", str(tmp_path), "--minutes", "15", "--flow", '{"lr": 0.002}',
                  "--methods", "drifting,flow"]) == 0
     assert seen["minutes"] == 15 and seen["flow"] == {"lr": 0.002} and seen["methods"] == ("drifting", "flow")

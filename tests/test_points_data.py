@@ -249,7 +249,8 @@ def test_empty_csv(tmp_path, text):
         load_points(p)
 
 
-@pytest.mark.parametrize("text", ["1,2\n3,abc\n", "1,2\n3,\n", "1,2\n3,4,5\n", "x,y\na,b\n1,2\n", "x,1\n2,3\n4,5\n"])
+@pytest.mark.parametrize("text",
+                         ["1,2\n3,abc\n", "1,2\n3,\n", "1,2\n3,4,5\n", "x,y\na,b\n1,2\n", "x,1\n2,3\n4,5\n"])
 def test_non_numeric_csv(tmp_path, text):
     p = tmp_path / "junk.csv"
     p.write_text(text)

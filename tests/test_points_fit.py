@@ -50,11 +50,13 @@ def test_cli_on_user_file_writes_everything(tmp_path, capsys):
 
 def test_cli_2d_target_and_csv(tmp_path):
     out = tmp_path / "ring"
-    assert main(["fit-points", "ring", "--out", str(out), "--steps", "20", "--samples", "300", "--no-progress"]) == 0
+    assert main(["fit-points", "ring", "--out", str(out), "--steps", "20", "--samples", "300",
+                 "--no-progress"]) == 0
     assert (out / "evolution.png").stat().st_size > 1000
     csv = tmp_path / "one.csv"
     csv.write_text("value\n" + "\n".join(str(v) for v in np.random.default_rng(1).normal(size=50)))
-    assert main(["fit-points", str(csv), "--out", str(tmp_path / "c"), "--steps", "10", "--samples", "40", "--no-progress"]) == 0
+    assert main(["fit-points", str(csv), "--out", str(tmp_path / "c"), "--steps", "10", "--samples", "40",
+                 "--no-progress"]) == 0
     assert np.load(tmp_path / "c" / "samples.npy").shape == (40, 1)
 
 

@@ -47,7 +47,8 @@ def test_neighbor_positives_come_from_other_episodes_within_the_radius():
     f = norm.normalize(ds.obs[ds.index[:, :2]]).flatten(1)
     ep = np.searchsorted(ends, ds.index[:, 0].numpy(), side="right")
     for radius in (np.inf, 1.0):
-        nb = ds.neighbors(3, norm, radius, chunk=4)  # chunks smaller than the windows: the chunking is covered
+        # chunks smaller than the windows: the chunking is covered
+        nb = ds.neighbors(3, norm, radius, chunk=4)
         assert nb.shape == (len(ds), 3) and torch.equal(nb[:, 0], torch.arange(len(ds)))
         for w in range(len(ds)):
             d = (f - f[w]).norm(dim=1).numpy()
@@ -80,21 +81,23 @@ def test_normalizer_round_trip_and_range():
 
 
 def small(kind, **kw):
-    base = dict(obs_dim=5, action_dim=2, n_obs_steps=2, horizon=8, n_action_steps=4, down_dims=(16, 32), n_gen=4,
-                inference_steps=5)
+    base = dict(obs_dim=5, action_dim=2, n_obs_steps=2, horizon=8, n_action_steps=4, down_dims=(16, 32),
+                n_gen=4, inference_steps=5)
     return PolicyConfig(kind=kind, **{**base, **kw})
 
 
 def batch(B=6, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"obs": torch.randn(B, 2, 5, generator=g) * 50 + 200, "action": torch.randn(B, 8, 2, generator=g) * 30 + 250}
+    return {"obs": torch.randn(B, 2, 5, generator=g) * 50 + 200,
+            "action": torch.randn(B, 8, 2, generator=g) * 30 + 250}
 
 
 @pytest.mark.parametrize("kind", ["drifting", "diffusion"])
 def test_loss_and_predict_action_shapes(kind):
     torch.manual_seed(0)
     b = batch()
-    pol = build_policy(small(kind), Normalizer.fit(b["obs"].reshape(-1, 5)), Normalizer.fit(b["action"].reshape(-1, 2)))
+    pol = build_policy(small(kind), Normalizer.fit(b["obs"].reshape(-1, 5)),
+                       Normalizer.fit(b["action"].reshape(-1, 2)))
     assert isinstance(pol, DriftingPolicy if kind == "drifting" else DiffusionPolicy)
     loss, stats = pol.compute_loss(b, generator=torch.Generator().manual_seed(1))
     assert loss.dim() == 0 and torch.isfinite(loss)
@@ -117,7 +120,8 @@ def test_drifting_positives_extend_the_demonstration():
     pol = build_policy(small("drifting"), Normalizer.fit(b["obs"].reshape(-1, 5)),
                        Normalizer.fit(b["action"].reshape(-1, 2)))
     one, _ = pol.compute_loss(b, generator=torch.Generator().manual_seed(1))
-    same, _ = pol.compute_loss({**b, "positives": b["action"][:, None]}, generator=torch.Generator().manual_seed(1))
+    same, _ = pol.compute_loss({**b, "positives": b["action"][:, None]},
+                               generator=torch.Generator().manual_seed(1))
     assert torch.allclose(one, same, rtol=1e-6)
     more = torch.stack([b["action"], b["action"] + 20 * torch.randn_like(b["action"])], 1)  # [B, 2, Tp, act]
     two, _ = pol.compute_loss({**b, "positives": more}, generator=torch.Generator().manual_seed(1))
@@ -142,7 +146,8 @@ def test_drifting_steps_move_samples_toward_the_demonstration():
     torch.manual_seed(0)
     b = batch(B=1)
     pol = build_policy(small("drifting"), Normalizer.fit(b["obs"].reshape(-1, 5)),
-                       Normalizer.fit(torch.cat([b["action"].reshape(-1, 2), b["action"].reshape(-1, 2) + 60])))
+                       Normalizer.fit(torch.cat([b["action"].reshape(-1, 2),
+                                                 b["action"].reshape(-1, 2) + 60])))
     opt = torch.optim.Adam(pol.parameters(), lr=3e-3)
     target = b["action"][0, 1:5].numpy()
 
@@ -166,8 +171,8 @@ def test_tiny_train_and_eval_end_to_end(env, tmp_path, capsys, monkeypatch):
     from drifting.cli import main
 
     out = tmp_path / "cmp"
-    args = ["policy", "compare", "--envs", env, "--out", str(out), "--demos", "2", "--steps", "4", "--batch", "8",
-            "--ckpt-every", "2", "--snapshots", "2", "--eval-episodes", "2", "--eval-max-steps", "12",
+    args = ["policy", "compare", "--envs", env, "--out", str(out), "--demos", "2", "--steps", "4", "--batch",
+            "8", "--ckpt-every", "2", "--snapshots", "2", "--eval-episodes", "2", "--eval-max-steps", "12",
             "--n-gen", "4", "--n-pos", "2", "--pos-radius", "0.5", "--inference-steps", "3", "--horizon", "8",
             "--n-action-steps", "4", "--no-progress"]
     assert main(args) == 0
@@ -175,7 +180,8 @@ def test_tiny_train_and_eval_end_to_end(env, tmp_path, capsys, monkeypatch):
     assert f"| {env} | drifting | 1 |" in table and f"| {env} | diffusion | 3 |" in table
     for kind in ("drifting", "diffusion"):
         m = json.loads((out / env / kind / "metrics.json").read_text())
-        assert len(m["per_snapshot"]) == 2 and [p["snapshot"] for p in m["per_snapshot"]] == ["step_0000002", "step_0000004"]
+        assert len(m["per_snapshot"]) == 2 and [p["snapshot"] for p in m["per_snapshot"]] == [
+            "step_0000002", "step_0000004"]
         assert 0 <= m["success_rate"] <= 1 and m["ms_per_action"] > 0 and m["demos_kept"] >= 1
         assert all(p["n_episodes"] == 2 for p in m["per_snapshot"])
         assert m["ms_per_chunk_1obs"] > 0
@@ -188,8 +194,8 @@ def test_tiny_train_and_eval_end_to_end(env, tmp_path, capsys, monkeypatch):
     assert main(args) == 0 and (out / "table.md").read_text() == table
     monkeypatch.undo()
     capsys.readouterr()
-    assert main(["policy", "eval", str(out / env / "diffusion" / "model"), "--episodes", "1", "--scheduler", "ddim",
-                 "--inference-steps", "2", "--no-progress"]) == 0
+    assert main(["policy", "eval", str(out / env / "diffusion" / "model"), "--episodes", "1", "--scheduler",
+                 "ddim", "--inference-steps", "2", "--no-progress"]) == 0
     assert "NFE 2" in capsys.readouterr().out
 
 
@@ -199,7 +205,8 @@ def test_a_checkpoint_from_before_an_option_existed_resumes_at_its_default(tmp_p
     from drifting.training.loop import TrainRun
 
     model = torch.nn.Linear(2, 2)
-    old = TrainRun(tmp_path, "policy", {"lr": 0.1}, {"model": model}, steps=3, resume=False, progress=False, desc="x")
+    old = TrainRun(tmp_path, "policy", {"lr": 0.1}, {"model": model}, steps=3, resume=False, progress=False,
+                   desc="x")
     old.save(2)
     old.close()
     run = TrainRun(tmp_path, "policy", {"lr": 0.1, "n_pos": 1}, {"model": model}, steps=3, resume=True,

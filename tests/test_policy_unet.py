@@ -23,7 +23,8 @@ def inputs(B: int = 3, T: int = 16, action_dim: int = 2, cond_dim: int = 10, see
 @pytest.mark.parametrize("overrides", [
     {},  # diffusion policy: time input, FiLM scale + bias
     {"time_embed_dim": 0},  # drifting policy: no time input
-    {"time_embed_dim": 0, "cond_predict_scale": False, "down_dims": (16, 32), "kernel_size": 3, "action_dim": 5},
+    {"time_embed_dim": 0, "cond_predict_scale": False, "down_dims": (16, 32), "kernel_size": 3,
+     "action_dim": 5},
     {"down_dims": (8,), "n_groups": 4},  # a single level: no down/up-sampling
 ])
 def test_output_shape_and_nonzero_at_init(overrides, T):

@@ -59,8 +59,8 @@ def test_fifo_capacity_and_oldest_dropped():
     assert q.global_contents().tolist() == [23, 24, 25, 26]
     # one at a time gives the same as a batch
     r = SampleQueue(num_classes=2, per_class=3, global_size=4)
-    for i, l in zip([10, 11, 12, 13, 14, 20, 21, 22, 23, 24, 25, 26], [0, 1, 0, 0, 0, 1, 0, 1, 1, 0, 1, 0]):
-        r.push([i], [l])
+    for i, lab in zip([10, 11, 12, 13, 14, 20, 21, 22, 23, 24, 25, 26], [0, 1, 0, 0, 0, 1, 0, 1, 1, 0, 1, 0]):
+        r.push([i], [lab])
     for k in ("class_buffer", "class_count", "global_buffer"):
         assert torch.equal(getattr(r, k), getattr(q, k))
     q.push([], [])
@@ -129,7 +129,8 @@ def test_queue_errors():
         q.sample_positives(torch.tensor([2]), 1, gen())
     with pytest.raises(ValueError, match=r"n must be <= global_size = 6"):
         q.sample_unconditional(1, 7, gen())
-    with pytest.raises(ValueError, match="n = 4 unconditional samples requested but the global queue holds 3"):
+    with pytest.raises(ValueError,
+                       match="n = 4 unconditional samples requested but the global queue holds 3"):
         q.sample_unconditional(1, 4, gen())
     with pytest.raises(ValueError, match=r"classes must lie in \[0, num_classes\) = \[0, 3\)"):
         q.sample_positives(torch.tensor([3]), 1, gen())
@@ -224,7 +225,8 @@ def test_balanced_sampler_draws():
     for row, c in zip(pos, classes.tolist()):
         assert np.all(labels[row.numpy()] == c)
     whole = int((labels == 2).sum())
-    assert sorted(s.sample_positives(torch.tensor([2]), whole, gen())[0].tolist()) == np.flatnonzero(labels == 2).tolist()
+    assert (sorted(s.sample_positives(torch.tensor([2]), whole, gen())[0].tolist())
+            == np.flatnonzero(labels == 2).tolist())
     unc = s.sample_unconditional(6, 50, gen(2))
     assert unc.shape == (6, 50) and rows_distinct(unc) and int(unc.max()) < 200 and int(unc.min()) >= 0
     # large dataset: the Floyd path, still distinct and in range

@@ -35,7 +35,8 @@ from drifting.recipes.autoencoders import (
 )
 from drifting.recipes.mae_pretrain import MAEConfig
 
-TINY_MAE = ResNetMAEConfig(in_channels=1, base_width=4, blocks_per_stage=(1, 1, 1, 1), gn_groups=4, input_size=28)
+TINY_MAE = ResNetMAEConfig(in_channels=1, base_width=4, blocks_per_stage=(1, 1, 1, 1), gn_groups=4,
+                           input_size=28)
 TINY_DEC = dict(decoder_width=16, decoder_blocks=1, decoder_min_width=8, gn_groups=4)
 
 
@@ -93,7 +94,8 @@ def test_upsample_sizes_follow_the_encoders_ceil_halving():
         upsample_sizes((30, 30), (28, 28))
 
 
-@pytest.mark.parametrize("stage,shape", [(1, (4, 28, 28)), (2, (8, 14, 14)), (3, (16, 7, 7)), (4, (32, 4, 4))])
+@pytest.mark.parametrize("stage,shape",
+                         [(1, (4, 28, 28)), (2, (8, 14, 14)), (3, (16, 7, 7)), (4, (32, 4, 4))])
 def test_rae_shapes_per_stage(mae_dir, stage, shape):
     t = RAETokenizer.from_mae(mae_dir, stage=stage, **TINY_DEC)
     assert isinstance(t, Tokenizer)
@@ -120,7 +122,8 @@ def test_rae_normalization_is_fitted_per_channel(tok):
     torch.testing.assert_close(m2, tok.latent_mean)
     torch.testing.assert_close(s2, tok.latent_std)
     x = torch.from_numpy(u8[:5]).unsqueeze(1).float() / 127.5 - 1  # same pixels as floats
-    torch.testing.assert_close(tok.encode(x), z[:5], atol=1e-3, rtol=1e-3)  # batch-size dependent rounding only
+    # batch-size dependent rounding only
+    torch.testing.assert_close(tok.encode(x), z[:5], atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(tok.encode_dataset(x), z[:5], atol=1e-3, rtol=1e-3)
     with pytest.raises(ValueError, match="std"):
         tok.set_normalization(torch.zeros(tok.latent_channels), torch.zeros(tok.latent_channels))
@@ -155,8 +158,9 @@ def test_rae_input_errors(tok):
         tok.encode(images(2), generator=torch.Generator())
 
 
-@pytest.mark.parametrize("field,value", [("stage", 5), ("stage", 0), ("decoder_width", 0), ("decoder_blocks", -1),
-                                         ("gn_groups", 1.5), ("image_size", (28,)), ("image_size", 0)])
+@pytest.mark.parametrize("field,value",
+                         [("stage", 5), ("stage", 0), ("decoder_width", 0), ("decoder_blocks", -1),
+                          ("gn_groups", 1.5), ("image_size", (28,)), ("image_size", 0)])
 def test_rae_config_errors_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"RAEConfig.{field}"):
         RAEConfig(encoder=TINY_MAE, **{field: value}).validate()
@@ -180,7 +184,8 @@ def test_rae_save_load_round_trip_and_build_tokenizer(tmp_path, tok):
     assert sorted(p.name for p in (tmp_path / "rae").iterdir()) == ["config.json", "model.safetensors"]
     x = images(3)
     z = tok.encode(x)
-    for t in (RAETokenizer.from_pretrained(tmp_path / "rae"), build_tokenizer(f"rae:{tmp_path / 'rae'}", pixel_channels=1),
+    for t in (RAETokenizer.from_pretrained(tmp_path / "rae"),
+              build_tokenizer(f"rae:{tmp_path / 'rae'}", pixel_channels=1),
               build_tokenizer(f" RAE: {tmp_path / 'rae'} ", pixel_channels=1)):
         assert isinstance(t, RAETokenizer)
         assert all(not p.requires_grad for p in t.parameters()) and not t.training
@@ -225,8 +230,10 @@ def test_train_rae_tiny_writes_a_loadable_export(tmp_path, npz_data, mae_dir):
                          decoder_blocks=1, noise_tau=0.5)
     m = train_rae(cfg, tmp_path / "rae", progress=False)
     assert {"train_seconds", "recon_mse_test", "recon_psnr_test", "params", "latent_shape"} <= set(m)
-    assert m["latent_shape"] == [16, 7, 7] and m["test_images"] == 12  # 10% of 120 held out (.npz: no test split)
-    assert np.isfinite(m["recon_mse_test"]) and m["recon_psnr_test"] == pytest.approx(10 * np.log10(4 / m["recon_mse_test"]))
+    # 10% of 120 held out (.npz: no test split)
+    assert m["latent_shape"] == [16, 7, 7] and m["test_images"] == 12
+    assert np.isfinite(m["recon_mse_test"]) and m["recon_psnr_test"] == pytest.approx(
+        10 * np.log10(4 / m["recon_mse_test"]))
     assert m["params"] > m["decoder_params"] > 0
     for name in ("config.json", "model.safetensors", "recon.png", "metrics.json"):
         assert (tmp_path / "rae" / name).is_file()
@@ -243,27 +250,29 @@ def test_train_rae_tiny_writes_a_loadable_export(tmp_path, npz_data, mae_dir):
 
 def test_train_rae_pretrains_the_mae_through_the_shared_cache(npz_data):
     mae = MAEConfig(steps=2, batch=8, width=4)
-    cfg = RAETrainConfig(data=npz_data, mae=mae, steps=2, batch=8, warmup=0, decoder_width=16, decoder_blocks=1,
-                         ema_decay=None)
+    cfg = RAETrainConfig(data=npz_data, mae=mae, steps=2, batch=8, warmup=0, decoder_width=16,
+                         decoder_blocks=1, ema_decay=None)
     d1 = cached_rae_dir(cfg=cfg, progress=False)
     m = json.loads((d1 / "metrics.json").read_text())
     from drifting.data.images import load_dataset
     from drifting.recipes.mae_pretrain import cached_mae_dir
 
-    assert m["mae_dir"] == str(cached_mae_dir(load_dataset(npz_data), mae, progress=False))  # the generator's encoder
+    # the generator's encoder
+    assert m["mae_dir"] == str(cached_mae_dir(load_dataset(npz_data), mae, progress=False))
     assert cached_rae_dir(npz_data, cfg, progress=False) == d1  # reused, not retrained
     assert RAETokenizer.from_pretrained(d1).latent_shape(1, 28, 28) == (16, 7, 7)
 
 
 def test_train_vae_tiny_loads_as_autoencoderkl(tmp_path, npz_data):
-    cfg = VAETrainConfig(data=npz_data, block_out_channels=(8, 16, 16), norm_num_groups=4, steps=3, batch=8, warmup=1,
-                         scale_samples=40)
+    cfg = VAETrainConfig(data=npz_data, block_out_channels=(8, 16, 16), norm_num_groups=4, steps=3, batch=8,
+                         warmup=1, scale_samples=40)
     m = train_vae(cfg, tmp_path / "vae", progress=False)
     assert m["latent_shape"] == [4, 7, 7] and m["params"] > 0 and np.isfinite(m["recon_mse_test"])
     assert (tmp_path / "vae" / "recon.png").is_file() and list((tmp_path / "vae").glob("*.safetensors"))
     t = build_tokenizer(f"autoencoderkl:{tmp_path / 'vae'}", pixel_channels=1)
     assert t.scaling_factor == pytest.approx(m["scaling_factor"])
-    assert json.loads((tmp_path / "vae" / "config.json").read_text())["scaling_factor"] == pytest.approx(m["scaling_factor"])
+    assert json.loads((tmp_path / "vae" / "config.json").read_text())["scaling_factor"] == pytest.approx(
+        m["scaling_factor"])
     imgs = np.load(npz_data)["images"]
     z = t.encode_dataset(imgs[:40])
     assert z.shape == (40, 4, 7, 7)
@@ -275,8 +284,10 @@ def test_train_vae_tiny_loads_as_autoencoderkl(tmp_path, npz_data):
     (RAETrainConfig, "steps", 0), (RAETrainConfig, "batch", -1), (RAETrainConfig, "lr", 0.0),
     (RAETrainConfig, "noise_tau", -0.1), (RAETrainConfig, "stage", 5), (RAETrainConfig, "ema_decay", 1.0),
     (RAETrainConfig, "decoder_width", 0), (RAETrainConfig, "data", ""), (RAETrainConfig, "mae", "cpu-tiny"),
-    (VAETrainConfig, "steps", 0), (VAETrainConfig, "kl_weight", -1.0), (VAETrainConfig, "block_out_channels", ()),
-    (VAETrainConfig, "norm_num_groups", 5), (VAETrainConfig, "latent_channels", 0), (VAETrainConfig, "warmup", -1),
+    (VAETrainConfig, "steps", 0), (VAETrainConfig, "kl_weight", -1.0),
+    (VAETrainConfig, "block_out_channels", ()),
+    (VAETrainConfig, "norm_num_groups", 5), (VAETrainConfig, "latent_channels", 0),
+    (VAETrainConfig, "warmup", -1),
 ])
 def test_train_config_errors_name_the_field(cls, field, value):
     with pytest.raises(ValueError, match=f"{cls.__name__}.{field}"):
@@ -298,9 +309,9 @@ def test_cli_parsers(tmp_path, npz_data, mae_dir, capsys):
     with pytest.raises(SystemExit):
         p.parse_args(["train-rae", "--out", "X", "--stage", "5"])
     out = tmp_path / "rae"
-    a = p.parse_args(["train-rae", "--out", str(out), "--data", npz_data, "--mae-dir", str(mae_dir), "--steps", "2",
-                      "--batch", "4", "--decoder-width", "16", "--noise-tau", "0.2", "--stage", "3", "--seed", "1",
-                      "--no-progress"])
+    a = p.parse_args(["train-rae", "--out", str(out), "--data", npz_data, "--mae-dir", str(mae_dir),
+                      "--steps", "2", "--batch", "4", "--decoder-width", "16", "--noise-tau", "0.2",
+                      "--stage", "3", "--seed", "1", "--no-progress"])
     assert a.func(a) == 0
     printed = capsys.readouterr().out
     assert "recon_psnr_test" in printed and "latent_shape" in printed
@@ -321,7 +332,8 @@ def rae_dinov2():
 
 def test_autoencoder_rae_shapes_and_conversions(rae_dinov2, monkeypatch):
     tok = AutoencoderRAETokenizer(rae_dinov2, image_size=28)
-    assert isinstance(tok, Tokenizer) and tok.latent_shape(3, 28, 28) == (64, 2, 2)  # (28 / 14)^2 tokens of 64
+    # (28 / 14)^2 tokens of 64
+    assert isinstance(tok, Tokenizer) and tok.latent_shape(3, 28, 28) == (64, 2, 2)
     assert tok.decoder_image_size == (8, 8)  # decoder patch 4 x grid 2
     x = images(2, C=3)
     z = tok.encode(x)
@@ -331,7 +343,8 @@ def test_autoencoder_rae_shapes_and_conversions(rae_dinov2, monkeypatch):
     assert y.shape == (2, 3, 28, 28)  # the decoder's 8x8 resized to the recorded image_size
     native = AutoencoderRAETokenizer(rae_dinov2)
     assert native.image_size == (8, 8)
-    torch.testing.assert_close(native.decode(z), rae_dinov2.decode(z).sample * 2 - 1)  # [0, 1] -> [-1, 1] on the way out
+    # [0, 1] -> [-1, 1] on the way out
+    torch.testing.assert_close(native.decode(z), rae_dinov2.decode(z).sample * 2 - 1)
 
     seen = {}
     real = rae_dinov2._resize_and_normalize
@@ -339,7 +352,8 @@ def test_autoencoder_rae_shapes_and_conversions(rae_dinov2, monkeypatch):
     gray = AutoencoderRAETokenizer(rae_dinov2, pixel_channels=1, image_size=28)
     xg = images(2, C=1)
     gray.encode(xg)
-    torch.testing.assert_close(seen["x"], ((xg + 1) / 2).expand(-1, 3, -1, -1))  # grayscale repeated, in [0, 1]
+    # grayscale repeated, in [0, 1]
+    torch.testing.assert_close(seen["x"], ((xg + 1) / 2).expand(-1, 3, -1, -1))
     ramp = torch.linspace(0, 1, 3 * 8 * 8).reshape(1, 3, 8, 8)  # a decoder output in [0, 1]
     monkeypatch.setattr(rae_dinov2, "_decode", lambda zz: ramp.expand(zz.shape[0], -1, -1, -1))
     out = AutoencoderRAETokenizer(rae_dinov2, pixel_channels=1).decode(z)  # native 8x8: no resize
@@ -366,7 +380,8 @@ def test_autoencoder_rae_frozen_and_gradients_reach_z(rae_dinov2):
 def test_autoencoder_rae_save_load_round_trip(tmp_path, rae_dinov2):
     tok = AutoencoderRAETokenizer(rae_dinov2, pixel_channels=1, image_size=28)
     tok.save_pretrained(tmp_path / "rae")
-    assert list((tmp_path / "rae").glob("*.safetensors")) and (tmp_path / "rae" / "drifting_adapter.json").is_file()
+    assert (list((tmp_path / "rae").glob("*.safetensors"))
+            and (tmp_path / "rae" / "drifting_adapter.json").is_file())
     x = images(2)
     z = tok.encode(x)
     for t in (AutoencoderRAETokenizer.from_pretrained(tmp_path / "rae"),

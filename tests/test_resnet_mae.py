@@ -73,7 +73,8 @@ def test_cpu_presets_shapes(name, hw):
 
 def test_table8_presets():
     lat = PRESETS["latent-256"]
-    assert (lat.in_channels, lat.base_width, lat.input_patch, lat.blocks_per_stage) == (4, 256, 1, (3, 4, 6, 3))
+    assert (lat.in_channels, lat.base_width, lat.input_patch, lat.blocks_per_stage) == (
+        4, 256, 1, (3, 4, 6, 3))
     assert PRESETS["latent-640"].base_width == 640
     pix = PRESETS["pixel-640"]
     assert pix.input_patch == 8 and pix.resnet_in_channels == 192 and pix.input_size == 256

@@ -21,7 +21,6 @@ from drifting.models.tokenizer import (
 from drifting.models.tokenizers import build_tokenizer
 
 
-
 @pytest.fixture(scope="module")
 def vae3():
     return tiny_autoencoder_kl(in_channels=3, latent_channels=4, seed=0)
@@ -101,7 +100,8 @@ def test_build_tokenizer_pixel_specs(spec):
 
 @pytest.mark.parametrize("spec", ["", "vae", "vqgan:/tmp/x", "sd-vae:", "sd-vae:  ", "sd-vae", "pixels"])
 def test_build_tokenizer_bad_spec(spec):
-    with pytest.raises(ValueError, match=r"spec: .*allowed forms are .*'pixel'.*'sd-vae:PATH'.*'autoencoderkl:PATH'"):
+    with pytest.raises(ValueError,
+                       match=r"spec: .*allowed forms are .*'pixel'.*'sd-vae:PATH'.*'autoencoderkl:PATH'"):
         build_tokenizer(spec, pixel_channels=3)
 
 
@@ -247,7 +247,8 @@ def test_encode_dataset_chunked_equals_one_shot(tok3):
     chunked = tok3.encode_dataset(u8, batch=2)
     assert chunked.shape == (5, 4, 8, 8) and chunked.dtype == torch.float32
     torch.testing.assert_close(chunked, one_shot, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(tok3.encode_dataset(torch.from_numpy(u8), batch=5), one_shot, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tok3.encode_dataset(torch.from_numpy(u8), batch=5), one_shot, atol=1e-5,
+                               rtol=1e-5)
     with pytest.raises(ValueError, match="uint8"):
         tok3.encode_dataset(u8.astype(np.float32))
     with pytest.raises(ValueError, match="batch"):

@@ -30,12 +30,15 @@ def test_ablation_table_and_antisymmetry_matters(tmp_path, capsys):
         ("Table 1: anti-symmetry", "attraction-only V+", {"repulsion": 0.0}),
         ("A.6: temperatures", "tau in {0.02, 0.05, 0.2} (default)", {}),
     ]
-    res = toy.ablation(tmp_path, target="checkerboard", steps=400, progress=False, variants=variants, n_samples=1000)
+    res = toy.ablation(tmp_path, target="checkerboard", steps=400, progress=False, variants=variants,
+                       n_samples=1000)
     by = {r["variant"]: r for r in res["results"]}
     # attraction-only pulls every sample toward dense data and never spreads: clearly worse
-    assert by["attraction-only V+"]["energy_distance"] > 2 * by["anti-symmetric V+ - V- (default)"]["energy_distance"]
+    assert (by["attraction-only V+"]["energy_distance"]
+            > 2 * by["anti-symmetric V+ - V- (default)"]["energy_distance"])
     # the default is trained once and reused across sections
-    assert by["tau in {0.02, 0.05, 0.2} (default)"]["energy_distance"] == by["anti-symmetric V+ - V- (default)"]["energy_distance"]
+    assert (by["tau in {0.02, 0.05, 0.2} (default)"]["energy_distance"]
+            == by["anti-symmetric V+ - V- (default)"]["energy_distance"])
     saved = json.loads((tmp_path / "ablation.json").read_text())
     assert len(saved["runs"]) == 3 and "Table 1" in (tmp_path / "ablation.md").read_text()
 

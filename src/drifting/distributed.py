@@ -109,7 +109,8 @@ class Layout:
         return slice(self.class_group * k, (self.class_group + 1) * k)
 
 
-def init_from_env(ranks_per_class: int = 1, device: torch.device | None = None) -> tuple[Layout, LossComm | None]:
+def init_from_env(ranks_per_class: int = 1,
+                  device: torch.device | None = None) -> tuple[Layout, LossComm | None]:
     """Join the process group that ``torchrun`` describes (``RANK``/``WORLD_SIZE`` in the environment;
     NCCL on CUDA, gloo on CPU) and build the class groups. Without ``torchrun``: one rank, no comm."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

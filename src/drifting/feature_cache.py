@@ -1,4 +1,5 @@
-"""The frozen encoder's tap maps of every training image, computed once: real features without a forward per step.
+"""The frozen encoder's tap maps of every training image, computed once: real features without a
+forward per step.
 
 The positives and the unconditional negatives of a step are real images, and the feature encoder is
 frozen (A.3), so their feature maps do not change during training. With ``P = 32`` positives and
@@ -49,9 +50,9 @@ class RealFeatureCache:
               autocast=None) -> "RealFeatureCache | None":
         """Encode images ``0 .. n_images - 1`` in batches of ``batch`` consecutive ones.
 
-        ``images(idx)`` returns the encoder inputs ``[len(idx), C, H, W]`` of those images; ``autocast`` is the
-        training's autocast context (None: none). Returns None, having encoded one batch only, when the maps
-        of all images would take more than ``max_gb`` GiB.
+        ``images(idx)`` returns the encoder inputs ``[len(idx), C, H, W]`` of those images; ``autocast`` is
+        the training's autocast context (None: none). Returns None, having encoded one batch only, when the
+        maps of all images would take more than ``max_gb`` GiB.
         """
         if not max_gb > 0:
             raise ValueError(f"max_gb: must be > 0, got {max_gb}")

@@ -47,7 +47,8 @@ def _check_sets(sets: str) -> str:
 
 
 def _patch_stats(f: torch.Tensor, k: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std over ``k x k`` patches (partial at the border): ``[B, C, H, W]`` -> 2 x ``[B, C, h, w]``."""
+    """Mean and std over ``k x k`` patches (partial at the border): ``[B, C, H, W]`` -> 2 x ``[B, C, h,
+    w]``."""
     H, W = f.shape[-2:]
     mean = F.avg_pool2d(f, k, k, ceil_mode=True)  # [B, C, ceil(H/k), ceil(W/k)]
     mean_up = mean.repeat_interleave(k, 2).repeat_interleave(k, 3)[..., :H, :W]  # [B, C, H, W]
@@ -146,7 +147,8 @@ def group_by_class(feats: Mapping[str, torch.Tensor], n_classes: int) -> dict[st
         if t.dim() < 2:
             raise ValueError(f"feats[{key!r}]: expected [Nc*n, L, C], got {tuple(t.shape)}")
         if t.shape[0] % n_classes:
-            raise ValueError(f"n_classes: {n_classes} does not divide the batch size {t.shape[0]} of feats[{key!r}]")
+            raise ValueError(f"n_classes: {n_classes} does not divide the batch "
+                             f"size {t.shape[0]} of feats[{key!r}]")
         out[key] = t.reshape(n_classes, t.shape[0] // n_classes, *t.shape[1:])  # [Nc, n, L, C]
     return out
 
@@ -215,6 +217,7 @@ def sample_locations(
     return out
 
 
-def take_locations(feats: Mapping[str, torch.Tensor], subsets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def take_locations(feats: Mapping[str, torch.Tensor],
+                   subsets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``{key: [B, L, C]}`` -> the same with only the locations in ``subsets[key]`` (others unchanged)."""
     return {k: (t.index_select(1, subsets[k]) if k in subsets else t) for k, t in feats.items()}

@@ -34,7 +34,8 @@ class CFGConfig:
 
     def validate(self) -> None:
         if not (1.0 <= self.alpha_min <= self.alpha_max and math.isfinite(self.alpha_max)):
-            raise ValueError(f"need 1 <= alpha_min <= alpha_max < inf; got {self.alpha_min}, {self.alpha_max}")
+            raise ValueError("need 1 <= alpha_min <= alpha_max < inf; "
+                             f"got {self.alpha_min}, {self.alpha_max}")
         if not math.isfinite(self.k):
             raise ValueError(f"k must be a finite number, got {self.k}")
         if not 0.0 <= self.no_cfg_prob <= 1.0:
@@ -54,7 +55,8 @@ CFG_PRESETS = {
 }
 
 
-def sample_alpha(n: int, config: CFGConfig = CFGConfig(), *, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_alpha(n: int, config: CFGConfig = CFGConfig(), *,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw ``n`` CFG scales ``[n]`` from ``p(alpha) ~ alpha^-k`` on ``[alpha_min, alpha_max]`` by
     inverse CDF (log-uniform for k = 1), each replaced by 1 with probability ``no_cfg_prob``."""
     config.validate()
@@ -79,7 +81,8 @@ def cfg_weight(alpha: torch.Tensor | float, n_gen: int, n_uncond: int) -> torch.
     if (alpha < 1).any() or not torch.isfinite(alpha).all():
         raise ValueError(f"alpha must be finite and >= 1, got {alpha}")
     if n_gen < 2:
-        raise ValueError(f"n_gen must be >= 2 (the generated negatives besides the sample itself), got {n_gen}")
+        raise ValueError("n_gen must be >= 2 (the generated negatives besides the sample "
+                         f"itself), got {n_gen}")
     if n_uncond < 1:
         raise ValueError(f"n_uncond must be >= 1 to apply CFG, got {n_uncond}")
     return (alpha - 1.0) * (n_gen - 1) / n_uncond
@@ -92,6 +95,7 @@ def alpha_from_weight(w: torch.Tensor | float, n_gen: int, n_uncond: int) -> tor
 
 
 def uncond_neg_weights(alpha: torch.Tensor, n_gen: int, n_uncond: int) -> torch.Tensor:
-    """Per-class weights ``[Nc, N_unc]`` for the unconditional negatives, for ``drifting_loss(neg_weights=...)``."""
+    """Per-class weights ``[Nc, N_unc]`` for the unconditional negatives, for
+    ``drifting_loss(neg_weights=...)``."""
     w = cfg_weight(alpha, n_gen, n_uncond)  # [Nc]
     return w[:, None].expand(-1, n_uncond).contiguous()

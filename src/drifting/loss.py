@@ -29,8 +29,15 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .field import Distances, drift_fields
-from .field import NORMALIZE_CHOICES, Normalize, broadcast_neg_weights, mmd_from_distances, pairwise_distances
+from .field import (
+    NORMALIZE_CHOICES,
+    Distances,
+    Normalize,
+    broadcast_neg_weights,
+    drift_fields,
+    mmd_from_distances,
+    pairwise_distances,
+)
 
 DEFAULT_TEMPERATURES = (0.02, 0.05, 0.2)
 # "laplace": Alg. 2's softmax-normalized Laplace kernel; "mmd": C.2's unnormalized Gaussian kernel
@@ -132,7 +139,8 @@ def drifting_loss(
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "mmd" and (normalize != "both" or attraction != 1.0 or repulsion != 1.0):
-        raise ValueError("normalize, attraction and repulsion apply to the Laplace kernel of Alg. 2, not to kernel='mmd'")
+        raise ValueError("normalize, attraction and repulsion apply to the Laplace kernel of Alg. "
+                         "2, not to kernel='mmd'")
 
     total = None
     stats: dict[str, torch.Tensor] = {}
@@ -174,7 +182,8 @@ def drifting_loss(
                     w_extra = comm.gather(w_extra, dim=2)
                 if gen_as_negatives:
                     N_all = y.shape[1] - P - w_extra.shape[2]
-                    w = torch.cat([torch.ones(BL, 1, N_all, dtype=w_extra.dtype, device=x.device), w_extra], -1)
+                    w = torch.cat([torch.ones(BL, 1, N_all, dtype=w_extra.dtype, device=x.device), w_extra],
+                                  -1)
                 else:
                     w = w_extra
             self_col = None
@@ -183,7 +192,8 @@ def drifting_loss(
             dists = Distances(x_sg, y, self_col=self_col, cache_elements=CACHE_DISTANCES)
             if normalize_features:  # Eq. (21), weighted mean over every (x, y) pair in the group
                 num = dists.weighted_sum(P, w, max_elements, K=len(temperatures))
-                den = torch.tensor(float(N * BL * (y.shape[1] if w is None else P)), dtype=num.dtype, device=num.device)
+                den = torch.tensor(float(N * BL * (y.shape[1] if w is None else P)), dtype=num.dtype,
+                                   device=num.device)
                 if w is not None:
                     den = den + N * w.sum()
                 if comm is not None:
@@ -199,12 +209,13 @@ def drifting_loss(
                 if comm is not None:
                     raise ValueError("kernel='mmd' does not support multi-rank losses (comm)")
                 ys, dists_s = y / S, pairwise_distances(x_sg, y) / S  # [BL, P+M_all, C], [BL, N, P+M_all]
-                Vs = [mmd_from_distances(ys, dists_s, P, float(tau * math.sqrt(C)), mask_self=gen_as_negatives,
+                Vs = [mmd_from_distances(ys, dists_s, P, float(tau * math.sqrt(C)),
+                                         mask_self=gen_as_negatives,
                                          neg_weights=w, x=xs_sg) for tau in temperatures]  # K x [BL, N, C]
             else:
                 V_all = drift_fields(dists, P, [tau * math.sqrt(C) * float(S) for tau in temperatures],
-                                     normalize=normalize, neg_weights=w, attraction=attraction, repulsion=repulsion,
-                                     max_elements=max_elements, compile=compile,
+                                     normalize=normalize, neg_weights=w, attraction=attraction,
+                                     repulsion=repulsion, max_elements=max_elements, compile=compile,
                                      column_reduce=None if comm is None else comm.column_lse)  # [BL, K, N, C]
                 Vs = [V_all[:, k].div_(S) for k in range(len(temperatures))]  # in normalized-feature units
             for tau, V in zip(temperatures, Vs):

@@ -1,4 +1,5 @@
-"""One way to name configurations: ``PRESETS: dict[str, Config]`` and :func:`preset` to take one with overrides."""
+"""One way to name configurations: ``PRESETS: dict[str, Config]`` and :func:`preset` to take one with
+overrides."""
 
 from __future__ import annotations
 
@@ -17,5 +18,6 @@ def preset(presets: dict[str, C], name: str, what: str, **overrides) -> C:
     known = {f.name for f in fields(base)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"overrides: unknown {type(base).__name__} field(s) {unknown}; known fields are {sorted(known)}")
+        raise ValueError(f"overrides: unknown {type(base).__name__} field(s) {unknown}; known "
+                         f"fields are {sorted(known)}")
     return replace(base, **overrides).validate()

@@ -27,7 +27,8 @@ from .cmd_toy import add_toy_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="drifting", description="One-step generative models trained with a drifting field.")
+    p = argparse.ArgumentParser(prog="drifting",
+                                description="One-step generative models trained with a drifting field.")
     p.add_argument("--version", action="version", version=f"drifting {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -40,10 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_flow_parser(sub)  # drifting train-flow: class-conditional flow matching (peer / Drift-RAE teacher)
     add_autoencoder_parsers(sub)  # drifting train-rae / train-vae: Drift-RAE's latent spaces
     add_distill_parser(sub)  # drifting distill: Drift-RAE one-step distillation of a flow model
-    add_latent_stats_parser(sub)  # drifting latent-stats: Drift-RAE Tables 1-2 (isotropy, dispersion), curvature
+    # drifting latent-stats: Drift-RAE Tables 1-2 (isotropy, dispersion), curvature
+    add_latent_stats_parser(sub)
     add_policy_parser(sub)  # drifting policy collect|train|eval|compare: Drifting Policy vs Diffusion Policy
     add_peers_parser(sub)  # drifting peers: drifting vs flow matching vs MMD, side by side
-    add_analysis_parsers(sub)  # drifting cfg-sweep (Fig. 5), drifting neighbours (Fig. 6), drifting drift-norm
+    # drifting cfg-sweep (Fig. 5), drifting neighbours (Fig. 6), drifting drift-norm
+    add_analysis_parsers(sub)
     return p
 
 

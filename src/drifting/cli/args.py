@@ -36,7 +36,8 @@ def temperatures(s: str) -> tuple[float, ...]:
     try:
         vals = tuple(float(v) for v in s.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--temperatures must be comma-separated numbers, got {s!r}") from None
+        raise argparse.ArgumentTypeError("--temperatures must be comma-separated numbers, "
+                                         f"got {s!r}") from None
     if not vals or any(v <= 0 for v in vals):
         raise argparse.ArgumentTypeError(f"--temperatures must be positive, got {s!r}")
     return vals
@@ -47,13 +48,13 @@ def metric_list(s: str) -> tuple[str, ...]:
     vals = tuple(v.strip() for v in s.split(",") if v.strip())
     bad = [v for v in vals if v not in METRICS]
     if not vals or bad:
-        raise argparse.ArgumentTypeError(f"--metrics must be comma-separated names from {', '.join(METRICS)}; "
-                                         f"got {s!r}")
+        raise argparse.ArgumentTypeError("--metrics must be comma-separated names "
+                                         f"from {', '.join(METRICS)}; got {s!r}")
     return vals
 
 
 def add_threads_option(p: argparse.ArgumentParser) -> None:
     """``--threads N``: torch's CPU threads for this command (applied by :func:`drifting.cli.main`)."""
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch CPU threads (default: torch's, one per core); on a CPU shared with another busy "
-                        "job, 1 can be several times faster than 2")
+                   help="torch CPU threads (default: torch's, one per core); on a CPU shared with another "
+                        "busy job, 1 can be several times faster than 2")

@@ -29,7 +29,8 @@ def add_ablate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("name", choices=sorted(ABLATIONS) + ["all"], help="which table")
     p.add_argument("--out", required=True, help="directory for the runs and NAME.json")
     p.add_argument("--steps", type=positive_int, default=200, help="generator steps per row (default 200)")
-    p.add_argument("--eval-samples", type=positive_int, default=1000, help="samples scored per row (default 1000)")
+    p.add_argument("--eval-samples", type=positive_int, default=1000,
+                   help="samples scored per row (default 1000)")
     p.add_argument("--preset", default="cpu", help="training preset the rows start from (default cpu)")
     p.add_argument("--data", default=None, help="dataset (default: the preset's, fashion-mnist)")
     p.add_argument("--no-progress", action="store_true")

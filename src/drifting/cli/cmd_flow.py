@@ -11,8 +11,10 @@ from .args import add_threads_option, positive_float, positive_int
 
 
 def cmd_train_flow(a: argparse.Namespace) -> int:
-    overrides = {k: getattr(a, k) for k in ("data", "generator", "steps", "minutes", "batch", "lr", "label_dropout",
-                                            "time_sampling", "sample_steps", "sample_cfg", "seed", "tokenizer")
+    overrides = {k: getattr(a, k)
+                 for k in ("data", "generator", "steps", "minutes", "batch", "lr", "label_dropout",
+                           "time_sampling", "sample_steps", "sample_cfg", "seed",
+                           "tokenizer")
                  if getattr(a, k) is not None}
     dit = {k: getattr(a, k) for k in ("patch_size", "depth", "hidden") if getattr(a, k) is not None}
     if dit:
@@ -29,28 +31,36 @@ def cmd_train_flow(a: argparse.Namespace) -> int:
 def add_flow_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``drifting train-flow --out DIR ...`` on ``subparsers`` (from ``add_subparsers``)."""
     f = subparsers.add_parser(
-        "train-flow", help="train a class-conditional flow-matching DiT (multi-step baseline / Drift-RAE teacher)",
+        "train-flow",
+        help="train a class-conditional flow-matching DiT (multi-step baseline / Drift-RAE teacher)",
         description="Flow matching (Drift-RAE Eq. 1-4) on the DiT backbone with a timestep embedder and "
         "classifier-free guidance by label dropout. Options left out keep FlowTrainConfig's defaults. "
         "Running again with the same --out resumes its checkpoint.")
     f.add_argument("--out", required=True, help="output directory")
-    f.add_argument("--data", default=None, help="fashion-mnist (default), mnist:<dir>, an IDX dir, .npz or image folder")
-    f.add_argument("--generator", default=None, help=f"generator preset (default cpu-small): {', '.join(generator_names())}")
+    f.add_argument("--data", default=None,
+                   help="fashion-mnist (default), mnist:<dir>, an IDX dir, .npz or image folder")
+    f.add_argument("--generator", default=None,
+                   help=f"generator preset (default cpu-small): {', '.join(generator_names())}")
     f.add_argument("--steps", type=positive_int, default=None, help="training steps (default 1000)")
     f.add_argument("--minutes", type=positive_float, default=None,
                    help="wall-time budget in minutes: stop at the first step past it (default: --steps only)")
     f.add_argument("--batch", type=positive_int, default=None, help="images per step (default 80)")
     f.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
     f.add_argument("--label-dropout", type=float, default=None, help="P(label -> null class) (default 0.1)")
-    f.add_argument("--time-sampling", choices=TIME_SAMPLING, default=None, help="t distribution (default uniform)")
-    f.add_argument("--sample-steps", type=positive_int, default=None, help="Euler steps of the grids (default 50)")
+    f.add_argument("--time-sampling", choices=TIME_SAMPLING, default=None,
+                   help="t distribution (default uniform)")
+    f.add_argument("--sample-steps", type=positive_int, default=None,
+                   help="Euler steps of the grids (default 50)")
     f.add_argument("--sample-cfg", type=float, default=None, help="CFG scale of the grids (default 1)")
     f.add_argument("--seed", type=int, default=None)
     f.add_argument("--tokenizer", default=None,
-                   help="train in a latent space: rae:DIR, autoencoderkl:DIR, autoencoder-rae:DIR (default: pixels)")
-    f.add_argument("--patch-size", type=positive_int, default=None, help="DiT patch size (must divide the input side)")
+                   help="train in a latent space: rae:DIR, autoencoderkl:DIR, "
+                   "autoencoder-rae:DIR (default: pixels)")
+    f.add_argument("--patch-size", type=positive_int, default=None,
+                   help="DiT patch size (must divide the input side)")
     f.add_argument("--depth", type=positive_int, default=None, help="DiT blocks (default: the preset's)")
-    f.add_argument("--hidden", type=positive_int, default=None, help="DiT token width (default: the preset's)")
+    f.add_argument("--hidden", type=positive_int, default=None,
+                   help="DiT token width (default: the preset's)")
     f.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     add_threads_option(f)
     f.add_argument("--no-resume", action="store_true", help="start over even if OUT/checkpoint.pt exists")

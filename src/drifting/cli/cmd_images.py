@@ -1,4 +1,5 @@
-"""``drifting train``, ``train-mae`` and ``sample``: the image generator (:mod:`drifting.recipes.image_training`)."""
+"""``drifting train``, ``train-mae`` and ``sample``: the image generator
+(:mod:`drifting.recipes.image_training`)."""
 
 from __future__ import annotations
 
@@ -17,20 +18,22 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.resume:  # a missing or unreadable checkpoint is reported now, not after the dataset and the MAE
         ckpt = Path(a.out) / "checkpoint.pt"
         if not ckpt.is_file():
-            raise FileNotFoundError(f"--resume: there is no checkpoint at {ckpt}; run without --resume to start "
-                                    "there, or give the --out of the run to continue")
-        load_state(ckpt)  # CorruptCheckpointError when it cannot be read; train_images checks its configuration
+            raise FileNotFoundError(f"--resume: there is no checkpoint at {ckpt}; run without --resume to "
+                                    "start there, or give the --out of the run to continue")
+        # CorruptCheckpointError when it cannot be read; train_images checks its configuration
+        load_state(ckpt)
     cfg = train_preset(
-        a.preset, data=a.data, generator=a.generator, encoder=a.encoder, mae_dir=a.mae, mae_encoder=a.mae_preset,
-        mae_steps=a.mae_steps, mae_batch=a.mae_batch, mae_cls_steps=a.mae_cls_steps, mae_seed=a.seed,
-        steps=a.steps, seed=a.seed, cfg=a.cfg,
+        a.preset, data=a.data, generator=a.generator, encoder=a.encoder, mae_dir=a.mae,
+        mae_encoder=a.mae_preset, mae_steps=a.mae_steps, mae_batch=a.mae_batch, mae_cls_steps=a.mae_cls_steps,
+        mae_seed=a.seed, steps=a.steps, seed=a.seed, cfg=a.cfg,
         n_uncond=a.n_uncond, sampler=a.sampler, lr=a.lr, classes_per_step=a.classes_per_step, n_gen=a.n_gen,
-        n_pos=a.n_pos, max_locations=a.max_locations, lr_decay=a.lr_decay, minutes=a.minutes, precision=a.precision,
-        tokenizer=a.tokenizer, encoder_space=a.encoder_space,
+        n_pos=a.n_pos, max_locations=a.max_locations, lr_decay=a.lr_decay, minutes=a.minutes,
+        precision=a.precision, tokenizer=a.tokenizer, encoder_space=a.encoder_space,
         eval_samples=a.eval_samples, eval_every=a.eval_every,
     )
     run = train_images(cfg, a.out, progress=not a.no_progress, resume=a.resume, device=a.device,
-                       tensorboard=a.tensorboard, ranks_per_class=a.ranks_per_class, compile_field=a.compile_field)
+                       tensorboard=a.tensorboard, ranks_per_class=a.ranks_per_class,
+                       compile_field=a.compile_field)
     if run.out is None:  # a rank > 0 of a torchrun job: rank 0 reports
         return 0
     h = run.history
@@ -43,8 +46,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         print("| accuracy | classifier-feature FID to test | real train-vs-test floor |")
         print("| --- | --- | --- |")
         print(f"| {m['accuracy']:.3f} | {m['classifier_fid']:.2f} | {m['floor_classifier_fid']:.2f} |")
-    print(f"wrote {Path(a.out) / 'model'}/ (EMA generator), {Path(a.out) / 'samples.png'} (one row per class), "
-          f"log.jsonl, checkpoint.pt" + (", metrics.json" if run.metrics else ""))
+    print(f"wrote {Path(a.out) / 'model'}/ (EMA generator), {Path(a.out) / 'samples.png'} (one row per "
+          "class), log.jsonl, checkpoint.pt" + (", metrics.json" if run.metrics else ""))
     return 0
 
 
@@ -52,11 +55,12 @@ def cmd_train_mae(a: argparse.Namespace) -> int:
     from ..data.images import load_dataset
     from ..recipes.mae_pretrain import MAEConfig, pretrain_mae
 
-    cfg = MAEConfig(encoder=a.preset, steps=a.steps, seed=a.seed, cls_steps=a.cls_steps, cls_lambda=a.cls_lambda,
-                    cls_warmup=a.cls_warmup)
+    cfg = MAEConfig(encoder=a.preset, steps=a.steps, seed=a.seed, cls_steps=a.cls_steps,
+                    cls_lambda=a.cls_lambda, cls_warmup=a.cls_warmup)
     cfg.validate()  # before the dataset is read
     pretrain_mae(load_dataset(a.data, "train"), cfg, a.out, progress=not a.no_progress)
-    print(f"wrote the ResNet-MAE (EMA) to {a.out}/" + (" (with its classification head)" if a.cls_steps else ""))
+    print(f"wrote the ResNet-MAE (EMA) to {a.out}/"
+          + (" (with its classification head)" if a.cls_steps else ""))
     return 0
 
 
@@ -97,16 +101,22 @@ def add_image_parsers(subparsers) -> None:
     tr.add_argument("--out", required=True)
     tr.add_argument("--preset", default="cpu", help="training preset: cpu (default), cpu-tiny, or Table 8's "
                     "ablation, B/2, L/2, B/16, L/16")
-    tr.add_argument("--data", default=None, help="fashion-mnist, mnist:<dir>, an IDX dir, .npz or image folder")
-    tr.add_argument("--generator", default=None, help="DiT preset (cpu-tiny, cpu-small, B/2, L/2, B/16, L/16)")
-    tr.add_argument("--encoder", default=None, help="feature encoder(s), '+'-joined: mae (default), mae:DIR, "
-                    "resnet50:W.pth[@RES] (torchvision / MoCo / SimCLR), timm:convnextv2_atto:W.safetensors[@RES]")
-    tr.add_argument("--mae", default=None, help="pretrained ResNet-MAE dir (default: pre-train, cached between runs)")
-    tr.add_argument("--tokenizer", default=None, help="latent space: sd-vae:DIR or autoencoderkl:DIR (a local "
+    tr.add_argument("--data", default=None,
+                    help="fashion-mnist, mnist:<dir>, an IDX dir, .npz or image folder")
+    tr.add_argument("--generator", default=None,
+                    help="DiT preset (cpu-tiny, cpu-small, B/2, L/2, B/16, L/16)")
+    tr.add_argument("--encoder", default=None, help="feature encoder(s), '+'-joined: mae (default), "
+                    "mae:DIR, resnet50:W.pth[@RES] (torchvision / MoCo / SimCLR), "
+                    "timm:convnextv2_atto:W.safetensors[@RES]")
+    tr.add_argument("--mae", default=None,
+                    help="pretrained ResNet-MAE dir (default: pre-train, cached between runs)")
+    tr.add_argument("--tokenizer", default=None,
+                    help="latent space: sd-vae:DIR or autoencoderkl:DIR (a local "
                     "diffusers AutoencoderKL); default: pixel space")
     tr.add_argument("--encoder-space", choices=("latent", "pixel"), default=None,
                     help="with --tokenizer: features of latents (latent-MAE, default) or of decoded pixels")
-    tr.add_argument("--mae-preset", default=None, help="ResNet-MAE preset to pre-train (cpu-tiny, cpu-small, ...)")
+    tr.add_argument("--mae-preset", default=None,
+                    help="ResNet-MAE preset to pre-train (cpu-tiny, cpu-small, ...)")
     tr.add_argument("--mae-steps", type=positive_int, default=None)
     tr.add_argument("--mae-batch", type=positive_int, default=None)
     tr.add_argument("--mae-cls-steps", type=int, default=None,
@@ -122,22 +132,26 @@ def add_image_parsers(subparsers) -> None:
     tr.add_argument("--eval-samples", type=int, default=None,
                     help="samples for the final in-domain classifier metrics (default 1000; 0 skips)")
     tr.add_argument("--eval-every", type=int, default=None,
-                    help="a learning curve: the same metrics every this many steps, OUT/curve.json (default 0: off)")
+                    help="a learning curve: the same metrics every this many steps, "
+                    "OUT/curve.json (default 0: off)")
     tr.add_argument("--cfg", default=None, help="CFG preset for training (ablation, B/2, L/2, none, ...)")
     tr.add_argument("--sampler", choices=("queue", "balanced"), default=None)
     tr.add_argument("--lr", type=float, default=None)
     tr.add_argument("--lr-decay", type=float, default=None,
                     help="the last fraction of training ramps the lr linearly to 0 (0: constant)")
     tr.add_argument("--minutes", type=positive_float, default=None,
-                    help="a wall-time budget for the generator's training (stops at --steps or after this long)")
+                    help="a wall-time budget for the generator's training (stops at "
+                    "--steps or after this long)")
     tr.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
-                    help="bf16 autocast of the networks: auto (CUDA only, default), fp32, bf16 (also on the CPU)")
+                    help="bf16 autocast of the networks: auto (CUDA only, default), fp32, "
+                    "bf16 (also on the CPU)")
     tr.add_argument("--seed", type=int, default=None)
     tr.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     tr.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard under OUT/tb")
     tr.add_argument("--ranks-per-class", type=positive_int, default=1,
-                    help="under torchrun: ranks that share each class (1: classes sharded over ranks; the world "
-                    "size: every rank holds part of every class, with positives and negatives gathered)")
+                    help="under torchrun: ranks that share each class (1: classes sharded over "
+                    "ranks; the world size: every rank holds part of every class, with positives "
+                    "and negatives gathered)")
     tr.add_argument("--compile-field", action="store_true",
                     help="torch.compile the drifting field's elementwise work")
     tr.add_argument("--resume", action="store_true")
@@ -164,7 +178,8 @@ def add_image_parsers(subparsers) -> None:
     sp.add_argument("model", help="a model directory written by `drifting train` (OUT/model)")
     sp.add_argument("--num", type=positive_int, default=100)
     sp.add_argument("--cfg", type=float, default=1.0, help="CFG scale alpha >= 1 (free at inference)")
-    sp.add_argument("--labels", default=None, help="comma-separated class indices (default: all classes in turn)")
+    sp.add_argument("--labels", default=None,
+                    help="comma-separated class indices (default: all classes in turn)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", required=True, help="output .npz (images uint8 [N,H,W,C], labels int64 [N])")
     add_threads_option(sp)

@@ -17,9 +17,9 @@ def _name_value(option: str, value_name: str):
     def parse(s: str) -> tuple[str, str]:
         name, sep, value = s.partition("=")
         if not sep or not name.strip() or not value.strip():
-            raise argparse.ArgumentTypeError(f"{option} expects NAME={value_name} (e.g. {option} "
-                                             f"{'pixel=pixel' if option == '--space' else 'a=' + value_name}), "
-                                             f"got {s!r}")
+            raise argparse.ArgumentTypeError(
+                f"{option} expects NAME={value_name} (e.g. {option} "
+                f"{'pixel=pixel' if option == '--space' else 'a=' + value_name}), got {s!r}")
         return name.strip(), value.strip()
 
     return parse
@@ -80,35 +80,40 @@ def cmd_latent_stats(a: argparse.Namespace) -> int:
 
 
 def add_latent_stats_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``drifting latent-stats --space NAME=SPEC ...`` on ``subparsers`` (from ``add_subparsers``)."""
+    """Register ``drifting latent-stats --space NAME=SPEC ...`` on ``subparsers`` (from
+    ``add_subparsers``)."""
     def per_class_arg(s: str) -> int:
         v = positive_int(s)
         if v < 2:
-            raise argparse.ArgumentTypeError(f"--per-class must be >= 2 (a covariance needs 2 samples), got {v}")
+            raise argparse.ArgumentTypeError("--per-class must be >= 2 (a covariance "
+                                             f"needs 2 samples), got {v}")
         return v
 
     f = subparsers.add_parser(
         "latent-stats",
         help="isotropy, dispersion and teacher curvature of latent spaces (Drift-RAE Tables 1-2, Fig. 1)",
-        description="Drift-RAE §3.2 / App. B.1 statistics, per class and per token: PR and SE (Table 1), NN-d and "
-        "S-MMD (Table 2) of each --space on the first --per-class images of every class, and the curvature of "
-        "each --teacher's flow-ODE trajectories (Fig. 1). Prints markdown tables.")
+        description="Drift-RAE §3.2 / App. B.1 statistics, per class and per token: PR and SE (Table 1), "
+        "NN-d and S-MMD (Table 2) of each --space on the first --per-class images of every class, and the "
+        "curvature of each --teacher's flow-ODE trajectories (Fig. 1). Prints markdown tables.")
     f.add_argument("--space", action="append", required=True, type=_name_value("--space", "SPEC"),
                    metavar="NAME=SPEC", help="a latent space: NAME=tokenizer spec, e.g. pixel=pixel, "
                    "sdvae=autoencoderkl:DIR, rae=rae:DIR (repeatable)")
     f.add_argument("--teacher", action="append", default=None, type=_name_value("--teacher", "DIR"),
-                   metavar="NAME=DIR", help="a flow model directory (OUT/model of train-flow) for the curvature "
+                   metavar="NAME=DIR",
+                   help="a flow model directory (OUT/model of train-flow) for the curvature "
                    "table (repeatable)")
     f.add_argument("--patch", action="append", default=None, type=_patch_arg, metavar="[NAME=]P",
-                   help="group PxP latent positions into one token (as a DiT with patch P); P alone applies to "
-                   "every space without its own NAME=P (default 1)")
-    f.add_argument("--data", default="fashion-mnist", help="data spec (default fashion-mnist): mnist:<dir>, IDX "
+                   help="group PxP latent positions into one token (as a DiT with patch P); P alone applies "
+                   "to every space without its own NAME=P (default 1)")
+    f.add_argument("--data", default="fashion-mnist",
+                   help="data spec (default fashion-mnist): mnist:<dir>, IDX "
                    "dir, .npz or image folder")
     f.add_argument("--split", default="test", help="train or test (default test)")
     f.add_argument("--per-class", type=per_class_arg, default=DEFAULT_PER_CLASS,
                    help=f"images per class, the same for every space (default {DEFAULT_PER_CLASS})")
     f.add_argument("--tau", type=float, default=1.0, help="S-MMD kernel temperature (default 1.0, Eq. 53)")
-    f.add_argument("--curvature-n", type=positive_int, default=32, help="trajectories per teacher (default 32)")
+    f.add_argument("--curvature-n", type=positive_int, default=32,
+                   help="trajectories per teacher (default 32)")
     f.add_argument("--curvature-steps", type=positive_int, default=50, help="Euler steps (default 50, >= 2)")
     f.add_argument("--cfg-scale", type=float, default=1.0, help="teacher guidance scale (default 1)")
     f.add_argument("--seed", type=int, default=0, help="seed of the teachers' start noise")

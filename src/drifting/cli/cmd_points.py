@@ -1,4 +1,5 @@
-"""``drifting fit-points``: fit a point cloud with the MLP generator (:mod:`drifting.recipes.point_fitting`)."""
+"""``drifting fit-points``: fit a point cloud with the MLP generator
+(:mod:`drifting.recipes.point_fitting`)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from .args import add_threads_option, positive_int, temperatures
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=4000, help="training steps (default 4000)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=positive_int, default=256, help="generated samples N per step (default 256)")
-    p.add_argument("--n-pos", type=positive_int, default=256, help="positive samples P per step (default 256)")
+    p.add_argument("--batch", type=positive_int, default=256,
+                   help="generated samples N per step (default 256)")
+    p.add_argument("--n-pos", type=positive_int, default=256,
+                   help="positive samples P per step (default 256)")
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--temperatures", type=temperatures, default=(0.02, 0.05, 0.2), help="comma-separated tau values")
+    p.add_argument("--temperatures", type=temperatures, default=(0.02, 0.05, 0.2),
+                   help="comma-separated tau values")
     p.add_argument("--normalize", choices=NORMALIZE_CHOICES, default="both",
                    help="kernel normalization: both (Alg. 2), y, none (Table 11), separate (Eq. 8-10)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -46,7 +50,8 @@ def cmd_fit_points(a: argparse.Namespace) -> int:
     print(_summary_table(res.metrics))
     print(f"trained {cfg.steps} steps in {res.metrics['train_seconds']:.1f}s on {res.metrics['data']} "
           f"(d={res.metrics['dim']})")
-    written = ["samples.npy", "metrics.json", "curves.png"] + (["evolution.png"] if res.metrics["dim"] == 2 else [])
+    written = (["samples.npy", "metrics.json", "curves.png"]
+               + (["evolution.png"] if res.metrics["dim"] == 2 else []))
     print("wrote " + ", ".join(str(out / w) for w in written) + f", {out / 'model'}/")
     return 0
 
@@ -55,9 +60,11 @@ def add_points_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``drifting fit-points DATA --out DIR ...`` on ``subparsers`` (from ``add_subparsers``)."""
     f = subparsers.add_parser(
         "fit-points", help="fit a point cloud (built-in 2-D target or a .npy/.csv [n, d] file)",
-        description="Train an MLP generator with the drifting loss on DATA and write samples, metrics and figures.",
+        description="Train an MLP generator with the drifting loss on DATA and write samples, "
+        "metrics and figures.",
     )
-    f.add_argument("data", metavar="DATA", help=f"a .npy/.csv file of shape [n, d], or one of: {', '.join(TARGETS)}")
+    f.add_argument("data", metavar="DATA",
+                   help=f"a .npy/.csv file of shape [n, d], or one of: {', '.join(TARGETS)}")
     f.add_argument("--out", required=True, help="output directory")
     f.add_argument("--samples", type=positive_int, default=5000, help="points to generate (default 5000)")
     f.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

@@ -13,10 +13,9 @@ from ..recipes.policy import PolicyTrainConfig, evaluate_policy, format_table, l
 from ..training.checkpoint import jsonable
 from .args import add_threads_option
 
-
-_TRAIN_FLAGS = ("demos", "steps", "batch", "lr", "n_gen", "n_pos", "pos_radius", "scheduler", "inference_steps",
-                "eval_episodes", "snapshots", "ckpt_every", "seed", "horizon", "n_obs_steps", "n_action_steps",
-                "eval_max_steps")
+_TRAIN_FLAGS = ("demos", "steps", "batch", "lr", "n_gen", "n_pos", "pos_radius", "scheduler",
+                "inference_steps", "eval_episodes", "snapshots", "ckpt_every", "seed", "horizon",
+                "n_obs_steps", "n_action_steps", "eval_max_steps")
 
 
 def _train_overrides(a: argparse.Namespace) -> dict:
@@ -29,8 +28,8 @@ def cmd_policy(a: argparse.Namespace) -> int:
     if a.action == "collect":
         d = cached_demos(a.env, a.episodes, seed=a.seed or 0, progress=not a.no_progress)
         s = d.stats
-        print(f"{a.env}: kept {d.n_episodes} of {s.get('n_attempted')} expert episodes ({len(d.obs)} steps); expert "
-              f"mean score {s.get('mean_score'):.3f}, success rate {s.get('success_rate'):.3f}")
+        print(f"{a.env}: kept {d.n_episodes} of {s.get('n_attempted')} expert episodes ({len(d.obs)} steps); "
+              f"expert mean score {s.get('mean_score'):.3f}, success rate {s.get('success_rate'):.3f}")
         return 0
     if a.action == "eval":
         pol, cfg = load_policy(a.model)
@@ -45,10 +44,10 @@ def cmd_policy(a: argparse.Namespace) -> int:
         env = cfg["train"]["env"]
         m = evaluate_policy(pol.eval(), env, a.episodes, seed=a.seed if a.seed is not None else 100_000,
                             progress=not a.no_progress)
-        print(f"{env}, {pol.config.kind} policy, NFE {m['nfe']}: success rate {m['success_rate']:.3f}, mean score "
-              f"{m['mean_score']:.3f}, {m['ms_per_action']:.2f} ms per action over {m['n_episodes']} episodes "
-              f"(batched), "
-              f"{m['ms_per_chunk_1obs']:.1f} ms per chunk of {pol.config.n_action_steps} for one observation")
+        print(f"{env}, {pol.config.kind} policy, NFE {m['nfe']}: success rate {m['success_rate']:.3f}, "
+              f"mean score {m['mean_score']:.3f}, {m['ms_per_action']:.2f} ms per action "
+              f"over {m['n_episodes']} episodes (batched), {m['ms_per_chunk_1obs']:.1f} ms per chunk "
+              f"of {pol.config.n_action_steps} for one observation")
         return 0
     envs = [a.env] if a.action == "train" else a.envs
     kinds = [a.kind] if a.action == "train" else ["drifting", "diffusion"]
@@ -68,16 +67,18 @@ def cmd_policy(a: argparse.Namespace) -> int:
 
 
 def add_policy_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("policy", help="robot-control policies: Drifting Policy vs Diffusion Policy (§5.3)",
-                              description="collect expert demonstrations, train, evaluate, or compare both policies "
-                              "on PushT and LunarLanderContinuous (see docs/policy_experts.md)")
+    p = subparsers.add_parser("policy",
+                              help="robot-control policies: Drifting Policy vs Diffusion Policy (§5.3)",
+                              description="collect expert demonstrations, train, evaluate, or compare both "
+                              "policies on PushT and LunarLanderContinuous (see docs/policy_experts.md)")
     p.add_argument("action", choices=("collect", "train", "eval", "compare"))
     p.add_argument("model", nargs="?", help="eval: a policy directory (OUT/model or OUT/snapshots/step_N)")
     p.add_argument("--env", default="pusht", help="pusht or lunarlander")
     p.add_argument("--envs", nargs="+", default=["pusht", "lunarlander"], help="compare: the tasks")
     p.add_argument("--kind", default="drifting", help="train: drifting or diffusion")
     p.add_argument("--out", default=None, help="train / compare: output directory")
-    p.add_argument("--episodes", type=int, default=50, help="collect: attempted expert episodes; eval: episodes")
+    p.add_argument("--episodes", type=int, default=50,
+                   help="collect: attempted expert episodes; eval: episodes")
     for k in _TRAIN_FLAGS:
         typ = str if k == "scheduler" else (float if k in ("lr", "pos_radius") else int)
         p.add_argument("--" + k.replace("_", "-"), type=typ, default=None)

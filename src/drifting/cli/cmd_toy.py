@@ -16,7 +16,8 @@ def cmd_toy(a: argparse.Namespace) -> int:
     elif a.study == "fig4":
         res = toy.figure4(a.out, steps=a.steps or 4000, seed=a.seed, progress=not a.no_progress)
     else:
-        res = toy.ablation(a.out, target=a.target, steps=a.steps or 2000, seed=a.seed, progress=not a.no_progress)
+        res = toy.ablation(a.out, target=a.target, steps=a.steps or 2000, seed=a.seed,
+                           progress=not a.no_progress)
     print(res["table"])
     print("wrote " + ", ".join(res["files"]))
     return 0

@@ -286,7 +286,8 @@ def _find_idx_file(root: Path, split: str, kind: str) -> Path:
 
 
 def _has_idx_files(root: Path) -> bool:
-    return any((root / n).is_file() for s in SPLITS for k in ("images", "labels") for n in _idx_candidates(s, k))
+    return any((root / n).is_file() for s in SPLITS for k in ("images", "labels")
+               for n in _idx_candidates(s, k))
 
 
 def load_idx_dataset(
@@ -374,7 +375,8 @@ def _npz_reason(err: BaseException) -> str:
 
 def open_npz(path: Path, what: str, expect: str):
     """``np.load(path)`` of an ``.npz`` archive without pickle; clear errors for a missing file
-    (FileNotFoundError naming ``what``), an unreadable one or a plain ``.npy`` (ValueError naming ``expect``)."""
+    (FileNotFoundError naming ``what``), an unreadable one or a plain ``.npy`` (ValueError naming
+    ``expect``)."""
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
@@ -436,12 +438,14 @@ def load_npz(path: str | os.PathLike) -> ImageDataset:
         )
     if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer) or labels.ndim != 1:
         raise ValueError(
-            f"{path}: 'labels' must be a 1-D integer array, got dtype {labels.dtype} shape {tuple(labels.shape)}"
+            f"{path}: 'labels' must be a 1-D integer array, got dtype {labels.dtype} "
+            f"shape {tuple(labels.shape)}"
         )
     if names is not None:
         if names.dtype.kind not in "US" or names.ndim != 1:
             raise ValueError(
-                f"{path}: 'class_names' must be a 1-D string array, got dtype {names.dtype} shape {names.shape}"
+                f"{path}: 'class_names' must be a 1-D string array, got "
+                f"dtype {names.dtype} shape {names.shape}"
             )
         class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist()]
     else:
@@ -611,6 +615,7 @@ def load_dataset(spec: str, split: str = "train", **kw) -> ImageDataset:
         if any(c.is_dir() and not c.name.startswith(".") for c in p.iterdir()):
             _single_split("image folder", p, split)
             return load_image_folder(p, **kw)
-        raise ValueError(f"directory {p} holds neither IDX files nor class sub-directories; spec must be {_SPEC_FORMS}")
+        raise ValueError(f"directory {p} holds neither IDX files nor class sub-directories; spec "
+                         f"must be {_SPEC_FORMS}")
     why = "no such file or directory" if not p.exists() else "unsupported file type"
     raise ValueError(f"unknown dataset spec {spec!r} ({why}); accepted forms: {_SPEC_FORMS}")

@@ -100,7 +100,8 @@ def _swissroll(n: int, g: torch.Generator | None) -> torch.Tensor:
 
 
 def _moons(n: int, g: torch.Generator | None) -> torch.Tensor:
-    """Two interleaved half circles (sklearn ``make_moons``, noise 0.05), centred and scaled to x in ~[-2, 2]."""
+    """Two interleaved half circles (sklearn ``make_moons``, noise 0.05), centred and scaled to x in ~[-2,
+    2]."""
     upper = torch.randint(0, 2, (n,), generator=g).bool()  # [n], which moon
     theta = math.pi * _rand(n, g)  # [n]
     x = torch.where(upper, torch.cos(theta), 1 - torch.cos(theta))  # [n]
@@ -173,7 +174,8 @@ def _load_npy(path: Path) -> np.ndarray:
         if "pickle" in str(exc).lower():
             raise ValueError(
                 f"{path}: the file holds an object array or pickled data, which is not loaded "
-                "(allow_pickle=False); save a plain numeric array with np.save(path, array.astype(np.float32))"
+                "(allow_pickle=False); save a plain numeric array with np.save(path, "
+                "array.astype(np.float32))"
             ) from exc
         raise ValueError(f"{path}: not a readable .npy file ({exc})") from exc
     except (OSError, EOFError) as exc:
@@ -257,7 +259,8 @@ def load_points(path: str | os.PathLike) -> torch.Tensor:
     if arr.ndim == 1:
         arr = arr[:, None]  # [n, 1]
     if arr.ndim != 2:
-        raise ValueError(f"{path}: expected a 1-D or 2-D array [n, d], got {arr.ndim}-D with shape {arr.shape}")
+        raise ValueError(f"{path}: expected a 1-D or 2-D array [n, d], got {arr.ndim}-D "
+                         f"with shape {arr.shape}")
     if arr.shape[0] < 2:
         raise ValueError(f"{path}: need at least 2 rows (points), got {arr.shape[0]}")
     if arr.shape[1] < 1:
@@ -276,7 +279,8 @@ def load_points(path: str | os.PathLike) -> torch.Tensor:
     bad32 = ~torch.isfinite(out).all(dim=1)
     if bad32.any():
         row = int(torch.nonzero(bad32)[0, 0])
-        raise ValueError(f"{path}: row {row} (0-based, header excluded) overflows float32 ({arr[row].tolist()})")
+        raise ValueError(f"{path}: row {row} (0-based, header excluded) overflows float32 "
+                         f"({arr[row].tolist()})")
     return out
 
 

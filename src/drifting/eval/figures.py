@@ -49,7 +49,8 @@ def plot_curves(history: dict, path: str | Path, *, title: str = "") -> None:
     """Loss and raw drift norm (sum over temperatures of mean ||V||^2) vs step, log y."""
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
     ax[0].plot(history["step"], history["loss"], color="k", lw=1)
-    ax[0].set(xlabel="step", ylabel="loss", yscale="log", title="loss (normalized drift: ~constant by design)")
+    ax[0].set(xlabel="step", ylabel="loss", yscale="log",
+              title="loss (normalized drift: ~constant by design)")
     ax[0].title.set_fontsize(9)
     ax[0].grid(alpha=0.3)
     _v2_axis(ax[1], history, "raw drift norm ||V||^2")

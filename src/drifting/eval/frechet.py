@@ -11,7 +11,8 @@ def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
     Uses symmetric eigendecompositions in float64 (``tr sqrt(S1 S2) = tr sqrt(S1^1/2 S2 S1^1/2)``).
     """
     if f1.dim() != 2 or f2.dim() != 2 or f1.shape[1] != f2.shape[1]:
-        raise ValueError(f"f1 and f2 must be [n, F] with the same F; got {tuple(f1.shape)}, {tuple(f2.shape)}")
+        raise ValueError("f1 and f2 must be [n, F] with the same F; "
+                         f"got {tuple(f1.shape)}, {tuple(f2.shape)}")
     if f1.shape[0] < 2 or f2.shape[0] < 2:
         raise ValueError("f1 and f2 need at least 2 rows each")
     f1, f2 = f1.double(), f2.double()

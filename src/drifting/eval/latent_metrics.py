@@ -67,7 +67,8 @@ def _as_latents(latents: object) -> tuple[torch.Tensor, bool]:
             f"latents must be [n, T, d] (samples, tokens, channels) or [n, d] with every size >= 1, "
             f"got shape {tuple(x.shape)}"
         )
-    if not (x.is_floating_point() or x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+    if not (x.is_floating_point()
+            or x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
         raise ValueError(f"latents must hold real numbers, got dtype {x.dtype}")
     x = _float64(x)
     if not bool(torch.isfinite(x).all()):
@@ -83,7 +84,8 @@ def _class_groups(labels: object, n: int, min_count: int, fn: str) -> list[tuple
     else:
         y = torch.as_tensor(labels)
         if y.ndim != 1 or y.shape[0] != n:
-            raise ValueError(f"labels must be a 1-D tensor with one class id per sample ({n}), got shape {tuple(y.shape)}")
+            raise ValueError(f"labels must be a 1-D tensor with one class id per sample ({n}), got "
+                             f"shape {tuple(y.shape)}")
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise ValueError(f"labels must hold integer class ids, got dtype {y.dtype}")
         y = y.cpu()
@@ -232,8 +234,8 @@ def isotropy_stats(latents: torch.Tensor, labels: torch.Tensor | None) -> dict:
             dead = mu.sum(dim=-1) == 0
             if bool(dead.any()):
                 t = t0 + int(torch.nonzero(dead)[0])
-                raise ValueError(f"latents: class {c}, token {t} has a zero covariance (all samples identical); "
-                                 "PR and SE are undefined there")
+                raise ValueError(f"latents: class {c}, token {t} has a zero covariance (all samples "
+                                 "identical); PR and SE are undefined there")
             pr, se = _pr_se(mu, d)  # [tc]
             pr_cells[ci, t0 : t0 + xb.shape[0]] = pr.cpu()
             se_cells[ci, t0 : t0 + xb.shape[0]] = se.cpu()
@@ -334,7 +336,8 @@ def _smmd(x: torch.Tensor, tau: float) -> torch.Tensor:
     kxx /= m * m
 
     n_p = 2 * D  # |S_rho|
-    kpp = (n_p + n_p * torch.exp(-2.0 * rho / s) + (n_p * n_p - 2 * n_p) * torch.exp(-math.sqrt(2.0) * rho / s)) / (
+    kpp = (n_p + n_p * torch.exp(-2.0 * rho / s)
+           + (n_p * n_p - 2 * n_p) * torch.exp(-math.sqrt(2.0) * rho / s)) / (
         n_p * n_p
     )  # [B]
 
@@ -441,7 +444,8 @@ def trajectory_curvature(
         raise ValueError("velocity must be a callable v(y, t) -> tensor shaped like y")
     z = torch.as_tensor(z)
     if z.ndim < 1 or z.shape[0] < 1 or not z.is_floating_point():
-        raise ValueError(f"z must be a floating-point tensor [B, ...] with B >= 1, got {z.dtype} {tuple(z.shape)}")
+        raise ValueError("z must be a floating-point tensor [B, ...] with B >= 1, "
+                         f"got {z.dtype} {tuple(z.shape)}")
     B = z.shape[0]
     h = 1.0 / steps
     y = z
@@ -486,7 +490,8 @@ def trajectory_deviation(path: torch.Tensor) -> torch.Tensor:
     """
     p = torch.as_tensor(path)
     if p.ndim < 2 or p.shape[0] < 3 or not p.is_floating_point():
-        raise ValueError(f"path must be a floating-point tensor [S + 1, B, ...] with S >= 2, got {tuple(p.shape)}")
+        raise ValueError("path must be a floating-point tensor [S + 1, B, ...] with S >= 2, "
+                         f"got {tuple(p.shape)}")
     p = _float64(p).reshape(p.shape[0], p.shape[1], -1)  # [S+1, B, D]
     start, end, mid = p[0], p[-1], p[1:-1]  # [B, D], [B, D], [S-1, B, D]
     chord = end - start  # [B, D]

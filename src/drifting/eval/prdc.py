@@ -30,8 +30,10 @@ def _check(x, name: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
 
 
-def _sq_dist_chunks(a: torch.Tensor, b: torch.Tensor, max_elements: int) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Yield ``(rows, D2)`` with ``D2 [len(rows), n_b]`` the squared distances of ``a[rows]`` to all of ``b``."""
+def _sq_dist_chunks(a: torch.Tensor, b: torch.Tensor,
+                    max_elements: int) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Yield ``(rows, D2)`` with ``D2 [len(rows), n_b]`` the squared distances of ``a[rows]`` to all of
+    ``b``."""
     step = max(1, max_elements // max(1, b.shape[0]))
     bb = b.square().sum(1)  # [n_b]
     for i in range(0, a.shape[0], step):
@@ -49,19 +51,22 @@ def knn_sq_radii(x: torch.Tensor, k: int, max_elements: int = MAX_ELEMENTS) -> t
 
 
 def prdc(real, fake, k: int = 3, *, max_elements: int = MAX_ELEMENTS) -> dict[str, float]:
-    """Precision, recall, density and coverage of ``fake [M, F]`` against ``real [N, F]`` with ``k`` neighbours.
+    """Precision, recall, density and coverage of ``fake [M, F]`` against ``real [N, F]`` with ``k``
+    neighbours.
 
     Memory: O((N + M) + max_elements) doubles; one pass over the fake x real distances plus the
     two k-NN radius passes.
     """
     real_t, fake_t = _check(real, "real"), _check(fake, "fake")
     if real_t.shape[1] != fake_t.shape[1]:
-        raise ValueError(f"real and fake must have the same feature size F, got {real_t.shape[1]} and {fake_t.shape[1]}")
+        raise ValueError(f"real and fake must have the same feature size F, got {real_t.shape[1]} "
+                         f"and {fake_t.shape[1]}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     n_min = min(real_t.shape[0], fake_t.shape[0])
     if n_min < k + 1:
-        raise ValueError(f"real and fake need at least k + 1 = {k + 1} rows each, got {real_t.shape[0]} and {fake_t.shape[0]}")
+        raise ValueError(f"real and fake need at least k + 1 = {k + 1} rows each, got {real_t.shape[0]} "
+                         f"and {fake_t.shape[0]}")
     if not isinstance(max_elements, int) or max_elements < 1:
         raise ValueError(f"max_elements must be a positive int, got {max_elements!r}")
     r_real = knn_sq_radii(real_t, k, max_elements)  # [N]

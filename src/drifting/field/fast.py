@@ -106,9 +106,11 @@ class Distances:
     second pass (the loss's field after its feature scale S) reads them back.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, self_col: int | None = None, cache_elements: int = 0):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, self_col: int | None = None,
+                 cache_elements: int = 0):
         if x.dim() != 3 or y.dim() != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
-            raise ValueError(f"x and y must be [B, N, D] and [B, Y, D]; got {tuple(x.shape)} and {tuple(y.shape)}")
+            raise ValueError(f"x and y must be [B, N, D] and [B, Y, D]; got {tuple(x.shape)} "
+                             f"and {tuple(y.shape)}")
         self.dtype = torch.promote_types(x.dtype, torch.float32)
         self.x, self.y = x.detach(), y.detach()  # [B, N, D], [B, Y, D], any float dtype
         self.B, self.N, self.D = x.shape
@@ -231,9 +233,9 @@ def _mask_self_(d: torch.Tensor, self_pairs) -> None:
 def _dense_weights(d, neg_inv_T, w, P: int, normalize: str, a: float, r: float, col_reduce):
     """Alg. 2's cross-weighted affinities from the distances of a chunk, every temperature at once.
 
-    ``d [b, N, Y]`` with the self pairs masked (:func:`_mask_self_`), ``neg_inv_T [1, K, 1, 1]``, ``w [b, 1, 1, M]``
-    or None. Returns ``W [b, K, N, Y]`` (``a A_pos s_neg`` then ``-r A_neg s_pos``) and ``s_pos s_neg
-    [b, K, N, 1]``; ``W @ y`` is the field. Pure, so ``torch.compile`` can fuse it.
+    ``d [b, N, Y]`` with the self pairs masked (:func:`_mask_self_`), ``neg_inv_T [1, K, 1, 1]``,
+    ``w [b, 1, 1, M]`` or None. Returns ``W [b, K, N, Y]`` (``a A_pos s_neg`` then ``-r A_neg s_pos``)
+    and ``s_pos s_neg [b, K, N, 1]``; ``W @ y`` is the field. Pure, so ``torch.compile`` can fuse it.
     """
     row = None  # a per-row factor of A left out of the [b, K, N, Y] passes, applied to the sums
     if normalize == "both":
@@ -242,10 +244,12 @@ def _dense_weights(d, neg_inv_T, w, P: int, normalize: str, a: float, r: float, 
         # for the columns): two exps per logit instead of three. The maxima come from the distances
         # (max_j c d_ij = c min_j d_ij, once for all K); Q >= exp(-87 / 2), so Q_row Q_col stays normal.
         c = neg_inv_T * 0.5  # [1, K, 1, 1]
-        d_col = d.amin(dim=-2, keepdim=True)  # [b, 1, Y] (over a non-last dim: a [b, N, Y] pass, not K of them)
+        # [b, 1, Y] (over a non-last dim: a [b, N, Y] pass, not K of them)
+        d_col = d.amin(dim=-2, keepdim=True)
         Q_row = _exp_((d - d.amin(dim=-1, keepdim=True)).unsqueeze(1) * c, _EXP_FLOOR / 2)  # [b, K, N, Y]
         Q_col = _exp_((d - d_col).unsqueeze(1) * c, _EXP_FLOOR / 2)  # [b, K, N, Y]
-        row = torch.linalg.vector_norm(Q_row, dim=-1, keepdim=True).square_().reciprocal_()  # R^-1 [b, K, N, 1]
+        # R^-1 [b, K, N, 1]
+        row = torch.linalg.vector_norm(Q_row, dim=-1, keepdim=True).square_().reciprocal_()
         # C^1/2 [b, K, 1, Y] (not vector_norm: over a non-last dim it is 10-60x slower on CPU)
         n_col = (Q_col * Q_col).sum(dim=-2, keepdim=True).sqrt_()
         if col_reduce is None:
@@ -379,9 +383,9 @@ def drift_fields(
     ``dists`` holds x and the targets ``y = [positives (P); negatives (M)]``; with ``dists.self_col``
     the self pairs are masked. ``neg_weights [B, 1, M]`` scale the negatives after normalization
     (CFG, A.7). ``normalize``, ``attraction`` and ``repulsion`` as in :func:`drifting.compute_V`.
-    ``max_elements`` bounds a chunk's temporaries (:func:`plan_chunks`); the output is ``B K N D``. ``column_reduce`` turns the
-    local column log-sum-exp ``[b, K, 1, cb]`` into the global one when the N samples of a problem
-    are spread over ranks (see :mod:`drifting.distributed`).
+    ``max_elements`` bounds a chunk's temporaries (:func:`plan_chunks`); the output is ``B K N D``.
+    ``column_reduce`` turns the local column log-sum-exp ``[b, K, 1, cb]`` into the global one when the
+    N samples of a problem are spread over ranks (see :mod:`drifting.distributed`).
     """
     if normalize not in NORMALIZE_CHOICES:
         raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")
@@ -402,8 +406,9 @@ def drift_fields(
             b1 = min(B, b0 + chunk)
             wc = None if w is None else w[b0:b1]
             if block >= Y:  # (the chunk is built in the call, so it is freed before the next)
-                _dense_chunk(dists.chunk(b0, b1), V[b0:b1], P, neg_inv_T, normalize, wc, a, r, column_reduce, compile)
+                _dense_chunk(dists.chunk(b0, b1), V[b0:b1], P, neg_inv_T, normalize, wc, a, r, column_reduce,
+                             compile)
             else:
-                _streaming_chunk(dists.chunk(b0, b1), V[b0:b1], P, neg_inv_T, normalize, wc, a, r, column_reduce,
-                                 block)
+                _streaming_chunk(dists.chunk(b0, b1), V[b0:b1], P, neg_inv_T, normalize, wc, a, r,
+                                 column_reduce, block)
     return V

@@ -8,8 +8,14 @@ import math
 
 import torch
 
-from .common import (MASKED_LOGIT, NORMALIZE_CHOICES, Normalize, _prepare, broadcast_neg_weights,
-                     pairwise_distances)
+from .common import (
+    MASKED_LOGIT,
+    NORMALIZE_CHOICES,
+    Normalize,
+    _prepare,
+    broadcast_neg_weights,
+    pairwise_distances,
+)
 from .fast import Distances, drift_fields
 
 

@@ -15,7 +15,8 @@ Read top to bottom:
     ConvGenConfig, PRESETS, conv_config    the configuration and the CPU presets
     ResBlock                               GN -> SiLU -> 3x3 conv -> FiLM(c) -> SiLU -> 3x3 conv (zero) + skip
     ConvGenerator                          stem -> down path (avg-pool 2) -> middle -> up path (nearest,
-                                           concat skip) -> GN, SiLU, 3x3 conv (zero-initialised: f = 0 at init)
+                                           concat skip) -> GN, SiLU, 3x3 conv (zero-initialised: f = 0
+                                           at init)
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ PRESETS: dict[str, ConvGenConfig] = {
     # DiT cpu-p4's cost per step on two cores
     "conv-cpu": ConvGenConfig(),
     # the main job's generator since session 5: level 0 (28x28) at 16 channels and level 1 at 32, 0.33M
-    # parameters; its forward and backward cost 0.4x conv-cpu's, which bought 1.5x the steps and classifier FID
-    # 56 -> 41 at equal wall time (docs/results.md, "Levers on the U-Net (session 5)")
+    # parameters; its forward and backward cost 0.4x conv-cpu's, which bought 1.5x the steps and
+    # classifier FID 56 -> 41 at equal wall time (docs/results.md, "Levers on the U-Net (session 5)")
     "conv-small": ConvGenConfig(widths=(16, 32, 64)),
     # tests: seconds
     "conv-tiny": ConvGenConfig(widths=(8, 16), hidden=32, gn_groups=4, style_tokens=4, codebook_size=8),
@@ -144,7 +145,8 @@ class ConvGenerator(OneStepGenerator, PretrainedMixin, nn.Module):
         self.cond = nn.Sequential(nn.SiLU(), nn.Linear(D, D))
         self.stem = nn.Conv2d(config.in_channels, W[0], 3, padding=1)
         self.down = nn.ModuleList(
-            nn.ModuleList(ResBlock(W[max(i - 1, 0)] if j == 0 else w, w, config) for j in range(config.blocks))
+            nn.ModuleList(ResBlock(W[max(i - 1, 0)] if j == 0 else w, w, config)
+                          for j in range(config.blocks))
             for i, w in enumerate(W))
         self.middle = ResBlock(W[-1], W[-1], config)
         self.up = nn.ModuleList(ResBlock(W[i + 1] + W[i], W[i], config) for i in reversed(range(len(W) - 1)))
@@ -154,7 +156,8 @@ class ConvGenerator(OneStepGenerator, PretrainedMixin, nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.class_embed.weight, std=1.0)  # c starts at unit scale: FiLM sees the class at once
+        # c starts at unit scale: FiLM sees the class at once
+        nn.init.normal_(self.class_embed.weight, std=1.0)
         if self.style_codebook is not None:  # the sum of K style vectors at the class embedding's scale
             nn.init.normal_(self.style_codebook.weight, std=self.config.style_tokens ** -0.5)
         nn.init.zeros_(self.out.weight)
@@ -162,8 +165,8 @@ class ConvGenerator(OneStepGenerator, PretrainedMixin, nn.Module):
 
     def forward(self, noise: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor | float = 1.0,
                 style: torch.Tensor | None = None, t: torch.Tensor | float | None = None) -> torch.Tensor:
-        """``x = f(noise, labels, alpha, style)`` ``[B, C, H, W]``, or ``v(y_t, t, labels)`` with ``time_cond``;
-        arguments as :meth:`drifting.models.dit.DriftingDiT.forward`."""
+        """``x = f(noise, labels, alpha, style)`` ``[B, C, H, W]``, or ``v(y_t, t, labels)`` with
+        ``time_cond``; arguments as :meth:`drifting.models.dit.DriftingDiT.forward`."""
         alpha = self._check_inputs(noise, labels, alpha, style)  # [B]
         t = self._check_time(t, noise.shape[0], noise.device)  # [B] or None
         c = self.class_embed(labels)  # [B, D]
@@ -189,6 +192,7 @@ class ConvGenerator(OneStepGenerator, PretrainedMixin, nn.Module):
             skips.append(h)
         h = self.middle(h, c)
         for block, skip in zip(self.up, reversed(skips[:-1])):
-            h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")  # back to the skip's size (4 -> 7 works)
+            # back to the skip's size (4 -> 7 works)
+            h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
             h = block(torch.cat([h, skip], dim=1), c)  # [B, W_i, H_i, W_i]
         return self.out(F.silu(self.out_norm(h))).contiguous()  # [B, C, H, W], NCHW again

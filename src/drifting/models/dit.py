@@ -203,7 +203,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 def sincos_1d(pos: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding ``[..., dim]`` of real positions ``pos [...]`` (cos half, sin half)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=pos.device) / half)
+    freqs = torch.exp(-math.log(max_period)
+                      * torch.arange(half, dtype=torch.float32, device=pos.device) / half)
     args = pos.float()[..., None] * freqs  # [..., half]
     emb = torch.cat([args.cos(), args.sin()], dim=-1)  # [..., 2*half]
     if dim % 2:
@@ -353,7 +354,8 @@ class DriftingDiT(OneStepGenerator, PretrainedMixin, nn.Module):
         super().__init__()
         self.config = config.validate()
         D = config.hidden
-        self.patch_embed = nn.Conv2d(config.in_channels, D, kernel_size=config.patch_size, stride=config.patch_size)
+        self.patch_embed = nn.Conv2d(config.in_channels, D, kernel_size=config.patch_size,
+                                     stride=config.patch_size)
         self.class_embed = nn.Embedding(config.num_classes, D)
         self.style_codebook = nn.Embedding(config.codebook_size, D) if config.style_tokens > 0 else None
         # None (not registered) when time_cond is off: same state dict and same init RNG draws as before
@@ -368,7 +370,8 @@ class DriftingDiT(OneStepGenerator, PretrainedMixin, nn.Module):
         # Fixed tables (not saved): 2-D patch position embedding and 1-D RoPE over all T tokens.
         if config.pos_embed:
             self.register_buffer("patch_pos", sincos_2d(config.grid_size, D), persistent=False)  # [N, D]
-        cos, sin = rope_tables(config.in_context_tokens + config.num_patches, config.head_dim, config.rope_theta)
+        cos, sin = rope_tables(config.in_context_tokens + config.num_patches, config.head_dim,
+                               config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)  # [T, hd/2]
         self.register_buffer("rope_sin", sin, persistent=False)  # [T, hd/2]
         self.reset_parameters()

@@ -87,8 +87,9 @@ def _tap_indices(n_blocks: int, taps: str) -> list[int]:
 
 
 def tap_maps(encoder, x: torch.Tensor) -> dict[str, list[torch.Tensor]]:
-    """The tapped maps of ``encoder`` on ``x [B, C0, H, W]`` by group-name prefix: ``{"tap": [[B, C_i, H_i, W_i],
-    ...]}``, or ``{"{name}/tap": [...]}`` per encoder of a :class:`MultiEncoder`."""
+    """The tapped maps of ``encoder`` on ``x [B, C0, H, W]`` by group-name prefix:
+    ``{"tap": [[B, C_i, H_i, W_i], ...]}``, or ``{"{name}/tap": [...]}`` per encoder of a
+    :class:`MultiEncoder`."""
     if isinstance(encoder, MultiEncoder):
         return {f"{name}/tap": enc.forward_features(x) for name, enc in encoder.encoders.items()}
     if not hasattr(encoder, "forward_features"):
@@ -124,16 +125,18 @@ class FrozenEncoder(nn.Module):
 
     def __init__(self, *, input_norm=IMAGENET_NORM, resize: int | None = None, in_channels: int = 3):
         super().__init__()
-        if resize is not None and (not isinstance(resize, int) or isinstance(resize, bool) or resize < MIN_SIZE):
-            raise ValueError(f"resize: must be None or an integer >= {MIN_SIZE} (the nets' stride), got {resize!r}")
+        if resize is not None and (not isinstance(resize, int) or isinstance(resize, bool)
+                                   or resize < MIN_SIZE):
+            raise ValueError(f"resize: must be None or an integer >= {MIN_SIZE} (the nets' "
+                             f"stride), got {resize!r}")
         self.resize = resize
         self.in_channels = in_channels
         self.normalize = input_norm is not None
         if self.normalize:
             mean, std = (torch.as_tensor(v, dtype=torch.float32) for v in input_norm)
             if mean.shape != (in_channels,) or std.shape != (in_channels,) or not (std > 0).all():
-                raise ValueError(f"input_norm: expected (mean, std) with {in_channels} values each and std > 0, "
-                                 f"got {input_norm!r}")
+                raise ValueError(f"input_norm: expected (mean, std) with {in_channels} values each and std > "
+                                 f"0, got {input_norm!r}")
             self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
             self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
 
@@ -148,7 +151,8 @@ class FrozenEncoder(nn.Module):
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 1|3, H, W]`` in ``[-1, 1]`` -> the net's input ``[B, 3, H', W']`` (resized, normalized)."""
         if x.dim() != 4 or x.shape[1] not in (1, self.in_channels):
-            raise ValueError(f"x: expected [B, 1 or {self.in_channels}, H, W] images in [-1, 1], got {tuple(x.shape)}")
+            raise ValueError(f"x: expected [B, 1 or {self.in_channels}, H, W] images in [-1, 1], "
+                             f"got {tuple(x.shape)}")
         if self.resize is not None and tuple(x.shape[-2:]) != (self.resize, self.resize):
             x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False,
                               antialias=True)  # [B, C, R, R]
@@ -187,7 +191,8 @@ class TorchvisionResNetEncoder(FrozenEncoder):
                  resize: int | None = None, name: str | None = None):
         layers = [getattr(model, f"layer{i}", None) for i in range(1, 5)]
         if any(not isinstance(m, nn.Sequential) for m in layers) or not hasattr(model, "conv1"):
-            raise ValueError(f"model: expected a torchvision ResNet (conv1, layer1..layer4), got {type(model).__name__}")
+            raise ValueError("model: expected a torchvision ResNet (conv1, layer1..layer4), "
+                             f"got {type(model).__name__}")
         super().__init__(input_norm=input_norm, resize=resize, in_channels=model.conv1.in_channels)
         self.model = model
         self.taps = [_tap_indices(len(layer), _check_taps(taps)) for layer in layers]
@@ -274,7 +279,8 @@ class MultiEncoder(FrozenEncoder):
             if not isinstance(k, str) or not k or "." in k or "/" in k:
                 raise ValueError(f"encoders: names must be non-empty strings without '.' or '/', got {k!r}")
             if not isinstance(e, nn.Module) or not hasattr(e, "forward_features"):
-                raise ValueError(f"encoders[{k!r}]: expected an nn.Module with forward_features, got {type(e).__name__}")
+                raise ValueError(f"encoders[{k!r}]: expected an nn.Module with forward_features, "
+                                 f"got {type(e).__name__}")
         self.encoders = nn.ModuleDict(dict(encoders))
         self.name = "+".join(self.encoders)
         self._freeze()
@@ -329,7 +335,8 @@ def _strip_prefix(sd: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dic
     return sd
 
 
-def load_backbone(model: nn.Module, sd: Mapping[str, torch.Tensor], *, heads: tuple[str, ...], source: str = "path"
+def load_backbone(model: nn.Module, sd: Mapping[str, torch.Tensor], *, heads: tuple[str, ...],
+                  source: str = "path"
                   ) -> nn.Module:
     """Load ``sd`` into ``model``'s backbone: keys whose first part is in ``heads`` are ignored on both
     sides, every other model key must be there with its shape (``num_batches_tracked`` may be
@@ -343,11 +350,13 @@ def load_backbone(model: nn.Module, sd: Mapping[str, torch.Tensor], *, heads: tu
     missing = sorted(k for k in own if k not in sd and not k.endswith("num_batches_tracked"))
     extra = sorted(k for k in sd if k not in own)
     if missing or extra:
-        raise ValueError(f"{source}: checkpoint does not match {type(model).__name__}: {len(missing)} backbone "
-                         f"keys missing (e.g. {missing[:4]}), {len(extra)} unexpected (e.g. {extra[:4]})")
+        raise ValueError(f"{source}: checkpoint does not "
+                         f"match {type(model).__name__}: {len(missing)} backbone keys missing "
+                         f"(e.g. {missing[:4]}), {len(extra)} unexpected (e.g. {extra[:4]})")
     bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if v.shape != own[k].shape]
     if bad:
-        raise ValueError(f"{source}: {len(bad)} shapes differ from the model (checkpoint vs model), e.g. {bad[:3]}")
+        raise ValueError(f"{source}: {len(bad)} shapes differ from the model (checkpoint vs "
+                         f"model), e.g. {bad[:3]}")
     model.load_state_dict(sd, strict=False)
     return model
 
@@ -388,7 +397,8 @@ def load_timm(name: str, path: str | os.PathLike) -> nn.Module:
 # Spec strings
 
 SPEC_FORMS = ("mae:DIR", "<torchvision resnet arch>:PATH[@RES] (e.g. resnet50:/w.pth@112)",
-              "timm:MODEL_NAME:PATH[@RES] (e.g. timm:convnextv2_atto:/w.safetensors)", "several joined with '+'")
+              "timm:MODEL_NAME:PATH[@RES] (e.g. timm:convnextv2_atto:/w.safetensors)",
+              "several joined with '+'")
 
 
 def _spec_error(spec: str, why: str) -> ValueError:

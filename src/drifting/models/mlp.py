@@ -43,7 +43,8 @@ class MLPGenerator(nn.Module):
             self.codebook = nn.Embedding(config.codebook_size, config.hidden)
             nn.init.normal_(self.codebook.weight, std=1.0 / config.style_tokens**0.5)
 
-    def forward(self, noise: torch.Tensor, labels=None, alpha=None, style: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, noise: torch.Tensor, labels=None, alpha=None,
+                style: torch.Tensor | None = None) -> torch.Tensor:
         """``noise [n, noise_dim]``; ``style [n, style_tokens]`` integer indices (drawn if None)."""
         h = self.body[0](noise)  # [n, hidden]
         if self.codebook is not None:
@@ -55,12 +56,14 @@ class MLPGenerator(nn.Module):
             h = layer(h)
         return self.head(h)  # [n, out_dim]
 
-    def draw_noise(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def draw_noise(self, n: int,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The generator's full noise: Gaussian ``[n, noise_dim]`` and style indices ``[n, tokens]``."""
         noise = torch.randn(n, self.config.noise_dim, generator=generator)
         style = None
         if self.config.style_tokens > 0:
-            style = torch.randint(self.config.codebook_size, (n, self.config.style_tokens), generator=generator)
+            style = torch.randint(self.config.codebook_size, (n, self.config.style_tokens),
+                                  generator=generator)
         return noise, style
 
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:

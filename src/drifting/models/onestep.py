@@ -42,7 +42,8 @@ class OneStepGenerator:
         B = noise.shape[0]
         if not isinstance(labels, torch.Tensor) or labels.shape != (B,) or labels.is_floating_point() \
                 or labels.is_complex() or labels.dtype == torch.bool:
-            got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+            got = (f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor)
+                   else type(labels).__name__)
             raise ValueError(f"labels: expected an integer tensor of shape [{B}], got {got}")
         if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
             if not (math.isfinite(alpha) and alpha >= 1):
@@ -56,15 +57,18 @@ class OneStepGenerator:
         if style is not None:
             K = cfg.style_tokens
             if not isinstance(style, torch.Tensor) or style.shape != (B, K) or style.is_floating_point():
-                got = f"{style.dtype} {tuple(style.shape)}" if isinstance(style, torch.Tensor) else type(style).__name__
+                got = (f"{style.dtype} {tuple(style.shape)}" if isinstance(style, torch.Tensor)
+                       else type(style).__name__)
                 raise ValueError(f"style: expected an integer tensor of shape [{B}, {K}], got {got}")
         if _checking_values():  # data-dependent checks: a host sync, skipped under torch.compile
             if B > 0 and (labels.min() < 0 or labels.max() >= cfg.num_classes):
                 raise ValueError(f"labels: must lie in [0, {cfg.num_classes}), got range "
                                  f"[{labels.min().item()}, {labels.max().item()}]")
             if B > 0 and not bool((alpha >= 1).all() & torch.isfinite(alpha).all()):
-                raise ValueError(f"alpha: the CFG scale must be finite and >= 1, got min {alpha.min().item()}")
-            if style is not None and style.numel() > 0 and (style.min() < 0 or style.max() >= cfg.codebook_size):
+                raise ValueError("alpha: the CFG scale must be finite and >= 1, got "
+                                 f"min {alpha.min().item()}")
+            if style is not None and style.numel() > 0 and (style.min() < 0
+                                                            or style.max() >= cfg.codebook_size):
                 raise ValueError(f"style: indices must lie in [0, {cfg.codebook_size}), got range "
                                  f"[{style.min().item()}, {style.max().item()}]")
         return alpha
@@ -73,12 +77,14 @@ class OneStepGenerator:
         """Validate ``t`` against ``config.time_cond``; return it as a float tensor ``[B]`` (or None)."""
         if not self.config.time_cond:
             if t is not None:
-                raise ValueError(f"t: this model has no time conditioning ({type(self.config).__name__}.time_cond=False); "
-                                 "t must be None (leave it out)")
+                raise ValueError("t: this model has no time conditioning "
+                                 f"({type(self.config).__name__}.time_cond=False); t must "
+                                 "be None (leave it out)")
             return None
         if t is None:
-            raise ValueError(f"t: this model is time-conditioned ({type(self.config).__name__}.time_cond=True); pass t, a float in "
-                             f"[0, 1] or a float tensor of shape [] or [{B}] with values in [0, 1]")
+            raise ValueError("t: this model is time-conditioned "
+                             f"({type(self.config).__name__}.time_cond=True); pass t, a float in [0, 1] or a "
+                             f"float tensor of shape [] or [{B}] with values in [0, 1]")
         if isinstance(t, (int, float)) and not isinstance(t, bool):
             if not (math.isfinite(t) and 0.0 <= t <= 1.0):
                 raise ValueError(f"t: the flow time must be a float in [0, 1], got {t}")
@@ -86,7 +92,8 @@ class OneStepGenerator:
         if isinstance(t, torch.Tensor) and t.shape in ((), (B,)) and t.is_floating_point():
             t = t.to(device=device, dtype=torch.float32).expand(B)
             if _checking_values() and B > 0 and not bool(((t >= 0) & (t <= 1)).all()):  # NaN fails too
-                raise ValueError(f"t: the flow time must lie in [0, 1], got range [{t.min().item()}, {t.max().item()}]")
+                raise ValueError("t: the flow time must lie in [0, 1], got range "
+                                 f"[{t.min().item()}, {t.max().item()}]")
             return t
         got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
         raise ValueError(f"t: expected a float in [0, 1] or a float tensor of shape [] or [{B}], got {got}")
@@ -110,10 +117,12 @@ class OneStepGenerator:
         """One-step generation (1 NFE): draw noise then style with ``generator``, return ``x``."""
         labels = torch.as_tensor(labels, device=self.device)
         if labels.dim() != 1:
-            raise ValueError(f"labels: expected a 1-D sequence of class indices, got shape {tuple(labels.shape)}")
+            raise ValueError("labels: expected a 1-D sequence of class indices, got "
+                             f"shape {tuple(labels.shape)}")
         cfg = self.config
         B = labels.shape[0]
         dev = generator.device if generator is not None else self.device
-        noise = torch.randn(B, cfg.in_channels, cfg.input_size, cfg.input_size, generator=generator, device=dev)
+        noise = torch.randn(B, cfg.in_channels, cfg.input_size, cfg.input_size, generator=generator,
+                            device=dev)
         style = self.draw_style(B, generator) if cfg.style_tokens > 0 else None
         return self(noise.to(self.device), labels, alpha, style)

@@ -58,7 +58,8 @@ __all__ = [
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-ADAPTER_CONFIG_NAME = "drifting_adapter.json"  # AutoencoderRAETokenizer's own settings beside the diffusers files
+# AutoencoderRAETokenizer's own settings beside the diffusers files
+ADAPTER_CONFIG_NAME = "drifting_adapter.json"
 
 
 def _is_int(v, lo: int = 1) -> bool:
@@ -111,7 +112,8 @@ class RAEConfig:
             enc = dict(self.encoder)
             enc.pop("_class_name", None)
             try:
-                self.encoder = ResNetMAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in enc.items()})
+                self.encoder = ResNetMAEConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                                  for k, v in enc.items()})
             except TypeError as err:  # an unknown or missing field
                 raise ValueError(f"RAEConfig.encoder: not a ResNetMAEConfig ({err})") from err
         if isinstance(self.image_size, list) or _is_int(self.image_size):
@@ -127,7 +129,9 @@ class RAEConfig:
             bad("encoder", f"must be a ResNetMAEConfig, got {type(self.encoder).__name__}")
         self.encoder.validate()
         if not _is_int(self.stage) or self.stage > 4:
-            bad("stage", f"must be one of 1, 2, 3, 4 (the encoder stage whose output is the latent), got {self.stage!r}")
+            bad("stage",
+                "must be one of 1, 2, 3, 4 (the encoder stage whose output is the "
+                f"latent), got {self.stage!r}")
         try:
             self.image_size = _hw(self.image_size, "image_size")
         except ValueError as err:
@@ -270,7 +274,8 @@ class RAETokenizer(Tokenizer):
         if not isinstance(encoder, ResNetEncoder):
             raise ValueError(f"encoder must be a ResNetEncoder, got {type(encoder).__name__}")
         if encoder.config != config.encoder:
-            raise ValueError(f"encoder has architecture {encoder.config}, but config.encoder is {config.encoder}")
+            raise ValueError(f"encoder has architecture {encoder.config}, but "
+                             f"config.encoder is {config.encoder}")
         if decoder is None:
             decoder = RAEPixelDecoder(config)
         if not isinstance(decoder, RAEPixelDecoder):
@@ -318,7 +323,8 @@ class RAETokenizer(Tokenizer):
         os.replace(d / (WEIGHTS_NAME + ".tmp"), d / WEIGHTS_NAME)  # never a half-written file
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> "RAETokenizer":
+    def from_pretrained(cls, directory: str | os.PathLike, *,
+                        device: str | torch.device = "cpu") -> "RAETokenizer":
         """Load what :meth:`save_pretrained` wrote, from a LOCAL directory (safetensors only)."""
         from safetensors.torch import load_file
 
@@ -328,8 +334,8 @@ class RAETokenizer(Tokenizer):
                                     "(an RAETokenizer export: config.json + model.safetensors)")
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (d / name).is_file():
-                raise FileNotFoundError(f"directory: {str(d)!r} has no {name} (write it with RAETokenizer.save_pretrained "
-                                        "or drifting train-rae)")
+                raise FileNotFoundError(f"directory: {str(d)!r} has no {name} (write it with "
+                                        "RAETokenizer.save_pretrained or drifting train-rae)")
         raw = json.loads((d / CONFIG_NAME).read_text())
         if raw.get("_class_name", cls.__name__) != cls.__name__:
             raise ValueError(f"directory: {str(d)!r} holds a {raw['_class_name']}, not a {cls.__name__}")
@@ -345,7 +351,8 @@ class RAETokenizer(Tokenizer):
         mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
         std = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
         if mean.shape != (D,) or std.shape != (D,):
-            raise ValueError(f"mean and std must have shape [{D}], got {tuple(mean.shape)} and {tuple(std.shape)}")
+            raise ValueError(f"mean and std must have shape [{D}], got {tuple(mean.shape)} "
+                             f"and {tuple(std.shape)}")
         if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
             raise ValueError("mean must be finite and std finite and > 0")
         self.latent_mean.copy_(mean)
@@ -386,10 +393,12 @@ class RAETokenizer(Tokenizer):
 
     def normalize(self, f: torch.Tensor) -> torch.Tensor:
         """``(f - mean) / std`` per channel: raw features ``[B, D, h, w]`` -> latents."""
-        return (f - self.latent_mean.view(1, -1, 1, 1).to(f.dtype)) / self.latent_std.view(1, -1, 1, 1).to(f.dtype)
+        return ((f - self.latent_mean.view(1, -1, 1, 1).to(f.dtype))
+                / self.latent_std.view(1, -1, 1, 1).to(f.dtype))
 
     def encode(self, x, *, sample=False, generator=None):
-        """Pixels ``x [B, C, H, W]`` in ``[-1, 1]`` -> normalized latents ``[B, D, h, w]`` in ``x``'s dtype."""
+        """Pixels ``x [B, C, H, W]`` in ``[-1, 1]`` -> normalized latents ``[B, D, h, w]`` in ``x``'s
+        dtype."""
         if generator is not None and not sample:
             raise ValueError("generator is only used with sample=True (the default encode is deterministic)")
         return self.normalize(self.features(x)).to(x.dtype)
@@ -398,7 +407,8 @@ class RAETokenizer(Tokenizer):
         """Latents ``z [B, D, h, w]`` -> pixels ``[B, C, H, W]`` in ``z``'s dtype; differentiable in ``z``."""
         self._check_latents(z)
         if tuple(z.shape[-2:]) != self.latent_hw:
-            raise ValueError(f"z must have the latent grid {self.latent_hw} (h, w), got shape {tuple(z.shape)}")
+            raise ValueError(f"z must have the latent grid {self.latent_hw} (h, w), got "
+                             f"shape {tuple(z.shape)}")
         dtype = next(self.decoder.parameters()).dtype
         x = self.decoder(z.to(dtype)).to(z.dtype)  # [B, C, H, W]
         return x.clamp(-1.0, 1.0) if clamp else x
@@ -407,12 +417,13 @@ class RAETokenizer(Tokenizer):
         if C != self.pixel_channels:
             raise ValueError(f"C must equal pixel_channels={self.pixel_channels}, got {C}")
         if (H, W) != tuple(self.config.image_size):
-            raise ValueError(f"H, W must equal the RAE's image_size {tuple(self.config.image_size)} (its decoder "
-                             f"produces exactly that size), got H={H}, W={W}")
+            raise ValueError(f"H, W must equal the RAE's image_size {tuple(self.config.image_size)} (its "
+                             f"decoder produces exactly that size), got H={H}, W={W}")
         return self.config.latent_shape()
 
     @torch.no_grad()
-    def encode_dataset(self, images, *, batch: int = 256, progress: bool = False, raw: bool = False) -> torch.Tensor:
+    def encode_dataset(self, images, *, batch: int = 256, progress: bool = False,
+                       raw: bool = False) -> torch.Tensor:
         """:meth:`Tokenizer.encode_dataset`, also for a float tensor ``[N, C, H, W]`` in ``[-1, 1]``;
         ``raw=True`` returns the unnormalized features (:meth:`features`) instead of latents."""
         if not raw and not (isinstance(images, torch.Tensor) and images.is_floating_point()):
@@ -421,19 +432,22 @@ class RAETokenizer(Tokenizer):
             raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
         if isinstance(images, torch.Tensor) and images.is_floating_point():
             if images.ndim != 4:
-                raise ValueError(f"images must have shape [N, C, H, W] when floating, got {tuple(images.shape)}")
+                raise ValueError("images must have shape [N, C, H, W] when floating, "
+                                 f"got {tuple(images.shape)}")
             chunks = (images[s:s + batch] for s in range(0, len(images), batch))
         else:
             if isinstance(images, np.ndarray):
                 images = torch.from_numpy(np.ascontiguousarray(images))
             if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
-                raise ValueError("images must be a uint8 array / tensor [N, H, W, C] or a float tensor [N, C, H, W], "
-                                 f"got {getattr(images, 'dtype', type(images).__name__)}")
+                raise ValueError("images must be a uint8 array / tensor [N, H, W, C] or a float tensor [N, "
+                                 f"C, H, W], got {getattr(images, 'dtype', type(images).__name__)}")
             if images.ndim == 3:
                 images = images.unsqueeze(-1)  # [N, H, W] -> [N, H, W, 1]
             if images.ndim != 4:
-                raise ValueError(f"images must have shape [N, H, W, C] (or [N, H, W]), got {tuple(images.shape)}")
-            chunks = (images[s:s + batch].movedim(-1, 1).float() / 127.5 - 1.0 for s in range(0, len(images), batch))
+                raise ValueError("images must have shape [N, H, W, C] (or [N, H, W]), "
+                                 f"got {tuple(images.shape)}")
+            chunks = (images[s:s + batch].movedim(-1, 1).float() / 127.5 - 1.0
+                      for s in range(0, len(images), batch))
         fn = self.features if raw else self.encode
         dev = self.latent_mean.device
         if progress:
@@ -449,7 +463,8 @@ class RAETokenizer(Tokenizer):
 
 
 def channel_stats(feats: torch.Tensor, *, min_std: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel ``(mean, std)`` ``[D]`` of ``feats [N, D, h, w]`` over samples and positions (float64 sums)."""
+    """Per-channel ``(mean, std)`` ``[D]`` of ``feats [N, D, h, w]`` over samples and positions (float64
+    sums)."""
     if not isinstance(feats, torch.Tensor) or feats.ndim != 4:
         raise ValueError(f"feats must be a tensor [N, D, h, w], got {feats!r:.80}")
     s1 = torch.zeros(feats.shape[1], dtype=torch.float64)
@@ -475,8 +490,9 @@ def _import_autoencoder_rae():
         from diffusers import AutoencoderRAE
     except ImportError as err:
         raise ImportError(
-            "the AutoencoderRAE tokenizer needs the optional packages 'diffusers' (>= 0.36, with AutoencoderRAE) "
-            "and 'transformers' (pip install diffusers 'transformers>=4.50'); other tokenizers do not"
+            "the AutoencoderRAE tokenizer needs the optional packages 'diffusers' (>= 0.36, with "
+            "AutoencoderRAE) and 'transformers' (pip install diffusers 'transformers>=4.50'); "
+            "other tokenizers do not"
         ) from err
     return AutoencoderRAE
 
@@ -518,11 +534,13 @@ class AutoencoderRAETokenizer(Tokenizer):
         if not cfg.reshape_to_2d:
             raise ValueError("rae must have reshape_to_2d=True (latents [B, D, h, w]), got False")
         if int(cfg.num_channels) != 3:
-            raise ValueError(f"rae must have num_channels=3 (its encoder normalization is RGB), got {cfg.num_channels}")
+            raise ValueError("rae must have num_channels=3 (its encoder normalization is RGB), "
+                             f"got {cfg.num_channels}")
         if pixel_channels is None:
             pixel_channels = 3
         if not _is_int(pixel_channels) or pixel_channels not in (1, 3):
-            raise ValueError(f"pixel_channels must be one of [3, 1] for an AutoencoderRAE, got {pixel_channels!r}")
+            raise ValueError("pixel_channels must be one of [3, 1] for an AutoencoderRAE, "
+                             f"got {pixel_channels!r}")
         native = int(rae.decoder_image_size)
         self.rae = rae
         self.pixel_channels = int(pixel_channels)
@@ -557,10 +575,12 @@ class AutoencoderRAETokenizer(Tokenizer):
         if subfolder and not d.is_dir():
             raise FileNotFoundError(f"subfolder: {str(subfolder)!r} is not a directory inside {str(root)!r}")
         if not (d / "config.json").is_file():
-            raise FileNotFoundError(f"path: {str(d)!r} has no config.json (write it with rae.save_pretrained)")
+            raise FileNotFoundError(f"path: {str(d)!r} has no config.json (write it with "
+                                    "rae.save_pretrained)")
         if not any(d.glob("*.safetensors")):
-            raise FileNotFoundError(f"path: {str(d)!r} has no *.safetensors weights; only safetensors "
-                                    "are loaded (re-save with rae.save_pretrained(..., safe_serialization=True))")
+            raise FileNotFoundError(f"path: {str(d)!r} has no *.safetensors weights; only safetensors are "
+                                    "loaded (re-save with rae.save_pretrained(..., "
+                                    "safe_serialization=True))")
         name = json.loads((d / "config.json").read_text()).get("_class_name")
         if name is not None and name != "AutoencoderRAE":
             raise ValueError(f"path: {str(d)!r} holds a {name}, not an AutoencoderRAE")
@@ -570,7 +590,9 @@ class AutoencoderRAETokenizer(Tokenizer):
         kw = {"low_cpu_mem_usage": False} if importlib.util.find_spec("accelerate") is None else {}
         rae = AutoencoderRAE.from_pretrained(str(root), subfolder=subfolder, local_files_only=True,
                                              use_safetensors=True, **kw)
-        tok = cls(rae, pixel_channels=pixel_channels if pixel_channels is not None else adapter.get("pixel_channels"),
+        tok = cls(rae,
+                  pixel_channels=(pixel_channels if pixel_channels is not None
+                                  else adapter.get("pixel_channels")),
                   image_size=image_size if image_size is not None else adapter.get("image_size"))
         return tok.to(device)
 
@@ -598,10 +620,12 @@ class AutoencoderRAETokenizer(Tokenizer):
         return z.to(x.dtype)
 
     def decode(self, z, *, clamp=False):
-        """Latents ``z [B, D, g, g]`` -> pixels ``[B, C, H, W]`` (``image_size``) in ``z``'s dtype; differentiable."""
+        """Latents ``z [B, D, g, g]`` -> pixels ``[B, C, H, W]`` (``image_size``) in ``z``'s dtype;
+        differentiable."""
         self._check_latents(z)
         if tuple(z.shape[-2:]) != (self.grid, self.grid):
-            raise ValueError(f"z must have the latent grid ({self.grid}, {self.grid}), got shape {tuple(z.shape)}")
+            raise ValueError(f"z must have the latent grid ({self.grid}, {self.grid}), got "
+                             f"shape {tuple(z.shape)}")
         dtype = next(self.rae.parameters()).dtype
         y = self.rae.decode(z.to(dtype)).sample  # [B, 3, S, S] in ~[0, 1]
         x = y * 2.0 - 1.0  # [-1, 1]
@@ -617,8 +641,8 @@ class AutoencoderRAETokenizer(Tokenizer):
         if C != self.pixel_channels:
             raise ValueError(f"C must equal pixel_channels={self.pixel_channels}, got {C}")
         if (H, W) != self.image_size:
-            raise ValueError(f"H, W must equal the tokenizer's image_size {self.image_size} (decode returns that "
-                             f"size; pass image_size= to use another), got H={H}, W={W}")
+            raise ValueError(f"H, W must equal the tokenizer's image_size {self.image_size} (decode returns "
+                             f"that size; pass image_size= to use another), got H={H}, W={W}")
         return (self.latent_channels, self.grid, self.grid)
 
     def extra_repr(self) -> str:
@@ -647,8 +671,9 @@ def tiny_autoencoder_rae(encoder_type: str = "dinov2", *, encoder_input_size: in
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         rae = AutoencoderRAE(
-            encoder_type=encoder_type, encoder_hidden_size=64, encoder_patch_size=patch, encoder_num_hidden_layers=1,
-            decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
-            decoder_intermediate_size=64, patch_size=4, encoder_input_size=encoder_input_size,
+            encoder_type=encoder_type, encoder_hidden_size=64, encoder_patch_size=patch,
+            encoder_num_hidden_layers=1, decoder_hidden_size=32, decoder_num_hidden_layers=1,
+            decoder_num_attention_heads=2, decoder_intermediate_size=64, patch_size=4,
+            encoder_input_size=encoder_input_size,
         )
     return rae.eval()

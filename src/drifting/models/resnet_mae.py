@@ -75,7 +75,8 @@ class ResNetMAEConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 bad(name, f"must be an integer >= 1, got {v!r}")
-        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 0:
+        if (not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool)
+                or self.num_classes < 0):
             bad("num_classes", f"must be an integer >= 0, got {self.num_classes!r}")
         b = self.blocks_per_stage
         if len(b) != 4 or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in b):
@@ -192,7 +193,8 @@ class BasicBlock(nn.Module):
         self.norm2 = group_norm(cout, groups)
         self.shortcut = None
         if stride != 1 or cin != cout:  # projection shortcut when the shape changes
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), group_norm(cout, groups))
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          group_norm(cout, groups))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.norm1(self.conv1(x)))  # [B, cout, H', W']
@@ -214,11 +216,13 @@ class ResNetEncoder(nn.Module):
         self.config = config
         g, widths = config.gn_groups, config.stage_widths
         self.stem = nn.Sequential(
-            nn.Conv2d(config.resnet_in_channels, widths[0], 3, 1, 1, bias=False), group_norm(widths[0], g), nn.ReLU()
+            nn.Conv2d(config.resnet_in_channels, widths[0], 3, 1, 1, bias=False), group_norm(widths[0], g),
+            nn.ReLU()
         )
         stages, cin = [], widths[0]
         for s, (cout, n) in enumerate(zip(widths, config.blocks_per_stage)):
-            blocks = [BasicBlock(cin if b == 0 else cout, cout, 2 if (s > 0 and b == 0) else 1, g) for b in range(n)]
+            blocks = [BasicBlock(cin if b == 0 else cout, cout, 2 if (s > 0 and b == 0) else 1, g)
+                      for b in range(n)]
             stages.append(nn.Sequential(*blocks))
             cin = cout
         self.stages = nn.ModuleList(stages)
@@ -236,7 +240,8 @@ class ResNetEncoder(nn.Module):
         if x.dim() != 4 or x.shape[1] != c.in_channels:
             raise ValueError(f"x: expected [B, {c.in_channels}, H, W], got {tuple(x.shape)}")
         if x.shape[-2] % c.input_patch or x.shape[-1] % c.input_patch:
-            raise ValueError(f"x: H, W = {tuple(x.shape[-2:])} must be divisible by input_patch={c.input_patch}")
+            raise ValueError(f"x: H, W = {tuple(x.shape[-2:])} must be divisible by "
+                             f"input_patch={c.input_patch}")
 
     def run(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """One pass: ``(stem [B, C, h, w], stage outputs f1..f4, tapped maps)``."""
@@ -339,7 +344,8 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     Returns 0 (with a graph) when nothing is masked.
     """
     if pred.shape != target.shape:
-        raise ValueError(f"target: shape {tuple(target.shape)} differs from the prediction {tuple(pred.shape)}")
+        raise ValueError(f"target: shape {tuple(target.shape)} differs from the "
+                         f"prediction {tuple(pred.shape)}")
     err = (pred.float() - target.float()).square() * mask  # [B, C, H, W]
     return err.sum() / (mask.sum() * pred.shape[1]).clamp_min(1.0)
 
@@ -426,8 +432,10 @@ class ResNetMAE(PretrainedMixin, nn.Module):
             m = m.repeat_interleave(p, 2).repeat_interleave(p, 3)  # [B, 1, H, W]
         return m.to(x.dtype)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``x [B, C0, H, W]`` (zeroed where ``mask`` is 1) -> ``(x_hat [B, C0, H, W], logits [B, K] | None)``."""
+    def forward(self, x: torch.Tensor,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x [B, C0, H, W]`` (zeroed where ``mask`` is 1) -> ``(x_hat [B, C0, H, W], logits [B, K] |
+        None)``."""
         if mask is not None:
             x = x * (1 - mask)  # zero out masked patches (A.3: no token dropping)
         stem, ends, _ = self.encoder.run(x)

@@ -201,7 +201,8 @@ class IdentityTokenizer(Tokenizer):
         self.freeze()
 
     def encode(self, x, *, sample=False, generator=None):
-        """Returns ``x`` itself (``[B, C, H, W]``); the "posterior" is a point mass, so a sample is ``x`` too."""
+        """Returns ``x`` itself (``[B, C, H, W]``); the "posterior" is a point mass, so a sample is ``x``
+        too."""
         self._check_pixels(x)
         if generator is not None and not sample:
             raise ValueError("generator is only used with sample=True (the default encode is deterministic)")
@@ -255,7 +256,8 @@ class AutoencoderKLTokenizer(Tokenizer):
         if pixel_channels is None:
             pixel_channels = vae_channels
         allowed = [vae_channels] + ([1] if vae_channels == 3 else [])
-        if isinstance(pixel_channels, bool) or not isinstance(pixel_channels, int) or pixel_channels not in allowed:
+        if (isinstance(pixel_channels, bool) or not isinstance(pixel_channels, int)
+                or pixel_channels not in allowed):
             raise ValueError(f"pixel_channels must be one of {allowed} for a VAE with "
                              f"{vae_channels} input channels, got {pixel_channels!r}")
         if scaling_factor is None:
@@ -301,19 +303,23 @@ class AutoencoderKLTokenizer(Tokenizer):
         if not root.is_dir():
             raise FileNotFoundError(f"path: {str(path)!r} is not an existing local directory "
                                     "(AutoencoderKL weights are never downloaded)")
-        if subfolder is None and not (root / "config.json").is_file() and (root / "vae" / "config.json").is_file():
+        if (subfolder is None and not (root / "config.json").is_file()
+                and (root / "vae" / "config.json").is_file()):
             subfolder = "vae"
         d = root / subfolder if subfolder else root
         if subfolder and not d.is_dir():
             raise FileNotFoundError(f"subfolder: {str(subfolder)!r} is not a directory inside {str(root)!r}")
         if not (d / "config.json").is_file():
-            raise FileNotFoundError(f"path: {str(d)!r} has no config.json (write it with vae.save_pretrained)")
+            raise FileNotFoundError(f"path: {str(d)!r} has no config.json (write it with "
+                                    "vae.save_pretrained)")
         if not any(d.glob("*.safetensors")):
-            raise FileNotFoundError(f"path: {str(d)!r} has no *.safetensors weights; only safetensors "
-                                    "are loaded (re-save with vae.save_pretrained(..., safe_serialization=True))")
+            raise FileNotFoundError(f"path: {str(d)!r} has no *.safetensors weights; only safetensors are "
+                                    "loaded (re-save with vae.save_pretrained(..., "
+                                    "safe_serialization=True))")
         vae = AutoencoderKL.from_pretrained(str(root), subfolder=subfolder, local_files_only=True,
                                             use_safetensors=True)
-        tok = cls(vae, pixel_channels=pixel_channels, scaling_factor=scaling_factor, shift_factor=shift_factor)
+        tok = cls(vae, pixel_channels=pixel_channels, scaling_factor=scaling_factor,
+                  shift_factor=shift_factor)
         return tok.to(device)
 
     # -- the tokenizer ---------------------------------------------------------
@@ -322,7 +328,8 @@ class AutoencoderKLTokenizer(Tokenizer):
         """Pixels ``x [B, C, H, W]`` in ``[-1, 1]`` -> latents ``[B, c, H/f, W/f]`` in ``x``'s dtype."""
         self._check_pixels(x)
         if generator is not None and not sample:
-            raise ValueError("generator is only used with sample=True (the default encode is the posterior mean)")
+            raise ValueError("generator is only used with sample=True (the default encode "
+                             "is the posterior mean)")
         self.latent_shape(x.shape[1], x.shape[2], x.shape[3])  # validates H, W
         dtype = next(self.vae.parameters()).dtype
         h = x.to(dtype)  # [B, C, H, W]
@@ -333,7 +340,8 @@ class AutoencoderKLTokenizer(Tokenizer):
         return ((m - self.shift_factor) * self.scaling_factor).to(x.dtype)
 
     def decode(self, z, *, clamp=False):
-        """Latents ``z [B, c, h, w]`` -> pixels ``[B, C, h*f, w*f]`` in ``z``'s dtype; differentiable in ``z``."""
+        """Latents ``z [B, c, h, w]`` -> pixels ``[B, C, h*f, w*f]`` in ``z``'s dtype; differentiable in
+        ``z``."""
         self._check_latents(z)
         dtype = next(self.vae.parameters()).dtype
         m = z.to(dtype) / self.scaling_factor + self.shift_factor  # [B, c, h, w], VAE units

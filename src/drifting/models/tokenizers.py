@@ -39,15 +39,17 @@ def build_tokenizer(spec: str | None, *, pixel_channels: int,
     if sep and kind.strip().lower() in ("sd-vae", "autoencoderkl"):
         if not path.strip():
             raise ValueError(f"spec: {spec!r} names no PATH; allowed forms are {allowed}")
-        return AutoencoderKLTokenizer.from_pretrained(path.strip(), pixel_channels=pixel_channels, device=device)
+        return AutoencoderKLTokenizer.from_pretrained(path.strip(), pixel_channels=pixel_channels,
+                                                      device=device)
     if sep and kind.strip().lower() in ("rae", "autoencoder-rae", "autoencoderrae"):
         if not path.strip():
             raise ValueError(f"spec: {spec!r} names no PATH; allowed forms are {allowed}")
         if kind.strip().lower() != "rae":
-            return AutoencoderRAETokenizer.from_pretrained(path.strip(), pixel_channels=pixel_channels, device=device)
+            return AutoencoderRAETokenizer.from_pretrained(path.strip(), pixel_channels=pixel_channels,
+                                                           device=device)
         tok = RAETokenizer.from_pretrained(path.strip(), device=device)
         if tok.pixel_channels != pixel_channels:
-            raise ValueError(f"pixel_channels: the RAE at {path.strip()!r} maps {tok.pixel_channels}-channel images, "
-                             f"got pixel_channels={pixel_channels}")
+            raise ValueError(f"pixel_channels: the RAE at {path.strip()!r} maps {tok.pixel_channels}-channel "
+                             f"images, got pixel_channels={pixel_channels}")
         return tok
     raise ValueError(f"spec: unknown tokenizer {spec!r}; allowed forms are {allowed}")

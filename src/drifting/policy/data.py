@@ -48,7 +48,8 @@ class Normalizer(nn.Module):
         return (x - self.offset) / self.scale
 
 
-def window_indices(episode_ends: np.ndarray, n_obs_steps: int, horizon: int, n_action_steps: int) -> np.ndarray:
+def window_indices(episode_ends: np.ndarray, n_obs_steps: int, horizon: int,
+                   n_action_steps: int) -> np.ndarray:
     """Row indices ``[W, horizon]`` into the concatenated demo arrays, one row per training window.
 
     For an episode of length ``T`` the windows start at ``s = -(To - 1) .. T - Tp + Ta - 1`` and cover
@@ -66,7 +67,8 @@ def window_indices(episode_ends: np.ndarray, n_obs_steps: int, horizon: int, n_a
         T = int(b - a)
         if T < 1:
             continue
-        s = np.arange(-(n_obs_steps - 1), max(T - horizon + n_action_steps, 1 - n_obs_steps + 1))  # window starts
+        # window starts
+        s = np.arange(-(n_obs_steps - 1), max(T - horizon + n_action_steps, 1 - n_obs_steps + 1))
         steps = np.clip(s[:, None] + np.arange(horizon)[None, :], 0, T - 1)  # [W_e, Tp]
         rows.append(a + steps)
     if not rows:
@@ -83,10 +85,12 @@ class WindowDataset(torch.utils.data.Dataset):
             raise ValueError(f"obs and action must have one row per step; got {len(obs)} and {len(action)}")
         self.obs = torch.as_tensor(np.asarray(obs, np.float32))  # [T_total, obs_dim]
         self.action = torch.as_tensor(np.asarray(action, np.float32))  # [T_total, act_dim]
-        self.index = torch.as_tensor(window_indices(episode_ends, n_obs_steps, horizon, n_action_steps))  # [W, Tp]
+        # [W, Tp]
+        self.index = torch.as_tensor(window_indices(episode_ends, n_obs_steps, horizon, n_action_steps))
         self.n_obs_steps = n_obs_steps
         ends = torch.as_tensor(np.asarray(episode_ends, np.int64))
-        self.episode = torch.searchsorted(ends, self.index[:, 0].contiguous(), right=True)  # [W]: each window's episode
+        # [W]: each window's episode
+        self.episode = torch.searchsorted(ends, self.index[:, 0].contiguous(), right=True)
 
     def neighbors(self, k: int, obs_norm: Normalizer, radius: float, chunk: int = 1024) -> torch.Tensor:
         """``[W, k]`` window indices: each window itself, then its ``k - 1`` nearest windows from *other*

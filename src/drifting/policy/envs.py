@@ -59,7 +59,8 @@ def env_spec(name: str) -> EnvSpec:
     """The :class:`EnvSpec` of ``name`` (one of :data:`ENV_NAMES`)."""
     _check_name(name)
     if name == "pusht":
-        return EnvSpec("pusht", 5, 2, np.zeros(2, np.float32), np.full(2, 512.0, np.float32), 300, "max_coverage")
+        return EnvSpec("pusht", 5, 2, np.zeros(2, np.float32), np.full(2, 512.0, np.float32), 300,
+                       "max_coverage")
     return EnvSpec("lunarlander", 8, 2, -np.ones(2, np.float32), np.ones(2, np.float32), 1000, "return")
 
 
@@ -253,5 +254,6 @@ def run_episodes(
         wall_s=time.perf_counter() - t_start,
     )
     if name == "pusht":
-        out["mean_reward_dp"] = float(np.clip(scores / PUSHT_SUCCESS_COVERAGE, 0, 1).mean()) if n_episodes else 0.0
+        out["mean_reward_dp"] = (float(np.clip(scores / PUSHT_SUCCESS_COVERAGE, 0, 1).mean()) if n_episodes
+                                 else 0.0)
     return out

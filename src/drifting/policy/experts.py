@@ -131,7 +131,8 @@ class PushTExpert:
         self._sim = pusht_mod.PushTEnv(obs_type="state")  # private physics for lookahead
         self._sim.reset(seed=0)
         self._rng = np.random.default_rng(seed)
-        self._contacts, self._normals = _local_contacts(self.cfg.contact_spacing, self.cfg.standoff + _AGENT_R)
+        self._contacts, self._normals = _local_contacts(self.cfg.contact_spacing,
+                                                        self.cfg.standoff + _AGENT_R)
         self._queue: list[tuple[np.ndarray, float]] = []  # (target, hold tolerance px or 0)
         self._hold = 0
         self.n_plans = 0
@@ -225,7 +226,8 @@ class PushTExpert:
         if t_poly.buffer(_AGENT_R - 1.0).intersects(seg) and obstacle.intersects(seg):
             start = agent
             if obstacle.contains(sg.Point(*agent)):  # in contact: back off first
-                near = np.array(t_poly.exterior.interpolate(t_poly.exterior.project(sg.Point(*agent))).coords[0])
+                near = np.array(
+                    t_poly.exterior.interpolate(t_poly.exterior.project(sg.Point(*agent))).coords[0])
                 away = agent - near
                 nrm = float(np.linalg.norm(away))
                 away = away / nrm if nrm > 1e-6 else (agent - np.array(t_poly.centroid.coords[0])) / 50.0

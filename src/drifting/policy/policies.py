@@ -65,17 +65,21 @@ class PolicyConfig:
         need(self.kind in KINDS, f"kind must be one of {KINDS}, got {self.kind!r}")
         need(self.obs_dim >= 1 and self.action_dim >= 1, f"obs_dim and action_dim must be >= 1, got "
              f"{self.obs_dim}, {self.action_dim}")
-        need(1 <= self.n_obs_steps <= self.horizon, f"n_obs_steps must be in [1, horizon={self.horizon}], got "
+        need(1 <= self.n_obs_steps <= self.horizon,
+             f"n_obs_steps must be in [1, horizon={self.horizon}], got "
              f"{self.n_obs_steps}")
         need(1 <= self.n_action_steps <= self.horizon - self.n_obs_steps + 1,
-             f"n_action_steps must be in [1, horizon - n_obs_steps + 1 = {self.horizon - self.n_obs_steps + 1}], "
-             f"got {self.n_action_steps}")
-        need(self.n_gen >= 2, f"n_gen must be >= 2 (the generated sequences are also the negatives), got {self.n_gen}")
-        need(isinstance(self.n_pos, int) and self.n_pos >= 1, f"n_pos must be an integer >= 1, got {self.n_pos!r}")
+             "n_action_steps must be in [1, horizon - n_obs_steps + 1 "
+             f"= {self.horizon - self.n_obs_steps + 1}], got {self.n_action_steps}")
+        need(self.n_gen >= 2,
+             f"n_gen must be >= 2 (the generated sequences are also the negatives), got {self.n_gen}")
+        need(isinstance(self.n_pos, int) and self.n_pos >= 1,
+             f"n_pos must be an integer >= 1, got {self.n_pos!r}")
         need(self.pos_radius >= 0, f"pos_radius must be >= 0, got {self.pos_radius}")
         need(self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         need(1 <= self.inference_steps <= self.train_timesteps,
-             f"inference_steps must be in [1, train_timesteps={self.train_timesteps}], got {self.inference_steps}")
+             f"inference_steps must be in [1, train_timesteps={self.train_timesteps}], "
+             f"got {self.inference_steps}")
         return self
 
     @property
@@ -87,14 +91,15 @@ class PolicyConfig:
 class Policy(nn.Module, ABC):
     """The shared part: normalizers, the U-Net, observation conditioning, action-chunk slicing."""
 
-    def __init__(self, config: PolicyConfig, obs_norm: Normalizer | None = None, action_norm: Normalizer | None = None):
+    def __init__(self, config: PolicyConfig, obs_norm: Normalizer | None = None,
+                 action_norm: Normalizer | None = None):
         super().__init__()
         self.config = config.validate()
         self.obs_norm = obs_norm or Normalizer(config.obs_dim)
         self.action_norm = action_norm or Normalizer(config.action_dim)
         self.model = ConditionalUnet1D(UNet1DConfig(
-            action_dim=config.action_dim, cond_dim=config.n_obs_steps * config.obs_dim, down_dims=tuple(config.down_dims),
-            time_embed_dim=0 if config.kind == "drifting" else 64))
+            action_dim=config.action_dim, cond_dim=config.n_obs_steps * config.obs_dim,
+            down_dims=tuple(config.down_dims), time_embed_dim=0 if config.kind == "drifting" else 64))
 
     @property
     def device(self) -> torch.device:
@@ -104,15 +109,17 @@ class Policy(nn.Module, ABC):
         """Raw ``obs [B, To, obs_dim]`` -> the U-Net's conditioning ``[B, To * obs_dim]``."""
         c = self.config
         if obs.dim() != 3 or obs.shape[1:] != (c.n_obs_steps, c.obs_dim):
-            raise ValueError(f"obs must be [B, n_obs_steps={c.n_obs_steps}, obs_dim={c.obs_dim}], got {tuple(obs.shape)}")
+            raise ValueError(f"obs must be [B, n_obs_steps={c.n_obs_steps}, obs_dim={c.obs_dim}], "
+                             f"got {tuple(obs.shape)}")
         return self.obs_norm.normalize(obs.float()).flatten(1)
 
     def _check_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
         obs, action = batch["obs"].to(self.device), batch["action"].to(self.device)
-        if action.dim() != 3 or action.shape[1:] != (c.horizon, c.action_dim) or action.shape[0] != obs.shape[0]:
-            raise ValueError(f"action must be [B, horizon={c.horizon}, action_dim={c.action_dim}] with obs's B; "
-                             f"got {tuple(action.shape)}")
+        if (action.dim() != 3 or action.shape[1:] != (c.horizon, c.action_dim)
+                or action.shape[0] != obs.shape[0]):
+            raise ValueError(f"action must be [B, horizon={c.horizon}, action_dim={c.action_dim}] with obs's "
+                             f"B; got {tuple(action.shape)}")
         return self._cond(obs), self.action_norm.normalize(action.float())
 
     @abstractmethod
@@ -120,12 +127,14 @@ class Policy(nn.Module, ABC):
         """Normalized action sequences ``[B, Tp, act_dim]`` for conditioning ``cond [B, To * obs_dim]``."""
 
     @abstractmethod
-    def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    def compute_loss(self, batch: dict,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """The training loss of a batch of raw windows, and scalar stats."""
 
     @torch.no_grad()
     def predict_action(self, obs, generator: torch.Generator | None = None) -> np.ndarray:
-        """Raw ``obs [B, To, obs_dim]`` (array or tensor) -> raw actions ``[B, Ta, act_dim]`` to execute now."""
+        """Raw ``obs [B, To, obs_dim]`` (array or tensor) -> raw actions ``[B, Ta, act_dim]`` to execute
+        now."""
         c = self.config
         cond = self._cond(torch.as_tensor(np.asarray(obs, np.float32)).to(self.device))
         seq = self.action_norm.unnormalize(self.sample(cond, generator))  # [B, Tp, act_dim]
@@ -133,7 +142,8 @@ class Policy(nn.Module, ABC):
 
     def _noise(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
         c = self.config
-        z = torch.randn(n, c.horizon, c.action_dim, generator=generator)  # drawn on the CPU: device-independent
+        # drawn on the CPU: device-independent
+        z = torch.randn(n, c.horizon, c.action_dim, generator=generator)
         return z.to(self.device)
 
 
@@ -143,7 +153,8 @@ class DriftingPolicy(Policy):
     def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.model(self._noise(cond.shape[0], generator), cond)  # [B, Tp, act_dim], one pass
 
-    def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    def compute_loss(self, batch: dict,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """``n_gen`` sequences per observation drift toward its demonstration (and, when the batch has
         ``positives [B, P, Tp, act_dim]``, toward those) and away from each other."""
         c = self.config
@@ -154,9 +165,10 @@ class DriftingPolicy(Policy):
         if "positives" in batch:
             pos = batch["positives"].to(self.device).float()
             if pos.dim() != 4 or pos.shape[0] != B or pos.shape[2:] != (c.horizon, c.action_dim):
-                raise ValueError(f"positives must be [B={B}, P, horizon={c.horizon}, action_dim={c.action_dim}], "
-                                 f"got {tuple(pos.shape)}")
-            pos = self.action_norm.normalize(pos).reshape(B, -1, c.horizon * c.action_dim)  # [B, P, Tp*act_dim]
+                raise ValueError(f"positives must be [B={B}, P, horizon={c.horizon}, "
+                                 f"action_dim={c.action_dim}], got {tuple(pos.shape)}")
+            # [B, P, Tp*act_dim]
+            pos = self.action_norm.normalize(pos).reshape(B, -1, c.horizon * c.action_dim)
         else:
             pos = target.reshape(B, 1, c.horizon * c.action_dim)  # [B, 1, Tp*act_dim]: its demonstration
         loss, stats = drifting_loss(gen, pos, temperatures=c.temperatures)
@@ -166,7 +178,8 @@ class DriftingPolicy(Policy):
 class DiffusionPolicy(Policy):
     """Diffusion Policy (Chi et al. 2023): DDPM on action sequences, epsilon prediction."""
 
-    def __init__(self, config: PolicyConfig, obs_norm: Normalizer | None = None, action_norm: Normalizer | None = None):
+    def __init__(self, config: PolicyConfig, obs_norm: Normalizer | None = None,
+                 action_norm: Normalizer | None = None):
         super().__init__(config, obs_norm, action_norm)
         from diffusers import DDIMScheduler, DDPMScheduler
 
@@ -176,7 +189,8 @@ class DiffusionPolicy(Policy):
         cls = DDPMScheduler if config.scheduler == "ddpm" else DDIMScheduler
         self.sample_scheduler = cls.from_config(self.train_scheduler.config)
 
-    def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    def compute_loss(self, batch: dict,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         cond, a0 = self._check_batch(batch)  # [B, To*obs_dim], [B, Tp, act_dim]
         B = a0.shape[0]
         eps = self._noise(B, generator)

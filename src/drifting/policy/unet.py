@@ -34,7 +34,8 @@ from ..models.pretrained import PretrainedMixin
 class UNet1DConfig:
     action_dim: int
     cond_dim: int  # global conditioning vector size (flattened observation history)
-    down_dims: tuple[int, ...] = (64, 128, 256)  # Diffusion Policy uses (256, 512, 1024); small default for CPU
+    # Diffusion Policy uses (256, 512, 1024); small default for CPU
+    down_dims: tuple[int, ...] = (64, 128, 256)
     kernel_size: int = 5  # odd, so that the convolutions keep the length
     n_groups: int = 8  # GroupNorm groups; must divide every entry of down_dims
     time_embed_dim: int = 64  # sinusoidal step embedding -> MLP; 0 = no time input (the drifting policy)
@@ -49,9 +50,11 @@ class UNet1DConfig:
         if len(self.down_dims) < 1 or any(d < 1 for d in self.down_dims):
             raise ValueError(f"down_dims must be a non-empty tuple of positive ints, got {self.down_dims}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd int (length-preserving), got {self.kernel_size}")
+            raise ValueError("kernel_size must be a positive odd int (length-preserving), "
+                             f"got {self.kernel_size}")
         if self.n_groups < 1 or any(d % self.n_groups for d in self.down_dims):
-            raise ValueError(f"n_groups={self.n_groups} must divide every entry of down_dims={self.down_dims}")
+            raise ValueError(f"n_groups={self.n_groups} must divide every entry of "
+                             f"down_dims={self.down_dims}")
         if self.time_embed_dim != 0 and (self.time_embed_dim < 4 or self.time_embed_dim % 2):
             raise ValueError(f"time_embed_dim must be 0 (no time input) or an even int >= 4, "
                              f"got {self.time_embed_dim}")
@@ -75,7 +78,8 @@ def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
     in [0, 1] up before calling the model if the frequencies should span them.
     """
     half = dim // 2
-    freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * (-math.log(10000.0) / (half - 1)))
+    freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32)
+                      * (-math.log(10000.0) / (half - 1)))
     args = t.float()[:, None] * freqs[None, :]  # [B, half]
     return torch.cat([args.sin(), args.cos()], dim=-1)  # [B, dim]
 
@@ -98,7 +102,8 @@ class ConditionalResBlock1D(nn.Module):
         self.block1 = Conv1dBlock(c_in, c_out, k, g)
         self.block2 = Conv1dBlock(c_out, c_out, k, g)
         self.scale_and_bias = config.cond_predict_scale
-        self.film = nn.Sequential(nn.Mish(), nn.Linear(config.embed_dim, c_out * (2 if self.scale_and_bias else 1)))
+        self.film = nn.Sequential(nn.Mish(),
+                                  nn.Linear(config.embed_dim, c_out * (2 if self.scale_and_bias else 1)))
         self.residual = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: Tensor, e: Tensor) -> Tensor:
@@ -159,8 +164,10 @@ class ConditionalUnet1D(PretrainedMixin, nn.Module):
         """Number of parameters (all of them, or only those with ``requires_grad``)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    def _check_inputs(self, sample: Tensor, cond: Tensor, timestep: Tensor | int | float | None) -> Tensor | None:
-        """Validate the arguments; returns the timestep as a float tensor ``[B]`` (None without time input)."""
+    def _check_inputs(self, sample: Tensor, cond: Tensor,
+                      timestep: Tensor | int | float | None) -> Tensor | None:
+        """Validate the arguments; returns the timestep as a float tensor ``[B]`` (None without time
+        input)."""
         c = self.config
         if not isinstance(sample, Tensor) or sample.ndim != 3 or sample.shape[-1] != c.action_dim:
             got = tuple(sample.shape) if isinstance(sample, Tensor) else type(sample).__name__
@@ -181,9 +188,11 @@ class ConditionalUnet1D(PretrainedMixin, nn.Module):
                 raise ValueError("timestep must be None: this model has no time input (time_embed_dim=0)")
             return None
         if timestep is None:
-            raise ValueError(f"timestep is required (time_embed_dim={c.time_embed_dim}); pass [B] or a scalar")
+            raise ValueError(f"timestep is required (time_embed_dim={c.time_embed_dim}); "
+                             "pass [B] or a scalar")
         if isinstance(timestep, bool) or not isinstance(timestep, (Tensor, int, float)):
-            raise ValueError(f"timestep must be a tensor [B], an int or a float, got {type(timestep).__name__}")
+            raise ValueError("timestep must be a tensor [B], an int or a float, "
+                             f"got {type(timestep).__name__}")
         t = torch.as_tensor(timestep, device=sample.device)
         if t.is_complex() or t.dtype == torch.bool:
             raise ValueError(f"timestep must be real-valued (int or float), got dtype {t.dtype}")

@@ -31,7 +31,8 @@ from .image_training import train_images
 @dataclass(frozen=True)
 class Ablation:
     title: str  # the paper table it mirrors
-    rows: tuple[tuple[str, dict], ...]  # (label, ImageTrainConfig overrides); "mae_width" sets MAEConfig.width
+    # (label, ImageTrainConfig overrides); "mae_width" sets MAEConfig.width
+    rows: tuple[tuple[str, dict], ...]
 
 
 _DEFAULT = ("default", {})
@@ -46,11 +47,13 @@ ABLATIONS: dict[str, Ablation] = {
         ("softmax over x and y (default)", {}), ("softmax over y only", {"normalize": "y"}),
         ("no normalization", {"normalize": "none"}), _SEED1)),
     "allocation": Ablation("Table 2: positives and negatives at a fixed generated batch Nc x N = 80", (
-        ("Nc 10, P 1, N 8", {"n_pos": 1}), ("Nc 10, P 2, N 8", {"n_pos": 2}), ("Nc 10, P 4, N 8", {"n_pos": 4}),
-        ("Nc 10, P 8, N 8 (default)", {}), ("Nc 5, P 16, N 16", {"classes_per_step": 5, "n_pos": 16, "n_gen": 16}),
+        ("Nc 10, P 1, N 8", {"n_pos": 1}), ("Nc 10, P 2, N 8", {"n_pos": 2}),
+        ("Nc 10, P 4, N 8", {"n_pos": 4}), ("Nc 10, P 8, N 8 (default)", {}),
+        ("Nc 5, P 16, N 16", {"classes_per_step": 5, "n_pos": 16, "n_gen": 16}),
         ("Nc 2, P 40, N 40", {"classes_per_step": 2, "n_pos": 40, "n_gen": 40}), _SEED1)),
     "features": Ablation("A.5: feature sets", (
-        ("(a, b)", {"feature_sets": "ab"}), ("(a-c)", {"feature_sets": "abc"}), ("(a-d) (default)", {}), _SEED1)),
+        ("(a, b)", {"feature_sets": "ab"}), ("(a-c)", {"feature_sets": "abc"}), ("(a-d) (default)", {}),
+        _SEED1)),
     "temperatures": Ablation("A.6: temperatures", (
         ("tau 0.02", {"temperatures": (0.02,)}), ("tau 0.05", {"temperatures": (0.05,)}),
         ("tau 0.2", {"temperatures": (0.2,)}), ("tau {0.02, 0.05, 0.2} (default)", {}), _SEED1)),
@@ -64,9 +67,10 @@ ABLATIONS: dict[str, Ablation] = {
 def ablation_config(overrides: dict, *, preset: str = "cpu", steps: int = 200, eval_samples: int = 1000,
                     **base) -> ImageTrainConfig:
     """The row config: ``preset`` with ``steps``/``eval_samples`` and ``base`` overrides, then the row's
-    (``mae_*`` keys set fields of the MAE config, as in :func:`~drifting.recipes.image_config.train_preset`)."""
-    kw = {"steps": steps, "eval_samples": eval_samples, "sample_every": steps, "ckpt_every": max(1, min(100, steps)),
-          **base, **overrides}
+    (``mae_*`` keys set fields of the MAE config, as in
+    :func:`~drifting.recipes.image_config.train_preset`)."""
+    kw = {"steps": steps, "eval_samples": eval_samples, "sample_every": steps,
+          "ckpt_every": max(1, min(100, steps)), **base, **overrides}
     return train_preset(preset, **kw)
 
 
@@ -88,8 +92,8 @@ def run_row(cfg: ImageTrainConfig, root: Path, *, progress: bool = True) -> dict
     return run.metrics
 
 
-def run_ablation(name: str, out: str | Path, *, steps: int = 200, eval_samples: int = 1000, preset: str = "cpu",
-                 progress: bool = True, **base) -> dict:
+def run_ablation(name: str, out: str | Path, *, steps: int = 200, eval_samples: int = 1000,
+                 preset: str = "cpu", progress: bool = True, **base) -> dict:
     """Train and score every row of ``ABLATIONS[name]``; write ``OUT/NAME.json`` and return the result."""
     if name not in ABLATIONS:
         raise ValueError(f"name: unknown ablation {name!r}; choose one of {sorted(ABLATIONS)}")
@@ -102,9 +106,9 @@ def run_ablation(name: str, out: str | Path, *, steps: int = 200, eval_samples: 
         rows.append({"row": label, "accuracy": m["accuracy"], "clf_fid": m["classifier_fid"],
                      "train_seconds": m.get("train_seconds"),
                      "run": str(_run_dir(root, cfg))})
-    res = {"ablation": name, "title": ab.title, "preset": preset, "steps": steps, "eval_samples": eval_samples,
-           "base_overrides": jsonable(base), "rows": rows, "floor_clf_fid": m.get("floor_classifier_fid"),
-           "seconds": time.perf_counter() - t0}
+    res = {"ablation": name, "title": ab.title, "preset": preset, "steps": steps,
+           "eval_samples": eval_samples, "base_overrides": jsonable(base), "rows": rows,
+           "floor_clf_fid": m.get("floor_classifier_fid"), "seconds": time.perf_counter() - t0}
     root.mkdir(parents=True, exist_ok=True)
     (root / f"{name}.json").write_text(json.dumps(res, indent=2))
     return res
@@ -112,11 +116,13 @@ def run_ablation(name: str, out: str | Path, *, steps: int = 200, eval_samples: 
 
 def format_ablation(res: dict) -> str:
     """A Markdown table like the paper's: one line per row, classifier metrics and training time."""
-    lines = [f"{res['title']} ({res['preset']} preset, {res['steps']} steps, {res['eval_samples']} samples)", "",
-             "| row | classifier accuracy | classifier-feature FID | train s |", "| --- | --- | --- | --- |"]
+    lines = [f"{res['title']} ({res['preset']} preset, {res['steps']} steps, {res['eval_samples']} samples)",
+             "", "| row | classifier accuracy | classifier-feature FID | train s |",
+             "| --- | --- | --- | --- |"]
     for r in res["rows"]:
         t = f"{r['train_seconds']:.0f}" if r["train_seconds"] is not None else "-"
         lines.append(f"| {r['row']} | {r['accuracy']:.3f} | {r['clf_fid']:.1f} | {t} |")
     if res.get("floor_clf_fid") is not None:
-        lines.append(f"\n(classifier-feature FID of real train images at this sample size: {res['floor_clf_fid']:.2f})")
+        lines.append("\n(classifier-feature FID of real train images at this sample "
+                     f"size: {res['floor_clf_fid']:.2f})")
     return "\n".join(lines)

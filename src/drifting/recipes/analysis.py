@@ -34,7 +34,8 @@ def _check_alphas(alphas) -> tuple[float, ...]:
     except (TypeError, ValueError):
         raise ValueError(f"alphas must be a sequence of numbers >= 1, got {alphas!r}") from None
     if not vals or any(not math.isfinite(a) or a < 1 for a in vals):
-        raise ValueError(f"alphas must be a non-empty sequence of finite numbers >= 1 (alpha = 1: no CFG), got {alphas!r}")
+        raise ValueError("alphas must be a non-empty sequence of finite numbers >= 1 (alpha = 1: no "
+                         f"CFG), got {alphas!r}")
     return vals
 
 
@@ -45,9 +46,10 @@ def _check_pos_int(name: str, v) -> int:
 
 
 # --------------------------------------------------------------------------- Fig. 5: CFG sweep
-def cfg_sweep(model_dir: str | Path, alphas=(1.0, 1.5, 2.0, 3.0), *, num: int = 1000, ref: str = "fashion-mnist:test",
-              metrics=("fid", "prdc"), seed: int = 0, out_dir: str | Path | None = None, progress: bool = True,
-              n_ref: int | None = None, classifier_steps: int | None = None, **eval_kw) -> dict:
+def cfg_sweep(model_dir: str | Path, alphas=(1.0, 1.5, 2.0, 3.0), *, num: int = 1000,
+              ref: str = "fashion-mnist:test", metrics=("fid", "prdc"), seed: int = 0,
+              out_dir: str | Path | None = None, progress: bool = True, n_ref: int | None = None,
+              classifier_steps: int | None = None, **eval_kw) -> dict:
     """Sample quality vs CFG scale (paper Fig. 5).
 
     For each alpha, ``num`` samples with labels cycling through the classes (same seed for every
@@ -87,7 +89,8 @@ def cfg_sweep(model_dir: str | Path, alphas=(1.0, 1.5, 2.0, 3.0), *, num: int = 
 def _series(results: list[dict]) -> dict[str, list[float]]:
     """Per-metric values over the sweep, for the metrics present at every alpha."""
     keys = {"FID": ("fid",), "precision": ("precision",), "recall": ("recall",), "density": ("density",),
-            "coverage": ("coverage",), "FD_DINOv2": ("fd_dinov2",), "classifier accuracy": ("classifier", "accuracy"),
+            "coverage": ("coverage",), "FD_DINOv2": ("fd_dinov2",),
+            "classifier accuracy": ("classifier", "accuracy"),
             "classifier FID": ("classifier", "classifier_fid")}
     out = {}
     for name, path in keys.items():
@@ -139,7 +142,8 @@ def embed(encoder, images: np.ndarray, batch: int = 256) -> torch.Tensor:
     encoder.eval()
     out = []
     for i in range(0, len(images), batch):
-        x = torch.from_numpy(images[i: i + batch]).permute(0, 3, 1, 2).float() / 127.5 - 1  # [b, C, H, W] in [-1, 1]
+        # [b, C, H, W] in [-1, 1]
+        x = torch.from_numpy(images[i: i + batch]).permute(0, 3, 1, 2).float() / 127.5 - 1
         taps = encoder.forward_features(x)  # list of [b, C_i, H_i, W_i]
         out.append(torch.cat([t.mean(dim=(2, 3)) for t in taps], dim=1))  # [b, sum C_i]
     return F.normalize(torch.cat(out), dim=1)  # [N, D]
@@ -154,7 +158,8 @@ def top_k_cosine(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: int =
     """
     k = _check_pos_int("k", k)
     if queries.dim() != 2 or keys.dim() != 2 or queries.shape[1] != keys.shape[1]:
-        raise ValueError(f"queries [Q, D] and keys [M, D] must share D, got {tuple(queries.shape)}, {tuple(keys.shape)}")
+        raise ValueError("queries [Q, D] and keys [M, D] must share D, "
+                         f"got {tuple(queries.shape)}, {tuple(keys.shape)}")
     if k > keys.shape[0]:
         raise ValueError(f"k = {k} exceeds the {keys.shape[0]} training images searched")
     q, keys = F.normalize(queries.float(), dim=1), F.normalize(keys.float(), dim=1)
@@ -169,9 +174,10 @@ def top_k_cosine(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: int =
     return best_i, best_s
 
 
-def nearest_neighbours(model_dir: str | Path, *, data: str | None = None, encoder_dir: str | Path | None = None,
-                       num: int = 8, k: int = 5, seed: int = 0, out_path: str | Path | None = None,
-                       pool_size: int | None = None, alpha: float = 1.0, chunk: int = 4096) -> dict:
+def nearest_neighbours(model_dir: str | Path, *, data: str | None = None,
+                       encoder_dir: str | Path | None = None, num: int = 8, k: int = 5, seed: int = 0,
+                       out_path: str | Path | None = None, pool_size: int | None = None, alpha: float = 1.0,
+                       chunk: int = 4096) -> dict:
     """Generated samples and their top-``k`` training neighbours (paper Fig. 6).
 
     ``num`` samples (labels 0, 1, 2, ... cycling through the classes) are embedded with the
@@ -195,7 +201,8 @@ def nearest_neighbours(model_dir: str | Path, *, data: str | None = None, encode
         data = json.loads(tc.read_text()).get("data", "fashion-mnist") if tc.is_file() else "fashion-mnist"
     enc_dir = Path(encoder_dir) if encoder_dir is not None else model_dir.parent / "mae"
     if not (enc_dir / "model.safetensors").is_file():
-        raise FileNotFoundError(f"encoder_dir {enc_dir} holds no ResNet-MAE export (config.json + model.safetensors)")
+        raise FileNotFoundError(f"encoder_dir {enc_dir} holds no ResNet-MAE export (config.json "
+                                "+ model.safetensors)")
     encoder = ResNetMAE.from_pretrained(enc_dir).encoder
 
     ds = load_dataset(data, "train")
@@ -206,10 +213,12 @@ def nearest_neighbours(model_dir: str | Path, *, data: str | None = None, encode
     labels = torch.arange(num) % model.config.num_classes  # [num]
     samples = generate(model, labels, alpha, seed=seed, tokenizer=tokenizer)  # [num, H, W, C] uint8
     if samples.shape[1:] != pool.shape[1:]:
-        raise ValueError(f"samples are {samples.shape[1:]} but the training images of {data!r} are {pool.shape[1:]}")
+        raise ValueError(f"samples are {samples.shape[1:]} but the training images of {data!r} "
+                         f"are {pool.shape[1:]}")
     if encoder.config.in_channels != samples.shape[-1]:
-        raise ValueError(f"the encoder of {enc_dir} takes {encoder.config.in_channels} channels, the images have "
-                         f"{samples.shape[-1]} (a latent-space MAE cannot embed pixels; pass encoder_dir=)")
+        raise ValueError(f"the encoder of {enc_dir} takes {encoder.config.in_channels} channels, "
+                         f"the images have {samples.shape[-1]} (a latent-space MAE cannot embed "
+                         "pixels; pass encoder_dir=)")
     idx, sim = top_k_cosine(embed(encoder, samples), embed(encoder, pool), k, chunk=chunk)  # [num, k] each
     if out_path is not None:
         rows = np.concatenate([samples[:, None], pool[idx.numpy()]], axis=1)  # [num, 1 + k, H, W, C]
@@ -226,8 +235,8 @@ def _group_kind(key: str) -> str:
 
 
 @torch.no_grad()
-def drift_diagnosis(run_dir: str | Path, *, batches: int = 4, n_gen: int | None = None, n_pos: int | None = None,
-                    seed: int = 0) -> dict:
+def drift_diagnosis(run_dir: str | Path, *, batches: int = 4, n_gen: int | None = None,
+                    n_pos: int | None = None, seed: int = 0) -> dict:
     """The raw drift norm of a trained run (``drifting train --out RUN``), split by what makes it.
 
     For ``batches`` batches of every class: ``n_gen`` one-step samples at alpha 1 (default: the run's
@@ -249,10 +258,12 @@ def drift_diagnosis(run_dir: str | Path, *, batches: int = 4, n_gen: int | None 
     run_dir = Path(run_dir)
     tc = run_dir / "model" / "train_config.json"
     if not tc.is_file():
-        raise FileNotFoundError(f"run_dir {run_dir} has no model/train_config.json (a `drifting train --out` dir)")
+        raise FileNotFoundError(f"run_dir {run_dir} has no model/train_config.json (a "
+                                "`drifting train --out` dir)")
     cfg = json.loads(tc.read_text())
     if cfg.get("tokenizer") or cfg.get("encoder", "mae") != "mae":
-        raise ValueError("run_dir: drift_diagnosis supports pixel-space runs with the ResNet-MAE encoder only")
+        raise ValueError("run_dir: drift_diagnosis supports pixel-space runs with the "
+                         "ResNet-MAE encoder only")
     N = _check_pos_int("n_gen", n_gen if n_gen is not None else cfg["n_gen"])
     P = _check_pos_int("n_pos", n_pos if n_pos is not None else cfg["n_pos"])
     batches = _check_pos_int("batches", batches)
@@ -263,15 +274,19 @@ def drift_diagnosis(run_dir: str | Path, *, batches: int = 4, n_gen: int | None 
     temps = tuple(cfg["temperatures"])
     rng = np.random.default_rng(seed)
     by_class = [np.flatnonzero(ds.labels == c) for c in range(K)]
-    parts = {"": dict(), "_attr": dict(attraction=1.0, repulsion=0.0), "_rep": dict(attraction=0.0, repulsion=1.0)}
+    parts = {"": dict(), "_attr": dict(attraction=1.0, repulsion=0.0),
+             "_rep": dict(attraction=0.0, repulsion=1.0)}
     acc: dict[str, dict[str, float]] = {}
     for b in range(batches):
         labels = torch.arange(K).repeat_interleave(N)  # [K*N]
-        x = model.eval().sample(labels, 1.0, generator=torch.Generator().manual_seed(seed * 1000 + b))  # [K*N, C, H, W]
+        # [K*N, C, H, W]
+        x = model.eval().sample(labels, 1.0, generator=torch.Generator().manual_seed(seed * 1000 + b))
         idx = np.stack([rng.choice(ix, size=P + N, replace=False) for ix in by_class])  # [K, P+N]
         real = ds.to_tensor(idx.reshape(-1))  # [K*(P+N), C, H, W]
-        f_real = group_by_class(encode(encoder, real, cfg["feature_sets"], cfg["vanilla"]), K)  # {j: [K, P+N, L, C]}
-        f_gen = group_by_class(encode(encoder, x, cfg["feature_sets"], cfg["vanilla"]), K)  # {j: [K, N, L, C]}
+        # {j: [K, P+N, L, C]}
+        f_real = group_by_class(encode(encoder, real, cfg["feature_sets"], cfg["vanilla"]), K)
+        # {j: [K, N, L, C]}
+        f_gen = group_by_class(encode(encoder, x, cfg["feature_sets"], cfg["vanilla"]), K)
         pos = {j: v[:, :P] for j, v in f_real.items()}
         stand_in = {j: v[:, P:] for j, v in f_real.items()}
         for tag, gen in (("", f_gen), ("floor_", stand_in)):

@@ -76,13 +76,14 @@ def _check_common(cfg, prefix: str) -> None:
     _need(isinstance(cfg.data, str) and bool(cfg.data.strip()), f"{prefix}.data",
           f"must be a dataset spec such as 'fashion-mnist' or a .npz path, got {cfg.data!r}")
     for name in ("steps", "batch"):
-        _need(_pos_int(getattr(cfg, name)), f"{prefix}.{name}", f"must be an integer >= 1, got {getattr(cfg, name)!r}")
+        _need(_pos_int(getattr(cfg, name)), f"{prefix}.{name}",
+              f"must be an integer >= 1, got {getattr(cfg, name)!r}")
     _need(isinstance(cfg.lr, (int, float)) and math.isfinite(cfg.lr) and cfg.lr > 0, f"{prefix}.lr",
           f"must be a finite number > 0, got {cfg.lr!r}")
     _need(isinstance(cfg.weight_decay, (int, float)) and cfg.weight_decay >= 0, f"{prefix}.weight_decay",
           f"must be >= 0, got {cfg.weight_decay!r}")
-    _need(isinstance(cfg.warmup, int) and not isinstance(cfg.warmup, bool) and cfg.warmup >= 0, f"{prefix}.warmup",
-          f"must be an integer >= 0, got {cfg.warmup!r}")
+    _need(isinstance(cfg.warmup, int) and not isinstance(cfg.warmup, bool) and cfg.warmup >= 0,
+          f"{prefix}.warmup", f"must be an integer >= 0, got {cfg.warmup!r}")
     _need(cfg.ema_decay is None or (isinstance(cfg.ema_decay, (int, float)) and 0.0 <= cfg.ema_decay < 1.0),
           f"{prefix}.ema_decay", f"must be None (no EMA) or in [0, 1), got {cfg.ema_decay!r}")
     _need(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool), f"{prefix}.seed",
@@ -120,7 +121,8 @@ class RAETrainConfig:
     def validate(self) -> "RAETrainConfig":
         """Raise ``ValueError`` naming the offending field; return self."""
         _check_common(self, "RAETrainConfig")
-        _need(isinstance(self.mae, MAEConfig), "RAETrainConfig.mae", f"must be a MAEConfig, got {type(self.mae).__name__}")
+        _need(isinstance(self.mae, MAEConfig), "RAETrainConfig.mae",
+              f"must be a MAEConfig, got {type(self.mae).__name__}")
         _need(self.mae_dir is None or isinstance(self.mae_dir, str), "RAETrainConfig.mae_dir",
               f"must be None or a directory path string, got {self.mae_dir!r}")
         _need(self.stage in (1, 2, 3, 4) and not isinstance(self.stage, bool), "RAETrainConfig.stage",
@@ -128,8 +130,9 @@ class RAETrainConfig:
         for name in ("decoder_width", "decoder_blocks"):
             _need(_pos_int(getattr(self, name)), f"RAETrainConfig.{name}",
                   f"must be an integer >= 1, got {getattr(self, name)!r}")
-        _need(isinstance(self.noise_tau, (int, float)) and math.isfinite(self.noise_tau) and self.noise_tau >= 0,
-              "RAETrainConfig.noise_tau", f"must be a finite number >= 0, got {self.noise_tau!r}")
+        _need(isinstance(self.noise_tau, (int, float)) and math.isfinite(self.noise_tau)
+              and self.noise_tau >= 0, "RAETrainConfig.noise_tau",
+              f"must be a finite number >= 0, got {self.noise_tau!r}")
         return self
 
 
@@ -174,16 +177,17 @@ class VAETrainConfig:
         """Raise ``ValueError`` naming the offending field; return self."""
         _check_common(self, "VAETrainConfig")
         b = self.block_out_channels
-        _need(isinstance(b, tuple) and len(b) >= 1 and all(_pos_int(c) for c in b), "VAETrainConfig.block_out_channels",
-              f"must be a non-empty tuple of integers >= 1, got {b!r}")
+        _need(isinstance(b, tuple) and len(b) >= 1 and all(_pos_int(c) for c in b),
+              "VAETrainConfig.block_out_channels", f"must be a non-empty tuple of integers >= 1, got {b!r}")
         for name in ("layers_per_block", "latent_channels", "norm_num_groups", "scale_samples"):
             _need(_pos_int(getattr(self, name)), f"VAETrainConfig.{name}",
                   f"must be an integer >= 1, got {getattr(self, name)!r}")
         bad = [c for c in b if c % self.norm_num_groups]
         _need(not bad, "VAETrainConfig.norm_num_groups",
               f"{self.norm_num_groups} must divide every block_out_channels entry, but not {bad}")
-        _need(isinstance(self.kl_weight, (int, float)) and math.isfinite(self.kl_weight) and self.kl_weight >= 0,
-              "VAETrainConfig.kl_weight", f"must be a finite number >= 0, got {self.kl_weight!r}")
+        _need(isinstance(self.kl_weight, (int, float)) and math.isfinite(self.kl_weight)
+              and self.kl_weight >= 0, "VAETrainConfig.kl_weight",
+              f"must be a finite number >= 0, got {self.kl_weight!r}")
         return self
 
 
@@ -200,7 +204,8 @@ def _splits(data: str, seed: int) -> tuple[ImageDataset, ImageDataset, ImageData
     n = len(full)
     k = min(HOLDOUT_MAX, n // 10)
     if k < 1:
-        raise ValueError(f"data: {data!r} has no test split and too few images ({n}) to hold 10% out for the metrics")
+        raise ValueError(f"data: {data!r} has no test split and too few images ({n}) to hold "
+                         "10% out for the metrics")
     perm = np.random.default_rng(seed).permutation(n)
     return full, full.subset(np.sort(perm[k:])), full.subset(np.sort(perm[:k]))
 
@@ -288,7 +293,8 @@ def train_rae(cfg: RAETrainConfig, out: str | Path, progress: bool = True) -> di
             group["lr"] = _lr(cfg, step)
         loss = _recon_loss(dec(z), x)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite RAE decoder loss at step {step}; try a lower lr (now {cfg.lr})")
+            raise FloatingPointError(f"non-finite RAE decoder loss at step {step}; try a "
+                                     f"lower lr (now {cfg.lr})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -315,7 +321,8 @@ def train_rae(cfg: RAETrainConfig, out: str | Path, progress: bool = True) -> di
         "final_loss": float(loss.item()),
         "test_images": len(test),
     }
-    (out / "metrics.json").write_text(json.dumps({"config": jsonable(asdict(cfg)), **metrics}, indent=2) + "\n")
+    (out / "metrics.json").write_text(
+        json.dumps({"config": jsonable(asdict(cfg)), **metrics}, indent=2) + "\n")
     return metrics
 
 
@@ -359,8 +366,8 @@ def train_vae(cfg: VAETrainConfig, out: str | Path, progress: bool = True) -> di
     H, W, C = full.shape
     f = 2 ** (len(cfg.block_out_channels) - 1)
     if H % f or W % f:
-        raise ValueError(f"block_out_channels: {len(cfg.block_out_channels)} blocks downsample by {f}, which must "
-                         f"divide the image size {H}x{W} of {cfg.data!r}")
+        raise ValueError(f"block_out_channels: {len(cfg.block_out_channels)} blocks downsample by {f}, which "
+                         f"must divide the image size {H}x{W} of {cfg.data!r}")
     t0 = time.perf_counter()
     vae = build_vae(cfg, C, H).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
@@ -401,7 +408,8 @@ def train_vae(cfg: VAETrainConfig, out: str | Path, progress: bool = True) -> di
                            for s in range(0, n, 500)])  # [n, c, h, w]
     std = means.double().std().item()
     if not (math.isfinite(std) and std > 0):
-        raise FloatingPointError(f"the VAE's posterior means have std {std}; the run diverged (try a lower lr)")
+        raise FloatingPointError(f"the VAE's posterior means have std {std}; the run "
+                                 "diverged (try a lower lr)")
     final.register_to_config(scaling_factor=1.0 / std)
     train_seconds = time.perf_counter() - t0
     final.save_pretrained(str(out), safe_serialization=True)
@@ -419,7 +427,8 @@ def train_vae(cfg: VAETrainConfig, out: str | Path, progress: bool = True) -> di
         "final_kl": float(kl.item()),
         "test_images": len(test),
     }
-    (out / "metrics.json").write_text(json.dumps({"config": jsonable(asdict(cfg)), **metrics}, indent=2) + "\n")
+    (out / "metrics.json").write_text(
+        json.dumps({"config": jsonable(asdict(cfg)), **metrics}, indent=2) + "\n")
     return metrics
 
 
@@ -432,14 +441,16 @@ def _cached(kind: str, cfg, train_fn, progress: bool) -> Path:
 
 def cached_rae_dir(data: str | None = None, cfg: RAETrainConfig | None = None, progress: bool = True) -> Path:
     """The export directory of the RAE trained with ``cfg`` (default ``RAETrainConfig()``; ``data``, when
-    given, overrides ``cfg.data``), from the on-disk cache or trained now. Keyed by the config and the training images and labels
-    (:mod:`drifting.cache`), like :func:`drifting.recipes.mae_pretrain.cached_mae_dir`."""
+    given, overrides ``cfg.data``), from the on-disk cache or trained now. Keyed by the config and the
+    training images and labels (:mod:`drifting.cache`), like
+    :func:`drifting.recipes.mae_pretrain.cached_mae_dir`."""
     cfg = _with_data(RAETrainConfig() if cfg is None else cfg, data)
     return _cached("rae", cfg.validate(), train_rae, progress)
 
 
 def cached_vae_dir(data: str | None = None, cfg: VAETrainConfig | None = None, progress: bool = True) -> Path:
-    """As :func:`cached_rae_dir`, for the reconstruction VAE of :func:`train_vae` (an ``autoencoderkl:`` dir)."""
+    """As :func:`cached_rae_dir`, for the reconstruction VAE of :func:`train_vae` (an ``autoencoderkl:``
+    dir)."""
     cfg = _with_data(VAETrainConfig() if cfg is None else cfg, data)
     return _cached("vae", cfg.validate(), train_vae, progress)
 

@@ -23,8 +23,8 @@ def _to_input(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def train_classifier(ds: ImageDataset, *, steps: int = 1500, batch: int = 128, lr: float = 2e-3, seed: int = 0,
-                     progress: bool = False) -> SmallCNN:
+def train_classifier(ds: ImageDataset, *, steps: int = 1500, batch: int = 128, lr: float = 2e-3,
+                     seed: int = 0, progress: bool = False) -> SmallCNN:
     """Train :class:`SmallCNN` on ``ds`` with light augmentation (random shifts by up to 2 px)."""
     H, W, C = ds.shape
     torch.manual_seed(seed)
@@ -59,12 +59,14 @@ def cached_classifier(train: ImageDataset, *, steps: int | None = None, progress
     """:func:`train_classifier` on ``train``, cached on disk by the data and the step count."""
     steps = steps or CLASSIFIER_STEPS
     key = content_key({"classifier": "SmallCNN", "steps": steps}, train.images, train.labels)
-    d = cached_dir("classifier", key, lambda d: train_classifier(train, steps=steps, progress=progress).save_pretrained(d))
+    d = cached_dir("classifier", key,
+                   lambda d: train_classifier(train, steps=steps, progress=progress).save_pretrained(d))
     return SmallCNN.from_pretrained(d).eval()
 
 
 @torch.no_grad()
-def features_and_logits(model: SmallCNN, images: np.ndarray, batch: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+def features_and_logits(model: SmallCNN, images: np.ndarray,
+                        batch: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
     """Penultimate features ``[N, F]`` (float64) and logits ``[N, K]`` for uint8 images ``[N, H, W, C]``."""
     model.eval()
     feats, logits = [], []
@@ -90,7 +92,8 @@ def _reference_features(model: SmallCNN, images: np.ndarray) -> tuple[torch.Tens
 
 
 def classifier_report(model: SmallCNN, images: np.ndarray, labels: np.ndarray, test: ImageDataset,
-                      train: ImageDataset | None = None, *, n_floor: int | None = None, seed: int = 0) -> dict:
+                      train: ImageDataset | None = None, *, n_floor: int | None = None,
+                      seed: int = 0) -> dict:
     """Accuracy of ``model`` on generated ``images`` w.r.t. their conditioning ``labels``, the
     classifier-feature FID against ``test``, and (with ``train``) the train-vs-test floor using as
     many train images as there are samples."""

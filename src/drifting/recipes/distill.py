@@ -78,7 +78,8 @@ _EPS = 1e-12
 class DistillConfig:
     """Everything a distillation run depends on (saved in its checkpoint and beside its export)."""
 
-    teacher: str = ""  # a flow model export (train-flow's OUT/model); its tokenizer.json sets the latent space
+    # a flow model export (train-flow's OUT/model); its tokenizer.json sets the latent space
+    teacher: str = ""
     data: str = "fashion-mnist"  # the real samples (positives); encoded with the teacher's tokenizer
     init: str = "teacher"  # "teacher": distillation (§3.3); "scratch": App. C, a fresh network
     features: str = "latent"  # "latent": the latent tokens (Eq. 10); "decode-encode": App. C's E(D(G(z)))
@@ -113,7 +114,8 @@ class DistillConfig:
 
         need(isinstance(self.teacher, str) and self.teacher != "", "teacher",
              "must name a flow model directory (train-flow's OUT/model)")
-        for name in ("steps", "classes_per_step", "n_pos", "n_neg", "log_every", "ckpt_every", "sample_every"):
+        for name in ("steps", "classes_per_step", "n_pos", "n_neg", "log_every", "ckpt_every",
+                     "sample_every"):
             need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "must be an integer >= 1")
         for name in ("n_extra_neg", "lr_decay_steps", "ema_warmup"):
             need(is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "must be an integer >= 0")
@@ -122,11 +124,13 @@ class DistillConfig:
         need(self.init in INITS, "init", f"must be one of {list(INITS)}")
         need(self.features in FEATURES, "features", f"must be one of {list(FEATURES)}")
         temps = tuple(self.temperatures)
-        need(len(temps) >= 1 and all(isinstance(t, (int, float)) and math.isfinite(t) and t > 0 for t in temps),
+        need(len(temps) >= 1
+             and all(isinstance(t, (int, float)) and math.isfinite(t) and t > 0 for t in temps),
              "temperatures", "must be a non-empty list of positive numbers")
         for name in ("lr", "lr_final"):
             v = getattr(self, name)
-            need(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, name, "must be a finite number > 0")
+            need(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, name,
+                 "must be a finite number > 0")
         need(self.lr_final <= self.lr, "lr_final", "must be <= lr (the schedule decays)")
         need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         need(math.isfinite(self.grad_clip), "grad_clip", "must be finite (<= 0 turns clipping off)")
@@ -204,7 +208,8 @@ def drift_rae_loss(
                          f"got {tuple(x.shape)} and {tuple(pos.shape)}")
     if extra_neg is not None and (extra_neg.dim() != 5 or extra_neg.shape[0] != x.shape[0]
                                   or extra_neg.shape[2:] != x.shape[2:]):
-        raise ValueError(f"extra_neg must be [G, E, c, h, w] like x {tuple(x.shape)}, got {tuple(extra_neg.shape)}")
+        raise ValueError(f"extra_neg must be [G, E, c, h, w] like x {tuple(x.shape)}, "
+                         f"got {tuple(extra_neg.shape)}")
     temperatures = tuple(float(t) for t in temperatures)
     if not temperatures or any(not (math.isfinite(t) and t > 0) for t in temperatures):
         raise ValueError(f"temperatures must be a non-empty list of positive numbers, got {temperatures}")
@@ -214,9 +219,11 @@ def drift_rae_loss(
     with torch.no_grad():
         q = x_tok.detach().float()  # [BL, N, D]
         y_pos = tokens(pos.detach()).float()  # [BL, P, D]
-        negs = q if extra_neg is None else torch.cat([q, tokens(extra_neg.detach()).float()], dim=1)  # [BL, M, D]
+        # [BL, M, D]
+        negs = q if extra_neg is None else torch.cat([q, tokens(extra_neg.detach()).float()], dim=1)
         S = 1.0
-        if normalize_features:  # mean distance from the generated tokens to every target (self pairs included)
+        # mean distance from the generated tokens to every target (self pairs included)
+        if normalize_features:
             d = torch.cat([pairwise_distances(q, y_pos), pairwise_distances(q, negs)], -1)  # [BL, N, P+M]
             S = d.mean() if comm is None else comm.mean(d.mean())  # equal shares: the mean of the means
             S = max(float(S), _EPS)
@@ -243,7 +250,8 @@ def drift_rae_loss(
 
 
 def _perturbation(shape: tuple[int, int, int], generator) -> torch.Tensor:
-    """Eq. 12's ``n`` for token problems ``[G*L, M, D]`` (group-major), from one generator or one per class."""
+    """Eq. 12's ``n`` for token problems ``[G*L, M, D]`` (group-major), from one generator or one per
+    class."""
     if not isinstance(generator, (list, tuple)):
         return laplace_norm_noise(shape, generator=generator)
     L = shape[0] // len(generator)  # class k's tokens are rows k*L:(k+1)*L
@@ -277,25 +285,29 @@ def distill(cfg: DistillConfig, out: str | Path, *, progress: bool = True, resum
     layout, comm = init_from_env(1, dev)  # under torchrun: the classes of a step are sharded over the ranks
     layout.check(cfg.classes_per_step, cfg.n_neg, cfg.n_pos, cfg.n_extra_neg)
     main = layout.rank == 0
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
+                else contextlib.nullcontext())
     out = Path(out)
     teacher = load_flow_model(cfg.teacher)
     tok = model_tokenizer(cfg.teacher)
     if cfg.features == "decode-encode" and tok is None:
-        raise ValueError("features: 'decode-encode' needs a latent-space teacher (its model dir has no tokenizer.json)")
+        raise ValueError("features: 'decode-encode' needs a latent-space teacher (its model dir "
+                         "has no tokenizer.json)")
     ds = load_dataset(cfg.data, "train")
     K = ds.num_classes
     if teacher.config.num_classes != K + 1:
         raise ValueError(f"teacher: {cfg.teacher} has {teacher.config.num_classes - 1} classes (+ null), "
                          f"data {cfg.data} has {K}")
     real = _real_latents(ds, tok, progress)  # [N, c, h, w]
-    if tuple(real.shape[1:]) != (teacher.config.in_channels, teacher.config.input_size, teacher.config.input_size):
-        raise ValueError(f"teacher: its input is {teacher.config.in_channels}x{teacher.config.input_size}^2 but the "
-                         f"data in its space are {tuple(real.shape[1:])}")
+    if tuple(real.shape[1:]) != (teacher.config.in_channels, teacher.config.input_size,
+                                 teacher.config.input_size):
+        raise ValueError(f"teacher: its input is {teacher.config.in_channels}x{teacher.config.input_size}^2 "
+                         f"but the data in its space are {tuple(real.shape[1:])}")
     labels_all = torch.from_numpy(ds.labels).long()
     by_class = [torch.nonzero(labels_all == k).flatten() for k in range(K)]
     if cfg.classes_per_step > K:
-        raise ValueError(f"classes_per_step: at most the {K} classes of {cfg.data}, got {cfg.classes_per_step}")
+        raise ValueError(f"classes_per_step: at most the {K} classes of {cfg.data}, "
+                         f"got {cfg.classes_per_step}")
     if tok is not None:
         tok = tok.to(dev)
 
@@ -320,19 +332,23 @@ def distill(cfg: DistillConfig, out: str | Path, *, progress: bool = True, resum
         with stop_on_sigint() as interrupted:
             for step in range(run.start, cfg.steps):
                 g = step_generator(cfg.seed, step)
-                classes = torch.randperm(K, generator=g)[:cfg.classes_per_step][list(slots)]  # [G], this rank's
-                # each class slot draws from its own stream (seed, step, slot): no draw depends on the world size
+                # [G], this rank's
+                classes = torch.randperm(K, generator=g)[:cfg.classes_per_step][list(slots)]
+                # each class slot draws from its own stream (seed, step, slot): no draw depends on
+                # the world size
                 gs = [step_generator(cfg.seed, step, stream=1000 + k) for k in slots]
                 pos_idx = torch.stack([by_class[k][torch.randint(len(by_class[k]), (P,), generator=gk)]
                                        for k, gk in zip(classes.tolist(), gs)])  # [G, P]
                 pos = real[pos_idx].to(dev)  # [G, P, c, h, w]
-                z = torch.stack([torch.randn((N + E,) + shape, generator=gk) for gk in gs]).to(dev)  # [G, N+E, c, h, w]
+                # [G, N+E, c, h, w]
+                z = torch.stack([torch.randn((N + E,) + shape, generator=gk) for gk in gs]).to(dev)
                 labels = classes.to(dev)[:, None].expand(G_, N + E)  # [G, N+E]
                 lr = linear_decay_lr(step, cfg.lr, cfg.lr_final, T)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 with autocast:
-                    x = one_step(student_ddp, z[:, :N].flatten(0, 1), labels[:, :N].flatten())  # [G*N, c, h, w]
+                    # [G*N, c, h, w]
+                    x = one_step(student_ddp, z[:, :N].flatten(0, 1), labels[:, :N].flatten())
                     extra = None
                     if E > 0:
                         with torch.no_grad():  # detached negatives: a forward pass only
@@ -344,8 +360,9 @@ def distill(cfg: DistillConfig, out: str | Path, *, progress: bool = True, resum
                                 extra = tok.encode(tok.decode(extra))
                 x = x.float().view(G_, N, *x.shape[1:])  # [G, N, c', h', w']
                 extra = extra.float().view(G_, E, *extra.shape[1:]) if extra is not None else None
-                loss, stats = drift_rae_loss(x, pos, extra, temperatures=cfg.temperatures, y_softmax=cfg.y_softmax,
-                                             perturb=cfg.perturb, generator=gs, comm=comm)
+                loss, stats = drift_rae_loss(x, pos, extra, temperatures=cfg.temperatures,
+                                             y_softmax=cfg.y_softmax, perturb=cfg.perturb, generator=gs,
+                                             comm=comm)
                 loss_all = loss.detach() if comm is None else comm.mean(loss)  # the 1-rank loss
                 run.check_loss(loss_all, step)
                 gnorm = optimizer_step(student, opt, loss, cfg.grad_clip, ema)
@@ -353,9 +370,11 @@ def distill(cfg: DistillConfig, out: str | Path, *, progress: bool = True, resum
                     interrupted["flag"] = bool(comm.sum(torch.tensor(float(interrupted["flag"]))) > 0)
                 v2 = f"V2@{cfg.temperatures[-1]:g}"
                 run.end_step(step + 1, loss_all.item(), {"lr": lr, "grad_norm": gnorm.item(), **stats},
-                             log_every=cfg.log_every, ckpt_every=cfg.ckpt_every, sample_every=cfg.sample_every,
-                             interrupted=interrupted["flag"], postfix={v2: f"{stats[v2]:.3f}"},
-                             sample=lambda path: save_flow_grid(best, K, path, steps=1, seed=cfg.seed, tokenizer=tok))
+                             log_every=cfg.log_every, ckpt_every=cfg.ckpt_every,
+                             sample_every=cfg.sample_every, interrupted=interrupted["flag"],
+                             postfix={v2: f"{stats[v2]:.3f}"},
+                             sample=lambda path: save_flow_grid(best, K, path, steps=1, seed=cfg.seed,
+                                                                tokenizer=tok))
     finally:
         run.close()
 
@@ -369,8 +388,9 @@ def distill(cfg: DistillConfig, out: str | Path, *, progress: bool = True, resum
     save_flow_grid(best, K, out / "samples.png", per_class=10, steps=1, seed=cfg.seed, tokenizer=tok)
     secs = run.train_seconds
     return {"steps": cfg.steps, "train_seconds": secs, "steps_per_second": cfg.steps / max(secs, 1e-9),
-            "final_loss": run.history["loss"][-1] if run.history["loss"] else None, "model_dir": str(out / "model"),
-            "samples": str(out / "samples.png"), "params": student.num_params()}
+            "final_loss": run.history["loss"][-1] if run.history["loss"] else None,
+            "model_dir": str(out / "model"), "samples": str(out / "samples.png"),
+            "params": student.num_params()}
 
 
 __all__ = ["DistillConfig", "PRESETS", "distill_preset", "one_step", "tokens", "drift_rae_loss", "distill"]

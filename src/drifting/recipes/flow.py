@@ -41,16 +41,22 @@ import numpy as np
 import torch
 
 from ..data.images import load_dataset
-from ..models.generators import build_generator, config_fields, generator_config, generator_names, load_generator_model
+from ..models.generators import (
+    build_generator,
+    config_fields,
+    generator_config,
+    generator_names,
+    load_generator_model,
+)
 from ..models.onestep import OneStepGenerator
-from ..training.checkpoint import jsonable
-from ..training.ema import EMA
-from ..training.rng import step_generator
-from ..training.interrupt import stop_on_sigint
-from ..training.loop import TrainRun, optimizer_step
-from ..training.schedules import warmup_lr
 from ..models.tokenizer import Tokenizer
 from ..models.tokenizers import build_tokenizer
+from ..training.checkpoint import jsonable
+from ..training.ema import EMA
+from ..training.interrupt import stop_on_sigint
+from ..training.loop import TrainRun, optimizer_step
+from ..training.rng import step_generator
+from ..training.schedules import warmup_lr
 from .image_sampling import to_uint8, write_grid, write_model_tokenizer
 
 TIME_SAMPLING = ("uniform", "logit-normal")
@@ -64,7 +70,8 @@ class FlowTrainConfig:
 
     data: str = "fashion-mnist"  # a data.images.load_dataset spec
     generator: str = "cpu-small"  # generator preset (DiT or conv), built with time_cond=True, style_tokens=0
-    # further overrides of the preset's config (DiTConfig / ConvGenConfig) (e.g. {"hidden": 32, "depth": 1} for tests); not the reserved fields
+    # further overrides of the preset's config (DiTConfig / ConvGenConfig) (e.g. {"hidden": 32, "depth": 1}
+    # for tests); not the reserved fields
     generator_overrides: dict = field(default_factory=dict)
     steps: int = 1000
     # a wall-time budget (minutes of training, sample grids excluded): the run ends at the first step past it,
@@ -110,11 +117,14 @@ class FlowTrainConfig:
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, name, "must be an integer >= 0")
         need(self.minutes is None or (math.isfinite(self.minutes) and self.minutes > 0), "minutes",
              "must be None or a finite number > 0")
-        need(self.generator in generator_names(), "generator", f"must be a generator preset, one of {generator_names()}")
-        need(isinstance(self.generator_overrides, dict), "generator_overrides", "must be a dict of generator config fields")
+        need(self.generator in generator_names(), "generator",
+             f"must be a generator preset, one of {generator_names()}")
+        need(isinstance(self.generator_overrides, dict), "generator_overrides",
+             "must be a dict of generator config fields")
         known = config_fields(self.generator)
         bad = sorted(k for k in self.generator_overrides if k not in known or k in _RESERVED_FIELDS)
-        need(not bad, "generator_overrides", f"unknown or reserved generator config field(s) {bad} (reserved: "
+        need(not bad, "generator_overrides",
+             f"unknown or reserved generator config field(s) {bad} (reserved: "
              f"{list(_RESERVED_FIELDS)}, set by the recipe)")
         need(self.lr > 0 and math.isfinite(self.lr), "lr", "must be a finite number > 0")
         need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
@@ -123,8 +133,10 @@ class FlowTrainConfig:
              "must be a non-empty sequence of numbers in [0, 1)")
         need(0 <= self.label_dropout <= 1, "label_dropout", "must be a probability in [0, 1]")
         need(self.time_sampling in TIME_SAMPLING, "time_sampling", f"must be one of {list(TIME_SAMPLING)}")
-        need(math.isfinite(self.sample_cfg) and self.sample_cfg >= 0, "sample_cfg", "must be a finite number >= 0")
-        need(self.tokenizer is None or (isinstance(self.tokenizer, str) and self.tokenizer.strip() != ""), "tokenizer",
+        need(math.isfinite(self.sample_cfg) and self.sample_cfg >= 0, "sample_cfg",
+             "must be a finite number >= 0")
+        need(self.tokenizer is None or (isinstance(self.tokenizer, str) and self.tokenizer.strip() != ""),
+             "tokenizer",
              "must be None (pixel space) or a tokenizer spec such as 'rae:DIR' or 'autoencoderkl:DIR'")
         return self
 
@@ -194,7 +206,8 @@ def euler_sample(model, labels, steps: int, *, cfg_scale: float = 1.0, noise: to
         raise ValueError(f"cfg_scale: the guidance scale must be a finite number >= 0, got {cfg_scale!r}")
     cfg = model.config
     if not cfg.time_cond:
-        raise ValueError("model: euler_sample needs a flow model (config.time_cond=True), got time_cond=False")
+        raise ValueError("model: euler_sample needs a flow model "
+                         "(config.time_cond=True), got time_cond=False")
     dev = model.device
     labels = torch.as_tensor(labels, device=dev)
     if labels.dim() != 1:
@@ -202,7 +215,8 @@ def euler_sample(model, labels, steps: int, *, cfg_scale: float = 1.0, noise: to
     B = labels.shape[0]
     if noise is None:
         g_dev = generator.device if generator is not None else dev
-        noise = torch.randn(B, cfg.in_channels, cfg.input_size, cfg.input_size, generator=generator, device=g_dev)
+        noise = torch.randn(B, cfg.in_channels, cfg.input_size, cfg.input_size, generator=generator,
+                            device=g_dev)
     y = noise.to(dev, torch.float32)  # [B, C, H, W], y_1 = z
     style = None
     if getattr(cfg, "style_tokens", 0) > 0:  # not for the recipe's models; kept fixed along the path
@@ -215,7 +229,8 @@ def euler_sample(model, labels, steps: int, *, cfg_scale: float = 1.0, noise: to
     for i in range(steps):
         t = torch.full((labels.shape[0],), 1.0 - i * dt, device=dev)  # [B] or [2B]; t = 1 exactly at i = 0
         if guided:
-            v_cond, v_uncond = model(torch.cat([y, y]), labels, style=style, t=t).float().chunk(2)  # [B, ...] each
+            # [B, ...] each
+            v_cond, v_uncond = model(torch.cat([y, y]), labels, style=style, t=t).float().chunk(2)
             v = v_uncond + cfg_scale * (v_cond - v_uncond)
         else:
             v = model(y, labels, style=style, t=t).float()  # [B, C, H, W]
@@ -224,10 +239,11 @@ def euler_sample(model, labels, steps: int, *, cfg_scale: float = 1.0, noise: to
 
 
 @torch.no_grad()
-def flow_generate(model: OneStepGenerator, labels: torch.Tensor, steps: int, *, cfg_scale: float = 1.0, seed: int = 0,
-                  batch: int = 500, tokenizer: Tokenizer | None = None) -> np.ndarray:
+def flow_generate(model: OneStepGenerator, labels: torch.Tensor, steps: int, *, cfg_scale: float = 1.0,
+                  seed: int = 0, batch: int = 500, tokenizer: Tokenizer | None = None) -> np.ndarray:
     """Euler samples as uint8 ``[n, H, W, C]`` for ``labels [n]`` (the flow counterpart of
-    :func:`drifting.recipes.image_sampling.generate`); a latent-space model's samples are decoded by ``tokenizer``."""
+    :func:`drifting.recipes.image_sampling.generate`); a latent-space model's samples are decoded by
+    ``tokenizer``."""
     model.eval()
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -237,11 +253,13 @@ def flow_generate(model: OneStepGenerator, labels: torch.Tensor, steps: int, *, 
     return np.concatenate(out)
 
 
-def save_flow_grid(model: OneStepGenerator, num_classes: int, path: str | Path, *, per_class: int = 8, steps: int = 50,
-                   cfg_scale: float = 1.0, seed: int = 0, tokenizer: Tokenizer | None = None) -> None:
+def save_flow_grid(model: OneStepGenerator, num_classes: int, path: str | Path, *, per_class: int = 8,
+                   steps: int = 50, cfg_scale: float = 1.0, seed: int = 0,
+                   tokenizer: Tokenizer | None = None) -> None:
     """A PNG grid with one row per class of ``steps``-step Euler samples."""
     labels = torch.arange(num_classes).repeat_interleave(per_class)  # [K * per_class]
-    write_grid(flow_generate(model, labels, steps, cfg_scale=cfg_scale, seed=seed, tokenizer=tokenizer), per_class, path)
+    write_grid(flow_generate(model, labels, steps, cfg_scale=cfg_scale, seed=seed, tokenizer=tokenizer),
+               per_class, path)
 
 
 def load_flow_model(model_dir: str | Path, device: str | torch.device = "cpu") -> OneStepGenerator:
@@ -249,7 +267,8 @@ def load_flow_model(model_dir: str | Path, device: str | torch.device = "cpu") -
     model.safetensors; nothing is unpickled). Its null class is :func:`null_class`."""
     model = load_generator_model(model_dir, device=device)
     if not model.config.time_cond:
-        raise ValueError(f"model_dir: {model_dir} holds a one-step generator (time_cond=False), not a flow model")
+        raise ValueError(f"model_dir: {model_dir} holds a one-step generator "
+                         "(time_cond=False), not a flow model")
     return model.eval()
 
 
@@ -273,7 +292,8 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
     """
     cfg.validate()
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
+                else contextlib.nullcontext())
     out = Path(out)
     ds = load_dataset(cfg.data, "train")
     H, W, C = ds.shape
@@ -294,7 +314,8 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
     ema = EMA(model, cfg.ema_decays, warmup_steps=cfg.ema_warmup)
     config = jsonable(asdict(cfg))
     run = TrainRun(out, "flow", config, {"model": model, "optimizer": opt, "ema": ema}, steps=cfg.steps,
-                   resume=resume, progress=progress, desc="train-flow", minutes=cfg.minutes, defaults=_defaults())
+                   resume=resume, progress=progress, desc="train-flow", minutes=cfg.minutes,
+                   defaults=_defaults())
     best = ema.models[max(cfg.ema_decays)]
     try:
         with stop_on_sigint() as interrupted:
@@ -315,26 +336,33 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
                     loss = flow_matching_loss(model, y, labels, t, eps)
                 run.check_loss(loss, step)
                 gnorm = optimizer_step(model, opt, loss, cfg.grad_clip, ema)
-                last = run.end_step(step + 1, loss.item(), {"lr": lr, "grad_norm": gnorm.item()}, log_every=cfg.log_every,
-                             ckpt_every=cfg.ckpt_every, sample_every=cfg.sample_every, interrupted=interrupted["flag"],
+                last = run.end_step(step + 1, loss.item(), {"lr": lr, "grad_norm": gnorm.item()},
+                                    log_every=cfg.log_every,
+                             ckpt_every=cfg.ckpt_every, sample_every=cfg.sample_every,
+                                    interrupted=interrupted["flag"],
                              sample=lambda path: save_flow_grid(best, K, path, steps=cfg.sample_steps,
-                                                                cfg_scale=cfg.sample_cfg, seed=cfg.seed, tokenizer=tok))
+                                                                cfg_scale=cfg.sample_cfg, seed=cfg.seed,
+                                                                tokenizer=tok))
                 if last:
                     break
     finally:
         run.close()
 
     run.finish(best, config)
-    write_model_tokenizer(out / "model", cfg.tokenizer, ds.shape[2])  # how to decode its latents (model_tokenizer)
-    save_flow_grid(best, K, out / "samples.png", per_class=10, steps=cfg.sample_steps, cfg_scale=cfg.sample_cfg,
+    # how to decode its latents (model_tokenizer)
+    write_model_tokenizer(out / "model", cfg.tokenizer, ds.shape[2])
+    save_flow_grid(best, K, out / "samples.png", per_class=10, steps=cfg.sample_steps,
+                   cfg_scale=cfg.sample_cfg,
                    seed=cfg.seed, tokenizer=tok)  # one row per class
     secs = run.train_seconds
     steps = run.history["step"][-1] if run.history["step"] else run.start
     return {"steps": steps, "train_seconds": secs, "steps_per_second": steps / max(secs, 1e-9),
-            "final_loss": run.history["loss"][-1] if run.history["loss"] else None, "model_dir": str(out / "model"),
-            "samples": str(out / "samples.png"), "params": model.num_params()}
+            "final_loss": run.history["loss"][-1] if run.history["loss"] else None,
+            "model_dir": str(out / "model"), "samples": str(out / "samples.png"),
+            "params": model.num_params()}
 
 
 def _defaults() -> dict:
-    """The defaults of every FlowTrainConfig field as JSON (a checkpoint from before a field existed holds it)."""
+    """The defaults of every FlowTrainConfig field as JSON (a checkpoint from before a field existed holds
+    it)."""
     return jsonable(asdict(FlowTrainConfig()))

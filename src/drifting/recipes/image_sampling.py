@@ -20,7 +20,8 @@ def write_model_tokenizer(model_dir: str | Path, spec: str | None, pixel_channel
     """Record beside an exported latent-space model how to decode its latents (``tokenizer.json``);
     nothing for a pixel-space one (``spec`` None)."""
     if spec is not None:
-        (Path(model_dir) / "tokenizer.json").write_text(json.dumps({"spec": spec, "pixel_channels": pixel_channels}))
+        (Path(model_dir) / "tokenizer.json").write_text(json.dumps({"spec": spec,
+                                                                    "pixel_channels": pixel_channels}))
 
 
 def model_tokenizer(model_dir: str | Path) -> Tokenizer | None:
@@ -61,8 +62,8 @@ def to_uint8(x: torch.Tensor, tokenizer: Tokenizer | None = None) -> np.ndarray:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def save_grid(model: OneStepGenerator, num_classes: int, path: str | Path, *, per_class: int = 8, alpha: float = 1.0,
-              seed: int = 0, tokenizer: Tokenizer | None = None) -> None:
+def save_grid(model: OneStepGenerator, num_classes: int, path: str | Path, *, per_class: int = 8,
+              alpha: float = 1.0, seed: int = 0, tokenizer: Tokenizer | None = None) -> None:
     """A class-by-class grid (one row per class) of one-step samples as PNG."""
     labels = torch.arange(num_classes).repeat_interleave(per_class)
     imgs = generate(model, labels, alpha, seed=seed, tokenizer=tokenizer)  # [K*per_class, H, W, C]
@@ -77,6 +78,7 @@ def write_grid(imgs: np.ndarray, ncol: int, path: str | Path, pad: int = 2) -> N
     canvas = np.full((nrow * (H + pad) + pad, ncol * (W + pad) + pad, C), 255, np.uint8)
     for i in range(n):
         r, c = divmod(i, ncol)
-        canvas[pad + r * (H + pad): pad + r * (H + pad) + H, pad + c * (W + pad): pad + c * (W + pad) + W] = imgs[i]
+        canvas[pad + r * (H + pad): pad + r * (H + pad) + H,
+               pad + c * (W + pad): pad + c * (W + pad) + W] = imgs[i]
     Image.fromarray(canvas[..., 0] if C == 1 else canvas).resize(
         (canvas.shape[1] * 2, canvas.shape[0] * 2), Image.NEAREST).save(path)

@@ -65,7 +65,8 @@ def feature_encoder(cfg: ImageTrainConfig, ds: ImageDataset, out: Path | None, p
     if "mae" in parts:
         if cfg.mae_dir:
             if not (Path(cfg.mae_dir) / "model.safetensors").is_file():
-                raise FileNotFoundError(f"mae_dir {cfg.mae_dir} holds no ResNet-MAE export (config.json + model.safetensors)")
+                raise FileNotFoundError(f"mae_dir {cfg.mae_dir} holds no ResNet-MAE export (config.json "
+                                        "+ model.safetensors)")
             mae_dir = Path(cfg.mae_dir)
         elif out is not None and (out / "mae" / "model.safetensors").is_file():
             mae_dir = out / "mae"
@@ -74,7 +75,8 @@ def feature_encoder(cfg: ImageTrainConfig, ds: ImageDataset, out: Path | None, p
             mae_dir = cached_mae_dir(ds, cfg.mae, progress=progress, tokenizer=tokenizer if latent else None,
                                      tokenizer_spec=cfg.tokenizer if latent else None)
             if out is not None:
-                shutil.copytree(mae_dir, out / "mae", dirs_exist_ok=True, ignore=shutil.ignore_patterns(".complete"))
+                shutil.copytree(mae_dir, out / "mae", dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns(".complete"))
         parts = [f"mae:{mae_dir}" if p == "mae" else p for p in parts]
     C = ds.shape[2]
     if tokenizer is not None and cfg.tokenizer and cfg.encoder_space == "latent":
@@ -111,7 +113,8 @@ class ImageRun:
 
 def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress: bool = True,
                  resume: bool = False, device: str | torch.device | None = None,
-                 tensorboard: bool = False, ranks_per_class: int = 1, compile_field: bool = False) -> ImageRun:
+                 tensorboard: bool = False, ranks_per_class: int = 1,
+                 compile_field: bool = False) -> ImageRun:
     """Train a class-conditional drifting generator; see the module docstring for one step.
 
     ``device`` defaults to CUDA when available (then the generator and encoder run under bf16
@@ -154,8 +157,10 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
 
     torch.manual_seed(cfg.seed)
     style_over = {} if cfg.style_tokens is None else {"style_tokens": cfg.style_tokens}
-    G = build_generator(generator_config(cfg.generator, input_size=h, in_channels=c, num_classes=K, **style_over)).to(dev)
-    G_ddp = G if comm is None else torch.nn.parallel.DistributedDataParallel(G, device_ids=[dev.index] if dev.type == "cuda" else None)
+    G = build_generator(generator_config(cfg.generator, input_size=h, in_channels=c, num_classes=K,
+                                         **style_over)).to(dev)
+    G_ddp = G if comm is None else torch.nn.parallel.DistributedDataParallel(
+        G, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.AdamW(G.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(G, cfg.ema_decays, warmup_steps=cfg.ema_warmup)
     sampler = make_sampler(cfg.sampler, ds.labels, K)
@@ -209,7 +214,8 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
 
     Nc_all, N_all, P_all = cfg.classes_per_step, cfg.n_gen, cfg.n_pos
     cls_slots = layout.classes(Nc_all)  # this rank's class slots of the step
-    Nc, N, P, U_loc = len(range(Nc_all)[cls_slots]), N_all // layout.ranks_per_class, P_all // layout.ranks_per_class, U // layout.ranks_per_class
+    Nc, N, P, U_loc = (len(range(Nc_all)[cls_slots]), N_all // layout.ranks_per_class,
+                       P_all // layout.ranks_per_class, U // layout.ranks_per_class)
     with stop_on_sigint() as interrupted:  # Ctrl-C: finish the current step, write a checkpoint, then stop
         try:
             for step in range(start, cfg.steps):
@@ -219,12 +225,14 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                 alpha_all = sample_alpha(Nc_all, cfgc, generator=g)  # [Nc_all]
                 sampler.refill(ds.labels, generator=g)
                 pos_all = sampler.sample_positives(classes_all, P_all, generator=g)  # [Nc_all, P_all]
-                unc_all = sampler.sample_unconditional(Nc_all, U, generator=g) if U > 0 else None  # [Nc_all, U]
+                # [Nc_all, U]
+                unc_all = sampler.sample_unconditional(Nc_all, U, generator=g) if U > 0 else None
                 # this rank's share: its class slots, and its rows of each class
                 classes, alpha = classes_all[cls_slots], alpha_all[cls_slots]  # [Nc]
                 labels = classes.repeat_interleave(N)  # [Nc*N]
                 rows = layout.rows(N_all)
-                slot_noise = [_slot_noise(G, cfg.seed, step, k, N_all, (c, h, w_)) for k in range(Nc_all)[cls_slots]]
+                slot_noise = [_slot_noise(G, cfg.seed, step, k, N_all, (c, h, w_))
+                              for k in range(Nc_all)[cls_slots]]
                 noise = torch.cat([z[rows] for z, _ in slot_noise])  # [Nc*N, c, h, w]
                 style = torch.cat([s[rows] for _, s in slot_noise])
                 real_idx = [pos_all[cls_slots][:, layout.rows(P_all)].reshape(-1)]  # [Nc*P]
@@ -238,37 +246,47 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                     x = G_ddp(noise, labels, alpha.repeat_interleave(N).to(dev), style)  # [Nc*N, c, h, w]
                     with torch.no_grad():
                         real_z = tok.encode(real)  # [Nc*(P+U), c, h, w], the generator's space
-                        f_real = encode(encoder, real if decode_first else real_z, cfg.feature_sets, cfg.vanilla, real_z,
+                        f_real = encode(encoder, real if decode_first else real_z, cfg.feature_sets,
+                                        cfg.vanilla, real_z,
                                         maps=None if cache is None else cache.take(real_idx.to(dev)))
-                    f_gen = encode(encoder, tok.decode(x) if decode_first else x, cfg.feature_sets, cfg.vanilla, x)
+                    f_gen = encode(encoder, tok.decode(x) if decode_first else x, cfg.feature_sets,
+                                   cfg.vanilla, x)
                 if not torch.isfinite(x).all():
-                    raise FloatingPointError(f"the generator produced non-finite samples at step {step}; the last good "
-                                             f"checkpoint is {ckpt} (resume with --resume, e.g. with a lower --lr)")
+                    raise FloatingPointError(f"the generator produced non-finite samples at step {step}; "
+                                             f"the last good checkpoint is {ckpt} (resume with --resume, "
+                                             "e.g. with a lower --lr)")
                 subsets = sample_locations(f_gen, cfg.max_locations, g)
                 f_gen, f_real = take_locations(f_gen, subsets), take_locations(f_real, subsets)
                 gen = group_by_class(f_gen, Nc)  # {j: [Nc, N, L, C]}
                 pos = group_by_class({k: v[: Nc * P] for k, v in f_real.items()}, Nc)  # {j: [Nc, P, L, C]}
                 neg, w = None, None
                 if U > 0:
-                    neg = group_by_class({k: v[Nc * P:] for k, v in f_real.items()}, Nc)  # {j: [Nc, U_loc, L, C]}
-                    w = uncond_neg_weights(alpha, N_all, U)[:, :U_loc].to(dev)  # [Nc, U_loc] (w depends on the global N, U)
-                loss, stats = drifting_loss(gen, pos, neg, neg_weights=w, temperatures=cfg.temperatures, kernel=cfg.kernel,
-                                            normalize=cfg.normalize, attraction=cfg.attraction, repulsion=cfg.repulsion,
-                                            normalize_drift=cfg.normalize_drift, comm=comm, compile=compile_field)
-                if comm is not None:  # the mean over ranks (the 1-rank loss): logged, and checked on every rank alike
+                    # {j: [Nc, U_loc, L, C]}
+                    neg = group_by_class({k: v[Nc * P:] for k, v in f_real.items()}, Nc)
+                    # [Nc, U_loc] (w depends on the global N, U)
+                    w = uncond_neg_weights(alpha, N_all, U)[:, :U_loc].to(dev)
+                loss, stats = drifting_loss(gen, pos, neg, neg_weights=w, temperatures=cfg.temperatures,
+                                            kernel=cfg.kernel, normalize=cfg.normalize,
+                                            attraction=cfg.attraction, repulsion=cfg.repulsion,
+                                            normalize_drift=cfg.normalize_drift, comm=comm,
+                                            compile=compile_field)
+                # the mean over ranks (the 1-rank loss): logged, and checked on every rank alike
+                if comm is not None:
                     loss_all = comm.mean(loss)
                 else:
                     loss_all = loss.detach()
                 if not torch.isfinite(loss_all):
                     raise FloatingPointError(
-                        f"non-finite loss at step {step}; the last good checkpoint is {ckpt} (resume with --resume)")
+                        f"non-finite loss at step {step}; the last good checkpoint is {ckpt} "
+                        "(resume with --resume)")
                 lr = warmup_lr(cfg.lr, step, cfg.warmup, decay=cfg.lr_decay,
                                progress=_progress(step, cfg, elapsed()))
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(G.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+                gnorm = torch.nn.utils.clip_grad_norm_(G.parameters(),
+                                                       cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
                 opt.step()
                 ema.update(G)
                 done = step + 1
@@ -285,15 +303,16 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                     history["V2"].append(v2)
                     history["time"].append(elapsed())
                     if log is not None:
-                        log.write(done, {"loss": loss_all.item(), "V2": v2, "lr": lr, "grad_norm": gnorm.item(),
-                                         "time": history["time"][-1]}, stats)
+                        log.write(done,
+                                  {"loss": loss_all.item(), "V2": v2, "lr": lr, "grad_norm": gnorm.item(),
+                                   "time": history["time"][-1]}, stats)
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss_all.item():.2f}", V2=f"{v2:.3g}")
                 if bar is not None:
                     bar.update(1)
                 if out is not None and (done % cfg.sample_every == 0 or done == cfg.steps):
-                    save_grid(ema.models[max(cfg.ema_decays)], K, out / f"samples_{done:06d}.png", seed=cfg.seed,
-                              tokenizer=tok)
+                    save_grid(ema.models[max(cfg.ema_decays)], K, out / f"samples_{done:06d}.png",
+                              seed=cfg.seed, tokenizer=tok)
                 if cfg.eval_every and main and (done % cfg.eval_every == 0 or last):
                     t_eval = time.perf_counter()
                     point = evaluate_generator(ema.models[max(cfg.ema_decays)], cfg.data, cfg.eval_samples,
@@ -304,7 +323,8 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                 if ckpt is not None and (done % cfg.ckpt_every == 0 or last or interrupted["flag"]):
                     save(done)
                 if interrupted["flag"]:
-                    raise KeyboardInterrupt(f"interrupted after step {done}; resume from {ckpt} with --resume")
+                    raise KeyboardInterrupt(f"interrupted after step {done}; resume "
+                                            f"from {ckpt} with --resume")
                 if last:
                     break
         finally:
@@ -315,7 +335,8 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
     if out is not None:
         best = ema.models[max(cfg.ema_decays)]
         best.save_pretrained(out / "model")
-        save_grid(best, K, out / "samples.png", per_class=10, seed=cfg.seed, tokenizer=tok)  # one row per class
+        # one row per class
+        save_grid(best, K, out / "samples.png", per_class=10, seed=cfg.seed, tokenizer=tok)
         (out / "model" / "train_config.json").write_text(json.dumps(jsonable(asdict(cfg)), indent=2))
         write_model_tokenizer(out / "model", cfg.tokenizer, C)  # how to decode its latents (load_generator)
         (out / "history.json").write_text(json.dumps(history))
@@ -323,15 +344,17 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
             (out / "curve.json").write_text(json.dumps(history["curve"], indent=2))
     metrics = None
     curve = history.get("curve") or []
-    if curve and history["step"] and curve[-1]["step"] == history["step"][-1]:  # the curve ends at the final one
+    # the curve ends at the final one
+    if curve and history["step"] and curve[-1]["step"] == history["step"][-1]:
         metrics = {k: v for k, v in curve[-1].items() if k not in ("step", "time")}
     elif cfg.eval_samples > 0 and main:
-        metrics = evaluate_generator(ema.models[max(cfg.ema_decays)], cfg.data, cfg.eval_samples, tokenizer=tok,
-                                     seed=cfg.seed + 1, progress=progress)
+        metrics = evaluate_generator(ema.models[max(cfg.ema_decays)], cfg.data, cfg.eval_samples,
+                                     tokenizer=tok, seed=cfg.seed + 1, progress=progress)
     if metrics is not None:
         metrics["train_seconds"] = history["time"][-1] if history["time"] else None
         metrics["steps"] = history["step"][-1] if history["step"] else None
-        metrics["steps_per_second"] = history["step"][-1] / max(history["time"][-1], 1e-9) if history["time"] else None
+        metrics["steps_per_second"] = (history["step"][-1] / max(history["time"][-1], 1e-9) if history["time"]
+                                       else None)
         if out is not None:
             (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return ImageRun(G, ema, ds, history, out, metrics)
@@ -343,7 +366,8 @@ def _config_defaults() -> dict:
 
 
 def _progress(step: int, cfg: ImageTrainConfig, elapsed: float) -> float:
-    """The fraction of training done before ``step``: of the steps, or of the time budget if it ends sooner."""
+    """The fraction of training done before ``step``: of the steps, or of the time budget if it ends
+    sooner."""
     done = step / cfg.steps
     if cfg.minutes is not None:
         done = max(done, elapsed / (60.0 * cfg.minutes))
@@ -365,8 +389,8 @@ def _slot_noise(G: OneStepGenerator, seed: int, step: int, slot: int, n: int, sh
     return torch.randn(n, *shape, generator=g), G.draw_style(n, generator=g)
 
 
-def evaluate_generator(model: OneStepGenerator, data: str, n: int, *, tokenizer: Tokenizer | None = None, seed: int = 1,
-                       progress: bool = False) -> dict | None:
+def evaluate_generator(model: OneStepGenerator, data: str, n: int, *, tokenizer: Tokenizer | None = None,
+                       seed: int = 1, progress: bool = False) -> dict | None:
     """In-domain classifier metrics of ``n`` one-step samples (labels cycling through the classes):
     accuracy, classifier-feature FID to the test split and the train-vs-test floor. None when the
     dataset has no test split (e.g. a user's image folder)."""

@@ -27,7 +27,8 @@ Protocol notes (choices the paper leaves open, all recorded in the outputs):
   image of a class) has a zero covariance and no PR/SE; it is left out of the PR/SE average and
   counted in ``dead_cells`` (NN-d and S-MMD are well defined there, both 0, and kept).
 * Aggregation: PR/SE uniform over (class, token) cells; NN-d a mean over samples (Eq. 49); S-MMD
-  the mean over classes of the per-class mean over tokens (as :func:`~drifting.eval.latent_metrics.spherical_mmd`).
+  the mean over classes of the per-class mean over tokens (as
+  :func:`~drifting.eval.latent_metrics.spherical_mmd`).
 * Curvature: the paper uses Chen et al. (2024)'s code, whose plotted quantity is the distance of
   the trajectory points from the chord (``trajectory_deviation``); we report it, and the
   velocity-variance curvature of rectified flow (``trajectory_curvature``), raw and per dimension.
@@ -42,8 +43,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..eval.latent_metrics import (isotropy_stats, nn_distance, spherical_mmd, trajectory_curvature,
-                                 trajectory_deviation)
+from ..eval.latent_metrics import (
+    isotropy_stats,
+    nn_distance,
+    spherical_mmd,
+    trajectory_curvature,
+    trajectory_deviation,
+)
 
 __all__ = [
     "first_per_class",
@@ -82,7 +88,8 @@ def first_per_class(labels, per_class: int | None) -> np.ndarray:
     """
     y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     if y.ndim != 1 or y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels must be a 1-D array of integer class ids, got dtype {y.dtype} shape {y.shape}")
+        raise ValueError("labels must be a 1-D array of integer class ids, got "
+                         f"dtype {y.dtype} shape {y.shape}")
     if per_class is not None:
         per_class = _check_int("per_class", per_class, 2)
     out = []
@@ -90,8 +97,9 @@ def first_per_class(labels, per_class: int | None) -> np.ndarray:
         idx = np.flatnonzero(y == c)  # ascending = data order
         if per_class is not None:
             if idx.size < per_class:
-                raise ValueError(f"per_class: class {int(c)} has only {idx.size} samples, fewer than per_class="
-                                 f"{per_class}; lower --per-class (all spaces must use equal counts)")
+                raise ValueError(f"per_class: class {int(c)} has only {idx.size} samples, fewer "
+                                 f"than per_class={per_class}; lower --per-class (all spaces "
+                                 "must use equal counts)")
             idx = idx[:per_class]
         out.append(idx)
     return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
@@ -105,8 +113,9 @@ def to_tokens(latents: torch.Tensor, patch: int = 1) -> torch.Tensor:
     """
     p = _check_int("patch", patch, 1)
     if not isinstance(latents, torch.Tensor) or latents.ndim != 4:
-        raise ValueError(f"latents must be a tensor [N, c, h, w], got "
-                         f"{tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__}")
+        raise ValueError(
+            f"latents must be a tensor [N, c, h, w], got "
+            f"{tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__}")
     N, c, h, w = latents.shape
     if h % p or w % p:
         raise ValueError(f"patch: {p} does not divide the latent grid {h}x{w}")
@@ -150,8 +159,9 @@ def latent_statistics(latents: torch.Tensor, labels, *, per_class: int | None = 
         ``tau`` and ``by_class`` (``pr``, ``se``, ``nn_d``, ``s_mmd`` lists per class).
     """
     if not isinstance(latents, torch.Tensor) or latents.ndim != 4 or min(latents.shape) < 1:
-        raise ValueError("latents must be a tensor [N, c, h, w] with every size >= 1, got "
-                         f"{tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__}")
+        raise ValueError(
+            "latents must be a tensor [N, c, h, w] with every size >= 1, got "
+            f"{tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__}")
     y = torch.as_tensor(labels)
     if y.ndim != 1 or y.shape[0] != latents.shape[0]:
         raise ValueError(f"labels must be 1-D with one class id per latent ({latents.shape[0]}), "
@@ -241,7 +251,8 @@ def _teacher_velocity(model, labels: torch.Tensor, cfg_scale: float):
 
     def velocity(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # y [B, C, H, W], t [B]
         if guided:
-            v_cond, v_uncond = model(torch.cat([y, y]), labels, style=None, t=torch.cat([t, t])).float().chunk(2)
+            v_cond, v_uncond = model(torch.cat([y, y]), labels, style=None,
+                                     t=torch.cat([t, t])).float().chunk(2)
             return v_uncond + cfg_scale * (v_cond - v_uncond)
         return model(y, labels, style=None, t=t).float()
 
@@ -251,7 +262,8 @@ def _teacher_velocity(model, labels: torch.Tensor, cfg_scale: float):
 def _check_teacher(model, labels, cfg_scale) -> tuple[torch.Tensor, torch.device]:
     cfg = getattr(model, "config", None)
     if cfg is None or not getattr(cfg, "time_cond", False):
-        raise ValueError("model: a flow model (DiTConfig.time_cond=True) is needed, e.g. from load_flow_model")
+        raise ValueError("model: a flow model (DiTConfig.time_cond=True) is needed, e.g. "
+                         "from load_flow_model")
     if getattr(cfg, "style_tokens", 0) > 0:
         raise ValueError("model: style tokens are not supported here (flow teachers have style_tokens=0)")
     if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not (
@@ -260,7 +272,8 @@ def _check_teacher(model, labels, cfg_scale) -> tuple[torch.Tensor, torch.device
     dev = _model_device(model)
     labels = torch.as_tensor(labels, device=dev)
     if labels.ndim != 1 or labels.shape[0] < 1 or labels.is_floating_point():
-        raise ValueError(f"labels: expected a non-empty 1-D sequence of class indices, got {tuple(labels.shape)}")
+        raise ValueError("labels: expected a non-empty 1-D sequence of class indices, "
+                         f"got {tuple(labels.shape)}")
     return labels, dev
 
 
@@ -268,12 +281,14 @@ def _integrate(model, labels, steps: int, noise: torch.Tensor, cfg_scale: float)
     """One Euler integration -> (curvature ``[B]`` float64, path ``[steps + 1, B, C, H, W]``)."""
     labels, dev = _check_teacher(model, labels, cfg_scale)
     if not isinstance(noise, torch.Tensor) or noise.ndim != 4 or noise.shape[0] != labels.shape[0]:
-        raise ValueError(f"noise: expected a tensor [B, C, H, W] with B = len(labels) = {labels.shape[0]}, got "
+        raise ValueError(f"noise: expected a tensor [B, C, H, W] with B = len(labels) = {labels.shape[0]}, "
+                         "got "
                          f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}")
     z = noise.to(dev, torch.float32)  # [B, C, H, W], y_1 = z (as euler_sample)
     # trajectory_curvature's loop is euler_sample's: t = 1 - k/steps (a [B] float32 tensor),
     # y <- y - (1/steps) v(y, t); it records the path and the velocity variance in one pass.
-    return trajectory_curvature(_teacher_velocity(model, labels, float(cfg_scale)), z, steps, return_path=True)
+    return trajectory_curvature(_teacher_velocity(model, labels, float(cfg_scale)), z, steps,
+                                return_path=True)
 
 
 def euler_path(model, labels, steps: int, noise: torch.Tensor, *, cfg_scale: float = 1.0) -> torch.Tensor:
@@ -284,7 +299,8 @@ def euler_path(model, labels, steps: int, noise: torch.Tensor, *, cfg_scale: flo
     ``euler_path(...)[-1]`` equals ``euler_sample(model, labels, steps, noise=noise, cfg_scale=...)``.
 
     Args:
-        model: a flow velocity network (``config.time_cond``; called as ``model(y, labels, style=None, t=t)``).
+        model: a flow velocity network (``config.time_cond``; called as
+            ``model(y, labels, style=None, t=t)``).
         labels: class ids ``[B]``.
         steps: Euler steps (>= 1).
         noise: the start ``z [B, C, H, W]`` (cast to float32 on the model's device).
@@ -430,7 +446,8 @@ def run_latent_stats(spaces: dict, data: str = "fashion-mnist", split: str = "te
         if not isinstance(k, str) or not k or not isinstance(v, str) or not v.strip():
             raise ValueError(f"spaces: names and specs must be non-empty strings, got {k!r}: {v!r}")
     if teachers is not None and not isinstance(teachers, dict):
-        raise ValueError(f"teachers must be a dict {{name: flow model dir}} or None, got {type(teachers).__name__}")
+        raise ValueError("teachers must be a dict {name: flow model dir} or None, "
+                         f"got {type(teachers).__name__}")
     per_class = _check_int("per_class", per_class, 2)
     tau = _check_tau(tau)
     curvature_n = _check_int("curvature_n", curvature_n, 1)
@@ -491,8 +508,9 @@ def format_latent_stats(result: dict) -> str:
         c, h, w = s["latent_shape"]
         counts = s["class_counts"]
         nc = str(counts[0]) if len(set(counts)) == 1 else f"{min(counts)}-{max(counts)}"
-        lines.append(f"| {n} | `{s['spec']}` | {c}×{h}×{w} | {s['patch']} | {s['num_tokens']} | {s['dim']} | {nc} | "
-                     f"{s['rank_bound']} | {_num(s['pr_se_max'])} | {s['dead_cells']}/{s['cells']} |")
+        lines.append(f"| {n} | `{s['spec']}` | {c}×{h}×{w} | {s['patch']} | {s['num_tokens']} | {s['dim']} "
+                     f"| {nc} | {s['rank_bound']} | {_num(s['pr_se_max'])} "
+                     f"| {s['dead_cells']}/{s['cells']} |")
     te = result.get("teachers") or {}
     if te:
         first = next(iter(te.values()))
@@ -500,11 +518,12 @@ def format_latent_stats(result: dict) -> str:
                   f"{first['steps']} Euler steps, cfg {first['cfg_scale']:g}; curvature = velocity variance "
                   "along the path, deviation = distance from the chord; D = C·H·W)", "",
                   "| Teacher | latent space | D | curvature mean | curvature max | curvature / D | "
-                  "deviation mean | deviation max | deviation / √D |", "|---|---|---|---|---|---|---|---|---|"]
+                  "deviation mean | deviation max | deviation / √D |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for n, t in te.items():
             lines.append(
-                f"| {n} | `{t['latent_space']['spec']}` | {t['dim']} | {_num(t['curvature']['mean'], '.4g')} | "
-                f"{_num(t['curvature']['max'], '.4g')} | {_num(t['curvature_per_dim']['mean'], '.4g')} | "
-                f"{_num(t['deviation']['mean'], '.4g')} | {_num(t['deviation']['max'], '.4g')} | "
-                f"{_num(t['deviation_per_sqrt_dim']['mean'], '.4g')} |")
+                f"| {n} | `{t['latent_space']['spec']}` | {t['dim']} | {_num(t['curvature']['mean'], '.4g')} "
+                f"| {_num(t['curvature']['max'], '.4g')} | {_num(t['curvature_per_dim']['mean'], '.4g')} "
+                f"| {_num(t['deviation']['mean'], '.4g')} | {_num(t['deviation']['max'], '.4g')} "
+                f"| {_num(t['deviation_per_sqrt_dim']['mean'], '.4g')} |")
     return "\n".join(lines)

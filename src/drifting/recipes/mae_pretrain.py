@@ -46,7 +46,8 @@ class MAEConfig:
         if self.steps < 1:
             raise ValueError(f"mae.steps must be >= 1, got {self.steps}")
         if self.cls_steps < 0:
-            raise ValueError(f"mae.cls_steps must be >= 0 (0 = no classification fine-tuning), got {self.cls_steps}")
+            raise ValueError("mae.cls_steps must be >= 0 (0 = no classification fine-tuning), "
+                             f"got {self.cls_steps}")
         if not 0.0 <= self.cls_lambda <= 1.0:
             raise ValueError(f"mae.cls_lambda must be in [0, 1], got {self.cls_lambda}")
         if self.cls_warmup < 0:
@@ -123,5 +124,6 @@ def cached_mae_dir(ds: ImageDataset, cfg: MAEConfig, *, progress: bool = True,
     dataset or config never reuses a stale encoder (see :mod:`drifting.cache`).
     """
     key = content_key(jsonable(asdict(cfg)), ds.images, ds.labels,
-                      tokenizer_spec if tokenizer is not None else None)  # a latent-MAE: keyed by the tokenizer too
+                      # a latent-MAE: keyed by the tokenizer too
+                      tokenizer_spec if tokenizer is not None else None)
     return cached_dir("mae", key, lambda d: pretrain_mae(ds, cfg, d, progress=progress, tokenizer=tokenizer))

@@ -2,7 +2,8 @@
 
 Three generators share the DiT preset, the data and the per-step batch:
 
-* **drifting** (1 NFE): the image trainer of :mod:`drifting.recipes.image_training` as configured by ``preset``;
+* **drifting** (1 NFE): the image trainer of :mod:`drifting.recipes.image_training` as configured by
+  ``preset``;
 * **MMD** (1 NFE): the same trainer, feature space and samples, with the drifting field replaced by
   the field of a squared-MMD loss with Gaussian kernels (paper C.2, Eq. 41-45) and no drift
   normalization, so its gradient is that of MMD^2 summed over the bandwidths ``MMD_BANDWIDTHS``
@@ -27,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..training.checkpoint import jsonable
 from ..data.images import load_dataset
-from .evaluate import evaluate
+from ..training.checkpoint import jsonable
 from .distill import DistillConfig, distill
+from .evaluate import evaluate
 from .flow import FlowTrainConfig, flow_generate, load_flow_model, train_flow
 from .image_config import ImageTrainConfig, train_preset
 from .image_sampling import generate, load_generator, write_grid
@@ -53,8 +54,8 @@ def peer_configs(*, preset: str = "cpu", steps: int | None = None, flow_steps: i
     if minutes is not None:
         steps, flow_steps = steps or MAX_STEPS, flow_steps or steps or MAX_STEPS
     drift = train_preset(preset, steps=steps, minutes=minutes, eval_samples=0, **overrides)
-    mmd = train_preset(preset, steps=steps, minutes=minutes, eval_samples=0, kernel="mmd", normalize_drift=False,
-                       temperatures=MMD_BANDWIDTHS, **overrides)
+    mmd = train_preset(preset, steps=steps, minutes=minutes, eval_samples=0, kernel="mmd",
+                       normalize_drift=False, temperatures=MMD_BANDWIDTHS, **overrides)
     base = dict(data=drift.data, generator=drift.generator, steps=flow_steps or drift.steps, minutes=minutes,
                 batch=drift.classes_per_step * drift.n_gen, seed=drift.seed)
     fm = FlowTrainConfig(**{**base, **(flow or {})}).validate()
@@ -89,9 +90,11 @@ def _timed(fn) -> tuple[np.ndarray, float]:
     return imgs, time.perf_counter() - t0
 
 
-def run_peers(out: str | Path, *, preset: str = "cpu", steps: int | None = None, flow_steps: int | None = None,
-              minutes: float | None = None, flow: dict | None = None, methods=("drifting", "mmd", "flow"), eval_n: int = 1000, euler_steps=EULER_STEPS, metrics=("fid", "prdc", "classifier"), seed: int = 1,
-              inception: str | Path | None = None, progress: bool = True, **overrides) -> dict:
+def run_peers(out: str | Path, *, preset: str = "cpu", steps: int | None = None,
+              flow_steps: int | None = None, minutes: float | None = None, flow: dict | None = None,
+              methods=("drifting", "mmd", "flow"), eval_n: int = 1000, euler_steps=EULER_STEPS,
+              metrics=("fid", "prdc", "classifier"), seed: int = 1, inception: str | Path | None = None,
+              progress: bool = True, **overrides) -> dict:
     """Train (or reuse) the three generators under ``out``, sample ``eval_n`` images from each
     (and from flow matching at every K in ``euler_steps``), score them; write ``OUT/peers.json``."""
     if any(not isinstance(k, int) or k < 1 for k in euler_steps):
@@ -100,7 +103,8 @@ def run_peers(out: str | Path, *, preset: str = "cpu", steps: int | None = None,
     unknown = sorted(set(methods) - {"drifting", "mmd", "flow"})
     if unknown or not methods:
         raise ValueError(f"methods: choose from drifting, mmd, flow; got {list(methods)!r}")
-    cfgs = peer_configs(preset=preset, steps=steps, flow_steps=flow_steps, minutes=minutes, flow=flow, **overrides)
+    cfgs = peer_configs(preset=preset, steps=steps, flow_steps=flow_steps, minutes=minutes, flow=flow,
+                        **overrides)
     cfgs = {k: v for k, v in cfgs.items() if k in methods}
     data = next(iter(cfgs.values())).data
     ref = f"{data}:test"
@@ -116,14 +120,16 @@ def run_peers(out: str | Path, *, preset: str = "cpu", steps: int | None = None,
         flow_model = load_flow_model(trained["flow"][0])
         return lambda: flow_generate(flow_model, labels, k, seed=seed)
 
-    jobs = [(label, 1, name, one_step(name)) for label, name in (("drifting", "drifting"), ("MMD (C.2)", "mmd"))
+    jobs = [(label, 1, name, one_step(name))
+            for label, name in (("drifting", "drifting"), ("MMD (C.2)", "mmd"))
             if name in cfgs]
     if "flow" in cfgs:
         jobs += [(f"flow matching, Euler {k}", k, "flow", euler(k)) for k in euler_steps]
     rows = []
     for label, nfe, name, sample in jobs:
         imgs, secs = _timed(sample)
-        path = root / "samples" / f"{label.replace(' ', '_').replace(',', '').replace('(', '').replace(')', '')}.npz"
+        path = (root / "samples"
+                / f"{label.replace(' ', '_').replace(',', '').replace('(', '').replace(')', '')}.npz")
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, images=imgs, labels=labels.numpy().astype(np.int64))
         res = evaluate(path, ref, metrics=metrics, n_ref=eval_n, inception=inception, progress=progress)
@@ -167,12 +173,15 @@ def format_peers(res: dict) -> str:
         return "-" if v is None else fmt.format(v)
 
     budget = f", {res['minutes']:g} min of training each" if res.get("minutes") else ""
-    lines = [f"{res['eval_n']} samples per method vs the first {res['eval_n']} images of {res['ref']}, no guidance{budget}",
-             "", "| method | NFE | FID | precision | recall | classifier acc. | classifier FID | train s | train steps "
-                 "| sampling img/s |",
+    lines = [f"{res['eval_n']} samples per method vs the first {res['eval_n']} images "
+             f"of {res['ref']}, no guidance{budget}",
+             "", "| method | NFE | FID | precision | recall | classifier acc. | classifier FID | train s | "
+                 "train steps | sampling img/s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in res["rows"]:
-        lines.append(f"| {r['method']} | {r['nfe']} | {f(r['fid'], '{:.1f}')} | {f(r['precision'], '{:.3f}')} | "
-                     f"{f(r['recall'], '{:.3f}')} | {f(r['accuracy'], '{:.3f}')} | {f(r['classifier_fid'], '{:.1f}')} | "
-                     f"{r['train_seconds']:.0f} | {f(r.get('train_steps'), '{:d}')} | {r['images_per_second']:.0f} |")
+        lines.append(f"| {r['method']} | {r['nfe']} | {f(r['fid'], '{:.1f}')} "
+                     f"| {f(r['precision'], '{:.3f}')} | {f(r['recall'], '{:.3f}')} "
+                     f"| {f(r['accuracy'], '{:.3f}')} | {f(r['classifier_fid'], '{:.1f}')} "
+                     f"| {r['train_seconds']:.0f} | {f(r.get('train_steps'), '{:d}')} "
+                     f"| {r['images_per_second']:.0f} |")
     return "\n".join(lines)

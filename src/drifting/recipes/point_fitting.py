@@ -72,11 +72,13 @@ class PointsConfig:
                 raise ValueError(msg)
 
         need(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        need(self.batch >= 2, f"batch must be >= 2 (the generated samples are their own negatives), got {self.batch}")
+        need(self.batch >= 2,
+             f"batch must be >= 2 (the generated samples are their own negatives), got {self.batch}")
         need(self.n_pos >= 1, f"n_pos must be >= 1, got {self.n_pos}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(self.n_samples >= 2, f"n_samples must be >= 2, got {self.n_samples}")
-        need(0 < self.heldout_fraction < 1, f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        need(0 < self.heldout_fraction < 1,
+             f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
         need(self.normalize in NORMALIZE_CHOICES,
              f"normalize must be one of {', '.join(NORMALIZE_CHOICES)}; got {self.normalize!r}")
         need(len(self.temperatures) > 0 and all(t > 0 for t in self.temperatures),
@@ -226,8 +228,8 @@ def fit_points(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=start, desc=f"fit-points {data.name}", unit="step", dynamic_ncols=True,
-                   mininterval=0.5 if sys.stderr.isatty() else 10.0)
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"fit-points {data.name}", unit="step",
+                   dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10.0)
     t0 = time.perf_counter() - (history["time"][-1] if history["time"] else 0.0)
     if start == 0:
         snapshot(0)
@@ -244,7 +246,8 @@ def fit_points(
         )
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"non-finite loss at step {step}; the last good checkpoint is {ckpt_path} (resume with --resume)"
+                f"non-finite loss at step {step}; the last good checkpoint is {ckpt_path} "
+                "(resume with --resume)"
             )
         for group in opt.param_groups:
             group["lr"] = _lr_at(cfg, step)
@@ -272,7 +275,8 @@ def fit_points(
 
     model.eval()
     with torch.no_grad():
-        samples = data.to_original(model.sample(cfg.n_samples, generator=torch.Generator().manual_seed(cfg.seed + 2)))
+        samples = data.to_original(model.sample(cfg.n_samples,
+                                                generator=torch.Generator().manual_seed(cfg.seed + 2)))
     k = min(cfg.n_samples, data.floor_refs[0].shape[0])
     floors = [compare(ref[:k], data.heldout) for ref in data.floor_refs]
     metrics = {
@@ -317,8 +321,10 @@ def load_point_generator(directory: str | Path) -> tuple[MLPGenerator, torch.Ten
 
     config, tensors = load_export(directory)
     if config.get("generator") != "MLPGenerator":
-        raise ValueError(f"{directory} does not hold an MLPGenerator export (generator={config.get('generator')!r})")
-    fields = {k: config[k] for k in ("noise_dim", "out_dim", "hidden", "depth", "style_tokens", "codebook_size")}
+        raise ValueError(f"{directory} does not hold an MLPGenerator export "
+                         f"(generator={config.get('generator')!r})")
+    fields = {k: config[k]
+              for k in ("noise_dim", "out_dim", "hidden", "depth", "style_tokens", "codebook_size")}
     model = MLPGenerator(MLPConfig(**fields))
     model.load_state_dict(tensors)
     model.eval()

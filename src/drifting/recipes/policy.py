@@ -66,13 +66,15 @@ class PolicyTrainConfig:
 
         need(self.env in ENV_NAMES, f"env must be one of {ENV_NAMES}, got {self.env!r}")
         for name in ("demos", "steps", "batch", "log_every", "ckpt_every", "snapshots", "eval_episodes"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"{name} must be an integer >= 1, "
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
+                 f"{name} must be an integer >= 1, "
                  f"got {getattr(self, name)!r}")
         need(self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}")
         need(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        need(self.snapshots * self.ckpt_every <= self.steps, f"snapshots * ckpt_every must be <= steps: the last "
-             f"{self.snapshots} exports every {self.ckpt_every} steps need {self.snapshots * self.ckpt_every} steps, "
-             f"got steps={self.steps}")
+        need(self.snapshots * self.ckpt_every <= self.steps,
+             "snapshots * ckpt_every must be <= steps: the "
+             f"last {self.snapshots} exports every {self.ckpt_every} steps "
+             f"need {self.snapshots * self.ckpt_every} steps, got steps={self.steps}")
         self.policy_config(1, 1)  # the policy's own checks
         return self
 
@@ -117,7 +119,8 @@ def chunk_latency_ms(policy, env: str, *, seed: int = 100_000, repeats: int = 7)
     e = make_env(env)
     obs, _ = e.reset(seed=seed)
     e.close()
-    hist = np.repeat(np.asarray(obs, np.float32)[None, None], policy.config.n_obs_steps, axis=1)  # [1, To, obs_dim]
+    # [1, To, obs_dim]
+    hist = np.repeat(np.asarray(obs, np.float32)[None, None], policy.config.n_obs_steps, axis=1)
     g = torch.Generator().manual_seed(seed)
     policy.predict_action(hist, generator=g)
     times = []
@@ -141,7 +144,8 @@ def evaluate_snapshot(model_dir: Path, env: str, episodes: int, *, seed: int, ma
     return m
 
 
-def train_policy(cfg: PolicyTrainConfig, out: str | Path, *, progress: bool = True, resume: bool = True) -> dict:
+def train_policy(cfg: PolicyTrainConfig, out: str | Path, *, progress: bool = True,
+                 resume: bool = True) -> dict:
     """Train ``cfg.kind`` on ``cfg.env``'s cached demonstrations; export EMA snapshots; evaluate the last
     ``cfg.snapshots`` of them. Returns the protocol's metrics (also in ``OUT/metrics.json``)."""
     from ..policy.data import Normalizer, WindowDataset
@@ -154,13 +158,14 @@ def train_policy(cfg: PolicyTrainConfig, out: str | Path, *, progress: bool = Tr
     demos = cached_demos(cfg.env, cfg.demos, seed=cfg.demo_seed, progress=progress)
     spec = env_spec(cfg.env)
     pc = cfg.policy_config(spec.obs_dim, spec.action_dim)
-    ds = WindowDataset(demos.obs, demos.action, demos.episode_ends, n_obs_steps=pc.n_obs_steps, horizon=pc.horizon,
-                       n_action_steps=pc.n_action_steps)
+    ds = WindowDataset(demos.obs, demos.action, demos.episode_ends, n_obs_steps=pc.n_obs_steps,
+                       horizon=pc.horizon, n_action_steps=pc.n_action_steps)
     torch.manual_seed(cfg.seed)
     policy = build_policy(pc, Normalizer.fit(demos.obs), Normalizer.fit(demos.action))
     use_neighbors = pc.kind == "drifting" and pc.n_pos > 1  # [W, n_pos] positives' windows, computed once
     neighbors = ds.neighbors(pc.n_pos, policy.obs_norm, pc.pos_radius) if use_neighbors else None
-    opt = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, betas=(0.95, 0.999), weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, betas=(0.95, 0.999),
+                            weight_decay=cfg.weight_decay)
     ema = EMA(policy, (cfg.ema_decay,), warmup_steps=cfg.ema_warmup)
     config = jsonable(asdict(cfg))
     run = TrainRun(out, "policy", config, {"model": policy, "optimizer": opt, "ema": ema}, steps=cfg.steps,

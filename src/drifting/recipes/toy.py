@@ -42,15 +42,19 @@ def figure3(out: str | Path, *, steps: int = 3000, seed: int = 0, progress: bool
     out.mkdir(parents=True, exist_ok=True)
     rows, hist_rows, results = [], [], {}
     for label, center in FIG3_INITS.items():
-        cfg = PointsConfig(data="bimodal", steps=steps, seed=seed, init_center=center, init_spread=0.3, **overrides)
+        cfg = PointsConfig(data="bimodal", steps=steps, seed=seed, init_center=center, init_spread=0.3,
+                           **overrides)
         r = fit_points(cfg, None, progress=progress)
         masses = mode_masses(r.samples)
         results[label] = {"init_center": center, "mode_masses": masses, **_brief(r.metrics)}
         rows.append([label, str(center), f"{masses[0]:.3f} / {masses[1]:.3f}",
-                     f"{r.metrics['samples_vs_heldout']['energy_distance']:.2e}", f"{r.metrics['energy_ratio_to_floor']:.2f}x"])
+                     f"{r.metrics['samples_vs_heldout']['energy_distance']:.2e}",
+                     f"{r.metrics['energy_ratio_to_floor']:.2f}x"])
         hist_rows.append((label, r.history))
-    fig.plot_rows(hist_rows, r.data.heldout.numpy(), out / "fig3.png", title="Fig. 3: drifting toward a bimodal target")
-    table = _fmt_table(["initialization", "init center", "mass on mode 1 / 2", "energy dist.", "vs floor"], rows)
+    fig.plot_rows(hist_rows, r.data.heldout.numpy(), out / "fig3.png",
+                  title="Fig. 3: drifting toward a bimodal target")
+    table = _fmt_table(["initialization", "init center", "mass on mode 1 / 2", "energy dist.", "vs floor"],
+                       rows)
     (out / "fig3.json").write_text(json.dumps({"steps": steps, "seed": seed, "runs": results}, indent=2))
     return {"table": table, "results": results, "files": [str(out / "fig3.png"), str(out / "fig3.json")]}
 
@@ -69,8 +73,10 @@ def figure4(out: str | Path, *, steps: int = 4000, seed: int = 0, progress: bool
         v2 = r.history["V2"]
         # q starts collapsed, so ||V||^2 first rises for a few dozen steps, then falls
         peak = int(np.argmax(v2))
-        results[t] = {**_brief(r.metrics), "V2_peak": v2[peak], "V2_peak_step": r.history["step"][peak], "V2_last": v2[-1]}
-        rows.append([t, f"{v2[peak]:.2e} (step {r.history['step'][peak]})", f"{v2[-1]:.2e}", f"{r.metrics['samples_vs_heldout']['energy_distance']:.2e}",
+        results[t] = {**_brief(r.metrics), "V2_peak": v2[peak], "V2_peak_step": r.history["step"][peak],
+                      "V2_last": v2[-1]}
+        rows.append([t, f"{v2[peak]:.2e} (step {r.history['step'][peak]})", f"{v2[-1]:.2e}",
+                     f"{r.metrics['samples_vs_heldout']['energy_distance']:.2e}",
                      f"{r.metrics['energy_ratio_to_floor']:.2f}x"])
     (out / "fig4.json").write_text(json.dumps({"steps": steps, "seed": seed, "runs": results}, indent=2))
     files.append(str(out / "fig4.json"))
@@ -116,15 +122,18 @@ def ablation(out: str | Path, *, target: str = "checkerboard", steps: int = 2000
         results.append({"section": section, "variant": label, "overrides": ov, **cache[key]})
     parts = []
     for section in dict.fromkeys(r["section"] for r in results):
-        rows = [[r["variant"], f"{r['energy_distance']:.3e}", f"{r['ratio_to_floor']:.2f}x", f"{r['V2_last']:.2e}"]
+        rows = [[r["variant"], f"{r['energy_distance']:.3e}", f"{r['ratio_to_floor']:.2f}x",
+                 f"{r['V2_last']:.2e}"]
                 for r in results if r["section"] == section]
         parts.append(f"{section} ({target}, {steps} steps, seed {seed})\n"
                      + _fmt_table(["variant", "energy dist.", "vs floor", "final ||V||^2"], rows))
     floor = results[0]["floor_energy_distance"]
     table = "\n\n".join(parts) + f"\n\ndata-vs-data floor (energy distance): {floor:.3e}"
-    (out / "ablation.json").write_text(json.dumps({"target": target, "steps": steps, "seed": seed, "runs": results}, indent=2))
+    (out / "ablation.json").write_text(json.dumps({"target": target, "steps": steps, "seed": seed,
+                                                   "runs": results}, indent=2))
     (out / "ablation.md").write_text(table + "\n")
-    return {"table": table, "results": results, "files": [str(out / "ablation.json"), str(out / "ablation.md")]}
+    return {"table": table, "results": results,
+            "files": [str(out / "ablation.json"), str(out / "ablation.md")]}
 
 
 def _brief(m: dict) -> dict:

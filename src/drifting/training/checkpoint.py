@@ -44,7 +44,8 @@ def _what_to_do(path: Path) -> str:
 
 def _reason(err: BaseException) -> str:
     """A one-line reason from a torch.load error. torch's weights-only message opens with advice to load with
-    weights_only=False (unpickling arbitrary code), which is not ours to give: keep only the parser's reason."""
+    weights_only=False (unpickling arbitrary code), which is not ours to give: keep only the parser's
+    reason."""
     text = str(err)
     marker = "WeightsUnpickler error:"
     if marker in text:
@@ -68,8 +69,8 @@ def load_state(path: str | os.PathLike, map_location="cpu") -> dict:
         with zipfile.ZipFile(path) as z:
             damaged = z.testzip()  # reads every member once (~0.1 s per 200 MB)
         if damaged is not None:
-            raise CorruptCheckpointError(f"checkpoint {path} cannot be read (its member {damaged} fails the CRC "
-                                         f"check): it is corrupt. {_what_to_do(path)}")
+            raise CorruptCheckpointError(f"checkpoint {path} cannot be read (its member {damaged} fails the "
+                                         f"CRC check): it is corrupt. {_what_to_do(path)}")
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (MemoryError, CorruptCheckpointError):
         raise
@@ -80,7 +81,8 @@ def load_state(path: str | os.PathLike, map_location="cpu") -> dict:
         raise CorruptCheckpointError(
             f"checkpoint {path} cannot be read ({_reason(err)}): it is corrupt, truncated or not a drifting "
             f"checkpoint. {_what_to_do(path)}") from err
-    missing = [k for k in _REQUIRED_KEYS if k not in state] if isinstance(state, dict) else list(_REQUIRED_KEYS)
+    missing = ([k for k in _REQUIRED_KEYS if k not in state] if isinstance(state, dict)
+               else list(_REQUIRED_KEYS))
     if missing:
         got = f"a dict without {missing}" if isinstance(state, dict) else f"a {type(state).__name__}"
         raise CorruptCheckpointError(

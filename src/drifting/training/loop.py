@@ -40,12 +40,14 @@ class JsonlLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:  # the tensorboard package is optional
-                raise ImportError("tensorboard logging needs the tensorboard package: pip install tensorboard") from e
+                raise ImportError("tensorboard logging needs the tensorboard package: "
+                                  "pip install tensorboard") from e
             self.tb = SummaryWriter(str(out / "tb"))
 
     def write(self, step: int, scalars: dict, stats: dict) -> None:
         groups = {k: round(v.item(), 6) for k, v in stats.items() if "/V2@" in k}  # raw ||V||^2 per group/tau
-        line = {"step": step, **scalars, **({"V2_groups": groups} if groups else {})}  # no field stats: no key
+        # no field stats: no key
+        line = {"step": step, **scalars, **({"V2_groups": groups} if groups else {})}
         self.file.write(json.dumps(line) + "\n")
         self.file.flush()
         if self.tb is not None:
@@ -108,10 +110,11 @@ class TrainRun:
         self.start = 0
         if resume and self.ckpt.is_file():
             state = load_state(self.ckpt)
-            stored = fill_defaults(state["config"], {k: v for k, v in (defaults or {}).items() if k in config})
+            stored = fill_defaults(state["config"],
+                                   {k: v for k, v in (defaults or {}).items() if k in config})
             if state.get("kind") != kind or stored != config:
-                raise ValueError(f"{self.ckpt} was written by another run or configuration; use a new --out, or "
-                                 "resume=False (--no-resume) to start over there")
+                raise ValueError(f"{self.ckpt} was written by another run or configuration; use a new --out, "
+                                 "or resume=False (--no-resume) to start over there")
             for name, part in self.parts.items():
                 part.load_state_dict(state[name])
             self.history = json.loads(state["history"])
@@ -134,11 +137,12 @@ class TrainRun:
 
     def check_loss(self, loss: torch.Tensor, step: int) -> None:
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {step}; the last good checkpoint is {self.ckpt} "
-                                     "(resume it, e.g. with a lower --lr)")
+            raise FloatingPointError(f"non-finite loss at step {step}; the last good checkpoint "
+                                     f"is {self.ckpt} (resume it, e.g. with a lower --lr)")
 
-    def end_step(self, done: int, loss: float, scalars: dict, *, log_every: int, ckpt_every: int, sample_every: int,
-                 interrupted: bool, sample: Callable[[Path], None], postfix: dict | None = None) -> bool:
+    def end_step(self, done: int, loss: float, scalars: dict, *, log_every: int, ckpt_every: int,
+                 sample_every: int, interrupted: bool, sample: Callable[[Path], None],
+                 postfix: dict | None = None) -> bool:
         """After step ``done`` (1-based): log, advance the bar, write ``samples_<done>.png`` with ``sample``,
         checkpoint; on ``interrupted`` save and raise KeyboardInterrupt. Returns whether this was the run's
         last step (``done == steps``, or the ``minutes`` budget is spent): the caller then stops."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 
-def warmup_lr(base: float, step: int, warmup: int, *, decay: float = 0.0, progress: float | None = None) -> float:
+def warmup_lr(base: float, step: int, warmup: int, *, decay: float = 0.0,
+              progress: float | None = None) -> float:
     """Linear warm-up over ``warmup`` steps, ``base * min(1, (step + 1) / warmup)`` (0-based step), then
     constant; with ``decay > 0`` the last ``decay`` fraction of training ramps it linearly down to 0.
 
