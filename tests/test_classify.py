@@ -47,6 +47,14 @@ def test_short_classifier_on_fashion_mnist_and_report():
     rep = classifier_report(model, sub.images, sub.labels, ref, train)
     assert rep["accuracy"] > 0.6 and rep["classifier_test_accuracy"] > 0.6
     assert rep["classifier_fid"] < 3 * rep["floor_classifier_fid"] + 1e-3
+    per = rep["per_class_accuracy"]  # the class-weighted mean of the per-class accuracies is the accuracy
+    counts = np.bincount(sub.labels, minlength=10)
+    assert len(per) == 10 and abs(np.dot(per, counts) / counts.sum() - rep["accuracy"]) < 1e-9
+    # the images of class 1 labelled as class 0 (and no sample of class 9): class 0's accuracy falls
+    ones = sub.images[sub.labels == 1]
+    mixed = classifier_report(model, ones, np.zeros(len(ones), dtype=int), ref)
+    per_mixed = mixed["per_class_accuracy"]
+    assert per_mixed[0] == mixed["accuracy"] < 0.2 and per_mixed[9] is None
     # noise images: chance-level accuracy and a much larger distance
     noise = np.random.default_rng(0).integers(0, 256, size=(500, 28, 28, 1), dtype=np.uint8)
     bad = classifier_report(model, noise, np.arange(500) % 10, ref)

@@ -9,6 +9,8 @@ from drifting.features import (
     encoder_feature_sets,
     feature_sets,
     group_by_class,
+    parse_groups,
+    select_groups,
     vanilla_group,
 )
 from drifting.models.resnet_mae import ResNetEncoder, ResNetMAEConfig, resnet_mae_config
@@ -165,3 +167,38 @@ def test_sample_locations_is_shared_and_bounded():
     assert sample_locations(gen, None) == {}
     with pytest.raises(ValueError, match="max_locations"):
         sample_locations(gen, 0)
+
+
+def test_select_groups_by_pattern():
+    maps = [torch.randn(2, 3, 8, 8), torch.randn(2, 5, 4, 4)]
+    feats = feature_sets(maps, torch.randn(2, 1, 8, 8))
+    assert select_groups(feats, None).keys() == feats.keys()
+    kept = select_groups(feats, "tap1.loc, tap*.mean")
+    assert sorted(kept) == ["tap0.mean", "tap1.loc", "tap1.mean"]
+    assert kept["tap1.loc"] is feats["tap1.loc"]  # the same tensors, nothing recomputed
+    assert sorted(select_groups(feats, "input.sq,tap0.p?std")) == ["input.sq", "tap0.p2std", "tap0.p4std"]
+    assert parse_groups(" a , b ") == ("a", "b") and parse_groups(None) is None
+    with pytest.raises(ValueError, match=r"groups: the pattern 'tap9\.loc' matches none.*tap0\.loc"):
+        select_groups(feats, "tap1.loc,tap9.loc")
+    for bad in ("", "tap1.loc,", ",,"):
+        with pytest.raises(ValueError, match="groups: expected comma-separated patterns"):
+            parse_groups(bad)
+    with pytest.raises(ValueError, match="groups"):
+        parse_groups(["tap1.loc"])
+
+
+def test_dropped_groups_leave_the_kept_groups_loss_unchanged():
+    """Each group's loss is computed on its own (Eq. 26): selecting groups drops their terms and
+    nothing else, so the loss of a subset is the sum of those groups' per-group losses."""
+    torch.manual_seed(0)
+    maps_g = [torch.randn(6, 4, 4, 4, requires_grad=True)]
+    maps_p = [torch.randn(6, 4, 4, 4)]
+    fg, fp = feature_sets(maps_g), feature_sets(maps_p)
+    gen = group_by_class(fg, 2)
+    pos = group_by_class(fp, 2)
+    _, st_all = drifting_loss(gen, pos)
+    sel = "tap0.loc,tap0.mean"
+    loss_sel, _ = drifting_loss(group_by_class(select_groups(fg, sel), 2),
+                                group_by_class(select_groups(fp, sel), 2))
+    expect = sum(v for k, v in st_all.items() if k in ("tap0.loc/loss", "tap0.mean/loss"))
+    torch.testing.assert_close(loss_sel.detach(), expect)

@@ -179,6 +179,37 @@ def test_location_subsampling_and_tensorboard(tmp_path):
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
+def test_a_subset_of_feature_groups_trains(tmp_path, capsys):
+    """``groups`` keeps only the matching groups in the loss: the logged per-group statistics show them
+    alone, and the option reaches the run from the command line."""
+    run = train_images(tiny(steps=2, groups="tap1.loc,tap*.mean", vanilla=False, log_every=1), tmp_path / "a",
+                       progress=False)
+    assert np.isfinite(run.history["loss"]).all()
+    line = json.loads((tmp_path / "a" / "log.jsonl").read_text().splitlines()[-1])
+    groups = {k.split("/")[0] for k in line["V2_groups"]}
+    assert groups == {"tap0.mean", "tap1.loc", "tap1.mean", "tap2.mean", "tap3.mean"}, line.keys()
+    with pytest.raises(ValueError, match="groups: the pattern 'tap7.loc' matches none"):
+        train_images(tiny(steps=1, groups="tap7.loc"), None, progress=False)
+    out = tmp_path / "cli"
+    assert main(["train", "--preset", "cpu-tiny", "--steps", "1", "--eval-samples", "0", "--out", str(out),
+                 "--groups", "tap2.loc", "--no-vanilla", "--no-progress"]) == 0
+    cfg = json.loads((out / "model" / "train_config.json").read_text())
+    assert cfg["groups"] == "tap2.loc" and cfg["vanilla"] is False
+
+
+def test_train_cli_sets_the_mae_width_and_its_label_fine_tuning(tmp_path):
+    """``train --mae-width --mae-cls-steps --mae-cls-lambda --mae-cls-warmup`` reach the MAE that the run
+    pre-trains: its exported config has the width and a classification head."""
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "cpu-tiny", "--steps", "1", "--eval-samples", "0", "--out", str(out),
+                 "--mae-steps", "2", "--mae-width", "4", "--mae-cls-steps", "2", "--mae-cls-lambda", "1.0",
+                 "--mae-cls-warmup", "1", "--no-progress"]) == 0
+    mae = json.loads((out / "mae" / "config.json").read_text())
+    assert mae["base_width"] == 4 and mae["num_classes"] == 10
+    cfg = json.loads((out / "model" / "train_config.json").read_text())["mae"]
+    assert (cfg["width"], cfg["cls_steps"], cfg["cls_lambda"], cfg["cls_warmup"]) == (4, 2, 1.0, 1)
+
+
 def test_presets():
     from drifting.recipes.image_config import TRAIN_PRESETS, train_preset
 
@@ -214,6 +245,8 @@ def test_bad_config(tmp_path):
         tiny(n_gen=1).validate()
     with pytest.raises(ValueError, match="max_locations"):
         tiny(max_locations=0).validate()
+    with pytest.raises(ValueError, match="groups: expected comma-separated"):
+        tiny(groups="tap1.loc,").validate()
     with pytest.raises(ValueError, match="encoder_space"):
         tiny(encoder_space="latents").validate()
     with pytest.raises(ValueError, match="spec"):

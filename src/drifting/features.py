@@ -32,6 +32,7 @@ key                        L                           what (each vector ``C_i``
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from fnmatch import fnmatchcase
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +134,36 @@ def vanilla_group(x: torch.Tensor) -> torch.Tensor:
     if x.dim() < 1:
         raise ValueError("x: expected a batch tensor [B, ...], got a scalar")
     return x.reshape(x.shape[0], 1, -1)
+
+
+def parse_groups(groups: str | None) -> tuple[str, ...] | None:
+    """``"tap1.loc,tap*.mean"`` -> ``("tap1.loc", "tap*.mean")``; None (all groups) stays None."""
+    if groups is None:
+        return None
+    if not isinstance(groups, str):
+        raise ValueError(f"groups: expected a comma-separated string of group-name patterns, got {groups!r}")
+    pats = tuple(p.strip() for p in groups.split(","))
+    if not pats or any(not p for p in pats):
+        raise ValueError(f"groups: expected comma-separated patterns such as 'tap1.loc,tap*.mean' (fnmatch "
+                         f"syntax over keys like tap0.loc, tap2.p4std, input.sq), got {groups!r}")
+    return pats
+
+
+def select_groups(feats: Mapping[str, torch.Tensor], groups: str | None) -> dict[str, torch.Tensor]:
+    """The groups of ``feats`` whose key matches one of the comma-separated fnmatch ``groups`` patterns
+    (None: all of them).
+
+    A subset of A.5's groups for the loss: each kept group is drift-normalized on its own (Eq. 25) and so
+    weighs as much as any other in the sum of Eq. 26; dropping groups re-weights the loss towards the ones
+    kept. A pattern that matches no key is an error naming the keys there are.
+    """
+    pats = parse_groups(groups)
+    if pats is None:
+        return dict(feats)
+    for p in pats:
+        if not any(fnmatchcase(k, p) for k in feats):
+            raise ValueError(f"groups: the pattern {p!r} matches none of the feature groups {sorted(feats)}")
+    return {k: v for k, v in feats.items() if any(fnmatchcase(k, p) for p in pats)}
 
 
 def group_by_class(feats: Mapping[str, torch.Tensor], n_classes: int) -> dict[str, torch.Tensor]:

@@ -25,9 +25,11 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = train_preset(
         a.preset, data=a.data, generator=a.generator, encoder=a.encoder, mae_dir=a.mae,
         mae_encoder=a.mae_preset, mae_steps=a.mae_steps, mae_batch=a.mae_batch, mae_cls_steps=a.mae_cls_steps,
+        mae_cls_lambda=a.mae_cls_lambda, mae_cls_warmup=a.mae_cls_warmup, mae_width=a.mae_width,
         mae_seed=a.seed, steps=a.steps, seed=a.seed, cfg=a.cfg,
         n_uncond=a.n_uncond, sampler=a.sampler, lr=a.lr, classes_per_step=a.classes_per_step, n_gen=a.n_gen,
-        n_pos=a.n_pos, max_locations=a.max_locations, lr_decay=a.lr_decay, minutes=a.minutes,
+        n_pos=a.n_pos, max_locations=a.max_locations, groups=a.groups, vanilla=a.vanilla,
+        lr_decay=a.lr_decay, minutes=a.minutes,
         precision=a.precision, tokenizer=a.tokenizer, encoder_space=a.encoder_space,
         eval_samples=a.eval_samples, eval_every=a.eval_every,
     )
@@ -121,6 +123,11 @@ def add_image_parsers(subparsers) -> None:
     tr.add_argument("--mae-batch", type=positive_int, default=None)
     tr.add_argument("--mae-cls-steps", type=int, default=None,
                     help="steps of A.3's classification fine-tuning of the MAE (0: none)")
+    tr.add_argument("--mae-cls-lambda", type=float, default=None,
+                    help="the fine-tuning's final lambda in lambda L_cls + (1 - lambda) L_recon (A.3: 0.1)")
+    tr.add_argument("--mae-cls-warmup", type=int, default=None, help="steps of lambda's warm-up from 0")
+    tr.add_argument("--mae-width", type=positive_int, default=None,
+                    help="the MAE's base width C (default: its preset's)")
     tr.add_argument("--classes-per-step", type=positive_int, default=None, help="Nc")
     tr.add_argument("--n-gen", type=positive_int, default=None, help="N generated samples per class")
     tr.add_argument("--n-pos", type=positive_int, default=None, help="P positives per class")
@@ -128,6 +135,11 @@ def add_image_parsers(subparsers) -> None:
                     help="N_unc unconditional negatives (default: the CFG preset's)")
     tr.add_argument("--max-locations", type=positive_int, default=None,
                     help="drift at most this many random locations per feature map and step")
+    tr.add_argument("--groups", default=None,
+                    help="keep only the feature groups matching these comma-separated patterns, "
+                    "e.g. 'tap1.loc,tap2.loc,tap*.mean' (default: all of A.5's)")
+    tr.add_argument("--vanilla", action=argparse.BooleanOptionalAction, default=None,
+                    help="also drift the raw generator output (default: the preset's)")
     tr.add_argument("--steps", type=positive_int, default=None)
     tr.add_argument("--eval-samples", type=int, default=None,
                     help="samples for the final in-domain classifier metrics (default 1000; 0 skips)")

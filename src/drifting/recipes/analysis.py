@@ -284,9 +284,10 @@ def drift_diagnosis(run_dir: str | Path, *, batches: int = 4, n_gen: int | None 
         idx = np.stack([rng.choice(ix, size=P + N, replace=False) for ix in by_class])  # [K, P+N]
         real = ds.to_tensor(idx.reshape(-1))  # [K*(P+N), C, H, W]
         # {j: [K, P+N, L, C]}
-        f_real = group_by_class(encode(encoder, real, cfg["feature_sets"], cfg["vanilla"]), K)
+        sel = cfg.get("groups")  # the run's subset of groups (absent in a run before the option)
+        f_real = group_by_class(encode(encoder, real, cfg["feature_sets"], cfg["vanilla"], groups=sel), K)
         # {j: [K, N, L, C]}
-        f_gen = group_by_class(encode(encoder, x, cfg["feature_sets"], cfg["vanilla"]), K)
+        f_gen = group_by_class(encode(encoder, x, cfg["feature_sets"], cfg["vanilla"], groups=sel), K)
         pos = {j: v[:, :P] for j, v in f_real.items()}
         stand_in = {j: v[:, P:] for j, v in f_real.items()}
         for tag, gen in (("", f_gen), ("floor_", stand_in)):

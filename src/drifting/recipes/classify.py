@@ -99,9 +99,14 @@ def classifier_report(model: SmallCNN, images: np.ndarray, labels: np.ndarray, t
     many train images as there are samples."""
     f_gen, logits = features_and_logits(model, images)
     f_test, test_logits = _reference_features(model, test.images)
+    labels = np.asarray(labels)
+    hit = logits.argmax(1).numpy() == labels  # [n]
     report = {
         "n_samples": int(images.shape[0]),
-        "accuracy": float((logits.argmax(1).numpy() == np.asarray(labels)).mean()),
+        "accuracy": float(hit.mean()),
+        # per conditioning class (None for a class with no sample): where the accuracy is lost
+        "per_class_accuracy": [float(hit[labels == k].mean()) if (labels == k).any() else None
+                               for k in range(logits.shape[1])],
         "classifier_fid": frechet_distance(f_gen, f_test),
         "classifier_test_accuracy": float((test_logits.argmax(1).numpy() == test.labels).mean()),
     }

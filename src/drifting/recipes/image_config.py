@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from ..features import parse_groups
 from ..field import NORMALIZE_CHOICES
 from ..guidance import CFG_PRESETS
 from ..loss import DEFAULT_TEMPERATURES, KERNELS
@@ -53,6 +54,10 @@ class ImageTrainConfig:
     ema_warmup: int = 1000
     temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
     feature_sets: str = "abcd"  # A.5 ablation: ab | abc | abcd
+    # keep only the encoder's feature groups whose keys match these comma-separated fnmatch patterns, e.g.
+    # "tap1.loc,tap2.loc,tap*.mean" (None: all of A.5's groups and input.sq; `vanilla` is separate). Each group
+    # is drift-normalized alone, so it weighs as much as any other: fewer groups re-weight the loss.
+    groups: str | None = None
     # drift at most this many random locations per feature group and step (None: all). Each
     # location is its own problem, so a random subset is an unbiased, cheaper estimate.
     max_locations: int | None = 64
@@ -100,6 +105,7 @@ class ImageTrainConfig:
         need(self.cfg in CFG_PRESETS, f"cfg must be one of {sorted(CFG_PRESETS)}, got {self.cfg!r}")
         need(self.sampler in ("queue", "balanced"), f"sampler must be 'queue' or 'balanced', got {self.sampler!r}")
         need(self.feature_sets in ("ab", "abc", "abcd"), f"feature_sets must be ab, abc or abcd, got {self.feature_sets!r}")
+        parse_groups(self.groups)
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(0.0 <= self.lr_decay <= 1.0, f"lr_decay must be in [0, 1], got {self.lr_decay}")
         need(self.encoder_space in ("latent", "pixel"),

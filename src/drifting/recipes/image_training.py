@@ -33,7 +33,7 @@ from ..data.images import ImageDataset, load_dataset
 from ..data.queue import make_sampler
 from ..distributed import barrier, init_from_env
 from ..feature_cache import RealFeatureCache
-from ..features import group_by_class, sample_locations, take_locations, vanilla_group
+from ..features import group_by_class, sample_locations, select_groups, take_locations, vanilla_group
 from ..guidance import sample_alpha, uncond_neg_weights
 from ..loss import drifting_loss
 from ..models.encoders import build_encoder, groups_from_maps, tap_maps
@@ -90,11 +90,13 @@ def _chw(ds: ImageDataset) -> tuple[int, int, int]:
 
 
 def encode(encoder, x: torch.Tensor, sets: str, vanilla: bool, raw: torch.Tensor | None = None,
-           maps: dict[str, list[torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+           maps: dict[str, list[torch.Tensor]] | None = None, groups: str | None = None
+           ) -> dict[str, torch.Tensor]:
     """Per-sample feature groups ``{name: [B, L, C]}`` (A.5) of the encoder input ``x``, plus the raw
     generator-space sample ``raw`` (default ``x``) as the "vanilla" group. ``maps``: the encoder's tap maps
-    of ``x`` when already known (a :class:`RealFeatureCache`), else computed here."""
-    feats = groups_from_maps(tap_maps(encoder, x) if maps is None else maps, x, sets)
+    of ``x`` when already known (a :class:`RealFeatureCache`), else computed here. ``groups``: keep only
+    the encoder groups that match these patterns (:func:`drifting.features.select_groups`)."""
+    feats = select_groups(groups_from_maps(tap_maps(encoder, x) if maps is None else maps, x, sets), groups)
     if vanilla:
         feats["vanilla"] = vanilla_group(x if raw is None else raw)
     return feats
@@ -248,9 +250,10 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                         real_z = tok.encode(real)  # [Nc*(P+U), c, h, w], the generator's space
                         f_real = encode(encoder, real if decode_first else real_z, cfg.feature_sets,
                                         cfg.vanilla, real_z,
-                                        maps=None if cache is None else cache.take(real_idx.to(dev)))
+                                        maps=None if cache is None else cache.take(real_idx.to(dev)),
+                                        groups=cfg.groups)
                     f_gen = encode(encoder, tok.decode(x) if decode_first else x, cfg.feature_sets,
-                                   cfg.vanilla, x)
+                                   cfg.vanilla, x, groups=cfg.groups)
                 if not torch.isfinite(x).all():
                     raise FloatingPointError(f"the generator produced non-finite samples at step {step}; "
                                              f"the last good checkpoint is {ckpt} (resume with --resume, "
