@@ -88,10 +88,18 @@ def test_two_rank_training_equals_one_rank_and_resumes_on_one(tmp_path):
         return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
 
     def close(a, b):
-        # Adam divides each coordinate by its own gradient scale, so float-rounding differences of
-        # near-zero gradients move a weight by up to ~1% of a step (lr 1e-3): allow 3% of one step.
+        # The ranks' encoder and generator run on other batch shapes, so their sums round differently
+        # (~1e-7 here). Adam divides each coordinate by its own gradient scale: where a gradient is near
+        # zero, that rounding can move a weight by up to a whole step (lr 1e-3), and how often depends on
+        # the CPU's kernels (CI once saw it on one machine). So: nearly every weight within 3% of one step,
+        # none beyond the 4 steps' bound; a wrong shard or a missed all-reduce moves most weights (and the
+        # loss, checked below) far more.
+        off = total = 0
         for k in a:
-            assert torch.allclose(a[k], b[k], rtol=0, atol=3e-5), k
+            d = (a[k] - b[k]).abs()
+            assert d.max() <= 2 * 4 * 1e-3, (k, d.max().item())
+            off, total = off + int((d > 3e-5).sum()), total + d.numel()
+        assert off <= 1e-3 * total, f"{off} of {total} weights differ by more than 3e-5"
 
     # classes sharded (2 classes per rank), and samples sharded (every class on both ranks)
     for S in (1, 2):
