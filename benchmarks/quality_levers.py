@@ -92,6 +92,24 @@ VARIANTS: dict[str, dict] = {
     "unet-16-32-64": dict(dit=dict(widths=(16, 32, 64))),  # 0.33M parameters, 2.5x cheaper fwd+bwd
     "sets-ab": dict(feature_sets="ab"),
     "sets-ab-no-vanilla": dict(feature_sets="ab", vanilla=False),
+    # session 6, on the session-5 preset: the throwaway prototype's recipe (a few tap maps, N = P = 32)
+    "proto-groups": dict(groups="tap1.loc,tap2.loc,tap*.mean", vanilla=False, n_gen=32, n_pos=32, cfg="none",
+                         n_uncond=0),
+    "proto-groups-sq": dict(groups="tap1.loc,tap2.loc,tap*.mean,input.sq", n_gen=32, n_pos=32, cfg="none",
+                            n_uncond=0),
+    "proto-groups-sq-n16": dict(groups="tap1.loc,tap2.loc,tap*.mean,input.sq", n_gen=16, n_pos=32, cfg="none",
+                                n_uncond=0),
+    # sessions 7-8: a width-16 MAE whose fine-tuning is labels only (lambda 1), recon + cls steps
+    "mae16-cls1-800+800": dict(mae_width=16, mae_cls_lambda=1.0, mae_steps=800, mae_cls_steps=800,
+                               mae_cls_warmup=100),
+    "mae16-cls1-200+800": dict(mae_width=16, mae_cls_lambda=1.0, mae_steps=200, mae_cls_steps=800,
+                               mae_cls_warmup=100),
+    "mae16-cls1-800+400": dict(mae_width=16, mae_cls_lambda=1.0, mae_steps=800, mae_cls_steps=400,
+                               mae_cls_warmup=100),
+    "mae16-cls1-400+400": dict(mae_width=16, mae_cls_lambda=1.0, mae_steps=400, mae_cls_steps=400,
+                               mae_cls_warmup=100),
+    "mae16-cls1-800+800-b64": dict(mae_width=16, mae_cls_lambda=1.0, mae_steps=800, mae_cls_steps=800,
+                                   mae_cls_warmup=100, mae_batch=64),
 }
 
 
@@ -111,7 +129,7 @@ def run_variant(name: str, overrides: dict, minutes: float | None, eval_n: int, 
                 preset: str = "cpu-v1", steps: int | None = None) -> dict:
     """One row: a wall-time budget (``minutes``) or, with ``steps``, a step budget (the same work whatever else
     runs on the machine; its wall time is then compared through the step cost of a quiet machine)."""
-    budget = dict(minutes=None, steps=steps) if steps else dict(minutes=minutes, steps=10**6)
+    budget = dict(minutes=0, steps=steps) if steps else dict(minutes=minutes, steps=10**6)  # 0: no time budget
     cfg = train_preset(preset, seed=seed, mae_seed=0, eval_samples=0, sample_every=10**9, ckpt_every=10**9,
                        **budget, **_with_generator(name, overrides, preset))
     ds = load_dataset(cfg.data, "train")

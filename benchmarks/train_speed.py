@@ -45,7 +45,7 @@ from drifting.training.checkpoint import jsonable  # noqa: E402
 
 NAME = "train_speed"
 DEFAULT_STEPS = {"cpu-tiny": 40, "cpu": 20}
-NO_EXTRAS = dict(eval_samples=0, sample_every=10**9, ckpt_every=10**9, log_every=1)
+NO_EXTRAS = dict(eval_samples=0, sample_every=10**9, ckpt_every=10**9, log_every=1, minutes=0)  # steps only
 
 
 def mae_cached(cfg) -> bool | None:

@@ -22,6 +22,7 @@ def test_every_row_is_a_valid_distinct_config():
         assert sum(1 for _, o in ab.rows if not o) == 1, name  # exactly one default row
     rows = dict(ABLATIONS["antisymmetry"].rows)
     assert ablation_config(rows["attraction-only"]).repulsion == 0.0
+    assert ablation_config({}).minutes is None  # a step budget: the cpu preset's time budget is lifted
     assert ablation_config(rows["1.5x attraction"]).attraction == 1.5
     assert ablation_config(dict(ABLATIONS["encoder-width"].rows)["C = 16"]).mae.width == 16
     assert ablation_config(dict(ABLATIONS["temperatures"].rows)["tau 0.05"]).temperatures == (0.05,)

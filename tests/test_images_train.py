@@ -1,6 +1,7 @@
 """The image trainer end to end on Fashion-MNIST with tiny models: files, sampling, exact resume."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -136,13 +137,19 @@ def test_mae_classification_fine_tuning(tmp_path, monkeypatch):
             tiny(mae=MAEConfig(**bad)).validate()
 
 
-def test_train_mae_cli_fine_tunes_with_labels(tmp_path, capsys):
+def test_train_mae_cli_fine_tunes_with_labels(tmp_path, capsys, monkeypatch):
+    import drifting.recipes.mae_pretrain as mae_pretrain
     from drifting.models.resnet_mae import ResNetMAE
 
+    seen, pretrain = [], mae_pretrain.pretrain_mae
+    monkeypatch.setattr(mae_pretrain, "pretrain_mae",
+                        lambda ds, cfg, *a, **k: seen.append(cfg) or pretrain(ds, cfg, *a, **k))
     assert main(["train-mae", "--out", str(tmp_path / "m"), "--preset", "cpu-tiny", "--steps", "2",
-                 "--cls-steps", "2", "--cls-warmup", "1", "--no-progress"]) == 0
+                 "--cls-steps", "2", "--cls-warmup", "1", "--width", "4", "--batch", "16",
+                 "--no-progress"]) == 0
     assert "classification head" in capsys.readouterr().out
-    assert ResNetMAE.from_pretrained(tmp_path / "m").config.num_classes == 10
+    config = ResNetMAE.from_pretrained(tmp_path / "m").config
+    assert (config.num_classes, config.base_width, seen[0].batch) == (10, 4, 16)
     rc = main(["train-mae", "--out", str(tmp_path / "x"), "--cls-steps", "2", "--cls-lambda", "2",
                "--no-progress"])
     assert rc != 0 and "mae.cls_lambda must be in [0, 1]" in capsys.readouterr().err
@@ -210,6 +217,18 @@ def test_train_cli_sets_the_mae_width_and_its_label_fine_tuning(tmp_path):
     assert (cfg["width"], cfg["cls_steps"], cfg["cls_lambda"], cfg["cls_warmup"]) == (4, 2, 1.0, 1)
 
 
+def test_train_cli_minutes_zero_lifts_the_presets_time_budget(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "cpu", "--generator", "conv-tiny", "--mae-preset", "cpu-tiny",
+                 "--mae-steps", "2", "--mae-cls-steps", "0", "--steps", "1", "--classes-per-step", "2",
+                 "--n-gen", "2", "--n-pos", "2", "--n-uncond", "2", "--eval-samples", "0", "--minutes", "0",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "model" / "train_config.json").read_text())["minutes"] is None
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--out", str(out), "--minutes", "-1"])
+    assert exit_.value.code == 2 and "--minutes" in capsys.readouterr().err
+
+
 def test_presets():
     from drifting.recipes.image_config import TRAIN_PRESETS, train_preset
 
@@ -227,8 +246,14 @@ def test_presets():
     assert (ab.steps, ab.mae.steps, ab.lr, ab.classes_per_step, ab.mae.encoder) == (
         7, 3, 2e-4, 64, "latent-256")
     cpu = train_preset("cpu")  # the main job (issue 15's lever study)
-    assert (cpu.generator, cpu.mae.cls_steps, cpu.mae.cls_lambda, cpu.mae.cls_warmup, cpu.steps) == (
-        "conv-small", 400, 0.1, 100, 1500)
+    assert (cpu.generator, cpu.mae.cls_steps, cpu.mae.cls_lambda, cpu.mae.cls_warmup, cpu.steps,
+            cpu.minutes) == ("conv-small", 400, 0.1, 100, 1500, 9.5)
+    # 0 lifts the preset's time budget (None keeps it): a step budget, as the ablations and peers use
+    assert train_preset("cpu", minutes=0).minutes is None and train_preset("cpu", minutes=None).minutes == 9.5
+    assert train_preset("cpu", minutes=3).minutes == 3
+    wide = train_preset("cpu-wide")  # the cpu preset with a width-16 MAE fine-tuned on labels alone
+    assert (wide.mae.width, wide.mae.cls_steps, wide.mae.cls_lambda, wide.mae.steps) == (16, 800, 1.0, 800)
+    assert replace(wide, mae=train_preset("cpu").mae) == train_preset("cpu")
     assert train_preset("cpu-dit").generator == "cpu-p4"
     assert train_preset("cpu-v1") == ImageTrainConfig()  # the earlier main job: the dataclass defaults
     assert train_preset("cpu", mae_cls_steps=0).mae.cls_steps == 0
@@ -413,4 +438,4 @@ def test_learning_curve_every_k_steps(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="eval_samples"):
         tiny(eval_every=10, eval_samples=0).validate()
     long = train_preset("cpu-long")
-    assert (long.generator, long.steps, long.eval_every) == ("conv-small", 12000, 1500)
+    assert (long.generator, long.steps, long.minutes, long.eval_every) == ("conv-small", 12000, 60.0, 1500)

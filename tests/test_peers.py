@@ -20,6 +20,7 @@ def test_configs_share_the_budget():
     assert diff == {"kernel", "normalize_drift", "temperatures"}  # the field, nothing else
     assert m["kernel"] == "mmd" and m["normalize_drift"] is False and m["temperatures"] == MMD_BANDWIDTHS
     assert f.steps == 300 and f.batch == d["classes_per_step"] * d["n_gen"] and f.generator == d["generator"]
+    assert d["minutes"] is None and f.minutes is None  # a step budget: not the cpu preset's 9.5 minutes
     assert peer_configs(steps=300, flow_steps=900)["flow"].steps == 900
 
 

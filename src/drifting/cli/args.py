@@ -31,6 +31,19 @@ def positive_float(s: str) -> float:
     return v
 
 
+def time_budget(s: str) -> float:
+    """``--minutes M`` of ``drifting train``: a wall-time budget in minutes, or 0 for none (a preset's own
+    budget, as the ``cpu`` preset's, is then lifted and only ``--steps`` ends the run)."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected minutes (a number >= 0; 0: no time budget), "
+                                         f"got {s!r}") from None
+    if not (v >= 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected minutes >= 0 (0: no time budget), got {s}")
+    return v
+
+
 def temperatures(s: str) -> tuple[float, ...]:
     """``--temperatures 0.02,0.05,0.2``: comma-separated positive taus."""
     try:

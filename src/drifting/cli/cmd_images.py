@@ -7,7 +7,7 @@ import argparse
 import math
 from pathlib import Path
 
-from .args import add_threads_option, positive_float, positive_int
+from .args import add_threads_option, positive_int, time_budget
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -57,8 +57,9 @@ def cmd_train_mae(a: argparse.Namespace) -> int:
     from ..data.images import load_dataset
     from ..recipes.mae_pretrain import MAEConfig, pretrain_mae
 
-    cfg = MAEConfig(encoder=a.preset, steps=a.steps, seed=a.seed, cls_steps=a.cls_steps,
-                    cls_lambda=a.cls_lambda, cls_warmup=a.cls_warmup)
+    cfg = MAEConfig(encoder=a.preset, width=a.width, steps=a.steps, seed=a.seed, cls_steps=a.cls_steps,
+                    cls_lambda=a.cls_lambda, cls_warmup=a.cls_warmup,
+                    **({"batch": a.batch} if a.batch else {}))
     cfg.validate()  # before the dataset is read
     pretrain_mae(load_dataset(a.data, "train"), cfg, a.out, progress=not a.no_progress)
     print(f"wrote the ResNet-MAE (EMA) to {a.out}/"
@@ -151,9 +152,9 @@ def add_image_parsers(subparsers) -> None:
     tr.add_argument("--lr", type=float, default=None)
     tr.add_argument("--lr-decay", type=float, default=None,
                     help="the last fraction of training ramps the lr linearly to 0 (0: constant)")
-    tr.add_argument("--minutes", type=positive_float, default=None,
-                    help="a wall-time budget for the generator's training (stops at "
-                    "--steps or after this long)")
+    tr.add_argument("--minutes", type=time_budget, default=None,
+                    help="a wall-time budget for the generator's training (stops at --steps or after this "
+                    "long; the cpu preset's is 9.5; 0: none, --steps only)")
     tr.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                     help="bf16 autocast of the networks: auto (CUDA only, default), fp32, "
                     "bf16 (also on the CPU)")
@@ -176,6 +177,9 @@ def add_image_parsers(subparsers) -> None:
     tm.add_argument("--data", default="fashion-mnist")
     tm.add_argument("--preset", default="cpu-small")
     tm.add_argument("--steps", type=positive_int, default=1500)
+    tm.add_argument("--width", type=positive_int, default=None,
+                    help="the base width C (default: the preset's)")
+    tm.add_argument("--batch", type=positive_int, default=None, help="images a step (default 128)")
     tm.add_argument("--cls-steps", type=int, default=0, help="then this many steps of A.3's classification "
                     "fine-tuning, lambda L_cls + (1 - lambda) L_recon (default 0: none; the paper: 3000)")
     tm.add_argument("--cls-lambda", type=float, default=0.1, help="the final lambda (default 0.1, A.3)")

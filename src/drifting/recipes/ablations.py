@@ -69,7 +69,7 @@ def ablation_config(overrides: dict, *, preset: str = "cpu", steps: int = 200, e
     """The row config: ``preset`` with ``steps``/``eval_samples`` and ``base`` overrides, then the row's
     (``mae_*`` keys set fields of the MAE config, as in
     :func:`~drifting.recipes.image_config.train_preset`)."""
-    kw = {"steps": steps, "eval_samples": eval_samples, "sample_every": steps,
+    kw = {"steps": steps, "minutes": 0, "eval_samples": eval_samples, "sample_every": steps,  # a step budget
           "ckpt_every": max(1, min(100, steps)), **base, **overrides}
     return train_preset(preset, **kw)
 

@@ -53,8 +53,9 @@ def peer_configs(*, preset: str = "cpu", steps: int | None = None, flow_steps: i
     learning rate, EMA, model size), so that it gets the same tuning as drifting."""
     if minutes is not None:
         steps, flow_steps = steps or MAX_STEPS, flow_steps or steps or MAX_STEPS
-    drift = train_preset(preset, steps=steps, minutes=minutes, eval_samples=0, **overrides)
-    mmd = train_preset(preset, steps=steps, minutes=minutes, eval_samples=0, kernel="mmd",
+    budget = dict(steps=steps, minutes=0 if minutes is None else minutes)  # 0: not the preset's time budget
+    drift = train_preset(preset, **budget, eval_samples=0, **overrides)
+    mmd = train_preset(preset, **budget, eval_samples=0, kernel="mmd",
                        normalize_drift=False, temperatures=MMD_BANDWIDTHS, **overrides)
     base = dict(data=drift.data, generator=drift.generator, steps=flow_steps or drift.steps, minutes=minutes,
                 batch=drift.classes_per_step * drift.n_gen, seed=drift.seed)
