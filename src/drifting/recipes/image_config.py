@@ -139,6 +139,11 @@ def _imagenet_preset(generator: str, encoder: str, mae_epochs: int, **kw) -> dic
     return {**base, **kw}
 
 
+# the README's main job (the `cpu` preset below; its comment there says why each value)
+_CPU = dict(generator="conv-small", mae=MAEConfig(cls_steps=400, cls_warmup=100), real_feature_cache_gb=8.0,
+            steps=1500, minutes=9.5, eval_samples=2000, n_pos=32, lr=3e-3, lr_decay=0.5)
+
+
 # Named training configurations (``drifting train --preset NAME``); fields left out keep the
 # ImageTrainConfig defaults. The ImageNet rows are Table 8's columns; they expect ImageNet as an
 # image folder (``--data DIR``) and, for the latent presets, SD-VAE latents (``--tokenizer``).
@@ -152,22 +157,17 @@ TRAIN_PRESETS: dict[str, dict] = {
     # 1000 of conv-cpu's did. The real images' tap maps are cached (5% a step). Session 8: training stops at 1500
     # steps or after 9.5 minutes, whichever comes first (the lr schedule then follows the clock), so that the job
     # with its first-time MAE (about 4 min on an AMD EPYC, 2.7 on an Intel Xeon) stays within 15 minutes on either
-    # CPU kind: the Intel reaches the 1500 steps, the AMD EPYC about 1100.
-    "cpu": dict(generator="conv-small", mae=MAEConfig(cls_steps=400, cls_warmup=100), real_feature_cache_gb=8.0,
-                steps=1500, minutes=9.5, eval_samples=2000, n_pos=32, lr=3e-3, lr_decay=0.5),
+    # CPU kind: the Intel reaches the 1500 steps, the AMD EPYC 1280-1410.
+    "cpu": _CPU,
     # the main job with a wider encoder trained on labels only after its reconstruction phase (width 16; A.3's
-    # fine-tuning at lambda 1 for 800 steps): session 8, AMD EPYC, seed 0, 9.5 minutes each: classifier FID 38.1 ->
-    # 24.7, accuracy 0.808 -> 0.834. Its MAE takes 10 minutes on an AMD EPYC (2.5x the cpu preset's), so the
-    # first run takes about 20 minutes there: not the default (docs/results.md, session 8)
-    "cpu-wide": dict(generator="conv-small", mae=MAEConfig(width=16, cls_steps=800, cls_lambda=1.0, cls_warmup=100),
-                     real_feature_cache_gb=8.0, steps=1500, minutes=9.5, eval_samples=2000, n_pos=32, lr=3e-3,
-                     lr_decay=0.5),
+    # fine-tuning at lambda 1 for 800 steps): session 8, AMD EPYC, 3 seeds, 9.5 minutes each: classifier FID
+    # 38.3 -> 27.4, accuracy 0.791 -> 0.819. Its MAE takes 10 minutes on an AMD EPYC (2.5x the cpu preset's), so
+    # the first run takes about 20 minutes there: not the default (docs/results.md, session 8)
+    "cpu-wide": {**_CPU, "mae": MAEConfig(width=16, cls_steps=800, cls_lambda=1.0, cls_warmup=100)},
     # issue 15 item 3: the main job for an hour on 2 cores (12000 steps or 60 minutes of training, whichever comes
     # first: about 3.3 steps/s on an Intel Xeon, 2.4 on an AMD EPYC), with a learning curve (accuracy and
     # classifier FID every 1500 steps against the training time, OUT/curve.json)
-    "cpu-long": dict(generator="conv-small", mae=MAEConfig(cls_steps=400, cls_warmup=100), real_feature_cache_gb=4.0,
-                     steps=12000, minutes=60.0, eval_samples=2000, eval_every=1500, n_pos=32, lr=3e-3,
-                     lr_decay=0.5),
+    "cpu-long": {**_CPU, "steps": 12000, "minutes": 60.0, "eval_every": 1500},
     # the main job with the paper's DiT generator instead (the cpu-p4 DiT; the default before the U-Net)
     "cpu-dit": dict(generator="cpu-p4", mae=MAEConfig(cls_steps=400, cls_warmup=100), real_feature_cache_gb=4.0,
                     steps=1500, eval_samples=2000),
