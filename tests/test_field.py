@@ -323,3 +323,20 @@ def test_laplace_norm_noise_distribution():
     assert laplace_norm_noise((3, 1), generator=g).shape == (3, 1)
     with pytest.raises(ValueError, match="shape"):
         laplace_norm_noise((5, 0))
+
+
+def test_all_finite_finds_every_nan_and_inf():
+    from drifting.field import all_finite
+
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        t = torch.randn(6, 9).to(dtype)
+        assert all_finite(t) and all_finite(t[:, ::2])
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            u = t.clone()
+            u[4, 7] = bad
+            assert not all_finite(u), (dtype, bad)
+            assert all_finite(u[:, :7])  # the bad value outside the view
+    assert all_finite(torch.full((3,), 3e38)) and all_finite(torch.zeros(0)) and all_finite(torch.arange(4))
+    with pytest.raises(ValueError, match="non-finite"):
+        compute_V(torch.tensor([[0.0, float("nan")]]), torch.zeros(1, 2), torch.zeros(1, 2), 1.0,
+                  mask_self=False)

@@ -412,3 +412,67 @@ def test_the_flow_peer_on_the_conv_backbone(tiny_data, tmp_path):
     assert model.config.style_tokens == 0 and model.config.alpha_mlp is False
     with pytest.raises(ValueError, match="generator_overrides"):
         FlowTrainConfig(generator="conv-tiny", generator_overrides={"patch_size": 4}).validate()
+
+
+def test_learning_curve_and_lr_decay(tiny_data, tmp_path, monkeypatch, crash_at):
+    """eval_every writes OUT/curve.json (a point every eval_every steps and at the end, one entry per Euler
+    step count, the evaluations' time left out of the training time); a crashed run resumes its curve from
+    the checkpoint; lr_decay ramps the lr to 0 over the last fraction of the steps."""
+    import time
+
+    import drifting.recipes.classify as classify
+
+    calls, offset, clock = [], [0.0], time.perf_counter
+
+    def fake_eval(data, n, sample, progress=False):
+        labels = torch.arange(n) % 10
+        images = sample(labels)
+        assert images.shape == (n, 28, 28, 1) and images.dtype == np.uint8
+        calls.append(n)
+        offset[0] += 1000.0  # an evaluation that takes 1000 s of the clock: not training time
+        return {"accuracy": float(len(calls))}
+
+    monkeypatch.setattr(classify, "evaluate_samples", fake_eval)
+    monkeypatch.setattr(time, "perf_counter", lambda: clock() + offset[0])
+    cfg = tiny_cfg(tiny_data, steps=5, eval_every=2, eval_samples=6, eval_euler_steps=(1, 3), lr=1e-3,
+                   warmup=2, lr_decay=0.5)
+    real = flow.flow_matching_loss
+    monkeypatch.setattr(flow, "flow_matching_loss", crash_at(real, 5))  # steps 1-4 run, checkpoint at 3
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_flow(cfg, tmp_path, progress=False)
+    assert [p["step"] for p in json.loads((tmp_path / "curve.json").read_text())] == [2, 4]
+    monkeypatch.setattr(flow, "flow_matching_loss", real)
+    res = train_flow(cfg, tmp_path, progress=False)
+    curve = json.loads((tmp_path / "curve.json").read_text())
+    assert [p["step"] for p in curve] == [2, 4, 5]  # the crashed run's step-4 point was replaced
+    assert all(set(p) == {"step", "time", "euler1", "euler3"} and p["euler1"]["accuracy"] > 0 for p in curve)
+    assert calls == [6] * 8  # 2 points before the crash, 2 after (4 and 5), 2 step counts each
+    times = [p["time"] for p in curve]
+    assert times == sorted(times) and res["train_seconds"] < 1000  # 8000 s of evaluations on the clock
+    lrs = [json.loads(ln)["lr"] for ln in (tmp_path / "log.jsonl").read_text().splitlines()]
+    # warm-up over 2 steps, then the last half of the 5 steps ramps to 0: factor min(1, (1 - step / 5) / 0.5)
+    assert lrs == pytest.approx([5e-4, 1e-3, 1e-3, 8e-4, 4e-4])
+    for bad in (dict(lr_decay=1.5), dict(eval_euler_steps=()), dict(eval_samples=0), dict(eval_every=-1)):
+        with pytest.raises(ValueError, match=rf"FlowTrainConfig\.{next(iter(bad))}:"):
+            FlowTrainConfig(**bad).validate()
+
+
+def test_sample_cli_draws_euler_samples_from_a_flow_model(tiny_data, tmp_path, capsys):
+    from drifting.cli import main
+
+    train_flow(tiny_cfg(tiny_data, steps=2, sample_steps=1), tmp_path / "run", progress=False)
+    model_dir = str(tmp_path / "run" / "model")
+    out = tmp_path / "s.npz"
+    argv = ["sample", model_dir, "--num", "12", "--euler-steps", "3", "--seed", "5", "--out", str(out)]
+    assert main(argv) == 0
+    z = np.load(out)
+    assert z["images"].shape == (12, 28, 28, 1) and z["labels"].tolist() == [i % 10 for i in range(12)]
+    # the same images as the library's sampler (labels of the 10 real classes, never the null class 10)
+    ref = flow.flow_generate(load_flow_model(model_dir), torch.arange(12) % 10, 3, seed=5)
+    assert np.array_equal(z["images"], ref)
+    capsys.readouterr()
+    assert main(["sample", model_dir, "--num", "4", "--out", str(out)]) == 2  # a flow model needs the steps
+    assert "--euler-steps" in capsys.readouterr().err
+    argv = ["sample", model_dir, "--num", "4", "--euler-steps", "2", "--cfg", "-1", "--out", str(out)]
+    assert main(argv) == 2
+    assert "--cfg" in capsys.readouterr().err

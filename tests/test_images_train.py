@@ -45,6 +45,9 @@ def test_train_writes_model_and_samples(tmp_path, monkeypatch):
     assert z["images"].shape == (20, 28, 28, 1) and z["images"].dtype == np.uint8
     assert z["labels"].tolist() == [i % 10 for i in range(20)]
     assert (tmp_path / "s.png").is_file()
+    # --euler-steps is for flow-matching models only
+    argv = ["sample", str(tmp_path / "model"), "--num", "4", "--euler-steps", "4", "--out", str(out)]
+    assert main(argv) == 2
 
 
 def test_interrupted_run_resumes_bit_for_bit(tmp_path, monkeypatch, crash_at):
@@ -438,4 +441,5 @@ def test_learning_curve_every_k_steps(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="eval_samples"):
         tiny(eval_every=10, eval_samples=0).validate()
     long = train_preset("cpu-long")
-    assert (long.generator, long.steps, long.minutes, long.eval_every) == ("conv-small", 12000, 60.0, 1500)
+    assert (long.generator, long.steps, long.minutes, long.eval_every) == ("conv-small", 12000, 60.0, 500)
+    assert long.mae == train_preset("cpu-wide").mae  # the wide encoder

@@ -2,7 +2,7 @@
 
 import pytest
 
-from drifting.training.schedules import linear_decay_lr, warmup_lr
+from drifting.training.schedules import linear_decay_lr, training_progress, warmup_lr
 
 
 def test_warmup_lr():
@@ -24,3 +24,10 @@ def test_linear_decay_matches_table8():
     assert linear_decay_lr(1234) == pytest.approx(max(final, base - (base - final) / T * 1234), rel=1e-15)
     with pytest.raises(ValueError, match="total"):
         linear_decay_lr(0, total=0)
+
+
+def test_training_progress_follows_the_steps_or_the_clock_whichever_ends_first():
+    assert training_progress(25, 100) == 0.25  # no time budget: the steps
+    assert training_progress(25, 100, elapsed=30.0, minutes=1.0) == 0.5  # the clock is ahead
+    assert training_progress(75, 100, elapsed=30.0, minutes=1.0) == 0.75  # the steps are ahead
+    assert training_progress(10, 100, elapsed=600.0, minutes=1.0) == 1.0  # capped past the budget

@@ -33,6 +33,7 @@ from .field import (
     NORMALIZE_CHOICES,
     Distances,
     Normalize,
+    all_finite,
     broadcast_neg_weights,
     drift_fields,
     mmd_from_distances,
@@ -145,7 +146,7 @@ def drifting_loss(
     total = None
     stats: dict[str, torch.Tensor] = {}
     for j, g in gens.items():
-        if not torch.isfinite(g).all():
+        if not all_finite(g):
             raise ValueError(f"gen[{j!r}] contains non-finite values (NaN or inf)")
         B = g.shape[0]
         x, L = _to_problems(f"gen[{j!r}]", g)  # [B*L, N, C]
@@ -168,10 +169,12 @@ def drifting_loss(
                 raise ValueError(f"neg[{j!r}] must match gen[{j!r}] in L and C; got {tuple(negs[j].shape)}")
             M_extra = extra.shape[1]
             parts.append(gather(extra))
-        y = torch.cat(parts, dim=1)  # [B*L, P+M_all, C]: positives, then negatives
-        for name, t in ((f"pos[{j!r}]", y[:, :P]), (f"neg[{j!r}]", y[:, P:])):
-            if not torch.isfinite(t).all():
-                raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+        # the targets [B*L, P+M_all, C], positives then negatives, kept as their parts (never concatenated)
+        Y = sum(t.shape[1] for t in parts)
+        for k, t in enumerate(parts):
+            if not (comm is None and t is x_sg) and not all_finite(t):  # (gen itself is checked above)
+                name = "pos" if k == 0 else "neg"
+                raise ValueError(f"{name}[{j!r}] contains non-finite values (NaN or inf)")
 
         with torch.no_grad():
             w = None  # [BL, 1, M_all]
@@ -181,7 +184,7 @@ def drifting_loss(
                 if comm is not None:
                     w_extra = comm.gather(w_extra, dim=2)
                 if gen_as_negatives:
-                    N_all = y.shape[1] - P - w_extra.shape[2]
+                    N_all = Y - P - w_extra.shape[2]
                     w = torch.cat([torch.ones(BL, 1, N_all, dtype=w_extra.dtype, device=x.device), w_extra],
                                   -1)
                 else:
@@ -189,10 +192,10 @@ def drifting_loss(
             self_col = None
             if gen_as_negatives:
                 self_col = P + (0 if comm is None else comm.group_rank * N)
-            dists = Distances(x_sg, y, self_col=self_col, cache_elements=CACHE_DISTANCES)
+            dists = Distances(x_sg, parts, self_col=self_col, cache_elements=CACHE_DISTANCES)
             if normalize_features:  # Eq. (21), weighted mean over every (x, y) pair in the group
                 num = dists.weighted_sum(P, w, max_elements, K=len(temperatures))
-                den = torch.tensor(float(N * BL * (y.shape[1] if w is None else P)), dtype=num.dtype,
+                den = torch.tensor(float(N * BL * (Y if w is None else P)), dtype=num.dtype,
                                    device=num.device)
                 if w is not None:
                     den = den + N * w.sum()
@@ -208,6 +211,7 @@ def drifting_loss(
             if kernel == "mmd":  # not scale-free: evaluate it on the normalized features themselves
                 if comm is not None:
                     raise ValueError("kernel='mmd' does not support multi-rank losses (comm)")
+                y = torch.cat(parts, dim=1)  # [BL, P+M_all, C]
                 ys, dists_s = y / S, pairwise_distances(x_sg, y) / S  # [BL, P+M_all, C], [BL, N, P+M_all]
                 Vs = [mmd_from_distances(ys, dists_s, P, float(tau * math.sqrt(C)),
                                          mask_self=gen_as_negatives,

@@ -12,10 +12,15 @@ from .args import add_threads_option, positive_float, positive_int
 
 def cmd_train_flow(a: argparse.Namespace) -> int:
     overrides = {k: getattr(a, k)
-                 for k in ("data", "generator", "steps", "minutes", "batch", "lr", "label_dropout",
-                           "time_sampling", "sample_steps", "sample_cfg", "seed",
-                           "tokenizer")
+                 for k in ("data", "generator", "steps", "minutes", "batch", "lr", "lr_decay", "warmup",
+                           "label_dropout", "time_sampling", "sample_steps", "sample_cfg", "seed",
+                           "tokenizer",
+                           "eval_every", "eval_samples")
                  if getattr(a, k) is not None}
+    if a.ema_decay is not None:
+        overrides["ema_decays"] = (a.ema_decay,)
+    if a.eval_euler_steps is not None:
+        overrides["eval_euler_steps"] = tuple(a.eval_euler_steps)
     dit = {k: getattr(a, k) for k in ("patch_size", "depth", "hidden") if getattr(a, k) is not None}
     if dit:
         overrides["generator_overrides"] = dit
@@ -46,6 +51,18 @@ def add_flow_parser(subparsers) -> argparse.ArgumentParser:
                    help="wall-time budget in minutes: stop at the first step past it (default: --steps only)")
     f.add_argument("--batch", type=positive_int, default=None, help="images per step (default 80)")
     f.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
+    f.add_argument("--lr-decay", type=float, default=None,
+                   help="the last fraction of training (of --steps or --minutes) ramps the lr linearly to 0 "
+                   "(default 0: constant after the warm-up)")
+    f.add_argument("--warmup", type=int, default=None, help="linear lr warm-up steps (default 100)")
+    f.add_argument("--ema-decay", type=float, default=None,
+                   help="EMA decay of the exported network (default 0.999)")
+    f.add_argument("--eval-every", type=positive_int, default=None,
+                   help="a learning curve: classifier metrics every N steps and at the end, OUT/curve.json")
+    f.add_argument("--eval-samples", type=positive_int, default=None,
+                   help="samples per learning-curve point (default 2000)")
+    f.add_argument("--eval-euler-steps", type=positive_int, nargs="+", default=None,
+                   help="Euler step counts of each learning-curve point (default 16)")
     f.add_argument("--label-dropout", type=float, default=None, help="P(label -> null class) (default 0.1)")
     f.add_argument("--time-sampling", choices=TIME_SAMPLING, default=None,
                    help="t distribution (default uniform)")

@@ -74,7 +74,14 @@ def cmd_sample(a: argparse.Namespace) -> int:
     from ..recipes.image_sampling import generate, load_generator, write_grid
 
     model, tokenizer = load_generator(a.model)
-    K = model.config.num_classes
+    # a velocity network of `drifting train-flow`
+    flow_model = bool(getattr(model.config, "time_cond", False))
+    K = model.config.num_classes - (1 if flow_model else 0)  # a flow model's last class is its null class
+    if flow_model and a.euler_steps is None:
+        raise ValueError(f"--euler-steps: {a.model} is a flow-matching model (drifting train-flow); give the "
+                         "number of Euler steps of its sampler, e.g. --euler-steps 16")
+    if not flow_model and a.euler_steps is not None:
+        raise ValueError(f"--euler-steps: only for a flow-matching model; {a.model} is a one-step generator")
     if a.labels:
         labels = torch.tensor([int(v) for v in a.labels.split(",")])
         if (labels < 0).any() or (labels >= K).any():
@@ -82,9 +89,16 @@ def cmd_sample(a: argparse.Namespace) -> int:
         labels = labels.repeat(math.ceil(a.num / len(labels)))[: a.num]
     else:
         labels = torch.arange(a.num) % K
-    if a.cfg < 1:
-        raise ValueError(f"--cfg (alpha) must be >= 1, got {a.cfg}")
-    imgs = generate(model, labels, a.cfg, seed=a.seed, tokenizer=tokenizer)
+    if flow_model:
+        from ..recipes.flow import flow_generate
+
+        if a.cfg < 0:
+            raise ValueError(f"--cfg (a flow model's guidance scale) must be >= 0, got {a.cfg}")
+        imgs = flow_generate(model, labels, a.euler_steps, cfg_scale=a.cfg, seed=a.seed, tokenizer=tokenizer)
+    else:
+        if a.cfg < 1:
+            raise ValueError(f"--cfg (alpha) must be >= 1, got {a.cfg}")
+        imgs = generate(model, labels, a.cfg, seed=a.seed, tokenizer=tokenizer)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, images=imgs, labels=labels.numpy().astype(np.int64))
@@ -191,9 +205,14 @@ def add_image_parsers(subparsers) -> None:
     tm.set_defaults(func=cmd_train_mae)
 
     sp = subparsers.add_parser("sample", help="one-step samples from a trained generator, as .npz + PNG grid")
-    sp.add_argument("model", help="a model directory written by `drifting train` (OUT/model)")
+    sp.add_argument("model", help="a model directory written by `drifting train` (OUT/model), or by "
+                    "`drifting train-flow` (then with --euler-steps)")
     sp.add_argument("--num", type=positive_int, default=100)
-    sp.add_argument("--cfg", type=float, default=1.0, help="CFG scale alpha >= 1 (free at inference)")
+    sp.add_argument("--cfg", type=float, default=1.0,
+                    help="CFG scale alpha >= 1 (free at inference); for a flow model its guidance scale >= 0")
+    sp.add_argument("--euler-steps", type=positive_int, default=None,
+                    help="a flow-matching model's Euler steps (required for one; not for a one-step "
+                    "generator)")
     sp.add_argument("--labels", default=None,
                     help="comma-separated class indices (default: all classes in turn)")
     sp.add_argument("--seed", type=int, default=0)

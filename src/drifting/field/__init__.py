@@ -11,12 +11,13 @@ only by the ones after it:
     drift_rae   the Drift-RAE field (single softmax) and Eq. 12's perturbation
 """
 
-from .common import NORMALIZE_CHOICES, Normalize, broadcast_neg_weights, pairwise_distances
+from .common import NORMALIZE_CHOICES, Normalize, all_finite, broadcast_neg_weights, pairwise_distances
 from .drift_rae import drift_rae_field, laplace_norm_noise
 from .fast import DEFAULT_MAX_ELEMENTS, Distances, drift_fields, plan_chunks
 from .mmd import mmd_field, mmd_from_distances
 from .reference import alg2_literal, compute_V, drift_from_distances
 
 __all__ = ["DEFAULT_MAX_ELEMENTS", "NORMALIZE_CHOICES", "Distances", "Normalize", "alg2_literal",
-           "broadcast_neg_weights", "compute_V", "drift_fields", "drift_from_distances", "drift_rae_field",
-           "laplace_norm_noise", "mmd_field", "mmd_from_distances", "pairwise_distances", "plan_chunks"]
+           "all_finite", "broadcast_neg_weights", "compute_V", "drift_fields", "drift_from_distances",
+           "drift_rae_field", "laplace_norm_noise", "mmd_field", "mmd_from_distances", "pairwise_distances",
+           "plan_chunks"]

@@ -38,8 +38,20 @@ def _as_batched(name: str, t: torch.Tensor) -> tuple[torch.Tensor, bool]:
     raise ValueError(f"{name} must have shape [N, D] or [B, N, D]; got {tuple(t.shape)}")
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds no NaN and no inf, in one pass without a temporary of ``t``'s size:
+    ``aminmax`` propagates NaN and keeps the infinities (``torch.isfinite(t).all()`` runs about five
+    elementwise passes on the CPU)."""
+    if t.numel() == 0:
+        return True
+    if not t.is_floating_point():
+        return True
+    lo, hi = torch.aminmax(t.detach())
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
 def _check_finite(name: str, t: torch.Tensor) -> None:
-    if not torch.isfinite(t).all():
+    if not all_finite(t):
         raise ValueError(f"{name} contains non-finite values (NaN or inf)")
 
 

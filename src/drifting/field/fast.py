@@ -99,6 +99,10 @@ def plan_chunks(B: int, N: int, Y: int, K: int, D: int, max_elements: int | None
 class Distances:
     """Euclidean distances ``d[b, i, j] = |x_bi - y_bj|`` between ``x [B, N, D]`` and ``y [B, Y, D]``.
 
+    ``y`` may also be a sequence of target sets ``[B, Y_k, D]`` (e.g. positives, then negatives), read as
+    their concatenation along the second axis without making it: a chunk copies only its own block of
+    targets, which it makes anyway (centered, in fp32).
+
     Computed on demand per problem chunk (:meth:`chunk`) and column block, in matrix-product form
     on centered copies that the field's aggregation reuses while they are in cache. ``self_col``:
     the column of ``y`` that holds ``x_i`` is ``self_col + i`` (None: no self pairs); those
@@ -106,15 +110,20 @@ class Distances:
     second pass (the loss's field after its feature scale S) reads them back.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, self_col: int | None = None,
-                 cache_elements: int = 0):
-        if x.dim() != 3 or y.dim() != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
-            raise ValueError(f"x and y must be [B, N, D] and [B, Y, D]; got {tuple(x.shape)} "
-                             f"and {tuple(y.shape)}")
+    def __init__(self, x: torch.Tensor, y: torch.Tensor | Sequence[torch.Tensor], *,
+                 self_col: int | None = None, cache_elements: int = 0):
+        parts = [y] if isinstance(y, torch.Tensor) else list(y)
+        for t in parts:
+            if x.dim() != 3 or t.dim() != 3 or x.shape[0] != t.shape[0] or x.shape[2] != t.shape[2]:
+                raise ValueError(f"x and y must be [B, N, D] and [B, Y, D]; got {tuple(x.shape)} "
+                                 f"and {tuple(t.shape)}")
         self.dtype = torch.promote_types(x.dtype, torch.float32)
-        self.x, self.y = x.detach(), y.detach()  # [B, N, D], [B, Y, D], any float dtype
+        self.x = x.detach()  # [B, N, D], any float dtype
+        self.parts = [t.detach() for t in parts if t.shape[1] > 0]  # [B, Y_k, D] each, any float dtype
         self.B, self.N, self.D = x.shape
-        self.Y = y.shape[1]
+        self.Y = sum(t.shape[1] for t in self.parts)
+        if self.Y < 1:
+            raise ValueError("y must hold at least one target")
         if self_col is not None and not (0 <= self_col and self_col + self.N <= self.Y):
             raise ValueError(f"self_col={self_col} + N={self.N} exceeds the Y={self.Y} targets")
         self.self_col = self_col
@@ -123,6 +132,22 @@ class Distances:
 
     def chunk(self, b0: int, b1: int) -> "_Chunk":
         return _Chunk(self, b0, b1)
+
+    def centered_targets(self, b0: int, b1: int, c0: int, c1: int, center: torch.Tensor) -> torch.Tensor:
+        """``y[b0:b1, c0:c1] - center`` in ``self.dtype``, a fresh ``[b, c1 - c0, D]`` tensor, read from
+        the parts that hold those columns."""
+        out = None
+        start = 0
+        for t in self.parts:
+            lo, hi = max(c0, start), min(c1, start + t.shape[1])
+            if lo < hi:
+                if lo == c0 and hi == c1:  # one part holds the whole block
+                    return t[b0:b1, lo - start: hi - start].to(self.dtype) - center
+                if out is None:
+                    out = torch.empty(b1 - b0, c1 - c0, self.D, dtype=self.dtype, device=self.x.device)
+                torch.sub(t[b0:b1, lo - start: hi - start], center, out=out[:, lo - c0: hi - c0])
+            start += t.shape[1]
+        return out
 
     def self_pairs(self, c0: int, c1: int) -> tuple[int, int, int] | None:
         """Rows ``[i0, i1)`` whose self column lies in ``[c0, c1)`` and the block offset of row i0's."""
@@ -172,7 +197,7 @@ class _Chunk:
     def targets(self, c0: int, c1: int) -> torch.Tensor:
         """Targets ``[c0, c1)`` centered, ``[b, cb, D]`` (the last block asked for is kept)."""
         if self._y is None or self._y[:2] != (c0, c1):
-            y = self.dists.y[self.b0:self.b1, c0:c1].to(self.dists.dtype) - self.c  # [b, cb, D]
+            y = self.dists.centered_targets(self.b0, self.b1, c0, c1, self.c)  # [b, cb, D]
             self._y = (c0, c1, y, _sq_norms(y).transpose(1, 2))  # and |y|^2 [b, 1, cb]
         return self._y[2]
 

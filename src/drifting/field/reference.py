@@ -144,12 +144,12 @@ def compute_V(
         raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
     with torch.no_grad():
         w = broadcast_neg_weights(neg_weights, B, M, xb)
-        y = torch.cat([pb, nb], dim=1)  # [B, P+M, D]
-        if impl == "fast":
-            V = drift_fields(Distances(xb, y, self_col=pb.shape[1] if mask_self else None), pb.shape[1], [T],
-                             normalize=normalize, neg_weights=w, attraction=float(attraction),
-                             repulsion=float(repulsion))[:, 0]  # [B, N, D]
+        if impl == "fast":  # the targets [positives; negatives] are read in place, not concatenated
+            dists = Distances(xb, [pb, nb], self_col=pb.shape[1] if mask_self else None)  # Y = P + M
+            V = drift_fields(dists, pb.shape[1], [T], normalize=normalize, neg_weights=w,
+                             attraction=float(attraction), repulsion=float(repulsion))[:, 0]  # [B, N, D]
             return V if batched else V.squeeze(0)
+        y = torch.cat([pb, nb], dim=1)  # [B, P+M, D]
         V = drift_from_distances(
             y, pairwise_distances(xb, y), pb.shape[1], T,
             normalize=normalize, mask_self=mask_self, neg_weights=w,

@@ -5,13 +5,14 @@ with the real train-vs-test value beside it as the floor."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..cache import cached_dir, content_key
-from ..data.images import ImageDataset
+from ..data.images import ImageDataset, load_dataset
 from ..eval.frechet import frechet_distance
 from ..models.classifier import ClassifierConfig, SmallCNN
 
@@ -116,3 +117,18 @@ def classifier_report(model: SmallCNN, images: np.ndarray, labels: np.ndarray, t
         f_train, _ = features_and_logits(model, train.images[idx])
         report["floor_classifier_fid"] = frechet_distance(f_train, f_test)
     return report
+
+
+def evaluate_samples(data: str, n: int, sample: Callable[[torch.Tensor], np.ndarray], *,
+                     progress: bool = False) -> dict | None:
+    """In-domain classifier metrics (:func:`classifier_report`) of ``sample(labels)``, uint8 images
+    ``[n, H, W, C]`` for ``labels [n]`` cycling through the classes of ``data``: accuracy,
+    classifier-feature FID to the test split and the train-vs-test floor. None when the data set has no
+    test split (e.g. a user's image folder). The metrics a trainer logs on its learning curve."""
+    try:
+        train, test = load_dataset(data, "train"), load_dataset(data, "test")
+    except (FileNotFoundError, ValueError):
+        return None
+    labels = torch.arange(n) % train.num_classes  # [n]
+    images = sample(labels)
+    return classifier_report(cached_classifier(train, progress=progress), images, labels.numpy(), test, train)

@@ -33,6 +33,7 @@ Module notes: the checkpointing, logging, progress bar and grid writing are thos
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,7 +57,7 @@ from ..training.ema import EMA
 from ..training.interrupt import stop_on_sigint
 from ..training.loop import TrainRun, optimizer_step
 from ..training.rng import step_generator
-from ..training.schedules import warmup_lr
+from ..training.schedules import training_progress, warmup_lr
 from .image_sampling import to_uint8, write_grid, write_model_tokenizer
 
 TIME_SAMPLING = ("uniform", "logit-normal")
@@ -82,6 +83,9 @@ class FlowTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: int = 100
+    # the last lr_decay fraction of training (of `steps`, or of `minutes` with a time budget) ramps the lr
+    # linearly to 0, as ImageTrainConfig.lr_decay (0 = constant after the warm-up)
+    lr_decay: float = 0.0
     grad_clip: float = 2.0  # <= 0: no clipping (the norm is still logged)
     ema_decays: tuple[float, ...] = (0.999,)
     ema_warmup: int = 1000  # training.ema's warm-up, as ImageTrainConfig (0 = off)
@@ -102,6 +106,12 @@ class FlowTrainConfig:
     sample_every: int = 250
     sample_steps: int = 50  # Euler steps of the sample grids
     sample_cfg: float = 1.0  # CFG scale of the sample grids (1: conditional velocity only)
+    # a learning curve, as ImageTrainConfig.eval_every: every eval_every steps (0 = off) and at the end, the
+    # in-domain classifier metrics of eval_samples samples of the EMA network at each Euler step count of
+    # eval_euler_steps, against the training time so far (the evaluations' time excluded); OUT/curve.json
+    eval_every: int = 0
+    eval_samples: int = 2000
+    eval_euler_steps: tuple[int, ...] = (16,)
 
     def validate(self) -> "FlowTrainConfig":
         """Raise ``ValueError`` naming the offending field; return self when all is well."""
@@ -112,7 +122,7 @@ class FlowTrainConfig:
         for name in ("steps", "batch", "log_every", "ckpt_every", "sample_every", "sample_steps"):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "must be an integer >= 1")
-        for name in ("warmup", "ema_warmup"):
+        for name in ("warmup", "ema_warmup", "eval_every"):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, name, "must be an integer >= 0")
         need(self.minutes is None or (math.isfinite(self.minutes) and self.minutes > 0), "minutes",
@@ -128,6 +138,12 @@ class FlowTrainConfig:
              f"{list(_RESERVED_FIELDS)}, set by the recipe)")
         need(self.lr > 0 and math.isfinite(self.lr), "lr", "must be a finite number > 0")
         need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(0.0 <= self.lr_decay <= 1.0, "lr_decay", "must be a fraction of training in [0, 1]")
+        need(isinstance(self.eval_samples, int) and self.eval_samples >= 1, "eval_samples",
+             "must be an integer >= 1")
+        need(len(self.eval_euler_steps) >= 1 and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1
+                                                     for k in self.eval_euler_steps),
+             "eval_euler_steps", "must be a non-empty sequence of integers >= 1")
         need(math.isfinite(self.grad_clip), "grad_clip", "must be finite (<= 0 turns clipping off)")
         need(len(self.ema_decays) >= 1 and all(0 <= d < 1 for d in self.ema_decays), "ema_decays",
              "must be a non-empty sequence of numbers in [0, 1)")
@@ -279,7 +295,10 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
 
     Writes to ``out``: ``checkpoint.pt`` (atomic, every ``ckpt_every`` steps, at the end and on
     Ctrl-C), ``log.jsonl`` (loss, lr, grad norm, time every ``log_every`` steps), ``samples_<step>.png``
-    every ``sample_every`` steps, and at the end ``model/`` (the EMA network of the largest decay,
+    every ``sample_every`` steps, ``curve.json`` with ``eval_every`` (the learning curve: step, training
+    seconds and, per Euler step count ``k`` of ``eval_euler_steps``, ``euler<k>`` = the classifier metrics
+    of :func:`drifting.recipes.classify.evaluate_samples`), and at the end ``model/`` (the EMA network of
+    the largest decay,
     config.json + model.safetensors + train_config.json; :func:`load_flow_model`), ``samples.png``
     (one row per class, ``sample_steps`` Euler steps) and ``history.json``.
 
@@ -317,6 +336,8 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
                    resume=resume, progress=progress, desc="train-flow", minutes=cfg.minutes,
                    defaults=_defaults())
     best = ema.models[max(cfg.ema_decays)]
+    # the learning curve so far (a resumed run keeps the points up to its checkpoint)
+    curve = [p for p in _read_curve(out) if p["step"] <= run.start] if cfg.eval_every else []
     try:
         with stop_on_sigint() as interrupted:
             for step in range(run.start, cfg.steps):
@@ -329,7 +350,8 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
                 drop = torch.rand(cfg.batch, generator=g) < cfg.label_dropout  # [B]
                 labels = labels_all[idx].masked_fill(drop, K)  # [B], K = the null class
                 y, eps, t, labels = y.to(dev), eps.to(dev), t.to(dev), labels.to(dev)
-                lr = warmup_lr(cfg.lr, step, cfg.warmup)
+                lr = warmup_lr(cfg.lr, step, cfg.warmup, decay=cfg.lr_decay,
+                               progress=training_progress(step, cfg.steps, run.elapsed(), cfg.minutes))
                 for group in opt.param_groups:
                     group["lr"] = lr
                 with autocast:
@@ -343,6 +365,10 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
                              sample=lambda path: save_flow_grid(best, K, path, steps=cfg.sample_steps,
                                                                 cfg_scale=cfg.sample_cfg, seed=cfg.seed,
                                                                 tokenizer=tok))
+                if cfg.eval_every and (last or (step + 1) % cfg.eval_every == 0):
+                    with run.paused():
+                        curve.append(flow_curve_point(best, cfg, step + 1, run.elapsed(), tok))
+                    (out / "curve.json").write_text(json.dumps(curve, indent=2))
                 if last:
                     break
     finally:
@@ -360,6 +386,27 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
             "final_loss": run.history["loss"][-1] if run.history["loss"] else None,
             "model_dir": str(out / "model"), "samples": str(out / "samples.png"),
             "params": model.num_params()}
+
+
+def flow_curve_point(model: OneStepGenerator, cfg: FlowTrainConfig, step: int, seconds: float,
+                     tokenizer: Tokenizer | None = None) -> dict:
+    """One point of a flow run's learning curve: ``{"step", "time", "euler<k>": classifier metrics}`` of
+    ``cfg.eval_samples`` Euler samples at each ``k`` of ``cfg.eval_euler_steps`` (no guidance)."""
+    from .classify import evaluate_samples
+
+    point = {"step": step, "time": seconds}
+    for k in cfg.eval_euler_steps:
+        m = evaluate_samples(cfg.data, cfg.eval_samples,
+                             lambda labels, k=k: flow_generate(model, labels, k, seed=cfg.seed + 1,
+                                                               tokenizer=tokenizer))
+        if m is not None:
+            point[f"euler{k}"] = m
+    return point
+
+
+def _read_curve(out: Path) -> list[dict]:
+    path = out / "curve.json"
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def _defaults() -> dict:

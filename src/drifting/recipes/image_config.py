@@ -142,6 +142,8 @@ def _imagenet_preset(generator: str, encoder: str, mae_epochs: int, **kw) -> dic
 # the README's main job (the `cpu` preset below; its comment there says why each value)
 _CPU = dict(generator="conv-small", mae=MAEConfig(cls_steps=400, cls_warmup=100), real_feature_cache_gb=8.0,
             steps=1500, minutes=9.5, eval_samples=2000, n_pos=32, lr=3e-3, lr_decay=0.5)
+# a width-16 MAE fine-tuned on labels alone after its reconstruction phase (A.3 at lambda 1, 800 + 800 steps)
+_WIDE_MAE = MAEConfig(width=16, cls_steps=800, cls_lambda=1.0, cls_warmup=100)
 
 
 # Named training configurations (``drifting train --preset NAME``); fields left out keep the
@@ -163,11 +165,12 @@ TRAIN_PRESETS: dict[str, dict] = {
     # fine-tuning at lambda 1 for 800 steps): session 8, AMD EPYC, 3 seeds, 9.5 minutes each: classifier FID
     # 38.3 -> 27.4, accuracy 0.791 -> 0.819. Its MAE takes 10 minutes on an AMD EPYC (2.5x the cpu preset's), so
     # the first run takes about 20 minutes there: not the default (docs/results.md, session 8)
-    "cpu-wide": {**_CPU, "mae": MAEConfig(width=16, cls_steps=800, cls_lambda=1.0, cls_warmup=100)},
-    # issue 15 item 3: the main job for an hour on 2 cores (12000 steps or 60 minutes of training, whichever comes
-    # first: about 3.3 steps/s on an Intel Xeon, 2.4 on an AMD EPYC), with a learning curve (accuracy and
-    # classifier FID every 1500 steps against the training time, OUT/curve.json)
-    "cpu-long": {**_CPU, "steps": 12000, "minutes": 60.0, "eval_every": 1500},
+    "cpu-wide": {**_CPU, "mae": _WIDE_MAE},
+    # issue 15 item 3: the main job for an hour on 2 cores with cpu-wide's encoder (at an hour its 10-minute MAE
+    # is a small share; at 9.5 minutes it beat the default in every seed): 12000 steps or 60 minutes of
+    # training, whichever comes first (about 1.8 steps/s on an AMD EPYC at 2 threads), with a learning curve
+    # (accuracy and classifier FID every 500 steps against the training time, OUT/curve.json)
+    "cpu-long": {**_CPU, "mae": _WIDE_MAE, "steps": 12000, "minutes": 60.0, "eval_every": 500},
     # the main job with the paper's DiT generator instead (the cpu-p4 DiT; the default before the U-Net)
     "cpu-dit": dict(generator="cpu-p4", mae=MAEConfig(cls_steps=400, cls_warmup=100), real_feature_cache_gb=4.0,
                     steps=1500, eval_samples=2000),

@@ -49,7 +49,7 @@ from ..training.loop import progress_bar as _bar
 from ..training.loop import truncate_log as _truncate_log
 from ..training.precision import autocast as precision_autocast
 from ..training.rng import step_generator
-from ..training.schedules import warmup_lr
+from ..training.schedules import training_progress, warmup_lr
 from .image_config import ImageTrainConfig
 from .image_sampling import generate, save_grid, write_model_tokenizer
 from .mae_pretrain import cached_mae_dir
@@ -283,7 +283,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                         f"non-finite loss at step {step}; the last good checkpoint is {ckpt} "
                         "(resume with --resume)")
                 lr = warmup_lr(cfg.lr, step, cfg.warmup, decay=cfg.lr_decay,
-                               progress=_progress(step, cfg, elapsed()))
+                               progress=training_progress(step, cfg.steps, elapsed(), cfg.minutes))
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
@@ -368,15 +368,6 @@ def _config_defaults() -> dict:
     return jsonable(asdict(ImageTrainConfig()))
 
 
-def _progress(step: int, cfg: ImageTrainConfig, elapsed: float) -> float:
-    """The fraction of training done before ``step``: of the steps, or of the time budget if it ends
-    sooner."""
-    done = step / cfg.steps
-    if cfg.minutes is not None:
-        done = max(done, elapsed / (60.0 * cfg.minutes))
-    return min(done, 1.0)
-
-
 def _out_of_time(elapsed: float, minutes: float, main: bool, comm) -> bool:
     """Whether the time budget is spent; under torchrun every rank follows rank 0's clock."""
     over = torch.tensor(float(main and elapsed >= 60.0 * minutes))
@@ -394,16 +385,11 @@ def _slot_noise(G: OneStepGenerator, seed: int, step: int, slot: int, n: int, sh
 
 def evaluate_generator(model: OneStepGenerator, data: str, n: int, *, tokenizer: Tokenizer | None = None,
                        seed: int = 1, progress: bool = False) -> dict | None:
-    """In-domain classifier metrics of ``n`` one-step samples (labels cycling through the classes):
-    accuracy, classifier-feature FID to the test split and the train-vs-test floor. None when the
-    dataset has no test split (e.g. a user's image folder)."""
-    from .classify import cached_classifier, classifier_report
+    """In-domain classifier metrics of ``n`` one-step samples at alpha 1 (labels cycling through the
+    classes; :func:`drifting.recipes.classify.evaluate_samples`). None when the dataset has no test split."""
+    from .classify import evaluate_samples
 
-    try:
-        train, test = load_dataset(data, "train"), load_dataset(data, "test")
-    except (FileNotFoundError, ValueError):
-        return None
-    labels = torch.arange(n) % model.config.num_classes
-    imgs = generate(model, labels, 1.0, seed=seed, tokenizer=tokenizer)
-    clf = cached_classifier(train, progress=progress)
-    return classifier_report(clf, imgs, labels.numpy(), test, train)
+    def sample(labels: torch.Tensor):  # -> uint8 [n, H, W, C]
+        return generate(model, labels, 1.0, seed=seed, tokenizer=tokenizer)
+
+    return evaluate_samples(data, n, sample, progress=progress)

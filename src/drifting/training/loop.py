@@ -7,6 +7,7 @@ the loss of a step is the trainer's own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -125,7 +126,7 @@ class TrainRun:
             truncate_log(self.out / "log.jsonl", self.start)
         self.log = JsonlLogger(self.out, tensorboard=False) if main else None
         self.bar = progress_bar(steps, desc, progress and main, initial=self.start)
-        self.sampling = 0.0  # seconds spent on sample grids, left out of the training time
+        self.paused_seconds = 0.0  # seconds of sample grids and evaluations, left out of the training time
         self.t0 = time.perf_counter() - (self.history["time"][-1] if self.history["time"] else 0.0)
 
     def save(self, step: int) -> None:
@@ -158,18 +159,27 @@ class TrainRun:
         if self.bar is not None:
             self.bar.update(1)
         if done % sample_every == 0 and not last and self.main:
-            s0 = time.perf_counter()
-            sample(self.out / f"samples_{done:06d}.png")
-            self.sampling += time.perf_counter() - s0
+            with self.paused():
+                sample(self.out / f"samples_{done:06d}.png")
         if done % ckpt_every == 0 or last or interrupted:
             self.save(done)
         if interrupted:
             raise KeyboardInterrupt(f"interrupted after step {done}; run again with the same --out to resume")
         return last
 
+    @contextlib.contextmanager
+    def paused(self):
+        """A block whose time is not training time (a sample grid, a learning-curve evaluation)."""
+        s0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_seconds += time.perf_counter() - s0
+
     def elapsed(self) -> float:
-        """Training seconds so far (earlier sessions of a resumed run included, sample grids excluded)."""
-        return time.perf_counter() - self.t0 - self.sampling
+        """Training seconds so far (earlier sessions of a resumed run included, sample grids and
+        :meth:`paused` blocks excluded)."""
+        return time.perf_counter() - self.t0 - self.paused_seconds
 
     def close(self) -> None:
         if self.log is not None:

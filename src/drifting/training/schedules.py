@@ -19,6 +19,16 @@ def warmup_lr(base: float, step: int, warmup: int, *, decay: float = 0.0,
     return lr
 
 
+def training_progress(step: int, steps: int, elapsed: float = 0.0, minutes: float | None = None) -> float:
+    """The fraction of training done before ``step`` (0-based): of the ``steps``, or of the time budget
+    (``elapsed`` seconds of ``minutes``) if that ends sooner; capped at 1. The ``progress`` of
+    :func:`warmup_lr` for a run that may end on either."""
+    done = step / steps
+    if minutes is not None:
+        done = max(done, elapsed / (60.0 * minutes))
+    return min(done, 1.0)
+
+
 def linear_decay_lr(step: int, base: float = 3e-5, final: float = 3e-7, total: int = 10_000) -> float:
     """Drift-RAE Table 8: ``max(final, base - (base - final) / total * t)`` at step ``t`` (0-based):
     ``base`` at t = 0, ``final`` from t = ``total`` on."""
