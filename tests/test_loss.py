@@ -179,3 +179,21 @@ def test_mmd_kernel_rejects_laplace_options():
         drifting_loss(x, x, kernel="gauss")
     with pytest.raises(ValueError, match="Laplace"):
         drifting_loss(x, x, kernel="mmd", normalize="none")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_frozen_target_mse_equals_autograd_of_the_plain_formula(dtype):
+    from drifting.loss import _frozen_target_mse
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(7, 5, 6, generator=g, dtype=dtype).requires_grad_(True)
+    S = torch.tensor(1.7, dtype=dtype)
+    goal = torch.randn(7, 5, 6, generator=g, dtype=dtype)
+    loss = _frozen_target_mse(x, S, goal)
+    (grad,) = torch.autograd.grad(3.0 * loss, x)  # an upstream gradient other than 1
+    x_ref = x.detach().clone().requires_grad_(True)
+    ref = ((x_ref / S - goal) ** 2).mean()
+    (grad_ref,) = torch.autograd.grad(3.0 * ref, x_ref)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    assert loss.dtype == dtype and abs(loss.item() - ref.item()) <= tol * ref.item()
+    assert torch.allclose(grad, grad_ref, rtol=tol, atol=0)
