@@ -110,8 +110,35 @@ def time_call(fn: Callable[..., object], *, repeat: int = 5, warmup: int = 1, mi
             for _ in range(number):
                 fn()
             samples.append((time.perf_counter() - t0) / number)
+    return _summary(samples, number)
+
+
+def _summary(samples: list[float], number: int) -> dict:
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
             "samples": samples, "number": number}
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], *, repeat: int = 5, warmup: int = 1,
+                     min_sample_s: float = 0.0) -> dict[str, dict]:
+    """:func:`time_call` for several functions whose ratio is the result: their samples alternate
+    (A B A B ...), so that a slow spell of a noisy machine hits all of them alike. Returns one
+    :func:`time_call` dict per name."""
+    numbers = {}
+    for name, fn in fns.items():
+        probe = 0.0
+        for _ in range(max(1, warmup)):
+            t0 = time.perf_counter()
+            fn()
+            probe = time.perf_counter() - t0
+        numbers[name] = max(1, int(min_sample_s / max(probe, 1e-9))) if min_sample_s > 0 else 1
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(max(1, repeat)):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(numbers[name]):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / numbers[name])
+    return {name: _summary(samples[name], numbers[name]) for name in fns}
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -24,7 +24,8 @@ x itself, self pairs masked), D channels and the K = 3 default temperatures, per
 * the public entry point ``compute_V(x, y_pos, y_neg, T)`` at the first temperature (validation, the
   weights and the field at K = 1) against the kernel it wraps (``drift_fields`` at K = 1 on the same
   inputs) and against the literal loop at that one temperature: issue 16 asks for it never slower than the
-  literal loop and within 10% of the kernel.
+  literal loop and within 10% of the kernel. The two alternate sample by sample (``time_interleaved``), and
+  the ratio is the median of the paired ratios, so that the drift of a noisy VM cancels.
 
 Temperatures: tau = 0.02, 0.05, 0.2 in the loss's normalized units, i.e. ``T = tau sqrt(D) S`` with
 ``S`` = mean distance / sqrt(D): ``T = tau * mean distance`` in the raw units used here.
@@ -42,6 +43,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -59,6 +61,7 @@ from _common import (  # noqa: E402
     run_each,
     setup_threads,
     time_call,
+    time_interleaved,
     write_json,
 )
 from drifting.field import alg2_literal, compute_V, drift_from_distances, pairwise_distances  # noqa: E402
@@ -206,12 +209,15 @@ def bench_shape(shape: tuple, a: argparse.Namespace) -> dict:
 
     t = {}
     t["fast_k3"] = time_call(lambda: fast(x, y, P, temps, me), **rep)
-    t["fast_k1"] = time_call(lambda: fast(x, y, P, temps[:1], me), **rep)
     t["dist"] = time_call(lambda: distances_only(x, y, P, K, me), **rep)
     t["literal"] = time_call(lambda: literal_loop(x, y, P, temps), **rep)
     t["literal_k1"] = time_call(lambda: literal_loop(x, y, P, temps[:1]), **rep)
     y_pos, y_neg = y[:, :P], y[:, P:]
-    t["compute_V"] = time_call(lambda: compute_V(x, y_pos, y_neg, temps[0]), **rep)
+    # the public call and its kernel alternate, so that their ratio (issue 16: within 1.1x) is not the
+    # noise of a VM whose speed drifts between two blocks of samples
+    t.update(time_interleaved({"fast_k1": lambda: fast(x, y, P, temps[:1], me),
+                               "compute_V": lambda: compute_V(x, y_pos, y_neg, temps[0])},
+                              repeat=max(a.repeat, 15), warmup=1, min_sample_s=a.min_sample_s))
     t["old"] = time_call(lambda: old_batched(x, y, P, temps), **rep)
     d_out, W, v_out = torch.empty(B, N, Y), torch.rand(B, K * N, Y), torch.empty(B, K * N, D)
     yt = y.transpose(1, 2)
@@ -245,7 +251,9 @@ def bench_shape(shape: tuple, a: argparse.Namespace) -> dict:
         "temperatures": temps, "chunk": chunk, "block": block, "streaming": block < Y, "flops": flops,
         "times": t, "compile_seconds": compile_s,
         "speedup_vs_literal": s["literal"] / s["fast_k3"], "speedup_vs_old": s["old"] / s["fast_k3"],
-        "compute_V_vs_kernel": s["compute_V"] / s["fast_k1"],
+        # the median of the paired ratios of the interleaved samples
+        "compute_V_vs_kernel": statistics.median(c / k for c, k in zip(t["compute_V"]["samples"],
+                                                                       t["fast_k1"]["samples"])),
         "compute_V_vs_literal_k1": s["literal_k1"] / s["compute_V"],
         "sharing_ratio": s["fast_k3"] / (3 * s["fast_k1"]),
         "dist_fraction": s["dist"] / s["fast_k3"],

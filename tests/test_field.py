@@ -340,3 +340,26 @@ def test_all_finite_finds_every_nan_and_inf():
     with pytest.raises(ValueError, match="non-finite"):
         compute_V(torch.tensor([[0.0, float("nan")]]), torch.zeros(1, 2), torch.zeros(1, 2), 1.0,
                   mask_self=False)
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_one_bad_value_anywhere_is_named(impl):
+    """compute_V checks finiteness on V, not on the inputs (issue 16: no validation pass over finite inputs),
+    so each NaN or inf, in any one problem, in any input, even in a negative of weight 0, must still reach V
+    and be named."""
+    g = torch.Generator().manual_seed(0)
+    B, N, P, D = 5, 6, 7, 4
+    x = torch.randn(B, N, D, generator=g)
+    y_pos = torch.randn(B, P, D, generator=g)
+    y_neg = torch.cat([x, torch.randn(B, 3, D, generator=g)], dim=1)
+    w = torch.ones(B, N + 3)
+    w[:, -1] = 0.0
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for name, where in (("x", (3, 2, 1)), ("y_pos", (1, 6, 0)), ("y_neg", (4, N + 2, 3))):
+            xs, ps, ns = x.clone(), y_pos.clone(), y_neg.clone()
+            t = {"x": xs, "y_pos": ps, "y_neg": ns}[name]
+            t[where] = bad
+            if name == "x":
+                ns[:, :N] = xs  # the first N negatives are x
+            with pytest.raises(ValueError, match=f"^{name} contains non-finite"):
+                compute_V(xs, ps, ns, 0.5, neg_weights=w, impl=impl)

@@ -218,3 +218,46 @@ def test_repeated_calls_are_bit_identical(shape):
     first = compute_V(x, y_pos, y_neg, 0.05)
     for _ in range(5):
         assert torch.equal(compute_V(x, y_pos, y_neg, 0.05), first)
+
+
+def test_the_loss_value_and_gradient_are_bit_identical_on_repeat():
+    """Issue 16: drifting_loss (3 temperatures, feature and drift normalization) and its gradient, twice."""
+    from drifting.loss import drifting_loss
+
+    g = torch.Generator().manual_seed(3)
+    gen0 = torch.randn(64, 8, 64, generator=g)
+    pos = torch.randn(64, 8, 64, generator=g) + 0.2
+    neg = torch.randn(64, 8, 64, generator=g)
+    w = torch.rand(64, 8, generator=g)
+
+    def run():
+        gen = gen0.clone().requires_grad_()
+        loss, _ = drifting_loss({"f": gen}, {"f": pos}, {"f": neg}, neg_weights=w)
+        loss.backward()
+        return loss.detach(), gen.grad
+
+    loss, grad = run()
+    for _ in range(3):
+        l2, g2 = run()
+        assert torch.equal(l2, loss) and torch.equal(g2, grad)
+
+
+@pytest.mark.parametrize("precision", ["medium", "high"])
+def test_reduced_matmul_precision_does_not_reach_the_field(precision):
+    """``torch.set_float32_matmul_precision("medium")`` makes oneDNN run fp32 products in bf16 on CPUs with
+    AMX (and TF32 on CUDA for "high"): the field keeps IEEE fp32 products, so its bits do not change, and the
+    process's setting is back after the call. (At this size the unguarded products differ even on an AMD EPYC
+    with AVX-512 BF16.)"""
+    x, y, P = problem(B=8, N=64, P=64, extra=8, D=256)
+    y_pos, y_neg = y[:, :P], y[:, P:]
+    exact = compute_V(x, y_pos, y_neg, 5.0)
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision(precision)
+        before = torch.backends.mkldnn.matmul.fp32_precision
+        assert before != "ieee"
+        assert torch.equal(compute_V(x, y_pos, y_neg, 5.0), exact)
+        assert torch.backends.mkldnn.matmul.fp32_precision == before
+        assert torch.get_float32_matmul_precision() == precision
+    finally:
+        torch.set_float32_matmul_precision(old)

@@ -68,17 +68,27 @@ ColumnReduce = Callable[[torch.Tensor], torch.Tensor]
 
 
 @contextlib.contextmanager
-def _no_tf32(device: torch.device):
-    """Full fp32 matrix products on CUDA for the distance computation (TF32 would lose ~1e-3)."""
-    if device.type != "cuda":
+def ieee_fp32(device: torch.device):
+    """IEEE fp32 matrix products inside, whatever the process's ``torch.set_float32_matmul_precision``.
+
+    ``"high"`` or ``"medium"`` lets CUDA use TF32 and the CPU's oneDNN use TF32 or bf16 (on CPUs with
+    AMX, ``"medium"`` turns an fp32 ``bmm`` into a bf16 one): about 1e-3 relative error in the distances
+    and the aggregation, 100x the field's float32 accuracy (docs/performance.md). The setting is restored
+    on exit; nested use is fine."""
+    backend = (torch.backends.cuda.matmul if device.type == "cuda"
+               else torch.backends.mkldnn.matmul if device.type == "cpu" else None)
+    if backend is None:
         yield
         return
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    old = backend.fp32_precision
+    if old == "ieee":
+        yield
+        return
+    backend.fp32_precision = "ieee"
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
+        backend.fp32_precision = old
 
 
 def plan_chunks(B: int, N: int, Y: int, K: int, D: int, max_elements: int | None = None) -> tuple[int, int]:
@@ -209,7 +219,7 @@ class _Chunk:
             return cache[key].clone()
         y = self.targets(c0, c1)
         y_sq = self._y[3]
-        with _no_tf32(self.x.device):
+        with ieee_fp32(self.x.device):
             d2 = torch.baddbmm(y_sq, self.x, y.transpose(1, 2), alpha=-2.0)  # [b, N, cb] = |y|^2 - 2 x.y
         d2.add_(self._x_sq)  # [b, N, cb] = |x - y|^2 up to eps (|x|^2 + |y|^2)
         sp = self.dists.self_pairs(c0, c1)
@@ -426,7 +436,7 @@ def drift_fields(
     neg_inv_T = torch.tensor([-1.0 / t for t in temps], dtype=dt, device=dev).view(1, K, 1, 1)
     w = None if neg_weights is None else neg_weights.detach().to(dt).unsqueeze(1)  # [B, 1, 1, M]
     V = torch.empty(B, K, N, dists.D, dtype=dt, device=dev)
-    with torch.no_grad():
+    with torch.no_grad(), ieee_fp32(dev):  # the aggregation's products too
         for b0 in range(0, B, chunk):
             b1 = min(B, b0 + chunk)
             wc = None if w is None else w[b0:b1]

@@ -13,7 +13,9 @@ from .common import (
     NORMALIZE_CHOICES,
     Normalize,
     _prepare,
+    all_finite,
     broadcast_neg_weights,
+    check_inputs_finite,
     pairwise_distances,
 )
 from .fast import Distances, drift_fields
@@ -128,7 +130,7 @@ def compute_V(
     Returns:
         ``V`` with the shape of ``x``, float32 (or float64 for float64 inputs), no gradient.
     """
-    xb, pb, nb, batched, T = _prepare(x, y_pos, y_neg, T)
+    xb, pb, nb, batched, T = _prepare(x, y_pos, y_neg, T, check_finite=False)  # checked on V below
     if normalize not in NORMALIZE_CHOICES:
         raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")
     B, N, _ = xb.shape
@@ -148,13 +150,15 @@ def compute_V(
             dists = Distances(xb, [pb, nb], self_col=pb.shape[1] if mask_self else None)  # Y = P + M
             V = drift_fields(dists, pb.shape[1], [T], normalize=normalize, neg_weights=w,
                              attraction=float(attraction), repulsion=float(repulsion))[:, 0]  # [B, N, D]
-            return V if batched else V.squeeze(0)
-        y = torch.cat([pb, nb], dim=1)  # [B, P+M, D]
-        V = drift_from_distances(
-            y, pairwise_distances(xb, y), pb.shape[1], T,
-            normalize=normalize, mask_self=mask_self, neg_weights=w,
-            attraction=float(attraction), repulsion=float(repulsion), x=xb,
-        )
+        else:
+            y = torch.cat([pb, nb], dim=1)  # [B, P+M, D]
+            V = drift_from_distances(
+                y, pairwise_distances(xb, y), pb.shape[1], T,
+                normalize=normalize, mask_self=mask_self, neg_weights=w,
+                attraction=float(attraction), repulsion=float(repulsion), x=xb,
+            )
+    if not all_finite(V):  # one pass over V [B, N, D] instead of over the inputs: name the bad one
+        check_inputs_finite(xb, pb, nb)
     return V if batched else V.squeeze(0)
 
 
