@@ -197,3 +197,22 @@ def test_frozen_target_mse_equals_autograd_of_the_plain_formula(dtype):
     tol = 1e-12 if dtype == torch.float64 else 1e-6
     assert loss.dtype == dtype and abs(loss.item() - ref.item()) <= tol * ref.item()
     assert torch.allclose(grad, grad_ref, rtol=tol, atol=0)
+
+
+@pytest.mark.parametrize("normalize_features", [True, False])
+@pytest.mark.parametrize("kernel", ["laplace", "mmd"])
+def test_one_bad_feature_anywhere_is_named(normalize_features, kernel):
+    """The loss runs no validation pass over finite features (issue 16): a NaN or inf in one value of one
+    problem of gen, pos or neg must still make it raise, naming that input and group."""
+    g = torch.Generator().manual_seed(0)
+    gen0 = torch.randn(3, 6, 4, 5, generator=g)  # [B, N, L, C]
+    pos0 = torch.randn(3, 7, 4, 5, generator=g)
+    neg0 = torch.randn(3, 2, 4, 5, generator=g)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for name, where in (("gen", (2, 5, 3, 4)), ("pos", (0, 6, 1, 0)), ("neg", (1, 1, 2, 2))):
+            t = {"gen": gen0.clone(), "pos": pos0.clone(), "neg": neg0.clone()}
+            t[name][where] = bad
+            with pytest.raises(ValueError, match=rf"^{name}\['a'\] contains non-finite"):
+                drifting_loss({"b": gen0, "a": t["gen"]}, {"b": pos0, "a": t["pos"]},
+                              {"b": neg0, "a": t["neg"]}, neg_weights=torch.tensor([1.0, 0.0]),
+                              normalize_features=normalize_features, kernel=kernel)

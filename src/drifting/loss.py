@@ -24,6 +24,7 @@ before ``lambda``), the number that goes down as q approaches p.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -100,6 +101,16 @@ def _as_groups(name: str, v) -> dict[str, torch.Tensor]:
     raise TypeError(f"{name} must be a tensor or a mapping of group name -> tensor, got {type(v).__name__}")
 
 
+def _name_non_finite(j, x: torch.Tensor, parts: list[torch.Tensor]) -> None:
+    """Raise ``ValueError`` naming group ``j``'s first input (gen, pos, then neg) that holds a NaN or inf."""
+    if not all_finite(x):
+        raise ValueError(f"gen[{j!r}] contains non-finite values (NaN or inf)")
+    for k, t in enumerate(parts):
+        if not all_finite(t):
+            name = "pos" if k == 0 else "neg"
+            raise ValueError(f"{name}[{j!r}] contains non-finite values (NaN or inf)")
+
+
 def drifting_loss(
     gen,
     pos,
@@ -173,8 +184,6 @@ def drifting_loss(
     total = None
     stats: dict[str, torch.Tensor] = {}
     for j, g in gens.items():
-        if not all_finite(g):
-            raise ValueError(f"gen[{j!r}] contains non-finite values (NaN or inf)")
         B = g.shape[0]
         x, L = _to_problems(f"gen[{j!r}]", g)  # [B*L, N, C]
         y_pos, _ = _to_problems(f"pos[{j!r}]", poss[j], B)  # [B*L, P, C]
@@ -198,10 +207,9 @@ def drifting_loss(
             parts.append(gather(extra))
         # the targets [B*L, P+M_all, C], positives then negatives, kept as their parts (never concatenated)
         Y = sum(t.shape[1] for t in parts)
-        for k, t in enumerate(parts):
-            if not (comm is None and t is x_sg) and not all_finite(t):  # (gen itself is checked above)
-                name = "pos" if k == 0 else "neg"
-                raise ValueError(f"{name}[{j!r}] contains non-finite values (NaN or inf)")
+        # No validation pass over the features: a NaN or inf in any of them makes S and the group's loss
+        # non-finite, and only then are the inputs checked, to name the bad one
+        name_bad = functools.partial(_name_non_finite, j, x_sg, parts)
 
         with torch.no_grad():
             w = None  # [BL, 1, M_all]
@@ -229,6 +237,8 @@ def drifting_loss(
                 if comm is not None:
                     num, den = comm.sum(num), comm.sum(den)
                 S = (num / den / math.sqrt(C)).clamp_min(_EPS)
+                if not all_finite(S):
+                    name_bad()
             else:
                 S = torch.ones((), dtype=dists.dtype, device=x.device)
             # V is linear in the targets: V(x/S, y/S; dist/S, T) = V(x, y; dist, S T) / S, so the
@@ -264,6 +274,8 @@ def drifting_loss(
                 stats[f"{j}/V2@{tau:g}"] = V2[k]
                 stats[f"{j}/lambda@{tau:g}"] = lam[k]
         loss_j = _frozen_target_mse(x, S, goal)  # mean (x / S - goal)^2, gradient into x only
+        if not all_finite(loss_j):
+            name_bad()
         stats[f"{j}/loss"] = loss_j.detach()
         stats[f"{j}/S"] = S
         total = loss_j if total is None else total + loss_j
