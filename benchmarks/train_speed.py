@@ -19,6 +19,7 @@ history entry and are not counted.
     python benchmarks/train_speed.py --quick            # 5 steps of cpu-tiny
     python benchmarks/train_speed.py --presets cpu --steps 50 --threads 2
     python benchmarks/train_speed.py --presets cpu --steps 50 --nchw    # U-Net: channels-last against NCHW
+    python benchmarks/train_speed.py --presets cpu --steps 40 --precision fp32 bf16 fp32 bf16  # autocast
     # the real-feature cache's gain:
     python benchmarks/train_speed.py --presets cpu --steps 50 --no-feature-cache
 """
@@ -90,7 +91,7 @@ def bench_preset(name: str, steps: int, **overrides) -> dict:
         "median_step_seconds": statistics.median(rest), "min_step_seconds": min(rest),
         "step_seconds": per_step, "classes_per_step": cfg.classes_per_step, "n_gen": cfg.n_gen,
         "n_pos": cfg.n_pos, "n_uncond": cfg.cfg_config.n_uncond, "generator": cfg.generator,
-        "mae_encoder": cfg.mae.encoder, "max_locations": cfg.max_locations,
+        "mae_encoder": cfg.mae.encoder, "max_locations": cfg.max_locations, "precision": cfg.precision,
     }
 
 
@@ -118,6 +119,9 @@ def main() -> None:
     p.add_argument("--nchw", action="store_true",
                    help="after each preset with a U-Net generator, the same preset with its convolutions on "
                         "NCHW activations (ConvGenConfig.channels_last=False)")
+    p.add_argument("--precision", nargs="+", choices=("auto", "fp32", "bf16"), default=None,
+                   help="run each preset once per precision (TrainImagesConfig.precision; default: the "
+                        "preset's own), interleaved, to compare bf16 autocast with fp32 in one run")
     p.add_argument("--no-feature-cache", action="store_true",
                    help="after each preset that caches the real images' features "
                         "(real_feature_cache_gb > 0), the same preset encoding them every step (the "
@@ -128,7 +132,10 @@ def main() -> None:
     steps = {n: a.steps or (5 if a.quick else DEFAULT_STEPS.get(n, 20)) for n in presets}
     rows = []
     for name in presets:
-        rows += run_each([name], lambda n: bench_preset(n, steps[n]))
+        for prec in a.precision or [None]:
+            over = {} if prec is None else {"precision": prec}
+            rows += run_each([name], lambda n: {**bench_preset(n, steps[n], **over),
+                                                **({} if prec is None else {"preset": f"{n} ({prec})"})})
         gen = nchw_generator(name) if a.nchw else None
         if gen is not None:
             rows += run_each([name],
