@@ -48,7 +48,7 @@ def test_neighbor_positives_come_from_other_episodes_within_the_radius():
     ep = np.searchsorted(ends, ds.index[:, 0].numpy(), side="right")
     for radius in (np.inf, 1.0):
         # chunks smaller than the windows: the chunking is covered
-        nb = ds.neighbors(3, norm, radius, chunk=4)
+        nb = ds.neighbors(3, norm.normalize, radius, chunk=4)
         assert nb.shape == (len(ds), 3) and torch.equal(nb[:, 0], torch.arange(len(ds)))
         for w in range(len(ds)):
             d = (f - f[w]).norm(dim=1).numpy()
@@ -59,9 +59,9 @@ def test_neighbor_positives_come_from_other_episodes_within_the_radius():
     assert (nb[:, 1:] == torch.arange(len(ds))[:, None]).any()  # the radius bit somewhere
     b = ds.batch(torch.tensor([0, 7]), nb)
     assert b["positives"].shape == (2, 3, 4, 2) and torch.equal(b["positives"][:, 0], b["action"])
-    assert ds.neighbors(1, norm, 0.1).tolist() == [[i] for i in range(len(ds))]
+    assert ds.neighbors(1, norm.normalize, 0.1).tolist() == [[i] for i in range(len(ds))]
     with pytest.raises(ValueError, match="radius"):
-        ds.neighbors(2, norm, -1.0)
+        ds.neighbors(2, norm.normalize, -1.0)
 
 
 def test_normalizer_round_trip_and_range():

@@ -15,22 +15,25 @@ from .args import add_threads_option
 
 _TRAIN_FLAGS = ("demos", "steps", "batch", "lr", "n_gen", "n_pos", "pos_radius", "scheduler",
                 "inference_steps", "eval_episodes", "snapshots", "ckpt_every", "seed", "horizon",
-                "n_obs_steps", "n_action_steps", "eval_max_steps")
+                "n_obs_steps", "n_action_steps", "eval_max_steps", "minutes", "obs_features", "expert")
+_BOOL_FLAGS = ("per_timestep",)
 
 
 def _train_overrides(a: argparse.Namespace) -> dict:
-    return {k: getattr(a, k) for k in _TRAIN_FLAGS if getattr(a, k, None) is not None}
+    return {k: getattr(a, k) for k in _TRAIN_FLAGS + _BOOL_FLAGS if getattr(a, k, None) is not None}
 
 
 def cmd_policy(a: argparse.Namespace) -> int:
     from ..policy.experts import cached_demos
 
     if a.action == "collect":
-        d = cached_demos(a.env, a.episodes, seed=a.seed or 0, progress=not a.no_progress)
+        d = cached_demos(a.env, a.episodes, seed=a.seed or 0, progress=not a.no_progress, expert=a.expert)
         s = d.stats
         print(f"{a.env}: kept {d.n_episodes} of {s.get('n_attempted')} expert episodes ({len(d.obs)} steps); "
               f"expert mean score {s.get('mean_score'):.3f}, success rate {s.get('success_rate'):.3f}")
         return 0
+    if a.action == "curve":
+        return _cmd_curve(a)
     if a.action == "eval":
         pol, cfg = load_policy(a.model)
         if a.scheduler or a.inference_steps:  # e.g. DDIM with fewer steps for a DDPM-trained policy
@@ -66,22 +69,46 @@ def cmd_policy(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_curve(a: argparse.Namespace) -> int:
+    from ..recipes.policy import learning_curve, plot_learning_curves
+
+    curves = [learning_curve(r, episodes=a.eval_episodes, seed=a.seed) for r in a.runs]
+    envs = {c["env"] for c in curves}
+    if len(envs) != 1:
+        raise ValueError(f"policy curve: the runs are on different tasks {sorted(envs)}; "
+                         "give one task's runs")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_learning_curves(curves, out.with_suffix(".png"), title=f"{envs.pop()}: score against training time")
+    out.with_suffix(".json").write_text(json.dumps(jsonable(curves), indent=2))
+    for c in curves:
+        print(c["label"] + ": " + ", ".join(f"{p['train_seconds'] / 60:.1f} min {p['score']:.3f}"
+                                           for p in c["points"]))
+    print(f"wrote {out.with_suffix('.png')} and {out.with_suffix('.json')}")
+    return 0
+
+
 def add_policy_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("policy",
                               help="robot-control policies: Drifting Policy vs Diffusion Policy (§5.3)",
                               description="collect expert demonstrations, train, evaluate, or compare both "
                               "policies on PushT and LunarLanderContinuous (see docs/policy_experts.md)")
-    p.add_argument("action", choices=("collect", "train", "eval", "compare"))
+    p.add_argument("action", choices=("collect", "train", "eval", "compare", "curve"))
     p.add_argument("model", nargs="?", help="eval: a policy directory (OUT/model or OUT/snapshots/step_N)")
+    p.add_argument("runs", nargs="*", help="curve: more `policy train` output directories (after the first)")
     p.add_argument("--env", default="pusht", help="pusht or lunarlander")
     p.add_argument("--envs", nargs="+", default=["pusht", "lunarlander"], help="compare: the tasks")
-    p.add_argument("--kind", default="drifting", help="train: drifting or diffusion")
+    p.add_argument("--kind", default="drifting", help="train: drifting, diffusion or regression")
     p.add_argument("--out", default=None, help="train / compare: output directory")
     p.add_argument("--episodes", type=int, default=50,
                    help="collect: attempted expert episodes; eval: episodes")
     for k in _TRAIN_FLAGS:
-        typ = str if k == "scheduler" else (float if k in ("lr", "pos_radius") else int)
+        typ = (str if k in ("scheduler", "obs_features", "expert")
+               else float if k in ("lr", "pos_radius", "minutes") else int)
         p.add_argument("--" + k.replace("_", "-"), type=typ, default=None)
+    p.add_argument("--per-timestep", action=argparse.BooleanOptionalAction, default=None,
+                   help="drifting: one field per action timestep (Tp problems of act_dim numbers) instead of "
+                        "one on the whole sequence")
     p.add_argument("--no-progress", action="store_true")
     add_threads_option(p)
     p.set_defaults(func=_checked_cmd)
@@ -93,4 +120,9 @@ def _checked_cmd(a: argparse.Namespace) -> int:
         raise ValueError(f"policy {a.action} needs --out DIR")
     if a.action == "eval" and not a.model:
         raise ValueError("policy eval needs a model directory")
+    if a.action == "curve":
+        if not a.model or not a.out:
+            raise ValueError("policy curve needs run directories and --out PATH "
+                             "(the figure's .png and .json)")
+        a.runs = [a.model, *a.runs]
     return cmd_policy(a)

@@ -92,10 +92,12 @@ class WindowDataset(torch.utils.data.Dataset):
         # [W]: each window's episode
         self.episode = torch.searchsorted(ends, self.index[:, 0].contiguous(), right=True)
 
-    def neighbors(self, k: int, obs_norm: Normalizer, radius: float, chunk: int = 1024) -> torch.Tensor:
+    def neighbors(self, k: int, embed, radius: float, chunk: int = 1024) -> torch.Tensor:
         """``[W, k]`` window indices: each window itself, then its ``k - 1`` nearest windows from *other*
-        episodes by the Euclidean distance of their normalized observation windows (``[To * obs_dim]``,
-        units of the ``[-1, 1]`` range). A neighbour farther than ``radius`` is replaced by the window
+        episodes by the Euclidean distance of their embedded observation windows (``embed``: raw
+        ``[..., obs_dim]`` -> ``[..., F]``, e.g. a :class:`Normalizer`'s ``normalize`` or a policy's
+        ``embed_obs``; ``[To * F]`` per window, units of the ``[-1, 1]`` range). A neighbour farther
+        than ``radius`` is replaced by the window
         itself. Same-episode windows are left out: they are the same demonstration shifted in time, so
         their action sequences are not alternatives for this state."""
         if k < 1:
@@ -106,7 +108,7 @@ class WindowDataset(torch.utils.data.Dataset):
         own = torch.arange(W)
         if k == 1:
             return own[:, None]
-        f = obs_norm.normalize(self.obs[self.index[:, : self.n_obs_steps]]).flatten(1)  # [W, To*obs_dim]
+        f = embed(self.obs[self.index[:, : self.n_obs_steps]]).flatten(1)  # [W, To*F]
         out = torch.empty(W, k, dtype=torch.long)
         for a in range(0, W, chunk):
             rows = slice(a, min(a + chunk, W))

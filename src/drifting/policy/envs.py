@@ -27,8 +27,14 @@ from dataclasses import dataclass
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame (imported by gym_pusht) needs no display
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
-import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
+
+POLICY_EXTRA_HINT = "the robot-control tasks need the 'policy' extra: pip install 'drifting[policy]'"
+
+try:
+    import gymnasium as gym  # noqa: E402
+except ModuleNotFoundError as _e:  # name the extra, not just the missing module
+    raise ModuleNotFoundError(f"{_e}; {POLICY_EXTRA_HINT}", name=_e.name) from _e
 
 ENV_NAMES = ("pusht", "lunarlander")
 
@@ -74,7 +80,10 @@ def make_env(name: str, seed: int | None = None, *, max_episode_steps: int | Non
     spec = env_spec(name)
     steps = max_episode_steps or spec.max_steps
     if name == "pusht":
-        import gym_pusht  # noqa: F401  (registers gym_pusht/PushT-v0)
+        try:
+            import gym_pusht  # noqa: F401  (registers gym_pusht/PushT-v0)
+        except ModuleNotFoundError as e:
+            raise ModuleNotFoundError(f"{e}; {POLICY_EXTRA_HINT}", name=e.name) from e
 
         env = gym.make("gym_pusht/PushT-v0", obs_type="state", max_episode_steps=steps)
     else:

@@ -36,15 +36,12 @@ from .envs import (
     make_env,
     set_state,
 )
-
-EXPERT_VERSION = "pusht-mpc-1/lunar-noisy-1"  # part of the demo cache key: bump on any change
+from .obs import T_OUTLINE
 
 # --------------------------------------------------------------------------------------------
 # PushT geometry (block-local frame: the body origin is the observed block position)
 
-_T_OUTLINE = np.array(  # [8, 2] counter-clockwise outline of the T (bar y in [0, 30], stem below it to y=120)
-    [[-60, 0], [60, 0], [60, 30], [15, 30], [15, 120], [-15, 120], [-15, 30], [-60, 30]], dtype=np.float64
-)
+_T_OUTLINE = T_OUTLINE
 _GOAL_POSE = np.array([256.0, 256.0, math.pi / 4])  # gym-pusht's fixed goal (x, y, angle)
 _AGENT_R = 15.0  # agent radius
 
@@ -115,6 +112,10 @@ class PushTExpertConfig:
     nav_margin: float = 6.0  # clearance (px) kept from the block while walking
     retreat: float = 10.0  # back-off (px) after a push
     step_overhead: float = 2.0  # steps added to a push's cost (settling, back-off)
+    # back off from the block in contact toward a point clear of the inflated T (16 directions, the
+    # one nearest the outward normal) instead of along the normal alone, which at a concave corner of
+    # the T points into the other bar (pusht-mpc-1 kept the normal alone)
+    clear_backoff: bool = False
 
 
 class PushTExpert:
@@ -166,25 +167,23 @@ class PushTExpert:
 
     # -- planning -----------------------------------------------------------------------------
 
-    def _plan(self, state: np.ndarray) -> None:
-        """Choose the next push by simulation and fill the target queue (walk, push, back off)."""
+    def _best_push(self, state: np.ndarray, walk_weight: float = 1.0):
+        """Search every (contact, direction, length) by simulation from ``state``; the push that
+        reduces the pose error most per env step, as ``(rate, (contact, direction, speed, length))``,
+        or ``(-inf, None)`` when no contact point is reachable. Walking to the contact point counts
+        ``walk_weight`` times its steps. Ties keep the first candidate (a fixed order)."""
         cfg = self.cfg
-        self.n_plans += 1
         pose = state[[4, 5, 6]]
         agent = state[:2]
         err0 = pose_error(pose)
-        rot = _rot(pose[2])
-        c_w = self._contacts @ rot.T + pose[:2]  # [C, 2] world contact points
-        n_w = self._normals @ rot.T  # [C, 2] world outward normals
-        start_w = c_w + n_w * (_AGENT_R + cfg.standoff)
-        fine = err0 < cfg.fine_error
-        speeds = (cfg.fine_speed,) if fine else cfg.push_speeds
+        start_w, n_w = self._starts(pose)
+        speeds = (cfg.fine_speed,) if err0 < cfg.fine_error else cfg.push_speeds
         best = (-np.inf, None)
-        for ci in range(len(c_w)):
+        for ci in range(len(start_w)):
             s = start_w[ci]
             if not (_AGENT_R <= s[0] <= 512 - _AGENT_R and _AGENT_R <= s[1] <= 512 - _AGENT_R):
                 continue
-            walk = float(np.linalg.norm(s - agent)) / cfg.nav_speed + 1.0
+            walk = walk_weight * (float(np.linalg.norm(s - agent)) / cfg.nav_speed + 1.0)
             for ang in cfg.push_angles:
                 d = _rot(ang) @ (-n_w[ci])
                 for v in speeds:
@@ -201,9 +200,25 @@ class PushTExpert:
                         rate = gain / (walk + k + cfg.step_overhead)
                         if rate > best[0]:
                             best = (rate, (ci, d, v, k))
+        return best
+
+    def _starts(self, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """World agent start points ``[C, 2]`` of the contact points and their outward normals ``[C, 2]``."""
+        rot = _rot(pose[2])
+        c_w = self._contacts @ rot.T + pose[:2]  # [C, 2] world contact points
+        n_w = self._normals @ rot.T  # [C, 2] world outward normals
+        return c_w + n_w * (_AGENT_R + self.cfg.standoff), n_w
+
+    def _plan(self, state: np.ndarray) -> None:
+        """Choose the next push by simulation and fill the target queue (walk, push, back off)."""
+        cfg = self.cfg
+        self.n_plans += 1
+        pose, agent = state[[4, 5, 6]], state[:2]
+        start_w, n_w = self._starts(pose)
+        best = self._best_push(state)
         if best[1] is None or best[0] <= 0:
             # nothing helps from here: a random push to get out of the local minimum
-            ci = int(self._rng.integers(len(c_w)))
+            ci = int(self._rng.integers(len(start_w)))
             best = (0.0, (ci, -n_w[ci], cfg.push_speeds[0], 3))
         ci, d, v, k = best[1]
         self._queue = self._walk(agent, start_w[ci], pose)
@@ -232,8 +247,13 @@ class PushTExpert:
                 nrm = float(np.linalg.norm(away))
                 away = away / nrm if nrm > 1e-6 else (agent - np.array(t_poly.centroid.coords[0])) / 50.0
                 start = near + away * (_AGENT_R + cfg.nav_margin + 2.0)
+                if cfg.clear_backoff:
+                    start = self._clear_point(agent, away, obstacle)
                 path.append(start)
-            path += self._visibility_path(start, goal, t_poly, obstacle)[1:]
+            via = self._visibility_path(start, goal, t_poly, obstacle)
+            if cfg.clear_backoff and len(via) == 2 and obstacle.intersects(sg.LineString(via)):
+                via = [start]  # no clear path: back off and wait for the next plan
+            path += via[1:]
         else:
             path.append(goal)
         targets: list[tuple[np.ndarray, float]] = []
@@ -245,6 +265,21 @@ class PushTExpert:
             if targets:
                 targets[-1] = (targets[-1][0], 4.0)  # hold at each corner until close
         return targets
+
+    def _clear_point(self, agent: np.ndarray, away: np.ndarray, obstacle) -> np.ndarray:
+        """The nearest point around ``agent`` (radii 20, 30, 45 px; 16 directions) outside ``obstacle``,
+        among the directions closest to ``away``; ties keep the first direction (a fixed order)."""
+        import shapely.geometry as sg
+
+        angles = np.arange(16) * (2 * math.pi / 16)
+        dirs = np.stack([np.cos(angles), np.sin(angles)], axis=1)  # [16, 2]
+        order = np.argsort(-(dirs @ away), kind="stable")
+        for r in (20.0, 30.0, 45.0):
+            for i in order:
+                p = np.clip(agent + dirs[i] * r, 1.0, 511.0)
+                if not obstacle.contains(sg.Point(*p)):
+                    return p
+        return agent.copy()
 
     def _visibility_path(self, a, b, t_poly, obstacle) -> list[np.ndarray]:
         import shapely.geometry as sg
@@ -285,8 +320,9 @@ class PushTExpert:
 
     # -- acting -------------------------------------------------------------------------------
 
-    def act(self, env) -> np.ndarray:
-        """Next target position ``[2] float32`` for ``env``'s current state."""
+    def act(self, env, obs: np.ndarray | None = None) -> np.ndarray:
+        """Next target position ``[2] float32`` for ``env``'s current state (``obs`` is not used: this
+        expert reads the full physics state)."""
         state = get_state(env)
         while True:
             if not self._queue:
@@ -302,6 +338,81 @@ class PushTExpert:
                 continue
             self._hold += 1
             return np.clip(tgt, 0, 512).astype(np.float32)
+
+
+@dataclass
+class PushTChunkExpertConfig(PushTExpertConfig):
+    """Knobs of :class:`PushTChunkExpert` (beside :class:`PushTExpertConfig`'s search knobs)."""
+
+    chunk: int = 8  # steps per plan: the policies' n_action_steps
+    max_push_steps: int = 8  # a push may fill a whole chunk
+    walk_weight: float = 1.5  # a walking step costs this many pushing steps in a push's rate
+    clear_backoff: bool = True
+    arrive_tol: float = 10.0  # px: an agent this close to the start point pushes from where it is
+    execution_noise: float = 2.0  # px std of the Gaussian on the executed target; the recorded one is clean
+
+
+class PushTChunkExpert(PushTExpert):
+    """A PushT expert a policy can imitate (expert ``"chunk"``): it plans from the observation alone.
+
+    Every ``chunk`` steps (the policies' 8-step boundaries, counted from the episode's start) it
+    reads ``[agent_x, agent_y, block_x, block_y, block_angle]``, assumes everything at rest, runs
+    :meth:`PushTExpert._best_push` (walking weighted ``walk_weight``, pushes up to a whole chunk)
+    and emits the chunk's targets: the walk to the contact's start point (around the block on the
+    visibility graph, each corner target given twice), the push, and a back-off held to the end.
+    No queue outlives a chunk, no random push, ties broken by the fixed candidate order: the
+    chunk is a deterministic function of the observation at its boundary. ``execution_noise``
+    (applied by :func:`run_expert_episode`) perturbs what is executed, so the demonstrations
+    visit states off the clean path and record the clean action there.
+    """
+
+    def __init__(self, config: PushTChunkExpertConfig | None = None, seed: int = 0):
+        super().__init__(config or PushTChunkExpertConfig(), seed)
+        self._t = 0
+
+    @property
+    def execution_noise(self) -> float:
+        return self.cfg.execution_noise
+
+    def reset(self, seed: int | None = None) -> None:
+        super().reset(seed)
+        self._t = 0
+
+    def plan_chunk(self, obs: np.ndarray) -> np.ndarray:
+        """The ``[chunk, 2]`` targets for observation ``obs [5]``."""
+        cfg = self.cfg
+        self.n_plans += 1
+        obs = np.asarray(obs, np.float32).astype(np.float64)  # what the demonstrations record
+        state = np.zeros(10)
+        state[[0, 1, 4, 5, 6]] = obs  # agent and block at rest
+        agent, pose = obs[:2], obs[2:5]
+        start_w, n_w = self._starts(pose)
+        rate, choice = self._best_push(state, cfg.walk_weight)
+        if choice is None:  # no reachable contact point: hold still
+            return np.repeat(agent[None], cfg.chunk, axis=0).astype(np.float32)
+        ci, d, v, k = choice
+        targets: list[np.ndarray] = []
+        tgt = start_w[ci].copy()
+        if np.linalg.norm(tgt - agent) <= cfg.arrive_tol:
+            tgt = agent.copy()  # already at the contact: push on from here
+        else:
+            for t, tol in self._walk(agent, tgt, pose):
+                targets += [t] * (2 if tol > 0 else 1)
+        for _ in range(k):
+            tgt = tgt + d * v
+            targets.append(tgt.copy())
+        back = tgt - d * v + n_w[ci] * cfg.retreat
+        targets += [back] * max(0, cfg.chunk - len(targets))
+        return np.clip(np.array(targets[: cfg.chunk]), 0, 512).astype(np.float32)
+
+    def act(self, env, obs: np.ndarray | None = None) -> np.ndarray:
+        """Next target ``[2] float32``; plans at steps 0, chunk, 2 chunk, ... from ``obs`` alone."""
+        if self._t % self.cfg.chunk == 0:
+            if obs is None:
+                raise ValueError("PushTChunkExpert.act needs the observation (obs)")
+            self._queue = list(self.plan_chunk(obs))
+        self._t += 1
+        return self._queue.pop(0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,10 +473,28 @@ class LunarExpert:
 # running experts, demonstrations
 
 
-def make_expert(name: str, seed: int = 0):
-    """The scripted expert for ``name``: :class:`PushTExpert` or :class:`LunarExpert`."""
+# the scripted experts of each task, default first; the version is part of the demo cache key
+EXPERTS = {"pusht": {"chunk": PushTChunkExpert, "mpc": PushTExpert}, "lunarlander": {"noisy": LunarExpert}}
+EXPERT_VERSIONS = {("pusht", "chunk"): "pusht-chunk-1", ("pusht", "mpc"): "pusht-mpc-1/lunar-noisy-1",
+                   ("lunarlander", "noisy"): "pusht-mpc-1/lunar-noisy-1"}
+
+
+def check_expert(name: str, expert: str | None) -> str:
+    """The expert's name for task ``name`` (``None``: the task's default), or a ValueError naming the
+    allowed values."""
     env_spec(name)  # validates the name
-    return PushTExpert(seed=seed) if name == "pusht" else LunarExpert(seed=seed)
+    allowed = tuple(EXPERTS[name])
+    if expert is None:
+        return allowed[0]
+    if expert not in allowed:
+        raise ValueError(f"expert for {name!r} must be one of {allowed}, got {expert!r}")
+    return expert
+
+
+def make_expert(name: str, seed: int = 0, expert: str | None = None):
+    """The scripted expert ``expert`` for task ``name`` (default: :class:`PushTChunkExpert` for PushT,
+    :class:`LunarExpert` for LunarLander)."""
+    return EXPERTS[name][check_expert(name, expert)](seed=seed)
 
 
 def run_expert_episode(name: str, env, expert, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -377,13 +506,17 @@ def run_expert_episode(name: str, env, expert, seed: int) -> tuple[np.ndarray, n
     spec = env_spec(name)
     obs, _ = env.reset(seed=seed)
     expert.reset(seed=seed)
+    noise = float(getattr(expert, "execution_noise", 0.0))
+    noise_rng = np.random.default_rng([seed, 7])  # the executed action's perturbation, per episode
     obs_l, act_l = [], []
     score = 0.0
     for _ in range(spec.max_steps):
-        a = expert.act(env) if name == "pusht" else expert.act(env, obs)
+        a = expert.act(env, obs)
         obs_l.append(np.asarray(obs, np.float32))
         act_l.append(np.asarray(a, np.float32))
-        obs, reward, terminated, truncated, info = env.step(a)
+        if noise > 0:  # recorded clean, executed perturbed (recovery states in the data)
+            a = np.clip(a + noise_rng.normal(0.0, noise, size=a.shape), spec.action_low, spec.action_high)
+        obs, reward, terminated, truncated, info = env.step(np.asarray(a, np.float32))
         if name == "pusht":
             score = max(score, float(info["coverage"]))
         else:
@@ -455,15 +588,18 @@ def collect_demos(
     seed: int = 0,
     threshold: float | None = None,
     progress: bool = False,
+    expert: str | None = None,
 ) -> Demos:
-    """Run the expert on ``n_episodes`` episodes with seeds ``seed + i`` and keep those whose score
+    """Run the expert (``expert``: see :data:`EXPERTS`; default the task's first) on ``n_episodes``
+    episodes with seeds ``seed + i`` and keep those whose score
     is >= ``threshold`` (default :func:`default_threshold`). ``n_episodes`` counts attempted
     episodes; the kept count is in ``stats["n_kept"]``. Use seeds disjoint from the evaluation's
     (e.g. demos from 0, evaluation from 100000, as Diffusion Policy)."""
     spec = env_spec(name)
     thr = default_threshold(name) if threshold is None else float(threshold)
     env = make_env(name)
-    expert = make_expert(name, seed)
+    expert_name = check_expert(name, expert)
+    expert = make_expert(name, seed, expert_name)
     obs_l, act_l, ends, kept_scores, kept_seeds, all_scores = [], [], [], [], [], []
     total = 0
     t0 = time.perf_counter()
@@ -497,7 +633,8 @@ def collect_demos(
         "n_steps": int(total),
         "seconds": seconds,
         "seconds_per_episode": seconds / max(n_episodes, 1),
-        "expert_version": EXPERT_VERSION,
+        "expert": expert_name,
+        "expert_version": EXPERT_VERSIONS[name, expert_name],
     }
     return Demos(
         name=name,
@@ -512,11 +649,12 @@ def collect_demos(
     )
 
 
-def demos_cache_key(name: str, n_episodes: int, seed: int, threshold: float | None = None) -> str:
+def demos_cache_key(name: str, n_episodes: int, seed: int, threshold: float | None = None,
+                    expert: str | None = None) -> str:
     """Directory name of a demo set in the cache (env name, episode count, seed, threshold, expert
     version)."""
     thr = default_threshold(name) if threshold is None else float(threshold)
-    ver = EXPERT_VERSION.replace("/", "_")
+    ver = EXPERT_VERSIONS[name, check_expert(name, expert)].replace("/", "_")
     return f"{name}_n{n_episodes}_seed{seed}_thr{thr:g}_{ver}"
 
 
@@ -528,16 +666,17 @@ def cached_demos(
     *,
     threshold: float | None = None,
     progress: bool = False,
+    expert: str | None = None,
 ) -> Demos:
     """:func:`collect_demos`, cached under ``cache_dir`` (default ``$DRIFTING_CACHE/demos``, i.e.
     ``~/.cache/drifting/demos``) in ``<key>/demos.npz`` + ``demos.json``."""
     from ..cache import cache_root
 
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "demos"
-    entry = root / demos_cache_key(name, n_episodes, seed, threshold)
+    entry = root / demos_cache_key(name, n_episodes, seed, threshold, expert)
     if (entry / "demos.npz").is_file() and (entry / "demos.json").is_file():
         return Demos.load(entry / "demos.npz")
-    demos = collect_demos(name, n_episodes, seed=seed, threshold=threshold, progress=progress)
+    demos = collect_demos(name, n_episodes, seed=seed, threshold=threshold, progress=progress, expert=expert)
     tmp = entry.with_name(f"{entry.name}.tmp{os.getpid()}")
     demos.save(tmp / "demos.npz")
     try:
@@ -547,11 +686,13 @@ def cached_demos(
     return demos
 
 
-def evaluate_expert(name: str, n_episodes: int, seed: int = 0, *, progress: bool = False) -> dict:
+def evaluate_expert(name: str, n_episodes: int, seed: int = 0, *, progress: bool = False,
+                    expert: str | None = None) -> dict:
     """The expert's metrics on episodes ``seed + i`` (same keys as
     :func:`~drifting.policy.envs.episode_metrics` plus ``episode_lengths``, ``seconds_per_episode``)."""
     env = make_env(name)
-    expert = make_expert(name, seed)
+    expert_name = check_expert(name, expert)
+    expert = make_expert(name, seed, expert_name)
     scores, lengths = [], []
     t0 = time.perf_counter()
     for i in range(n_episodes):
@@ -567,19 +708,20 @@ def evaluate_expert(name: str, n_episodes: int, seed: int = 0, *, progress: bool
         mean_length=float(np.mean(lengths)) if lengths else 0.0,
         seconds_per_episode=(time.perf_counter() - t0) / max(n_episodes, 1),
         seed=seed,
-        expert_version=EXPERT_VERSION,
+        expert=expert_name,
+        expert_version=EXPERT_VERSIONS[name, expert_name],
     )
     if name == "pusht":
         out["mean_reward_dp"] = float(np.clip(np.asarray(scores) / PUSHT_SUCCESS_COVERAGE, 0, 1).mean())
     return out
 
 
-if __name__ == "__main__":  # python -m drifting.policy.experts {pusht,lunarlander} N [SEED]
+if __name__ == "__main__":  # python -m drifting.policy.experts {pusht,lunarlander} N [SEED [EXPERT]]
     import sys
 
     _name, _n = sys.argv[1], int(sys.argv[2])
     _seed = int(sys.argv[3]) if len(sys.argv) > 3 else 0
-    _m = evaluate_expert(_name, _n, _seed, progress=True)
+    _m = evaluate_expert(_name, _n, _seed, progress=True, expert=sys.argv[4] if len(sys.argv) > 4 else None)
     _m.pop("scores")
     _m.pop("episode_lengths")
     print(json.dumps(_m, indent=2))

@@ -9,6 +9,8 @@ U-Net (:mod:`drifting.policy.unet`, FiLM on the flattened normalized observation
   its demonstration sequence as the one positive.
 * :class:`DiffusionPolicy`: Diffusion Policy's DDPM (epsilon prediction, squared-cosine schedule,
   100 training steps), sampled with 100 DDPM steps or fewer DDIM steps (diffusers' schedulers).
+* :class:`RegressionPolicy`: the same U-Net fed zeros instead of noise and trained with L2 to the
+  demonstrated sequence (a unimodal baseline: it tells whether the data or the method is the limit).
 
 Contract (Diffusion Policy's): ``compute_loss(batch) -> (loss, stats)`` with ``batch = {"obs":
 [B, To, obs_dim], "action": [B, Tp, act_dim]}`` in raw units, and ``predict_action(obs) ->
@@ -27,9 +29,10 @@ from torch import nn
 
 from ..loss import DEFAULT_TEMPERATURES, drifting_loss
 from .data import Normalizer
+from .obs import OBS_FEATURES, feature_dim, obs_features
 from .unet import ConditionalUnet1D, UNet1DConfig
 
-KINDS = ("drifting", "diffusion")
+KINDS = ("drifting", "diffusion", "regression")
 SCHEDULERS = ("ddpm", "ddim")
 
 
@@ -44,12 +47,17 @@ class PolicyConfig:
     horizon: int = 16  # Tp
     n_action_steps: int = 8  # Ta
     down_dims: tuple[int, ...] = (64, 128, 256)
+    # what the U-Net sees of each raw observation (policy.obs: "raw", or for PushT "sincos" / "keypoints")
+    obs_features: str = "raw"
     # drifting: generated sequences per observation (the field's N) and the kernel temperatures
     n_gen: int = 16
     # drifting: positives per observation (its demonstration + the nearest other demonstrations' windows
     # within pos_radius; see WindowDataset.neighbors) - a training-data choice, saved for the record
     n_pos: int = 1
     pos_radius: float = 0.15
+    # drifting: one field per action timestep (Tp problems of act_dim numbers, the multi-location form
+    # [B, N, Tp, act_dim] of drifting_loss) instead of one field on the whole Tp * act_dim sequence
+    per_timestep: bool = False
     temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
     # diffusion: training steps of the DDPM schedule; sampling scheduler and its number of steps
     train_timesteps: int = 100
@@ -76,6 +84,8 @@ class PolicyConfig:
         need(isinstance(self.n_pos, int) and self.n_pos >= 1,
              f"n_pos must be an integer >= 1, got {self.n_pos!r}")
         need(self.pos_radius >= 0, f"pos_radius must be >= 0, got {self.pos_radius}")
+        need(self.obs_features in OBS_FEATURES,
+             f"obs_features must be one of {OBS_FEATURES}, got {self.obs_features!r}")
         need(self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         need(1 <= self.inference_steps <= self.train_timesteps,
              f"inference_steps must be in [1, train_timesteps={self.train_timesteps}], "
@@ -85,7 +95,7 @@ class PolicyConfig:
     @property
     def nfe(self) -> int:
         """Network evaluations per predicted action chunk."""
-        return 1 if self.kind == "drifting" else self.inference_steps
+        return self.inference_steps if self.kind == "diffusion" else 1
 
 
 class Policy(nn.Module, ABC):
@@ -95,11 +105,15 @@ class Policy(nn.Module, ABC):
                  action_norm: Normalizer | None = None):
         super().__init__()
         self.config = config.validate()
-        self.obs_norm = obs_norm or Normalizer(config.obs_dim)
+        feat = feature_dim(config.obs_dim, config.obs_features)
+        self.obs_norm = obs_norm or Normalizer(feat)  # on the features, not the raw observation
+        if self.obs_norm.scale.shape[0] != feat:
+            raise ValueError(f"obs_norm has {self.obs_norm.scale.shape[0]} dimensions; obs_features "
+                             f"{config.obs_features!r} of a {config.obs_dim}-d observation have {feat}")
         self.action_norm = action_norm or Normalizer(config.action_dim)
         self.model = ConditionalUnet1D(UNet1DConfig(
-            action_dim=config.action_dim, cond_dim=config.n_obs_steps * config.obs_dim,
-            down_dims=tuple(config.down_dims), time_embed_dim=0 if config.kind == "drifting" else 64))
+            action_dim=config.action_dim, cond_dim=config.n_obs_steps * feat,
+            down_dims=tuple(config.down_dims), time_embed_dim=64 if config.kind == "diffusion" else 0))
 
     @property
     def device(self) -> torch.device:
@@ -111,7 +125,11 @@ class Policy(nn.Module, ABC):
         if obs.dim() != 3 or obs.shape[1:] != (c.n_obs_steps, c.obs_dim):
             raise ValueError(f"obs must be [B, n_obs_steps={c.n_obs_steps}, obs_dim={c.obs_dim}], "
                              f"got {tuple(obs.shape)}")
-        return self.obs_norm.normalize(obs.float()).flatten(1)
+        return self.embed_obs(obs.float()).flatten(1)
+
+    def embed_obs(self, obs: torch.Tensor) -> torch.Tensor:
+        """Raw observations ``[..., obs_dim]`` -> normalized features ``[..., feature_dim]``."""
+        return self.obs_norm.normalize(obs_features(obs, self.config.obs_features))
 
     def _check_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
@@ -161,16 +179,17 @@ class DriftingPolicy(Policy):
         cond, target = self._check_batch(batch)  # [B, To*obs_dim], [B, Tp, act_dim]
         B, N = cond.shape[0], c.n_gen
         x = self.model(self._noise(B * N, generator), cond.repeat_interleave(N, dim=0))  # [B*N, Tp, act_dim]
-        gen = x.reshape(B, N, c.horizon * c.action_dim)  # [B, N, Tp*act_dim]: one problem per observation
+        # one problem per observation: [B, N, Tp*act_dim], or per timestep [B, N, Tp, act_dim]
+        shape = (c.horizon, c.action_dim) if c.per_timestep else (c.horizon * c.action_dim,)
+        gen = x.reshape(B, N, *shape)
         if "positives" in batch:
             pos = batch["positives"].to(self.device).float()
             if pos.dim() != 4 or pos.shape[0] != B or pos.shape[2:] != (c.horizon, c.action_dim):
                 raise ValueError(f"positives must be [B={B}, P, horizon={c.horizon}, "
                                  f"action_dim={c.action_dim}], got {tuple(pos.shape)}")
-            # [B, P, Tp*act_dim]
-            pos = self.action_norm.normalize(pos).reshape(B, -1, c.horizon * c.action_dim)
+            pos = self.action_norm.normalize(pos).reshape(B, -1, *shape)  # [B, P, ...]
         else:
-            pos = target.reshape(B, 1, c.horizon * c.action_dim)  # [B, 1, Tp*act_dim]: its demonstration
+            pos = target.reshape(B, 1, *shape)  # [B, 1, ...]: its demonstration
         loss, stats = drifting_loss(gen, pos, temperatures=c.temperatures)
         return loss, {k: float(v) for k, v in stats.items()}
 
@@ -209,11 +228,28 @@ class DiffusionPolicy(Policy):
         return x
 
 
+class RegressionPolicy(Policy):
+    """The U-Net as a deterministic regressor: input zeros, L2 to the demonstrated sequence (NFE 1)."""
+
+    def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        c = self.config
+        zeros = torch.zeros(cond.shape[0], c.horizon, c.action_dim, device=cond.device)
+        return self.model(zeros, cond)  # [B, Tp, act_dim]
+
+    def compute_loss(self, batch: dict,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+        cond, target = self._check_batch(batch)  # [B, To*obs_dim], [B, Tp, act_dim]
+        return (self.sample(cond) - target).square().mean(), {}
+
+
+_POLICY_CLASSES = {"drifting": DriftingPolicy, "diffusion": DiffusionPolicy, "regression": RegressionPolicy}
+
+
 def build_policy(config: PolicyConfig, obs_norm: Normalizer | None = None,
                  action_norm: Normalizer | None = None) -> Policy:
     """The policy of ``config.kind``."""
     config.validate()
-    return (DriftingPolicy if config.kind == "drifting" else DiffusionPolicy)(config, obs_norm, action_norm)
+    return _POLICY_CLASSES[config.kind](config, obs_norm, action_norm)
 
 
 def config_dict(config: PolicyConfig) -> dict:

@@ -32,16 +32,23 @@ class PolicyTrainConfig:
     kind: str = "drifting"
     demos: int = 200  # attempted expert episodes (the kept ones are cached; see docs/policy_experts.md)
     demo_seed: int = 0
+    expert: str | None = None  # the scripted expert (policy.experts.EXPERTS; None: the task's default)
     n_obs_steps: int = 2
     horizon: int = 16
     n_action_steps: int = 8
     down_dims: tuple[int, ...] = (64, 128, 256)
+    obs_features: str = "raw"  # "raw", or for PushT "sincos" / "keypoints" (drifting.policy.obs)
     n_gen: int = 16
     n_pos: int = 1
     pos_radius: float = 0.15
+    per_timestep: bool = False  # drifting: one field per action timestep (PolicyConfig.per_timestep)
     scheduler: str = "ddpm"
     inference_steps: int = 100
     steps: int = 3000
+    # a wall-time budget in minutes of training (evaluations excluded; earlier sessions of a resumed run
+    # included): the run ends at the first step past it. Not part of the resume check, so a finished run
+    # continues with a larger budget (or more steps) and the same --out.
+    minutes: float | None = None
     batch: int = 64
     lr: float = 1e-4
     weight_decay: float = 1e-6
@@ -71,10 +78,17 @@ class PolicyTrainConfig:
                  f"got {getattr(self, name)!r}")
         need(self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}")
         need(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        need(self.minutes is None or (math.isfinite(self.minutes) and self.minutes > 0),
+             f"minutes must be a positive number or None, got {self.minutes!r}")
         need(self.snapshots * self.ckpt_every <= self.steps,
              "snapshots * ckpt_every must be <= steps: the "
              f"last {self.snapshots} exports every {self.ckpt_every} steps "
              f"need {self.snapshots * self.ckpt_every} steps, got steps={self.steps}")
+        from ..policy.experts import check_expert
+        from ..policy.obs import check_obs_features
+
+        check_obs_features(self.env, self.obs_features)
+        check_expert(self.env, self.expert)
         self.policy_config(1, 1)  # the policy's own checks
         return self
 
@@ -84,6 +98,9 @@ class PolicyTrainConfig:
         names = {f.name for f in fields(PolicyConfig)}
         return PolicyConfig(obs_dim=obs_dim, action_dim=action_dim,
                             **{k: v for k, v in asdict(self).items() if k in names}).validate()
+
+
+_EXTENDABLE = ("steps", "minutes")  # config fields a resumed run may change: it trains for longer
 
 
 def load_policy(model_dir: str | Path):
@@ -151,26 +168,30 @@ def train_policy(cfg: PolicyTrainConfig, out: str | Path, *, progress: bool = Tr
     from ..policy.data import Normalizer, WindowDataset
     from ..policy.envs import env_spec
     from ..policy.experts import cached_demos
+    from ..policy.obs import obs_features
     from ..policy.policies import build_policy, config_dict
 
     cfg.validate()
     out = Path(out)
-    demos = cached_demos(cfg.env, cfg.demos, seed=cfg.demo_seed, progress=progress)
+    demos = cached_demos(cfg.env, cfg.demos, seed=cfg.demo_seed, progress=progress, expert=cfg.expert)
     spec = env_spec(cfg.env)
     pc = cfg.policy_config(spec.obs_dim, spec.action_dim)
     ds = WindowDataset(demos.obs, demos.action, demos.episode_ends, n_obs_steps=pc.n_obs_steps,
                        horizon=pc.horizon, n_action_steps=pc.n_action_steps)
     torch.manual_seed(cfg.seed)
-    policy = build_policy(pc, Normalizer.fit(demos.obs), Normalizer.fit(demos.action))
+    feats = obs_features(torch.as_tensor(demos.obs), pc.obs_features)  # [T, F]
+    policy = build_policy(pc, Normalizer.fit(feats), Normalizer.fit(demos.action))
     use_neighbors = pc.kind == "drifting" and pc.n_pos > 1  # [W, n_pos] positives' windows, computed once
-    neighbors = ds.neighbors(pc.n_pos, policy.obs_norm, pc.pos_radius) if use_neighbors else None
+    neighbors = ds.neighbors(pc.n_pos, policy.embed_obs, pc.pos_radius) if use_neighbors else None
     opt = torch.optim.AdamW(policy.model.parameters(), lr=cfg.lr, betas=(0.95, 0.999),
                             weight_decay=cfg.weight_decay)
     ema = EMA(policy, (cfg.ema_decay,), warmup_steps=cfg.ema_warmup)
     config = jsonable(asdict(cfg))
-    run = TrainRun(out, "policy", config, {"model": policy, "optimizer": opt, "ema": ema}, steps=cfg.steps,
-                   resume=resume, progress=progress, desc=f"{cfg.kind} policy",
-                   defaults=jsonable(asdict(PolicyTrainConfig())))
+    resumable = {k: v for k, v in config.items() if k not in _EXTENDABLE}  # what a resume must match
+    run = TrainRun(out, "policy", resumable, {"model": policy, "optimizer": opt, "ema": ema}, steps=cfg.steps,
+                   resume=resume, progress=progress, desc=f"{cfg.kind} policy", minutes=cfg.minutes,
+                   defaults={k: v for k, v in jsonable(asdict(PolicyTrainConfig())).items()
+                             if k not in _EXTENDABLE})
     export_cfg = {"policy": config_dict(pc), "train": config}
     best = ema.models[cfg.ema_decay]
     try:
@@ -190,21 +211,86 @@ def train_policy(cfg: PolicyTrainConfig, out: str | Path, *, progress: bool = Tr
                     for stale in snap.glob("eval_*.json"):  # evaluations of an earlier run's weights
                         stale.unlink()
                     export_model(snap, best, export_cfg)
-                run.end_step(done, loss.item(), {"lr": lr, "grad_norm": gnorm.item(), **stats},
-                             log_every=cfg.log_every, ckpt_every=cfg.ckpt_every, sample_every=cfg.steps + 1,
-                             interrupted=interrupted["flag"], sample=lambda path: None)
+                if run.end_step(done, loss.item(), {"lr": lr, "grad_norm": gnorm.item(), **stats},
+                                log_every=cfg.log_every, ckpt_every=cfg.ckpt_every,
+                                sample_every=cfg.steps + 1,
+                                interrupted=interrupted["flag"], sample=lambda path: None):
+                    break
     finally:
         run.close()
     export_model(out / "model", best, export_cfg)
     (out / "history.json").write_text(json.dumps(run.history))
     snaps = sorted((out / "snapshots").glob("step_*"))[-cfg.snapshots:]
+    if not snaps:
+        raise RuntimeError(f"{out} has no snapshot to evaluate: the run ended (--minutes {cfg.minutes}) "
+                           "before "
+                           f"its first export at step {cfg.ckpt_every}; give it more time or a smaller "
+                           "--ckpt-every")
     per = [evaluate_snapshot(d, cfg.env, cfg.eval_episodes, seed=cfg.eval_seed, max_steps=cfg.eval_max_steps)
            for d in snaps]
     metrics = protocol_metrics(cfg.env, per)
-    metrics.update(kind=cfg.kind, env=cfg.env, nfe=pc.nfe, train_seconds=run.train_seconds, steps=cfg.steps,
+    metrics.update(kind=cfg.kind, env=cfg.env, nfe=pc.nfe, train_seconds=run.train_seconds,
+                   steps=run.history["step"][-1] if run.history["step"] else cfg.steps,
                    demos_kept=int(demos.n_episodes), demo_steps=int(len(demos.obs)), expert=demos.stats)
     (out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2))
     return metrics
+
+
+def learning_curve(run_dir: str | Path, *, episodes: int | None = None, seed: int | None = None) -> dict:
+    """Every snapshot of a finished or running :func:`train_policy` run, evaluated (cached next to it) and
+    placed at its training time: ``{"env", "kind", "label", "points": [{"step", "train_seconds",
+    "score", "success_rate", ...}]}``. ``score``: PushT Diffusion Policy's ``mean_reward_dp``,
+    LunarLander the mean return. Episodes and seed default to the run's own protocol."""
+    run_dir = Path(run_dir)
+    snaps = sorted((run_dir / "snapshots").glob("step_*"))
+    if not snaps:
+        raise FileNotFoundError(f"{run_dir} has no snapshots/step_* to evaluate "
+                                "(is it a `policy train` --out?)")
+    _, export = load_export(snaps[0])
+    train = export["train"]
+    env, episodes = train["env"], episodes or train["eval_episodes"]
+    seed = train["eval_seed"] if seed is None else seed
+    times = {}  # step -> training seconds, from the log
+    log = run_dir / "log.jsonl"
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            r = json.loads(line)
+            times[int(r["step"])] = float(r["time"])
+    points = []
+    for d in snaps:
+        step = int(d.name.split("_")[1])
+        m = evaluate_snapshot(d, env, episodes, seed=seed, max_steps=train.get("eval_max_steps"))
+        known = [s for s in times if s <= step]
+        points.append({"step": step, "train_seconds": times[max(known)] if known else float("nan"),
+                       "score": m["mean_reward_dp"] if env == "pusht" else m["mean_score"],
+                       "success_rate": m["success_rate"], "mean_score": m["mean_score"]})
+    label = f"{train['kind']} ({train.get('obs_features', 'raw')}, {train.get('expert') or 'default'} expert)"
+    return {"env": env, "kind": train["kind"], "label": label, "run": str(run_dir), "episodes": episodes,
+            "seed": seed, "points": points}
+
+
+def plot_learning_curves(curves: list[dict], path: str | Path, *, title: str = "") -> None:
+    """Score against training minutes, one line per run (:func:`learning_curve` results)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for c in curves:
+        pts = c["points"]
+        ax.plot([p["train_seconds"] / 60 for p in pts], [p["score"] for p in pts], marker="o", ms=3,
+                label=c["label"])
+    env = curves[0]["env"] if curves else ""
+    ax.set(xlabel="training minutes (1 CPU thread)",
+           ylabel="score (max coverage / 0.95, clipped)" if env == "pusht" else "mean return")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def protocol_metrics(env: str, per_snapshot: list[dict]) -> dict:
