@@ -205,3 +205,48 @@ def test_per_timestep_field_is_the_multi_location_loss():
     torch.testing.assert_close(loss, want)
     whole, _ = drifting_loss(x.reshape(3, 4, 16), target.reshape(3, 1, 16), temperatures=cfg.temperatures)
     assert not torch.allclose(loss, whole)
+
+
+def test_pusht_recipe_and_unknown_fields():
+    from drifting.recipes.policy import ENV_RECIPES, policy_recipe
+
+    cfg = policy_recipe("pusht").validate()
+    assert cfg.obs_features == "keypoints" and cfg.expert is None and cfg.kind == "drifting"
+    assert cfg.steps == ENV_RECIPES["pusht"]["steps"] and cfg.down_dims == (32, 64, 128)
+    assert policy_recipe("pusht", "diffusion", batch=8).batch == 8
+    assert policy_recipe("lunarlander").obs_features == "raw"
+    with pytest.raises(ValueError, match="unknown PolicyTrainConfig fields"):
+        policy_recipe("pusht", n_samples=3)
+    with pytest.raises(ValueError, match="env must be one of"):
+        policy_recipe("cartpole")
+
+
+@pytest.mark.slow
+def test_learning_curve_evaluates_every_snapshot_at_its_training_time(tmp_path, capsys):
+    from drifting.cli import main
+
+    out = tmp_path / "run"
+    args = _train_args(out, 15)
+    assert main(args) == 0
+    fig = tmp_path / "curve" / "lunar"
+    assert main(["policy", "curve", str(out), "--out", str(fig), "--eval-episodes", "1",
+                 "--no-progress"]) == 0
+    curves = json.loads(fig.with_suffix(".json").read_text())
+    pts = curves[0]["points"]
+    assert [p["step"] for p in pts] == [5, 10, 15]
+    times = [p["train_seconds"] for p in pts]
+    assert times == sorted(times) and times[0] > 0
+    assert fig.with_suffix(".png").stat().st_size > 1000
+    assert "drifting" in capsys.readouterr().out
+    assert main(["policy", "curve", "--no-progress"]) == 2
+    assert "needs run directories" in capsys.readouterr().err
+
+
+def test_a_missing_gymnasium_names_the_extra_to_install():
+    """Installed without the policy extra, `drifting policy eval` says which extra to install."""
+    code = ("import sys; sys.modules['gymnasium'] = None\n"
+            "from drifting.cli import main\n"
+            "sys.exit(main(['policy', 'eval', 'nowhere', '--no-progress']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "pip install 'drifting[policy]'" in r.stderr and "gymnasium" in r.stderr

@@ -9,7 +9,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ..recipes.policy import PolicyTrainConfig, evaluate_policy, format_table, load_policy, train_policy
+from ..recipes.policy import evaluate_policy, format_table, load_policy, policy_recipe, train_policy
 from ..training.checkpoint import jsonable
 from .args import add_threads_option
 
@@ -17,10 +17,12 @@ _TRAIN_FLAGS = ("demos", "steps", "batch", "lr", "n_gen", "n_pos", "pos_radius",
                 "inference_steps", "eval_episodes", "snapshots", "ckpt_every", "seed", "horizon",
                 "n_obs_steps", "n_action_steps", "eval_max_steps", "minutes", "obs_features", "expert")
 _BOOL_FLAGS = ("per_timestep",)
+_TUPLE_FLAGS = ("down_dims",)
 
 
 def _train_overrides(a: argparse.Namespace) -> dict:
-    return {k: getattr(a, k) for k in _TRAIN_FLAGS + _BOOL_FLAGS if getattr(a, k, None) is not None}
+    out = {k: getattr(a, k) for k in _TRAIN_FLAGS + _BOOL_FLAGS if getattr(a, k, None) is not None}
+    return out | {k: tuple(getattr(a, k)) for k in _TUPLE_FLAGS if getattr(a, k, None) is not None}
 
 
 def cmd_policy(a: argparse.Namespace) -> int:
@@ -47,8 +49,11 @@ def cmd_policy(a: argparse.Namespace) -> int:
         env = cfg["train"]["env"]
         m = evaluate_policy(pol.eval(), env, a.episodes, seed=a.seed if a.seed is not None else 100_000,
                             progress=not a.no_progress)
+        score = (f"score {m['mean_reward_dp']:.3f} (mean max coverage {m['mean_score']:.3f})"
+                 if env == "pusht" else f"mean return {m['mean_score']:.3f}")
         print(f"{env}, {pol.config.kind} policy, NFE {m['nfe']}: success rate {m['success_rate']:.3f}, "
-              f"mean score {m['mean_score']:.3f}, {m['ms_per_action']:.2f} ms per action "
+              f"{score}, seeds {m['seed']}..{m['seed'] + m['n_episodes'] - 1}, "
+              f"{m['ms_per_action']:.2f} ms per action "
               f"over {m['n_episodes']} episodes (batched), {m['ms_per_chunk_1obs']:.1f} ms per chunk "
               f"of {pol.config.n_action_steps} for one observation")
         return 0
@@ -58,7 +63,7 @@ def cmd_policy(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     for env in envs:
         for kind in kinds:
-            cfg = replace(PolicyTrainConfig(env=env, kind=kind), **_train_overrides(a)).validate()
+            cfg = policy_recipe(env, kind, **_train_overrides(a)).validate()
             sub = Path(a.out) if a.action == "train" else Path(a.out) / env / kind
             rows.append(train_policy(cfg, sub, progress=not a.no_progress))
     print(format_table(rows))
@@ -106,6 +111,8 @@ def add_policy_parser(subparsers) -> argparse.ArgumentParser:
         typ = (str if k in ("scheduler", "obs_features", "expert")
                else float if k in ("lr", "pos_radius", "minutes") else int)
         p.add_argument("--" + k.replace("_", "-"), type=typ, default=None)
+    p.add_argument("--down-dims", type=int, nargs="+", default=None,
+                   help="the U-Net's channel widths per level (default 64 128 256)")
     p.add_argument("--per-timestep", action=argparse.BooleanOptionalAction, default=None,
                    help="drifting: one field per action timestep (Tp problems of act_dim numbers) instead of "
                         "one on the whole sequence")

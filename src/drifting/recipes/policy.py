@@ -100,6 +100,30 @@ class PolicyTrainConfig:
                             **{k: v for k, v in asdict(self).items() if k in names}).validate()
 
 
+# each task's recipe: what `drifting policy train --env ENV` uses where a flag does not say otherwise
+# (fields of PolicyTrainConfig; the dataclass defaults hold for the rest). PushT's is the recipe of
+# docs/results.md (issue 32): the chunk expert's demonstrations, keypoint observations, a narrower U-Net
+# and 4 samples per window with 4 positives, which see more windows per CPU-minute.
+PUSHT_RECIPE_STEPS = 16_000
+ENV_RECIPES: dict[str, dict] = {
+    "pusht": dict(obs_features="keypoints", down_dims=(32, 64, 128), batch=32, lr=5e-4, n_gen=4, n_pos=4,
+                  pos_radius=0.3, ckpt_every=250, steps=PUSHT_RECIPE_STEPS),
+    "lunarlander": {},
+}
+
+
+def policy_recipe(env: str, kind: str = "drifting", **overrides) -> PolicyTrainConfig:
+    """The :class:`PolicyTrainConfig` of ``env``'s recipe (:data:`ENV_RECIPES`) with ``overrides``; an unknown
+    field is a ValueError naming the allowed ones."""
+    names = {f.name for f in fields(PolicyTrainConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown PolicyTrainConfig fields {unknown}; allowed: {sorted(names)}")
+    if env not in ENV_RECIPES:
+        PolicyTrainConfig(env=env).validate()  # names the allowed envs
+    return PolicyTrainConfig(**{"env": env, "kind": kind, **ENV_RECIPES[env], **overrides})
+
+
 _EXTENDABLE = ("steps", "minutes")  # config fields a resumed run may change: it trains for longer
 
 
@@ -211,6 +235,8 @@ def train_policy(cfg: PolicyTrainConfig, out: str | Path, *, progress: bool = Tr
                     for stale in snap.glob("eval_*.json"):  # evaluations of an earlier run's weights
                         stale.unlink()
                     export_model(snap, best, export_cfg)
+                    stamp = {"step": done, "train_seconds": run.elapsed()}
+                    (snap / "train_time.json").write_text(json.dumps(stamp))
                 if run.end_step(done, loss.item(), {"lr": lr, "grad_norm": gnorm.item(), **stats},
                                 log_every=cfg.log_every, ckpt_every=cfg.ckpt_every,
                                 sample_every=cfg.steps + 1,
@@ -231,7 +257,8 @@ def train_policy(cfg: PolicyTrainConfig, out: str | Path, *, progress: bool = Tr
     metrics = protocol_metrics(cfg.env, per)
     metrics.update(kind=cfg.kind, env=cfg.env, nfe=pc.nfe, train_seconds=run.train_seconds,
                    steps=run.history["step"][-1] if run.history["step"] else cfg.steps,
-                   demos_kept=int(demos.n_episodes), demo_steps=int(len(demos.obs)), expert=demos.stats)
+                   demos_kept=int(demos.n_episodes), demo_steps=int(len(demos.obs)), expert=demos.stats,
+                   expert_score=expert_score(cfg.env, demos.all_scores))
     (out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2))
     return metrics
 
@@ -246,7 +273,7 @@ def learning_curve(run_dir: str | Path, *, episodes: int | None = None, seed: in
     if not snaps:
         raise FileNotFoundError(f"{run_dir} has no snapshots/step_* to evaluate "
                                 "(is it a `policy train` --out?)")
-    _, export = load_export(snaps[0])
+    export, _ = load_export(snaps[0])
     train = export["train"]
     env, episodes = train["env"], episodes or train["eval_episodes"]
     seed = train["eval_seed"] if seed is None else seed
@@ -261,7 +288,10 @@ def learning_curve(run_dir: str | Path, *, episodes: int | None = None, seed: in
         step = int(d.name.split("_")[1])
         m = evaluate_snapshot(d, env, episodes, seed=seed, max_steps=train.get("eval_max_steps"))
         known = [s for s in times if s <= step]
-        points.append({"step": step, "train_seconds": times[max(known)] if known else float("nan"),
+        stamp = d / "train_time.json"  # written at the export; older runs: the log's last time before it
+        seconds = (json.loads(stamp.read_text())["train_seconds"] if stamp.is_file()
+                   else times[max(known)] if known else float("nan"))
+        points.append({"step": step, "train_seconds": seconds,
                        "score": m["mean_reward_dp"] if env == "pusht" else m["mean_score"],
                        "success_rate": m["success_rate"], "mean_score": m["mean_score"]})
     label = f"{train['kind']} ({train.get('obs_features', 'raw')}, {train.get('expert') or 'default'} expert)"
@@ -293,6 +323,15 @@ def plot_learning_curves(curves: list[dict], path: str | Path, *, title: str = "
     plt.close(fig)
 
 
+def expert_score(env: str, all_scores: np.ndarray) -> float:
+    """The expert's score over all its attempted demonstration episodes, on the policies' scale (PushT:
+    mean of max coverage / 0.95 clipped to 1; LunarLander: mean return)."""
+    from ..policy.envs import PUSHT_SUCCESS_COVERAGE
+
+    s = np.asarray(all_scores, np.float64)
+    return float(np.clip(s / PUSHT_SUCCESS_COVERAGE, 0, 1).mean() if env == "pusht" else s.mean())
+
+
 def protocol_metrics(env: str, per_snapshot: list[dict]) -> dict:
     """The mean over snapshots of success rate, score and time per action (Table 7's protocol)."""
     keys = ["success_rate", "mean_score", "ms_per_action", "ms_per_chunk_1obs"] + (
@@ -303,11 +342,19 @@ def protocol_metrics(env: str, per_snapshot: list[dict]) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    """The side-by-side markdown table of :func:`train_policy` results."""
-    lines = ["| task | policy | NFE | success rate | mean score | ms per action (batched eval) | "
-             "ms per chunk (1 obs) | train s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    """The side-by-side markdown table of :func:`train_policy` results. "score" is PushT's Diffusion Policy
+    score (mean over episodes of max coverage / 0.95, clipped to 1) and LunarLander's mean return."""
+    lines = ["| task | policy | NFE | success rate | score | mean max coverage | expert (score, success) | "
+             "ms per action (batched eval) | ms per chunk (1 obs) | train s | steps |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m in rows:
-        score = ("max coverage " if m["env"] == "pusht" else "return ") + f"{m['mean_score']:.3f}"
-        lines.append(f"| {m['env']} | {m['kind']} | {m['nfe']} | {m['success_rate']:.3f} | {score} | "
-                     f"{m['ms_per_action']:.2f} | {m['ms_per_chunk_1obs']:.1f} | {m['train_seconds']:.0f} |")
+        pusht = m["env"] == "pusht"
+        score = m["mean_reward_dp"] if pusht else m["mean_score"]
+        cover = f"{m['mean_score']:.3f}" if pusht else "-"
+        ex = m.get("expert") or {}
+        expert = (f"{m['expert_score']:.3f}, {ex.get('success_rate', float('nan')):.3f}"
+                  if "expert_score" in m else "-")
+        lines.append(f"| {m['env']} | {m['kind']} | {m['nfe']} | {m['success_rate']:.3f} | {score:.3f} | "
+                     f"{cover} | {expert} | {m['ms_per_action']:.2f} | {m['ms_per_chunk_1obs']:.1f} | "
+                     f"{m['train_seconds']:.0f} | {m.get('steps', '-')} |")
     return "\n".join(lines)
