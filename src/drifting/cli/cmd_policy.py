@@ -77,7 +77,7 @@ def cmd_policy(a: argparse.Namespace) -> int:
 def _cmd_curve(a: argparse.Namespace) -> int:
     from ..recipes.policy import learning_curve, plot_learning_curves
 
-    curves = [learning_curve(r, episodes=a.eval_episodes, seed=a.seed) for r in a.runs]
+    curves = [learning_curve(r, episodes=a.eval_episodes, seed=a.seed, every=a.every) for r in a.runs]
     envs = {c["env"] for c in curves}
     if len(envs) != 1:
         raise ValueError(f"policy curve: the runs are on different tasks {sorted(envs)}; "
@@ -116,6 +116,7 @@ def add_policy_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--per-timestep", action=argparse.BooleanOptionalAction, default=None,
                    help="drifting: one field per action timestep (Tp problems of act_dim numbers) instead of "
                         "one on the whole sequence")
+    p.add_argument("--every", type=int, default=1, help="curve: evaluate every K-th snapshot (and the last)")
     p.add_argument("--no-progress", action="store_true")
     add_threads_option(p)
     p.set_defaults(func=_checked_cmd)
