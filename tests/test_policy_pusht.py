@@ -250,3 +250,13 @@ def test_a_missing_gymnasium_names_the_extra_to_install():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "pip install 'drifting[policy]'" in r.stderr and "gymnasium" in r.stderr
+
+
+def test_pusht_score_is_clipped_coverage_over_the_threshold():
+    from drifting.policy.envs import pusht_score
+    from drifting.recipes.policy import expert_score
+
+    assert pusht_score([0.95, 0.475, 1.0]) == pytest.approx((1 + 0.5 + 1) / 3)
+    assert pusht_score([]) == 0.0
+    assert expert_score("pusht", np.array([0.19, 0.99])) == pytest.approx(0.6)
+    assert expert_score("lunarlander", np.array([100.0, 300.0])) == 200.0

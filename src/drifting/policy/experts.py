@@ -34,6 +34,7 @@ from .envs import (
     episode_metrics,
     get_state,
     make_env,
+    pusht_score,
     set_state,
 )
 from .obs import T_OUTLINE
@@ -712,7 +713,7 @@ def evaluate_expert(name: str, n_episodes: int, seed: int = 0, *, progress: bool
         expert_version=EXPERT_VERSIONS[name, expert_name],
     )
     if name == "pusht":
-        out["mean_reward_dp"] = float(np.clip(np.asarray(scores) / PUSHT_SUCCESS_COVERAGE, 0, 1).mean())
+        out["mean_reward_dp"] = pusht_score(scores)
     return out
 
 

@@ -330,10 +330,9 @@ def plot_learning_curves(curves: list[dict], path: str | Path, *, title: str = "
 def expert_score(env: str, all_scores: np.ndarray) -> float:
     """The expert's score over all its attempted demonstration episodes, on the policies' scale (PushT:
     mean of max coverage / 0.95 clipped to 1; LunarLander: mean return)."""
-    from ..policy.envs import PUSHT_SUCCESS_COVERAGE
+    from ..policy.envs import pusht_score
 
-    s = np.asarray(all_scores, np.float64)
-    return float(np.clip(s / PUSHT_SUCCESS_COVERAGE, 0, 1).mean() if env == "pusht" else s.mean())
+    return pusht_score(all_scores) if env == "pusht" else float(np.mean(all_scores))
 
 
 def protocol_metrics(env: str, per_snapshot: list[dict]) -> dict:
