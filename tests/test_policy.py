@@ -174,7 +174,7 @@ def test_tiny_train_and_eval_end_to_end(env, tmp_path, capsys, monkeypatch):
     args = ["policy", "compare", "--envs", env, "--out", str(out), "--demos", "2", "--steps", "4", "--batch",
             "8", "--ckpt-every", "2", "--snapshots", "2", "--eval-episodes", "2", "--eval-max-steps", "12",
             "--n-gen", "4", "--n-pos", "2", "--pos-radius", "0.5", "--inference-steps", "3", "--horizon", "8",
-            "--n-action-steps", "4", "--no-progress"]
+            "--n-action-steps", "4", "--ema-decay", "0.99", "--no-progress"]
     assert main(args) == 0
     table = (out / "table.md").read_text()
     assert f"| {env} | drifting | 1 |" in table and f"| {env} | diffusion | 3 |" in table
@@ -185,6 +185,8 @@ def test_tiny_train_and_eval_end_to_end(env, tmp_path, capsys, monkeypatch):
         assert 0 <= m["success_rate"] <= 1 and m["ms_per_action"] > 0 and m["demos_kept"] >= 1
         assert all(p["n_episodes"] == 2 for p in m["per_snapshot"])
         assert m["ms_per_chunk_1obs"] > 0
+        export = json.loads((out / env / kind / "model" / "config.json").read_text())
+        assert export["train"]["ema_decay"] == 0.99
     # re-running compare on the finished runs evaluates nothing again: the per-snapshot evaluations are cached
     import drifting.recipes.policy as recipe
 

@@ -214,7 +214,8 @@ def test_pusht_recipe_and_unknown_fields():
     assert cfg.obs_features == "keypoints" and cfg.expert is None and cfg.kind == "drifting"
     assert cfg.steps == ENV_RECIPES["pusht"]["steps"] and cfg.down_dims == (32, 64, 128)
     assert policy_recipe("pusht", "diffusion", batch=8).batch == 8
-    assert policy_recipe("lunarlander").obs_features == "raw"
+    ll = policy_recipe("lunarlander")
+    assert ll.obs_features == "raw" and (ll.n_gen, ll.n_pos, ll.batch) == (4, 4, 16)
     with pytest.raises(ValueError, match="unknown PolicyTrainConfig fields"):
         policy_recipe("pusht", n_samples=3)
     with pytest.raises(ValueError, match="env must be one of"):
@@ -238,6 +239,18 @@ def test_learning_curve_evaluates_every_snapshot_at_its_training_time(tmp_path, 
     assert times == sorted(times) and times[0] > 0
     assert fig.with_suffix(".png").stat().st_size > 1000
     assert "drifting" in capsys.readouterr().out
+    # one --every per run: the same run twice, every snapshot and every 2nd (counted back from the last)
+    assert main(["policy", "curve", str(out), str(out), "--out", str(fig), "--eval-episodes", "1",
+                 "--every", "1", "2", "--no-progress"]) == 0
+    two = json.loads(fig.with_suffix(".json").read_text())
+    assert [[p["step"] for p in c["points"]] for c in two] == [[5, 10, 15], [5, 15]]
+    # an earlier curve's .json is drawn as it was, beside a run (its cached evaluations: no new episode)
+    both = tmp_path / "curve" / "both"
+    assert main(["policy", "curve", str(fig.with_suffix(".json")), str(out), "--out", str(both),
+                 "--eval-episodes", "1", "--no-progress"]) == 0
+    assert json.loads(both.with_suffix(".json").read_text()) == two + [two[0]]
+    assert main(["policy", "curve", str(out), "--out", str(fig), "--every", "1", "2", "--no-progress"]) == 2
+    assert "one per run" in capsys.readouterr().err
     assert main(["policy", "curve", "--no-progress"]) == 2
     assert "needs run directories" in capsys.readouterr().err
 

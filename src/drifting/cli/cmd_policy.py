@@ -15,7 +15,8 @@ from .args import add_threads_option
 
 _TRAIN_FLAGS = ("demos", "steps", "batch", "lr", "n_gen", "n_pos", "pos_radius", "scheduler",
                 "inference_steps", "eval_episodes", "snapshots", "ckpt_every", "seed", "horizon",
-                "n_obs_steps", "n_action_steps", "eval_max_steps", "minutes", "obs_features", "expert")
+                "n_obs_steps", "n_action_steps", "eval_max_steps", "minutes", "obs_features", "expert",
+                "ema_decay")
 _BOOL_FLAGS = ("per_timestep",)
 _TUPLE_FLAGS = ("down_dims",)
 
@@ -77,7 +78,16 @@ def cmd_policy(a: argparse.Namespace) -> int:
 def _cmd_curve(a: argparse.Namespace) -> int:
     from ..recipes.policy import learning_curve, plot_learning_curves
 
-    curves = [learning_curve(r, episodes=a.eval_episodes, seed=a.seed, every=a.every) for r in a.runs]
+    every = a.every if len(a.every) == len(a.runs) else a.every * len(a.runs) if len(a.every) == 1 else None
+    if every is None:
+        raise ValueError(f"policy curve: --every takes one value or one per run ({len(a.runs)} runs), "
+                         f"got {len(a.every)}")
+    curves = []
+    for r, k in zip(a.runs, every):
+        if Path(r).suffix == ".json" and Path(r).is_file():  # an earlier `policy curve`'s curves, as drawn
+            curves += json.loads(Path(r).read_text())
+        else:
+            curves.append(learning_curve(r, episodes=a.eval_episodes, seed=a.seed, every=k))
     envs = {c["env"] for c in curves}
     if len(envs) != 1:
         raise ValueError(f"policy curve: the runs are on different tasks {sorted(envs)}; "
@@ -100,7 +110,8 @@ def add_policy_parser(subparsers) -> argparse.ArgumentParser:
                               "policies on PushT and LunarLanderContinuous (see docs/policy_experts.md)")
     p.add_argument("action", choices=("collect", "train", "eval", "compare", "curve"))
     p.add_argument("model", nargs="?", help="eval: a policy directory (OUT/model or OUT/snapshots/step_N)")
-    p.add_argument("runs", nargs="*", help="curve: more `policy train` output directories (after the first)")
+    p.add_argument("runs", nargs="*", help="curve: more `policy train` output directories (after the first), "
+                   "or the .json of an earlier `policy curve` (its curves are drawn as they were)")
     p.add_argument("--env", default="pusht", help="pusht or lunarlander")
     p.add_argument("--envs", nargs="+", default=["pusht", "lunarlander"], help="compare: the tasks")
     p.add_argument("--kind", default="drifting", help="train: drifting, diffusion or regression")
@@ -109,14 +120,16 @@ def add_policy_parser(subparsers) -> argparse.ArgumentParser:
                    help="collect: attempted expert episodes; eval: episodes")
     for k in _TRAIN_FLAGS:
         typ = (str if k in ("scheduler", "obs_features", "expert")
-               else float if k in ("lr", "pos_radius", "minutes") else int)
+               else float if k in ("lr", "pos_radius", "minutes", "ema_decay") else int)
         p.add_argument("--" + k.replace("_", "-"), type=typ, default=None)
     p.add_argument("--down-dims", type=int, nargs="+", default=None,
                    help="the U-Net's channel widths per level (default 64 128 256)")
     p.add_argument("--per-timestep", action=argparse.BooleanOptionalAction, default=None,
                    help="drifting: one field per action timestep (Tp problems of act_dim numbers) instead of "
                         "one on the whole sequence")
-    p.add_argument("--every", type=int, default=1, help="curve: evaluate every K-th snapshot (and the last)")
+    p.add_argument("--every", type=int, nargs="+", default=[1],
+                   help="curve: evaluate every K-th snapshot (and the last): one K for all runs, or one per "
+                        "run")
     p.add_argument("--no-progress", action="store_true")
     add_threads_option(p)
     p.set_defaults(func=_checked_cmd)
