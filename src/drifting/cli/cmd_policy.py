@@ -78,10 +78,10 @@ def cmd_policy(a: argparse.Namespace) -> int:
 def _cmd_curve(a: argparse.Namespace) -> int:
     from ..recipes.policy import learning_curve, plot_learning_curves
 
-    every = a.every if len(a.every) == len(a.runs) else a.every * len(a.runs) if len(a.every) == 1 else None
-    if every is None:
+    if len(a.every) not in (1, len(a.runs)):
         raise ValueError(f"policy curve: --every takes one value or one per run ({len(a.runs)} runs), "
                          f"got {len(a.every)}")
+    every = a.every * len(a.runs) if len(a.every) == 1 else a.every  # a .json input's value is unused
     curves = []
     for r, k in zip(a.runs, every):
         if Path(r).suffix == ".json" and Path(r).is_file():  # an earlier `policy curve`'s curves, as drawn
