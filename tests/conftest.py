@@ -8,6 +8,20 @@ import torch.nn.functional as F
 from torch import nn
 
 
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> str:
+    """The first 64 Fashion-MNIST training images (all 10 classes present) as an .npz (the flow and MeanFlow
+    trainer tests)."""
+    import numpy as np
+
+    from drifting.data.images import load_dataset
+
+    ds = load_dataset("fashion-mnist", "train")
+    p = tmp_path_factory.mktemp("flowdata") / "fmnist64.npz"
+    np.savez(p, images=ds.images[:64], labels=ds.labels[:64], class_names=np.array(ds.class_names, dtype=str))
+    return str(p)
+
+
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DRIFTING_CACHE", str(tmp_path_factory.getbasetemp() / "drifting-cache"))

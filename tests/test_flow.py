@@ -247,14 +247,6 @@ def test_time_cond_off_keeps_the_state_dict_and_old_exports(tmp_path):
 
 
 # --------------------------------------------------------------------------- the trainer
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> str:
-    """The first 64 Fashion-MNIST training images (all 10 classes present) as an .npz."""
-    ds = load_dataset("fashion-mnist", "train")
-    p = tmp_path_factory.mktemp("flowdata") / "fmnist64.npz"
-    np.savez(p, images=ds.images[:64], labels=ds.labels[:64], class_names=np.array(ds.class_names, dtype=str))
-    return str(p)
-
 
 def tiny_cfg(data: str, **kw) -> FlowTrainConfig:
     base = dict(data=data, generator="cpu-tiny",

@@ -249,11 +249,18 @@ def test_presets():
     assert (ab.steps, ab.mae.steps, ab.lr, ab.classes_per_step, ab.mae.encoder) == (
         7, 3, 2e-4, 64, "latent-256")
     cpu = train_preset("cpu")  # the main job (issue 15's lever study)
-    assert (cpu.generator, cpu.mae.cls_steps, cpu.mae.cls_lambda, cpu.mae.cls_warmup, cpu.steps,
-            cpu.minutes) == ("conv-small", 400, 0.1, 100, 1500, 9.5)
-    # 0 lifts the preset's time budget (None keeps it): a step budget, as the ablations and peers use
-    assert train_preset("cpu", minutes=0).minutes is None and train_preset("cpu", minutes=None).minutes == 9.5
-    assert train_preset("cpu", minutes=3).minutes == 3
+    assert (cpu.generator, cpu.mae.cls_steps, cpu.mae.cls_lambda, cpu.mae.cls_warmup, cpu.minutes,
+            cpu.job_minutes) == ("conv-small", 400, 0.1, 100, None, 14.5)
+    # 0 lifts the preset's budgets (None keeps them): a step budget, as the ablations and peers use
+    lifted = train_preset("cpu", minutes=0)
+    assert lifted.minutes is None and lifted.job_minutes is None
+    assert train_preset("cpu", minutes=None).job_minutes == 14.5
+    # a training budget replaces the job budget, unless both are given
+    assert (train_preset("cpu", minutes=3).minutes, train_preset("cpu", minutes=3).job_minutes) == (3, None)
+    both = train_preset("cpu", minutes=3, job_minutes=10)
+    assert (both.minutes, both.job_minutes) == (3, 10)
+    assert train_preset("cpu", job_minutes=0).job_minutes is None
+    assert train_preset("cpu-long").job_minutes is None and train_preset("cpu-long").minutes == 60
     wide = train_preset("cpu-wide")  # the cpu preset with a width-16 MAE fine-tuned on labels alone
     assert (wide.mae.width, wide.mae.cls_steps, wide.mae.cls_lambda, wide.mae.steps) == (16, 800, 1.0, 800)
     assert replace(wide, mae=train_preset("cpu").mae) == train_preset("cpu")
@@ -262,6 +269,51 @@ def test_presets():
     assert train_preset("cpu", mae_cls_steps=0).mae.cls_steps == 0
     with pytest.raises(ValueError, match="preset"):
         train_preset("nope")
+
+
+def test_the_job_budget_leaves_the_preparation_and_the_end_out(tmp_path, monkeypatch, capsys):
+    """With job_minutes the generator trains for what the job has left after its preparation (the metrics'
+    classifier trained first), less the end's share; a budget the preparation used up is an error."""
+    import drifting.recipes.classify as classify
+
+    calls = []
+    monkeypatch.setattr(classify, "prepare_judge", lambda data: calls.append(data))
+    cfg = tiny(job_minutes=2.0, eval_samples=10)
+    start = image_training.time.perf_counter() - 30.0  # a job that started 30 s ago
+    minutes = image_training.training_minutes(cfg, start, report=True)
+    assert calls == [cfg.data]
+    left = 2.0 - 0.5 - image_training.JOB_END_MINUTES
+    assert left - 0.05 < minutes <= left
+    assert "training for 1.0 min (job budget 2 min, preparation 0.5 min)" in capsys.readouterr().out
+    assert image_training.training_minutes(replace(cfg, minutes=0.25), start, report=False) == 0.25
+    assert image_training.training_minutes(replace(cfg, job_minutes=None, minutes=3.0), start, False) == 3.0
+    with pytest.raises(RuntimeError, match="job_minutes=0.8: the preparation took 0.5 min"):
+        image_training.training_minutes(replace(cfg, job_minutes=0.8), start, report=False)
+    with pytest.raises(ValueError, match="job_minutes must be None or > 0"):
+        tiny(job_minutes=-1.0).validate()
+
+
+def test_a_job_budget_ends_training_on_the_clock(tmp_path, monkeypatch):
+    """train_images asks training_minutes for its budget (with the job's start, before the data and encoder
+    are loaded) and ends at the first step past it, with its metrics as usual."""
+    import drifting.recipes.classify as classify
+
+    monkeypatch.setattr(classify, "CLASSIFIER_STEPS", 20)
+    seen = []
+    real = image_training.training_minutes
+
+    def spy(cfg, job_start, report):
+        minutes = real(cfg, job_start, report)  # trains the metrics' classifier first: preparation
+        seen.append((image_training.time.perf_counter() - job_start, minutes))
+        return 1e-9
+
+    monkeypatch.setattr(image_training, "training_minutes", spy)
+    run = train_images(tiny(steps=10_000, job_minutes=30.0, eval_samples=20, ckpt_every=10_000),
+                       tmp_path, progress=False)
+    assert run.history["step"] == [1] and run.metrics["n_samples"] == 20
+    (prep_seconds, minutes), = seen
+    left = 30.0 - prep_seconds / 60 - image_training.JOB_END_MINUTES
+    assert prep_seconds > 0 and left <= minutes < left + 0.05
 
 
 def test_bad_config(tmp_path):
@@ -443,3 +495,57 @@ def test_learning_curve_every_k_steps(tmp_path, monkeypatch):
     long = train_preset("cpu-long")
     assert (long.generator, long.steps, long.minutes, long.eval_every) == ("conv-small", 12000, 60.0, 500)
     assert long.mae == train_preset("cpu-wide").mae  # the wide encoder
+
+
+def test_the_shipped_mae_is_the_main_jobs_encoder():
+    """The package ships the MAE of the `cpu` preset on Fashion-MNIST: the main job finds it under the key its
+    config and data give, and pre-trains nothing. (Fails when the preset's MAE config or the shipped file
+    changes alone: rebuild it with `drifting train-mae --train-preset cpu --ship`.)"""
+    from drifting.cache import shipped_root
+    from drifting.data.images import load_dataset
+    from drifting.models.resnet_mae import ResNetMAE
+
+    ds = load_dataset("fashion-mnist", "train")
+    cfg = train_preset("cpu").mae
+    d = mae_pretrain.cached_mae_dir(ds, cfg, progress=False)
+    assert d == shipped_root() / "mae" / mae_pretrain.mae_key(ds, cfg)
+    mae = ResNetMAE.from_pretrained(d)
+    assert mae.config.num_classes == 10 and mae.config.input_size == 28  # A.3's head: the fine-tuned export
+
+
+def test_train_mae_for_a_preset_ships_into_the_package(tmp_path, capsys, monkeypatch):
+    """`train-mae --train-preset P --ship` trains P's MAE afresh and stores it where every later run finds it
+    before the cache; the metrics classifier never ships."""
+    import drifting.cache as cache
+    from drifting.data.images import load_dataset
+
+    monkeypatch.setattr(cache, "shipped_root", lambda: tmp_path / "pkg")
+    monkeypatch.setattr(mae_pretrain, "shipped_root", lambda: tmp_path / "pkg")
+    data = tmp_path / "d.npz"
+    full = load_dataset("fashion-mnist", "train")
+    np.savez(data, images=full.images[:40], labels=full.labels[:40])
+    assert main(["train-mae", "--train-preset", "cpu-tiny", "--data", str(data), "--ship", "--no-progress",
+                 "--out", str(tmp_path / "copy")]) == 0
+    assert "shipped with the package" in capsys.readouterr().out
+    ds = load_dataset(str(data), "train")
+    cfg = train_preset("cpu-tiny").mae
+    shipped = tmp_path / "pkg" / "mae" / mae_pretrain.mae_key(ds, cfg)
+    assert sorted(p.name for p in shipped.iterdir()) == ["config.json", "model.safetensors"]
+    copied = (tmp_path / "copy" / "model.safetensors").read_bytes()
+    assert copied == (shipped / "model.safetensors").read_bytes()
+
+    def no_training(*a, **k):
+        raise AssertionError("pre-trained again")
+
+    monkeypatch.setattr(mae_pretrain, "pretrain_mae", no_training)
+    assert mae_pretrain.cached_mae_dir(ds, cfg, progress=False) == shipped
+    with pytest.raises(AssertionError, match="again"):  # another config: not shipped, trained
+        mae_pretrain.cached_mae_dir(ds, replace(cfg, steps=cfg.steps + 1), progress=False)
+    # a classifier entry placed in the package is not used: the judge is always the user's own
+    (tmp_path / "pkg" / "classifier" / "k").mkdir(parents=True)
+    (tmp_path / "pkg" / "classifier" / "k" / "config.json").write_text("{}")
+    built = []
+    cache.cached_dir("classifier", "k", lambda d: built.append(d) or d.mkdir(parents=True))
+    assert built
+    assert main(["train-mae", "--ship", "--out", str(tmp_path / "z")]) == 2
+    assert "--ship: only with --train-preset" in capsys.readouterr().err

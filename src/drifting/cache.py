@@ -1,6 +1,11 @@
 """An on-disk cache for things a run can rebuild but should not have to: pre-trained feature
 encoders, in-domain classifiers. Entries are directories named by a content hash, written
 atomically (built in a temporary sibling, then renamed), so a crash never leaves a broken entry.
+
+Feature encoders may also ship inside the package (``drifting/weights/<kind>/<key>``, made by
+``drifting train-mae --train-preset NAME --ship``): an entry found there is used as a cache hit, so the
+main job spends its time on the generator. The in-domain classifier of the metrics never ships: every
+user trains their own judge.
 """
 
 from __future__ import annotations
@@ -20,6 +25,15 @@ def cache_root() -> Path:
     return Path(os.environ.get("DRIFTING_CACHE") or Path.home() / ".cache" / "drifting")
 
 
+# the cache kinds that may ship inside the package (never "classifier", the metrics' judge)
+SHIPPED_KINDS = ("mae",)
+
+
+def shipped_root() -> Path:
+    """The package's own read-only entries: ``drifting/weights``."""
+    return Path(__file__).resolve().parent / "weights"
+
+
 def content_key(*parts) -> str:
     """A hex key over JSON-able values and numpy arrays (their bytes, dtype and shape)."""
     h = hashlib.sha256()
@@ -32,10 +46,15 @@ def content_key(*parts) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_dir(kind: str, key: str, build: Callable[[Path], object]) -> Path:
-    """``cache_root()/kind/key``, made by ``build(tmp_dir)`` unless a complete entry exists."""
+def cached_dir(kind: str, key: str, build: Callable[[Path], object], *, rebuild: bool = False) -> Path:
+    """The package's shipped entry ``shipped_root()/kind/key`` when there is one (kinds of
+    :data:`SHIPPED_KINDS`), else ``cache_root()/kind/key``, made by ``build(tmp_dir)`` unless a complete entry
+    exists. ``rebuild``: ignore both and build a fresh cache entry."""
+    shipped = shipped_root() / kind / key
+    if kind in SHIPPED_KINDS and not rebuild and (shipped / "config.json").is_file():
+        return shipped
     entry = cache_root() / kind / key
-    if (entry / ".complete").is_file():
+    if (entry / ".complete").is_file() and not rebuild:
         return entry
     tmp = entry.with_name(f"{key}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..models.generators import generator_names
-from ..recipes.flow import TIME_SAMPLING, FlowTrainConfig, train_flow
+from ..recipes.flow import OBJECTIVES, TIME_SAMPLING, FlowTrainConfig, train_flow
 from .args import add_threads_option, positive_float, positive_int
 
 
@@ -14,11 +14,13 @@ def cmd_train_flow(a: argparse.Namespace) -> int:
     overrides = {k: getattr(a, k)
                  for k in ("data", "generator", "steps", "minutes", "batch", "lr", "lr_decay", "warmup",
                            "label_dropout", "time_sampling", "sample_steps", "sample_cfg", "seed",
-                           "tokenizer",
+                           "tokenizer", "objective", "meanflow_ratio", "meanflow_p",
                            "eval_every", "eval_samples")
                  if getattr(a, k) is not None}
     if a.ema_decay is not None:
         overrides["ema_decays"] = (a.ema_decay,)
+    if a.meanflow_time is not None:
+        overrides["meanflow_time"] = tuple(a.meanflow_time)
     if a.eval_euler_steps is not None:
         overrides["eval_euler_steps"] = tuple(a.eval_euler_steps)
     dit = {k: getattr(a, k) for k in ("patch_size", "depth", "hidden") if getattr(a, k) is not None}
@@ -26,7 +28,8 @@ def cmd_train_flow(a: argparse.Namespace) -> int:
         overrides["generator_overrides"] = dit
     cfg = FlowTrainConfig(**overrides).validate()
     res = train_flow(cfg, a.out, progress=not a.no_progress, resume=not a.no_resume, device=a.device)
-    print(f"trained {res['steps']} flow-matching steps in {res['train_seconds']:.0f}s "
+    kind = "MeanFlow" if cfg.objective == "meanflow" else "flow-matching"
+    print(f"trained {res['steps']} {kind} steps in {res['train_seconds']:.0f}s "
           f"({res['steps_per_second']:.2f} step/s); final loss {res['final_loss']:.4f}")
     print(f"wrote {res['model_dir']}/ (EMA velocity network), {res['samples']} (one row per class, "
           f"{cfg.sample_steps} Euler steps), log.jsonl, checkpoint.pt")
@@ -66,6 +69,15 @@ def add_flow_parser(subparsers) -> argparse.ArgumentParser:
     f.add_argument("--label-dropout", type=float, default=None, help="P(label -> null class) (default 0.1)")
     f.add_argument("--time-sampling", choices=TIME_SAMPLING, default=None,
                    help="t distribution (default uniform)")
+    f.add_argument("--objective", choices=OBJECTIVES, default=None,
+                   help="flow: flow matching (default); meanflow: MeanFlow's average velocity, a one-step "
+                   "generator from scratch (sample it with --euler-steps 1)")
+    f.add_argument("--meanflow-time", type=float, nargs=2, metavar=("MU", "SIGMA"), default=None,
+                   help="MeanFlow: (r, t) are two sorted logit-normal(MU, SIGMA) times (default -0.4 1.0)")
+    f.add_argument("--meanflow-ratio", type=float, default=None,
+                   help="MeanFlow: the fraction of pairs with r != t (default 0.25; the rest: flow matching)")
+    f.add_argument("--meanflow-p", type=float, default=None,
+                   help="MeanFlow: the adaptive loss weight's power p (default 1.0; 0 = plain L2)")
     f.add_argument("--sample-steps", type=positive_int, default=None,
                    help="Euler steps of the grids (default 50)")
     f.add_argument("--sample-cfg", type=float, default=None, help="CFG scale of the grids (default 1)")

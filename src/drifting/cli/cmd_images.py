@@ -29,7 +29,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         mae_seed=a.seed, steps=a.steps, seed=a.seed, cfg=a.cfg,
         n_uncond=a.n_uncond, sampler=a.sampler, lr=a.lr, classes_per_step=a.classes_per_step, n_gen=a.n_gen,
         n_pos=a.n_pos, max_locations=a.max_locations, groups=a.groups, vanilla=a.vanilla,
-        lr_decay=a.lr_decay, minutes=a.minutes,
+        lr_decay=a.lr_decay, minutes=a.minutes, job_minutes=a.job_minutes,
         precision=a.precision, tokenizer=a.tokenizer, encoder_space=a.encoder_space,
         eval_samples=a.eval_samples, eval_every=a.eval_every,
     )
@@ -54,9 +54,28 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_train_mae(a: argparse.Namespace) -> int:
-    from ..data.images import load_dataset
-    from ..recipes.mae_pretrain import MAEConfig, pretrain_mae
+    import shutil
 
+    from ..data.images import load_dataset
+    from ..recipes.mae_pretrain import MAEConfig, cached_mae_dir, pretrain_mae, ship_mae
+
+    if a.train_preset is not None:  # the very MAE a `drifting train --preset P` run pre-trains (or finds)
+        from ..recipes.image_config import train_preset
+
+        cfg = train_preset(a.train_preset).mae
+        ds = load_dataset(a.data, "train")
+        d = ship_mae(ds, cfg, progress=not a.no_progress) if a.ship else cached_mae_dir(
+            ds, cfg, progress=not a.no_progress)
+        if a.out:
+            shutil.copytree(d, a.out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".complete"))
+        print(f"the ResNet-MAE of the {a.train_preset!r} preset on {a.data}: {d}"
+              + (" (shipped with the package)" if a.ship else "")
+              + (f", copied to {a.out}/" if a.out else ""))
+        return 0
+    if a.ship:
+        raise ValueError("--ship: only with --train-preset (a shipped MAE is found by its preset's config)")
+    if not a.out:
+        raise ValueError("--out: the directory of the export is required (or give --train-preset)")
     cfg = MAEConfig(encoder=a.preset, width=a.width, steps=a.steps, seed=a.seed, cls_steps=a.cls_steps,
                     cls_lambda=a.cls_lambda, cls_warmup=a.cls_warmup,
                     **({"batch": a.batch} if a.batch else {}))
@@ -113,8 +132,9 @@ def add_image_parsers(subparsers) -> None:
     tr = subparsers.add_parser(
         "train", help="train a class-conditional image generator (DiT + ResNet-MAE features)",
         description="Train a one-step class-conditional generator. With no option but --out: the "
-        "'cpu' preset on Fashion-MNIST, ~15 min on 2 CPU cores including the MAE pre-training "
-        "(cached between runs). Options left out keep the preset's values.")
+        "'cpu' preset on Fashion-MNIST, at most 15 min on 2 CPU cores in all (its MAE ships with the "
+        "package; the metrics' classifier is trained the first time, within the budget). Options left out "
+        "keep the preset's values.")
     tr.add_argument("--out", required=True)
     tr.add_argument("--preset", default="cpu", help="training preset: cpu (default), cpu-tiny, or Table 8's "
                     "ablation, B/2, L/2, B/16, L/16")
@@ -168,7 +188,12 @@ def add_image_parsers(subparsers) -> None:
                     help="the last fraction of training ramps the lr linearly to 0 (0: constant)")
     tr.add_argument("--minutes", type=time_budget, default=None,
                     help="a wall-time budget for the generator's training (stops at --steps or after this "
-                    "long; the cpu preset's is 9.5; 0: none, --steps only)")
+                    "long; replaces the preset's job budget unless --job-minutes is given too; 0: none, "
+                    "--steps only)")
+    tr.add_argument("--job-minutes", type=time_budget, default=None,
+                    help="a wall-time budget for the whole job: the generator trains for what the "
+                    "preparation (the metrics' classifier the first time) leaves, less 0.5 min for the "
+                    "end (the cpu preset's: 14.5; 0: none)")
     tr.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                     help="bf16 autocast of the networks: auto (CUDA only, default), fp32, "
                     "bf16 (also on the CPU)")
@@ -186,8 +211,17 @@ def add_image_parsers(subparsers) -> None:
     add_threads_option(tr)
     tr.set_defaults(func=cmd_train)
 
-    tm = subparsers.add_parser("train-mae", help="pre-train the ResNet-MAE feature encoder (A.3)")
-    tm.add_argument("--out", required=True)
+    tm = subparsers.add_parser(
+        "train-mae", help="pre-train the ResNet-MAE feature encoder (A.3)",
+        description="Pre-train a ResNet-MAE into --out, or with --train-preset the MAE of a training preset "
+        "(into the cache, as `drifting train` would; --ship: afresh, into the package, where every later run "
+        "finds it: `drifting train-mae --train-preset cpu --ship` made the one the main job uses).")
+    tm.add_argument("--out", default=None, help="directory of the export (required without --train-preset)")
+    tm.add_argument("--train-preset", default=None,
+                    help="pre-train the MAE of this training preset (its MAE options; the other options "
+                    "here but --data are ignored)")
+    tm.add_argument("--ship", action="store_true",
+                    help="with --train-preset: train afresh and store it in the package (drifting/weights)")
     tm.add_argument("--data", default="fashion-mnist")
     tm.add_argument("--preset", default="cpu-small")
     tm.add_argument("--steps", type=positive_int, default=1500)

@@ -1,4 +1,5 @@
-"""``drifting peers``: drifting vs flow matching vs MMD, side by side (:mod:`drifting.recipes.peers`)."""
+"""``drifting peers``: drifting vs flow matching vs MeanFlow vs MMD, side by side
+(:mod:`drifting.recipes.peers`)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,23 @@ from .args import add_threads_option, positive_float, positive_int
 
 def cmd_peers(a: argparse.Namespace) -> int:
     euler = tuple(int(v) for v in a.euler_steps.split(",")) if a.euler_steps else EULER_STEPS
-    flow = json.loads(a.flow) if a.flow else None
-    if flow is not None and not isinstance(flow, dict):
-        raise ValueError(f"--flow: expected a JSON object of FlowTrainConfig fields, got {a.flow!r}")
+    flow, meanflow = _config_json(a.flow, "--flow"), _config_json(a.meanflow, "--meanflow")
     methods = tuple(m.strip() for m in a.methods.split(","))
     res = run_peers(a.out, preset=a.preset, steps=a.steps, flow_steps=a.flow_steps, minutes=a.minutes,
-                    flow=flow, methods=methods, eval_n=a.eval_n,
-                    euler_steps=euler, inception=a.inception, progress=not a.no_progress)
+                    flow=flow, meanflow=meanflow, methods=methods, eval_n=a.eval_n,
+                    euler_steps=euler, inception=a.inception, progress=not a.no_progress,
+                    train_seed=a.train_seed)
     print(format_peers(res))
     print(f"wrote {Path(a.out) / 'peers.json'} and {Path(a.out) / 'peers.png'} (rows: the methods above)")
     return 0
+
+
+def _config_json(text: str | None, option: str) -> dict | None:
+    """The FlowTrainConfig fields given to ``option`` as a JSON object (None when not given)."""
+    value = json.loads(text) if text else None
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"{option}: expected a JSON object of FlowTrainConfig fields, got {text!r}")
+    return value
 
 
 def add_peers_parser(subparsers) -> argparse.ArgumentParser:
@@ -42,8 +50,13 @@ def add_peers_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--flow", default=None,
                    help='FlowTrainConfig fields of the flow peer as JSON, e.g. \'{"lr": 2e-3, '
                    '"ema_decays": [0.999]}\'')
+    p.add_argument("--meanflow", default=None,
+                   help='FlowTrainConfig fields of the MeanFlow peer as JSON, on top of --flow\'s, e.g. '
+                   '\'{"meanflow_ratio": 0.5, "meanflow_time": [-2.0, 2.0]}\'')
     p.add_argument("--methods", default="drifting,mmd,flow",
-                   help="which of drifting,mmd,flow to run (default all)")
+                   help="which of drifting,mmd,flow,meanflow to run (default drifting,mmd,flow)")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="training seed of every method (default: the preset's, 0)")
     p.add_argument("--eval-n", type=positive_int, default=1000,
                    help="samples per method and reference images")
     p.add_argument("--euler-steps", default=None,

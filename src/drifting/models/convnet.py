@@ -48,6 +48,8 @@ class ConvGenConfig:
     codebook_size: int = 64
     alpha_mlp: bool = True  # a learned embedder of alpha (the DiT's alpha_mlp); False: alpha is ignored
     time_cond: bool = False  # flow matching: forward() takes t in [0, 1] and c gets a timestep embedding
+    # MeanFlow (needs time_cond): forward() also takes the interval h = t - r in [0, 1], embedded like t
+    interval_cond: bool = False
     # run the convolutions on channels-last (NHWC) activations: the same numbers up to float rounding, and on
     # CPUs (oneDNN) about 1.3x faster per training step of conv-cpu than NCHW (docs/performance.md)
     channels_last: bool = True
@@ -74,9 +76,11 @@ class ConvGenConfig:
             bad("widths", f"each width must be divisible by min(gn_groups={self.gn_groups}, width)")
         if self.input_size < 2 ** (len(w) - 1):
             bad("input_size", f"must be >= {2 ** (len(w) - 1)} for {len(w)} resolution levels")
-        for name in ("alpha_mlp", "time_cond", "channels_last"):
+        for name in ("alpha_mlp", "time_cond", "interval_cond", "channels_last"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "must be True or False")
+        if self.interval_cond and not self.time_cond:
+            bad("interval_cond", "needs time_cond=True (MeanFlow's u(z, r, t) sees t and h = t - r)")
         self.widths = w
         return self
 
@@ -141,6 +145,7 @@ class ConvGenerator(OneStepGenerator, PretrainedMixin, nn.Module):
         self.class_embed = nn.Embedding(config.num_classes, D)
         self.alpha_embed = TimestepEmbedder(config) if config.alpha_mlp else None
         self.time_embed = TimestepEmbedder(config) if config.time_cond else None
+        self.interval_embed = TimestepEmbedder(config) if config.interval_cond else None
         self.style_codebook = nn.Embedding(config.codebook_size, D) if config.style_tokens > 0 else None
         self.cond = nn.Sequential(nn.SiLU(), nn.Linear(D, D))
         self.stem = nn.Conv2d(config.in_channels, W[0], 3, padding=1)
@@ -164,16 +169,21 @@ class ConvGenerator(OneStepGenerator, PretrainedMixin, nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, noise: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor | float = 1.0,
-                style: torch.Tensor | None = None, t: torch.Tensor | float | None = None) -> torch.Tensor:
+                style: torch.Tensor | None = None, t: torch.Tensor | float | None = None,
+                h: torch.Tensor | float | None = None) -> torch.Tensor:
         """``x = f(noise, labels, alpha, style)`` ``[B, C, H, W]``, or ``v(y_t, t, labels)`` with
-        ``time_cond``; arguments as :meth:`drifting.models.dit.DriftingDiT.forward`."""
+        ``time_cond`` (``u(y_t, r = t - h, t, labels)`` with ``interval_cond``); arguments as
+        :meth:`drifting.models.dit.DriftingDiT.forward`."""
         alpha = self._check_inputs(noise, labels, alpha, style)  # [B]
         t = self._check_time(t, noise.shape[0], noise.device)  # [B] or None
+        h = self._check_interval(h, noise.shape[0], noise.device)  # [B] or None
         c = self.class_embed(labels)  # [B, D]
         if self.alpha_embed is not None:
             c = c + self.alpha_embed(alpha * (ALPHA_SCALE / TIME_SCALE))
         if self.time_embed is not None:
             c = c + self.time_embed(t)
+        if self.interval_embed is not None:
+            c = c + self.interval_embed(h)
         if self.style_codebook is not None:
             if style is None:
                 style = self.draw_style(noise.shape[0])

@@ -76,6 +76,10 @@ class DiTConfig:
     # (TIME_FREQ_DIM frequencies) -> Linear -> SiLU -> Linear, added to the conditioning vector;
     # forward() then requires t in [0, 1]. False: no such module, the state dict is unchanged.
     time_cond: bool = False
+    # MeanFlow (Geng et al. 2025; needs time_cond): a second timestep embedder, of the interval h = t - r,
+    # added to c; forward() then requires h in [0, 1] as well. False: no such module, the state dict is
+    # unchanged.
+    interval_cond: bool = False
 
     @property
     def grid_size(self) -> int:
@@ -130,6 +134,10 @@ class DiTConfig:
             bad("alpha_mlp", f"must be True or False, got {self.alpha_mlp!r}")
         if not isinstance(self.time_cond, bool):
             bad("time_cond", f"must be True or False, got {self.time_cond!r}")
+        if not isinstance(self.interval_cond, bool):
+            bad("interval_cond", f"must be True or False, got {self.interval_cond!r}")
+        if self.interval_cond and not self.time_cond:
+            bad("interval_cond", "needs time_cond=True (MeanFlow's u(z, r, t) sees t and h = t - r)")
         return self
 
 
@@ -360,6 +368,7 @@ class DriftingDiT(OneStepGenerator, PretrainedMixin, nn.Module):
         self.style_codebook = nn.Embedding(config.codebook_size, D) if config.style_tokens > 0 else None
         # None (not registered) when time_cond is off: same state dict and same init RNG draws as before
         self.time_embed = TimestepEmbedder(config) if config.time_cond else None
+        self.interval_embed = TimestepEmbedder(config) if config.interval_cond else None
         self.alpha_embed = TimestepEmbedder(config) if config.alpha_mlp else None
         if config.in_context_tokens > 0:
             self.context_proj = nn.Linear(D, D)
@@ -422,18 +431,23 @@ class DriftingDiT(OneStepGenerator, PretrainedMixin, nn.Module):
     # ---- the generator -------------------------------------------------------------------
 
     def forward(self, noise: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor | float = 1.0,
-                style: torch.Tensor | None = None, t: torch.Tensor | float | None = None) -> torch.Tensor:
-        """``x = f(noise, labels, alpha, style)``, or ``v(y_t, t, labels)`` when ``config.time_cond``.
+                style: torch.Tensor | None = None, t: torch.Tensor | float | None = None,
+                h: torch.Tensor | float | None = None) -> torch.Tensor:
+        """``x = f(noise, labels, alpha, style)``, or ``v(y_t, t, labels)`` when ``config.time_cond``, or
+        MeanFlow's average velocity ``u(y_t, r = t - h, t, labels)`` when also ``config.interval_cond``.
 
         noise ``[B, C, H, W]`` Gaussian (for a flow model: the point ``y_t`` on the path); labels
         ``[B]`` integer classes; alpha: the CFG scale (A.7), a float or ``[B]`` tensor, each >= 1;
         style ``[B, style_tokens]`` integer codebook indices, drawn uniformly with ``torch.randint``
         when None (A.2); t: the flow time (Drift-RAE Eq. 1; 0 = data, 1 = noise), a float or a
-        ``[B]`` tensor in [0, 1], required when ``config.time_cond`` and an error otherwise.
+        ``[B]`` tensor in [0, 1], required when ``config.time_cond`` and an error otherwise; h: the
+        interval ``t - r`` of MeanFlow, the same kinds of value, required exactly when
+        ``config.interval_cond``.
         Returns ``[B, C, H, W]`` (bf16 under bf16 autocast: cast it to fp32 before the loss).
         """
         alpha = self._check_inputs(noise, labels, alpha, style)  # [B]
         t = self._check_time(t, noise.shape[0], noise.device)  # [B] or None
+        h = self._check_interval(h, noise.shape[0], noise.device)  # [B] or None
         cfg = self.config
         B = noise.shape[0]
 
@@ -443,6 +457,8 @@ class DriftingDiT(OneStepGenerator, PretrainedMixin, nn.Module):
             c = c + self.alpha_embed(alpha * (ALPHA_SCALE / TIME_SCALE))  # [B, D]
         if self.time_embed is not None:
             c = c + self.time_embed(t)  # [B, D]
+        if self.interval_embed is not None:
+            c = c + self.interval_embed(h)  # [B, D]
         if self.style_codebook is not None:
             if style is None:
                 style = torch.randint(cfg.codebook_size, (B, cfg.style_tokens), device=noise.device)

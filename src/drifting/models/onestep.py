@@ -75,28 +75,41 @@ class OneStepGenerator:
 
     def _check_time(self, t, B: int, device: torch.device) -> torch.Tensor | None:
         """Validate ``t`` against ``config.time_cond``; return it as a float tensor ``[B]`` (or None)."""
-        if not self.config.time_cond:
-            if t is not None:
-                raise ValueError("t: this model has no time conditioning "
-                                 f"({type(self.config).__name__}.time_cond=False); t must "
-                                 "be None (leave it out)")
+        return self._check_unit_input(t, "t", "the flow time", "time_cond", B, device)
+
+    def _check_interval(self, h, B: int, device: torch.device) -> torch.Tensor | None:
+        """Validate MeanFlow's interval ``h = t - r`` against ``config.interval_cond``; return it as a float
+        tensor ``[B]`` (or None)."""
+        return self._check_unit_input(h, "h", "the interval t - r", "interval_cond", B, device)
+
+    def _check_unit_input(self, v, name: str, what: str, flag: str, B: int,
+                          device: torch.device) -> torch.Tensor | None:
+        """``v`` (a float or a ``[]`` / ``[B]`` float tensor in [0, 1]) as ``[B]`` when ``config.<flag>`` is
+        on;
+        None when it is off (then ``v`` must be None). Errors name ``name`` and the allowed values."""
+        cls = type(self.config).__name__
+        if not getattr(self.config, flag, False):
+            if v is not None:
+                raise ValueError(f"{name}: this model has no such conditioning ({cls}.{flag}=False); "
+                                 f"{name} must be None (leave it out)")
             return None
-        if t is None:
-            raise ValueError("t: this model is time-conditioned "
-                             f"({type(self.config).__name__}.time_cond=True); pass t, a float in [0, 1] or a "
-                             f"float tensor of shape [] or [{B}] with values in [0, 1]")
-        if isinstance(t, (int, float)) and not isinstance(t, bool):
-            if not (math.isfinite(t) and 0.0 <= t <= 1.0):
-                raise ValueError(f"t: the flow time must be a float in [0, 1], got {t}")
-            return torch.full((B,), float(t), device=device)
-        if isinstance(t, torch.Tensor) and t.shape in ((), (B,)) and t.is_floating_point():
-            t = t.to(device=device, dtype=torch.float32).expand(B)
-            if _checking_values() and B > 0 and not bool(((t >= 0) & (t <= 1)).all()):  # NaN fails too
-                raise ValueError("t: the flow time must lie in [0, 1], got range "
-                                 f"[{t.min().item()}, {t.max().item()}]")
-            return t
-        got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
-        raise ValueError(f"t: expected a float in [0, 1] or a float tensor of shape [] or [{B}], got {got}")
+        if v is None:
+            raise ValueError(f"{name}: this model is {flag.split('_')[0]}-conditioned ({cls}.{flag}=True); "
+                             f"pass {name}, a float in [0, 1] or a float tensor of shape [] or [{B}] with "
+                             "values in [0, 1]")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+                raise ValueError(f"{name}: {what} must be a float in [0, 1], got {v}")
+            return torch.full((B,), float(v), device=device)
+        if isinstance(v, torch.Tensor) and v.shape in ((), (B,)) and v.is_floating_point():
+            v = v.to(device=device, dtype=torch.float32).expand(B)
+            if _checking_values() and B > 0 and not bool(((v >= 0) & (v <= 1)).all()):  # NaN fails too
+                raise ValueError(f"{name}: {what} must lie in [0, 1], got range "
+                                 f"[{v.min().item()}, {v.max().item()}]")
+            return v
+        got = f"{v.dtype} {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+        raise ValueError(f"{name}: expected a float in [0, 1] or a float tensor of shape [] or [{B}], "
+                         f"got {got}")
 
     # ---- noise and sampling --------------------------------------------------------------
 

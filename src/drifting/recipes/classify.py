@@ -119,6 +119,16 @@ def classifier_report(model: SmallCNN, images: np.ndarray, labels: np.ndarray, t
     return report
 
 
+def prepare_judge(data: str) -> None:
+    """Train (or find cached) the in-domain classifier of ``data``'s metrics now, so that its first-time
+    cost falls before a timed run; nothing when the data set has no test split."""
+    try:
+        train, _ = load_dataset(data, "train"), load_dataset(data, "test")
+    except (FileNotFoundError, ValueError):
+        return
+    cached_classifier(train)
+
+
 def evaluate_samples(data: str, n: int, sample: Callable[[torch.Tensor], np.ndarray], *,
                      progress: bool = False) -> dict | None:
     """In-domain classifier metrics (:func:`classifier_report`) of ``sample(labels)``, uint8 images

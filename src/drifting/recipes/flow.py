@@ -62,7 +62,9 @@ from .image_sampling import to_uint8, write_grid, write_model_tokenizer
 
 TIME_SAMPLING = ("uniform", "logit-normal")
 # generator config fields the recipe sets itself (from the data set, and the flow model's conventions).
-_RESERVED_FIELDS = ("input_size", "in_channels", "num_classes", "time_cond", "style_tokens", "alpha_mlp")
+_RESERVED_FIELDS = ("input_size", "in_channels", "num_classes", "time_cond", "interval_cond", "style_tokens",
+                    "alpha_mlp")
+OBJECTIVES = ("flow", "meanflow")
 
 
 @dataclass
@@ -95,6 +97,17 @@ class FlowTrainConfig:
     # (SD3's choice for many-step sampling) puts almost no mass near t = 1 (density -> 0 there).
     # "logit-normal": t = sigmoid(n), n ~ N(0, 1), which concentrates on the middle of the path.
     time_sampling: str = "uniform"
+    # "flow": Eq. 4 (the velocity v(y_t, t)). "meanflow": MeanFlow's average velocity u(y_t, r, t)
+    # (drifting.recipes.meanflow), a one-step generator x = z - u(z, 0, 1); the network then also embeds
+    # h = t - r, and (r, t) come from the meanflow_* fields below instead of time_sampling.
+    objective: str = "flow"
+    # MeanFlow's (r, t) sampler: two logit-normal(mu, sigma) times sorted (the paper: (-0.4, 1.0) on ImageNet,
+    # (-2.0, 2.0) on CIFAR-10), and the fraction of pairs that keep r != t (0.25 and 0.75 there)
+    meanflow_time: tuple[float, float] = (-0.4, 1.0)
+    meanflow_ratio: float = 0.25
+    # the adaptive loss weight 1 / (||Delta||^2 + c)^p (p = 1.0 on ImageNet, 0.75 on CIFAR-10; 0 = plain L2)
+    meanflow_p: float = 1.0
+    meanflow_c: float = 1e-3
     seed: int = 0
     # latent space (optional): a models.tokenizers.build_tokenizer spec ("rae:DIR", "autoencoderkl:DIR",
     # "autoencoder-rae:DIR", ...). The training images are encoded once; the network works on latents
@@ -149,6 +162,12 @@ class FlowTrainConfig:
              "must be a non-empty sequence of numbers in [0, 1)")
         need(0 <= self.label_dropout <= 1, "label_dropout", "must be a probability in [0, 1]")
         need(self.time_sampling in TIME_SAMPLING, "time_sampling", f"must be one of {list(TIME_SAMPLING)}")
+        need(self.objective in OBJECTIVES, "objective", f"must be one of {list(OBJECTIVES)}")
+        need(len(self.meanflow_time) == 2 and all(math.isfinite(v) for v in self.meanflow_time)
+             and self.meanflow_time[1] > 0, "meanflow_time", "must be (mu, sigma) with sigma > 0")
+        need(0.0 <= self.meanflow_ratio <= 1.0, "meanflow_ratio", "must be a fraction in [0, 1]")
+        need(math.isfinite(self.meanflow_p) and self.meanflow_p >= 0, "meanflow_p", "must be a number >= 0")
+        need(math.isfinite(self.meanflow_c) and self.meanflow_c > 0, "meanflow_c", "must be a number > 0")
         need(math.isfinite(self.sample_cfg) and self.sample_cfg >= 0, "sample_cfg",
              "must be a finite number >= 0")
         need(self.tokenizer is None or (isinstance(self.tokenizer, str) and self.tokenizer.strip() != ""),
@@ -158,11 +177,12 @@ class FlowTrainConfig:
 
 
 def flow_net_config(cfg: FlowTrainConfig, channels: int, size: int, num_classes: int):
-    """The velocity network's config: ``cfg.generator`` with time conditioning, no style tokens, no alpha
-    embedder (a flow model's guidance is applied at sampling) and ``num_classes + 1`` class embeddings
-    (the last one is the null class)."""
+    """The velocity network's config: ``cfg.generator`` with time conditioning (and the interval embedding
+    of MeanFlow), no style tokens, no alpha embedder (a flow model's guidance is applied at sampling) and
+    ``num_classes + 1`` class embeddings (the last one is the null class)."""
     return generator_config(cfg.generator, **cfg.generator_overrides, input_size=size, in_channels=channels,
-                      num_classes=num_classes + 1, time_cond=True, style_tokens=0, alpha_mlp=False)
+                            num_classes=num_classes + 1, time_cond=True,
+                            interval_cond=cfg.objective == "meanflow", style_tokens=0, alpha_mlp=False)
 
 
 def null_class(model: OneStepGenerator) -> int:
@@ -207,9 +227,11 @@ def euler_sample(model, labels, steps: int, *, cfg_scale: float = 1.0, noise: to
     """Integrate Eq. 2 from t = 1 (noise) to t = 0 with ``steps`` uniform Euler steps:
     ``y_{t - dt} = y_t - dt v(y_t, t, c)``, ``dt = 1 / steps``, at ``t = 1, 1 - dt, ..., dt``.
 
-    ``steps = 1`` is exactly the one-step map ``G(z) = z - v(z, 1)``. With ``cfg_scale != 1`` the
-    velocity is ``v_uncond + cfg_scale (v_cond - v_uncond)``, ``v_uncond`` at the null class
-    (:func:`null_class`), both from one forward pass on the doubled batch; ``cfg_scale = 0`` is
+    ``steps = 1`` is exactly the one-step map ``G(z) = z - v(z, 1)``. On a MeanFlow network
+    (``config.interval_cond``) ``v`` is its average velocity over the step, ``u(y_t, r = t - dt, t)``:
+    MeanFlow's K-step sampler, and with one step its one-step map ``x = z - u(z, 0, 1)``. With
+    ``cfg_scale != 1`` the velocity is ``v_uncond + cfg_scale (v_cond - v_uncond)``, ``v_uncond`` at the null
+    class (:func:`null_class`), both from one forward pass on the doubled batch; ``cfg_scale = 0`` is
     unconditional sampling, 1 (default) plain conditional sampling, > 1 guidance.
 
     labels ``[B]`` (sequence or tensor); noise ``[B, C, H, W]`` (the start ``z``; drawn with
@@ -242,14 +264,15 @@ def euler_sample(model, labels, steps: int, *, cfg_scale: float = 1.0, noise: to
         labels = torch.cat([labels, torch.full_like(labels, null_class(model))])  # [2B]: cond | uncond
         style = torch.cat([style, style]) if style is not None else None
     dt = 1.0 / steps
+    kw = {"h": dt} if getattr(cfg, "interval_cond", False) else {}  # MeanFlow: the average over [t - dt, t]
     for i in range(steps):
         t = torch.full((labels.shape[0],), 1.0 - i * dt, device=dev)  # [B] or [2B]; t = 1 exactly at i = 0
         if guided:
             # [B, ...] each
-            v_cond, v_uncond = model(torch.cat([y, y]), labels, style=style, t=t).float().chunk(2)
+            v_cond, v_uncond = model(torch.cat([y, y]), labels, style=style, t=t, **kw).float().chunk(2)
             v = v_uncond + cfg_scale * (v_cond - v_uncond)
         else:
-            v = model(y, labels, style=style, t=t).float()  # [B, C, H, W]
+            v = model(y, labels, style=style, t=t, **kw).float()  # [B, C, H, W]
         y = y - dt * v  # Euler step of Eq. 2 toward t = 0
     return y
 
@@ -309,7 +332,10 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
     Returns ``{"steps", "train_seconds" (excluding the sample grids), "steps_per_second",
     "final_loss", "model_dir", "samples", "params"}``.
     """
+    from .meanflow import meanflow_loss, sample_interval  # (meanflow imports this module's flow_path)
+
     cfg.validate()
+    meanflow = cfg.objective == "meanflow"
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
                 else contextlib.nullcontext())
@@ -346,7 +372,10 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
                 # [B, C, H, W]: pixels in [-1, 1], or latents
                 y = latents[idx] if latents is not None else ds.to_tensor(idx.numpy())
                 eps = torch.randn(y.shape, generator=g)  # [B, C, H, W]
-                t = sample_time(cfg.batch, cfg.time_sampling, g)  # [B]
+                if meanflow:
+                    r, t = sample_interval(cfg.batch, *cfg.meanflow_time, cfg.meanflow_ratio, g)  # [B] each
+                else:
+                    t = sample_time(cfg.batch, cfg.time_sampling, g)  # [B]
                 drop = torch.rand(cfg.batch, generator=g) < cfg.label_dropout  # [B]
                 labels = labels_all[idx].masked_fill(drop, K)  # [B], K = the null class
                 y, eps, t, labels = y.to(dev), eps.to(dev), t.to(dev), labels.to(dev)
@@ -355,7 +384,11 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
                 for group in opt.param_groups:
                     group["lr"] = lr
                 with autocast:
-                    loss = flow_matching_loss(model, y, labels, t, eps)
+                    if meanflow:
+                        loss = meanflow_loss(model, y, labels, r.to(dev), t, eps, p=cfg.meanflow_p,
+                                             c=cfg.meanflow_c)
+                    else:
+                        loss = flow_matching_loss(model, y, labels, t, eps)
                 run.check_loss(loss, step)
                 gnorm = optimizer_step(model, opt, loss, cfg.grad_clip, ema)
                 last = run.end_step(step + 1, loss.item(), {"lr": lr, "grad_norm": gnorm.item()},

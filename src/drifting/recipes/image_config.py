@@ -35,6 +35,10 @@ class ImageTrainConfig:
     # first step boundary after this many minutes, or at `steps`, whichever comes first (None: steps only).
     # For comparisons at equal wall time (benchmarks/quality_levers.py); a step budget repeats exactly.
     minutes: float | None = None
+    # a wall-time budget for the whole job (minutes): the generator trains for what is left after the
+    # preparation (data, encoder, real-feature cache, the metrics' classifier the first time) less the end's
+    # share (image_training.JOB_END_MINUTES), or `minutes` if that is smaller; None: `minutes` alone
+    job_minutes: float | None = None
     classes_per_step: int = 10  # Nc
     n_gen: int = 8  # N generated per class (also the generated negatives)
     n_pos: int = 8  # P positives per class
@@ -98,6 +102,8 @@ class ImageTrainConfig:
         need(self.eval_every == 0 or self.eval_samples > 0,
              f"eval_every={self.eval_every} needs eval_samples > 0, got {self.eval_samples}")
         need(self.minutes is None or self.minutes > 0, f"minutes must be None or > 0, got {self.minutes}")
+        need(self.job_minutes is None or self.job_minutes > 0,
+             f"job_minutes must be None or > 0, got {self.job_minutes}")
         need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         need(self.classes_per_step >= 1, f"classes_per_step must be >= 1, got {self.classes_per_step}")
         need(self.n_gen >= 2, f"n_gen must be >= 2 (generated samples are also negatives), got {self.n_gen}")
@@ -141,7 +147,7 @@ def _imagenet_preset(generator: str, encoder: str, mae_epochs: int, **kw) -> dic
 
 # the README's main job (the `cpu` preset below; its comment there says why each value)
 _CPU = dict(generator="conv-small", mae=MAEConfig(cls_steps=400, cls_warmup=100), real_feature_cache_gb=8.0,
-            steps=1500, minutes=9.5, eval_samples=2000, n_pos=32, lr=3e-3, lr_decay=0.5)
+            steps=1_000_000, job_minutes=14.5, eval_samples=2000, n_pos=32, lr=3e-3, lr_decay=0.5)
 # a width-16 MAE fine-tuned on labels alone after its reconstruction phase (A.3 at lambda 1, 800 + 800 steps)
 _WIDE_MAE = MAEConfig(width=16, cls_steps=800, cls_lambda=1.0, cls_warmup=100)
 
@@ -156,10 +162,10 @@ TRAIN_PRESETS: dict[str, dict] = {
     # positives, lr 3e-3 and the last half of training ramping the lr to 0 took classifier FID 57 -> 40 and
     # accuracy 0.74 -> 0.80 at equal steps. Session 5 (8 minutes each): the conv-small U-Net (0.4x the cost of
     # conv-cpu's forward and backward) took FID 56 -> 41 at equal wall time; 1500 of its steps cost about what
-    # 1000 of conv-cpu's did. The real images' tap maps are cached (5% a step). Session 8: training stops at 1500
-    # steps or after 9.5 minutes, whichever comes first (the lr schedule then follows the clock), so that the job
-    # with its first-time MAE (about 4 min on an AMD EPYC, 2.7 on an Intel Xeon) stays within 15 minutes on either
-    # CPU kind: the Intel reaches the 1500 steps, the AMD EPYC 1280-1410.
+    # 1000 of conv-cpu's did. The real images' tap maps are cached (5% a step). Session 13: the MAE ships with the
+    # package (`drifting train-mae --train-preset cpu --ship`) and the whole job has a 14.5-minute budget
+    # (job_minutes): the generator trains until then on any CPU, less the preparation (the metrics' classifier
+    # the first time) and the end's 0.5 minutes; the lr schedule follows the clock. The step cap is only a cap.
     "cpu": _CPU,
     # the main job with a wider encoder trained on labels only after its reconstruction phase (width 16; A.3's
     # fine-tuning at lambda 1 for 800 steps): session 8, AMD EPYC, 3 seeds, 9.5 minutes each: classifier FID
@@ -170,7 +176,8 @@ TRAIN_PRESETS: dict[str, dict] = {
     # is a small share; at 9.5 minutes it beat the default in every seed): 12000 steps or 60 minutes of
     # training, whichever comes first (about 1.8 steps/s on an AMD EPYC at 2 threads), with a learning curve
     # (accuracy and classifier FID every 500 steps against the training time, OUT/curve.json)
-    "cpu-long": {**_CPU, "mae": _WIDE_MAE, "steps": 12000, "minutes": 60.0, "eval_every": 500},
+    "cpu-long": {**_CPU, "mae": _WIDE_MAE, "steps": 12000, "minutes": 60.0, "job_minutes": None,
+                 "eval_every": 500},
     # the main job with the paper's DiT generator instead (the cpu-p4 DiT; the default before the U-Net)
     "cpu-dit": dict(generator="cpu-p4", mae=MAEConfig(cls_steps=400, cls_warmup=100), real_feature_cache_gb=4.0,
                     steps=1500, eval_samples=2000),
@@ -203,8 +210,11 @@ def train_preset(name: str, **overrides) -> ImageTrainConfig:
     if mae_over:
         cfg.mae = replace(cfg.mae, **mae_over)
     rest = {k: v for k, v in overrides.items() if (not k.startswith("mae_") or k == "mae_dir") and v is not None}
-    if rest.get("minutes") == 0:
-        rest["minutes"] = None  # 0: no time budget, the preset's included (None means "keep the preset's")
+    if "minutes" in rest and "job_minutes" not in rest:
+        rest["job_minutes"] = None  # a training budget given replaces the preset's job budget
+    for budget in ("minutes", "job_minutes"):
+        if rest.get(budget) == 0:
+            rest[budget] = None  # 0: no such budget, the preset's included (None means "keep the preset's")
     cfg = replace(cfg, **rest)
     cfg.validate()
     return cfg

@@ -131,6 +131,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
     so a run resumed on another number of ranks trains on exactly the batches it would have seen.
     ``compile_field``: ``torch.compile`` the field's elementwise work.
     """
+    job_start = time.perf_counter()  # the job budget (cfg.job_minutes) counts from here
     cfg.validate()
     if device is None and torch.cuda.is_available():
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
@@ -214,6 +215,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
             print(f"real-feature cache off: the maps of {len(ds)} images exceed real_feature_cache_gb="
                   f"{cfg.real_feature_cache_gb:g}", flush=True)
 
+    minutes = training_minutes(cfg, job_start, main and out is not None)
     Nc_all, N_all, P_all = cfg.classes_per_step, cfg.n_gen, cfg.n_pos
     cls_slots = layout.classes(Nc_all)  # this rank's class slots of the step
     Nc, N, P, U_loc = (len(range(Nc_all)[cls_slots]), N_all // layout.ranks_per_class,
@@ -283,7 +285,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                         f"non-finite loss at step {step}; the last good checkpoint is {ckpt} "
                         "(resume with --resume)")
                 lr = warmup_lr(cfg.lr, step, cfg.warmup, decay=cfg.lr_decay,
-                               progress=training_progress(step, cfg.steps, elapsed(), cfg.minutes))
+                               progress=training_progress(step, cfg.steps, elapsed(), minutes))
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
@@ -296,9 +298,10 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                 if comm is not None:  # stop together: a Ctrl-C seen by any rank stops all after this step
                     flag = torch.tensor(float(interrupted["flag"]))
                     interrupted["flag"] = bool(comm.sum(flag) > 0)
-                # the time budget (--minutes) ends the run like its last step: logged and checkpointed
-                last = done == cfg.steps or (cfg.minutes is not None and
-                                             _out_of_time(elapsed(), cfg.minutes, main, comm))
+                # the time budget (--minutes, --job-minutes) ends the run like its last step: logged and
+                # checkpointed
+                last = done == cfg.steps or (minutes is not None and
+                                             _out_of_time(elapsed(), minutes, main, comm))
                 if done % cfg.log_every == 0 or last:
                     v2 = sum(v.item() for k, v in stats.items() if "/V2@" in k)
                     history["step"].append(done)
@@ -366,6 +369,33 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
 def _config_defaults() -> dict:
     """The defaults of every ImageTrainConfig field, the MAE config's included, as JSON."""
     return jsonable(asdict(ImageTrainConfig()))
+
+
+# minutes the end of a job keeps for itself (final metrics of 2000 samples, grids, export): ~20 s on 2 cores
+JOB_END_MINUTES = 0.5
+
+
+def training_minutes(cfg: ImageTrainConfig, job_start: float, report: bool) -> float | None:
+    """The generator's training budget in minutes: ``cfg.minutes``, or with ``cfg.job_minutes`` what the
+    whole job has left after its preparation (data, encoder, real-feature cache and, when the run ends with
+    metrics, the metrics' classifier, trained now if it is not cached), less :data:`JOB_END_MINUTES`; the
+    smaller of the two when both are set. ``job_start``: ``time.perf_counter()`` at the start of the job."""
+    if cfg.job_minutes is None:
+        return cfg.minutes
+    if cfg.eval_samples > 0 and report:  # the final metrics' judge: its first-time training is preparation
+        from .classify import prepare_judge
+
+        prepare_judge(cfg.data)
+    prep = (time.perf_counter() - job_start) / 60.0
+    left = cfg.job_minutes - prep - JOB_END_MINUTES
+    minutes = left if cfg.minutes is None else min(cfg.minutes, left)
+    if minutes < 0.05:
+        raise RuntimeError(f"job_minutes={cfg.job_minutes:g}: the preparation took {prep:.1f} min and leaves "
+                           "no time to train; raise --job-minutes or give --minutes instead")
+    if report:
+        print(f"training for {minutes:.1f} min (job budget {cfg.job_minutes:g} min, preparation "
+              f"{prep:.1f} min)", flush=True)
+    return minutes
 
 
 def _out_of_time(elapsed: float, minutes: float, main: bool, comm) -> bool:

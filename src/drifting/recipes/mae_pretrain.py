@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from ..cache import cached_dir, content_key
+from ..cache import cached_dir, content_key, shipped_root
 from ..data.images import ImageDataset
 from ..models.resnet_mae import ResNetMAE, cls_lambda, mae_loss, random_resized_crop, resnet_mae_config
 from ..models.tokenizer import Tokenizer
@@ -115,15 +116,33 @@ def pretrain_mae(ds: ImageDataset, cfg: MAEConfig, out_dir: str | Path, *, progr
     return best
 
 
-def cached_mae_dir(ds: ImageDataset, cfg: MAEConfig, *, progress: bool = True,
-                   tokenizer: Tokenizer | None = None, tokenizer_spec: str | None = None) -> Path:
-    """The directory of the ResNet-MAE pre-trained with ``cfg`` on exactly these images, from the
-    cache or trained now.
+def mae_key(ds: ImageDataset, cfg: MAEConfig, tokenizer_spec: str | None = None) -> str:
+    """The cache key of the ResNet-MAE pre-trained with ``cfg`` on ``ds``: a hash of the MAE config, the
+    dataset's pixels and labels (and the tokenizer of a latent-MAE)."""
+    return content_key(jsonable(asdict(cfg)), ds.images, ds.labels, tokenizer_spec)
 
-    The cache key hashes the MAE config and the dataset's pixels and labels, so a changed
+
+def cached_mae_dir(ds: ImageDataset, cfg: MAEConfig, *, progress: bool = True,
+                   tokenizer: Tokenizer | None = None, tokenizer_spec: str | None = None,
+                   rebuild: bool = False) -> Path:
+    """The directory of the ResNet-MAE pre-trained with ``cfg`` on exactly these images: the one shipped
+    with the package, or the cache's, or trained now (always, with ``rebuild``).
+
+    The key (:func:`mae_key`) hashes the MAE config and the dataset's pixels and labels, so a changed
     dataset or config never reuses a stale encoder (see :mod:`drifting.cache`).
     """
-    key = content_key(jsonable(asdict(cfg)), ds.images, ds.labels,
-                      # a latent-MAE: keyed by the tokenizer too
-                      tokenizer_spec if tokenizer is not None else None)
-    return cached_dir("mae", key, lambda d: pretrain_mae(ds, cfg, d, progress=progress, tokenizer=tokenizer))
+    key = mae_key(ds, cfg, tokenizer_spec if tokenizer is not None else None)
+    return cached_dir("mae", key, lambda d: pretrain_mae(ds, cfg, d, progress=progress, tokenizer=tokenizer),
+                      rebuild=rebuild)
+
+
+def ship_mae(ds: ImageDataset, cfg: MAEConfig, *, progress: bool = True) -> Path:
+    """Pre-train the ResNet-MAE of ``cfg`` on ``ds`` afresh and copy its export (config.json +
+    model.safetensors) into the package (``drifting/weights/mae/<key>``), where :func:`cached_mae_dir`
+    finds it before the cache. Returns the shipped directory."""
+    built = cached_mae_dir(ds, cfg, progress=progress, rebuild=True)
+    dest = shipped_root() / "mae" / mae_key(ds, cfg)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(built / name, dest / name)
+    return dest

@@ -1,6 +1,6 @@
 """Drifting next to its peers on the same data, backbone and budget (``drifting peers``).
 
-Three generators share the DiT preset, the data and the per-step batch:
+Four generators share the generator preset's backbone, the data and the per-step batch:
 
 * **drifting** (1 NFE): the image trainer of :mod:`drifting.recipes.image_training` as configured by
   ``preset``;
@@ -10,7 +10,10 @@ Three generators share the DiT preset, the data and the per-step batch:
   (multiples of the mean feature distance; the paper's temperatures would make a Gaussian kernel
   vanish, exp(-1/(2 * 0.02^2)) = 0 in float32);
 * **flow matching** (K NFE): a time-conditioned DiT trained on as many real images per step as
-  drifting generates, sampled with Euler at K = 1, 2, 4, ..., 50 steps (:mod:`drifting.recipes.flow`).
+  drifting generates, sampled with Euler at K = 1, 2, 4, ..., 50 steps (:mod:`drifting.recipes.flow`);
+* **MeanFlow** (1 and 2 NFE): the same network with an (r, t) embedding, trained from scratch on the same
+  batches with the MeanFlow identity (:mod:`drifting.recipes.meanflow`), the one-step method trained from
+  scratch that the drifting paper compares with.
 
 All are sampled without guidance (alpha = 1, CFG scale 1) with the same labels, and scored by
 :func:`drifting.recipes.evaluate.evaluate` (FID, precision/recall with the FID Inception network,
@@ -38,6 +41,8 @@ from .image_sampling import generate, load_generator, write_grid
 from .image_training import train_images
 
 EULER_STEPS = (1, 2, 4, 8, 16, 32, 50)
+MEANFLOW_STEPS = (1, 2)  # MeanFlow's 1-NFE and 2-NFE samplers
+METHODS = ("drifting", "mmd", "flow", "meanflow")
 MMD_BANDWIDTHS = (0.25, 0.5, 1.0)  # sigma / (mean distance) per feature group, in normalized features
 
 
@@ -46,11 +51,13 @@ MAX_STEPS = 10_000_000
 
 
 def peer_configs(*, preset: str = "cpu", steps: int | None = None, flow_steps: int | None = None,
-                 minutes: float | None = None, flow: dict | None = None, **overrides) -> dict[str, object]:
-    """``{"drifting": ImageTrainConfig, "mmd": ImageTrainConfig, "flow": FlowTrainConfig}`` on one budget:
-    the same steps (``steps``, ``flow_steps``), or with ``minutes`` the same wall time each (then the
-    steps, default unlimited, are only a cap). ``flow``: FlowTrainConfig fields of the flow peer (its
-    learning rate, EMA, model size), so that it gets the same tuning as drifting."""
+                 minutes: float | None = None, flow: dict | None = None, meanflow: dict | None = None,
+                 **overrides) -> dict[str, object]:
+    """``{"drifting": ImageTrainConfig, "mmd": ImageTrainConfig, "flow": FlowTrainConfig, "meanflow":
+    FlowTrainConfig}`` on one budget: the same steps (``steps``, ``flow_steps`` for flow and MeanFlow), or
+    with ``minutes`` the same wall time each (then the steps, default unlimited, are only a cap). ``flow``,
+    ``meanflow``: FlowTrainConfig fields of those peers (learning rate, EMA, model size, MeanFlow's (r, t)
+    sampler), so that they get the same tuning as drifting; MeanFlow starts from the flow peer's fields."""
     if minutes is not None:
         steps, flow_steps = steps or MAX_STEPS, flow_steps or steps or MAX_STEPS
     budget = dict(steps=steps, minutes=0 if minutes is None else minutes)  # 0: not the preset's time budget
@@ -60,7 +67,8 @@ def peer_configs(*, preset: str = "cpu", steps: int | None = None, flow_steps: i
     base = dict(data=drift.data, generator=drift.generator, steps=flow_steps or drift.steps, minutes=minutes,
                 batch=drift.classes_per_step * drift.n_gen, seed=drift.seed)
     fm = FlowTrainConfig(**{**base, **(flow or {})}).validate()
-    return {"drifting": drift, "mmd": mmd, "flow": fm}
+    mf = FlowTrainConfig(**{**base, **(flow or {}), "objective": "meanflow", **(meanflow or {})}).validate()
+    return {"drifting": drift, "mmd": mmd, "flow": fm, "meanflow": mf}
 
 
 def train_once(name: str, cfg, root: Path, progress: bool) -> tuple[Path, float]:
@@ -93,19 +101,24 @@ def _timed(fn) -> tuple[np.ndarray, float]:
 
 def run_peers(out: str | Path, *, preset: str = "cpu", steps: int | None = None,
               flow_steps: int | None = None, minutes: float | None = None, flow: dict | None = None,
-              methods=("drifting", "mmd", "flow"), eval_n: int = 1000, euler_steps=EULER_STEPS,
-              metrics=("fid", "prdc", "classifier"), seed: int = 1, inception: str | Path | None = None,
-              progress: bool = True, **overrides) -> dict:
-    """Train (or reuse) the three generators under ``out``, sample ``eval_n`` images from each
-    (and from flow matching at every K in ``euler_steps``), score them; write ``OUT/peers.json``."""
+              meanflow: dict | None = None, methods=("drifting", "mmd", "flow"), eval_n: int = 1000,
+              euler_steps=EULER_STEPS,
+              metrics=("fid", "prdc", "classifier"), seed: int = 1, train_seed: int | None = None,
+              inception: str | Path | None = None, progress: bool = True, **overrides) -> dict:
+    """Train (or reuse) the generators of ``methods`` (of :data:`METHODS`) under ``out``, sample ``eval_n``
+    images from each (from flow matching at every K in ``euler_steps``, from MeanFlow at 1 and 2 steps),
+    score them; write ``OUT/peers.json``. ``seed`` seeds the sampling noise, ``train_seed`` (default: the
+    preset's) the training of every method."""
     if any(not isinstance(k, int) or k < 1 for k in euler_steps):
         raise ValueError(f"euler_steps must be integers >= 1, got {euler_steps!r}")
     root = Path(out)
-    unknown = sorted(set(methods) - {"drifting", "mmd", "flow"})
+    unknown = sorted(set(methods) - set(METHODS))
     if unknown or not methods:
-        raise ValueError(f"methods: choose from drifting, mmd, flow; got {list(methods)!r}")
+        raise ValueError(f"methods: choose from {', '.join(METHODS)}; got {list(methods)!r}")
+    if train_seed is not None:
+        overrides["seed"] = train_seed
     cfgs = peer_configs(preset=preset, steps=steps, flow_steps=flow_steps, minutes=minutes, flow=flow,
-                        **overrides)
+                        meanflow=meanflow, **overrides)
     cfgs = {k: v for k, v in cfgs.items() if k in methods}
     data = next(iter(cfgs.values())).data
     ref = f"{data}:test"
@@ -117,15 +130,18 @@ def run_peers(out: str | Path, *, preset: str = "cpu", steps: int | None = None,
         model, tok = load_generator(trained[name][0])
         return lambda: generate(model, labels, 1.0, seed=seed, tokenizer=tok)
 
-    def euler(k):
-        flow_model = load_flow_model(trained["flow"][0])
+    def euler(name, k):
+        flow_model = load_flow_model(trained[name][0])
         return lambda: flow_generate(flow_model, labels, k, seed=seed)
 
     jobs = [(label, 1, name, one_step(name))
             for label, name in (("drifting", "drifting"), ("MMD (C.2)", "mmd"))
             if name in cfgs]
+    if "meanflow" in cfgs:
+        jobs += [(f"MeanFlow, {k} step{'s' if k > 1 else ''}", k, "meanflow", euler("meanflow", k))
+                 for k in MEANFLOW_STEPS]
     if "flow" in cfgs:
-        jobs += [(f"flow matching, Euler {k}", k, "flow", euler(k)) for k in euler_steps]
+        jobs += [(f"flow matching, Euler {k}", k, "flow", euler("flow", k)) for k in euler_steps]
     rows = []
     for label, nfe, name, sample in jobs:
         imgs, secs = _timed(sample)
