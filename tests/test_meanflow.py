@@ -133,7 +133,9 @@ def test_the_loss_without_r_ne_t_is_flow_matching_and_the_weight_is_adaptive():
     t = torch.rand(B, generator=g)
     z, v = flow_path(y, eps, t)
     sq = (model(z, labels, t=t, h=0.0) - v).square().flatten(1).sum(1)  # [B]
-    torch.testing.assert_close(meanflow_loss(model, y, labels, t, t, eps, p=0.0), sq.mean())
+    stats = {}
+    torch.testing.assert_close(meanflow_loss(model, y, labels, t, t, eps, p=0.0, stats=stats), sq.mean())
+    torch.testing.assert_close(stats["mse"], sq.mean() / 64)  # per element of the 1 x 8 x 8 samples
     torch.testing.assert_close(meanflow_loss(model, y, labels, t, t, eps, p=1.0, c=0.5),
                                (sq / (sq + 0.5)).mean())
     # the weight is a constant of the gradient: d/du [sg(w) |d|^2] = 2 w d
@@ -234,6 +236,8 @@ def test_meanflow_training_resumes_exactly_and_exports_a_one_step_model(tiny_dat
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     model = load_flow_model(tmp_path / "ref" / "model")
     assert model.config.interval_cond and model.config.time_cond
+    logged = [json.loads(line) for line in (tmp_path / "ref" / "log.jsonl").read_text().splitlines()]
+    assert all(line["mse"] > 0 for line in logged)  # the unweighted error beside the adaptive loss
     saved = json.loads((tmp_path / "ref" / "model" / "train_config.json").read_text())
     assert saved["objective"] == "meanflow"
     x = euler_sample(model, torch.arange(4), 1)

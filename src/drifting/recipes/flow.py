@@ -383,15 +383,17 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
                                progress=training_progress(step, cfg.steps, run.elapsed(), cfg.minutes))
                 for group in opt.param_groups:
                     group["lr"] = lr
+                stats = {}
                 with autocast:
                     if meanflow:
                         loss = meanflow_loss(model, y, labels, r.to(dev), t, eps, p=cfg.meanflow_p,
-                                             c=cfg.meanflow_c)
+                                             c=cfg.meanflow_c, stats=stats)
                     else:
                         loss = flow_matching_loss(model, y, labels, t, eps)
                 run.check_loss(loss, step)
                 gnorm = optimizer_step(model, opt, loss, cfg.grad_clip, ema)
-                last = run.end_step(step + 1, loss.item(), {"lr": lr, "grad_norm": gnorm.item()},
+                scalars = {"lr": lr, "grad_norm": gnorm.item(), **{k: v.item() for k, v in stats.items()}}
+                last = run.end_step(step + 1, loss.item(), scalars,
                                     log_every=cfg.log_every,
                              ckpt_every=cfg.ckpt_every, sample_every=cfg.sample_every,
                                     interrupted=interrupted["flag"],

@@ -59,20 +59,26 @@ def meanflow_target(u_fn, z: torch.Tensor, v: torch.Tensor, r: torch.Tensor,
     return u, (v - hh * dudt).detach()
 
 
-def adaptive_loss(u: torch.Tensor, target: torch.Tensor, p: float, c: float) -> torch.Tensor:
+def adaptive_loss(u: torch.Tensor, target: torch.Tensor, p: float, c: float,
+                  stats: dict | None = None) -> torch.Tensor:
     """MeanFlow §4.3: mean over the batch of ``sg(w) ||u - target||^2``, ``w = 1 / (||u - target||^2 + c)^p``
-    (the squared norm summed over each sample's elements; fp32). u, target ``[B, ...]``."""
+    (the squared norm summed over each sample's elements; fp32). u, target ``[B, ...]``. ``stats``: gets
+    ``"mse"``, the unweighted mean squared error per element (with p = 1 the loss itself stays near 1)."""
     sq = (u.float() - target.float()).square().flatten(1).sum(dim=1)  # [B]
+    if stats is not None:
+        stats["mse"] = sq.detach().mean() / u[0].numel()
     w = (sq.detach() + c).pow(-p)  # [B]
     return (w * sq).mean()
 
 
 def meanflow_loss(model, y: torch.Tensor, labels: torch.Tensor, r: torch.Tensor, t: torch.Tensor,
-                  eps: torch.Tensor, *, p: float = 1.0, c: float = 1e-3) -> torch.Tensor:
+                  eps: torch.Tensor, *, p: float = 1.0, c: float = 1e-3,
+                  stats: dict | None = None) -> torch.Tensor:
     """The MeanFlow loss of one batch. y (data), eps (noise) ``[B, C, H, W]``; labels ``[B]``; r <= t ``[B]``.
 
     The pairs with ``r = t`` regress ``v = eps - y`` with one plain forward (no JVP); the others take
-    :func:`meanflow_target`. Both parts are weighted by :func:`adaptive_loss` and averaged over all B."""
+    :func:`meanflow_target`. Both parts are weighted by :func:`adaptive_loss` and averaged over all B
+    (``stats``: see there)."""
     z, v = flow_path(y, eps, t)  # z_t and v = eps - y, [B, C, H, W] each
     jvp = r < t  # [B]
     us, targets = [], []
@@ -86,4 +92,4 @@ def meanflow_loss(model, y: torch.Tensor, labels: torch.Tensor, r: torch.Tensor,
                                  z[jvp], v[jvp], r[jvp], t[jvp])
         us.append(u)
         targets.append(tgt)
-    return adaptive_loss(torch.cat(us), torch.cat(targets), p, c)
+    return adaptive_loss(torch.cat(us), torch.cat(targets), p, c, stats)
