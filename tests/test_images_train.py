@@ -295,25 +295,34 @@ def test_the_job_budget_leaves_the_preparation_and_the_end_out(tmp_path, monkeyp
 
 def test_a_job_budget_ends_training_on_the_clock(tmp_path, monkeypatch):
     """train_images asks training_minutes for its budget (with the job's start, before the data and encoder
-    are loaded) and ends at the first step past it, with its metrics as usual."""
+    are loaded) before its training clock starts, so the preparation (here a judge that takes 3 s to train) is
+    not training time, and it ends at the first step past the budget, with its metrics as usual."""
     import drifting.recipes.classify as classify
 
     monkeypatch.setattr(classify, "CLASSIFIER_STEPS", 20)
+    real_judge = classify.prepare_judge
+    monkeypatch.setattr(classify, "prepare_judge",
+                        lambda data: image_training.time.sleep(3.0) or real_judge(data))
     seen = []
     real = image_training.training_minutes
 
     def spy(cfg, job_start, report):
         minutes = real(cfg, job_start, report)  # trains the metrics' classifier first: preparation
         seen.append((image_training.time.perf_counter() - job_start, minutes))
-        return 1e-9
+        return minutes
 
     monkeypatch.setattr(image_training, "training_minutes", spy)
-    run = train_images(tiny(steps=10_000, job_minutes=30.0, eval_samples=20, ckpt_every=10_000),
+    run = train_images(tiny(steps=3, job_minutes=30.0, eval_samples=20, ckpt_every=10_000, log_every=1),
                        tmp_path, progress=False)
-    assert run.history["step"] == [1] and run.metrics["n_samples"] == 20
+    assert run.history["step"] == [1, 2, 3] and run.metrics["n_samples"] == 20
+    assert run.history["time"][0] < 2.0  # the 3 s of preparation are not on the training clock
     (prep_seconds, minutes), = seen
     left = 30.0 - prep_seconds / 60 - image_training.JOB_END_MINUTES
-    assert prep_seconds > 0 and left <= minutes < left + 0.05
+    assert prep_seconds > 3.0 and left <= minutes < left + 0.05
+    monkeypatch.setattr(image_training, "training_minutes", lambda *a: 1e-9)
+    short = train_images(tiny(steps=10_000, job_minutes=30.0, ckpt_every=10_000), tmp_path / "b",
+                         progress=False)
+    assert short.history["step"] == [1]  # the first step boundary past the budget
 
 
 def test_bad_config(tmp_path):

@@ -198,6 +198,9 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
     if not main:
         out = None  # rank 0 alone writes logs, pictures and the export
     log = _Logger(out, tensorboard) if out is not None else None
+    # the training budget, decided before the training clock starts (the judge's first-time training is not
+    # training time)
+    minutes = training_minutes(cfg, job_start, main and out is not None)
     bar = _bar(cfg.steps, "train", progress and main, initial=start)
     t0 = time.perf_counter() - (history["time"][-1] if history["time"] else 0.0)
     paused = [0.0]  # seconds of learning-curve evaluation in this session, left out of the training time
@@ -215,7 +218,6 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
             print(f"real-feature cache off: the maps of {len(ds)} images exceed real_feature_cache_gb="
                   f"{cfg.real_feature_cache_gb:g}", flush=True)
 
-    minutes = training_minutes(cfg, job_start, main and out is not None)
     Nc_all, N_all, P_all = cfg.classes_per_step, cfg.n_gen, cfg.n_pos
     cls_slots = layout.classes(Nc_all)  # this rank's class slots of the step
     Nc, N, P, U_loc = (len(range(Nc_all)[cls_slots]), N_all // layout.ranks_per_class,
