@@ -58,7 +58,9 @@ from ..training.interrupt import stop_on_sigint
 from ..training.loop import TrainRun, optimizer_step
 from ..training.rng import step_generator
 from ..training.schedules import training_progress, warmup_lr
+from . import meanflow as mean_flow
 from .image_sampling import to_uint8, write_grid, write_model_tokenizer
+from .paths import flow_path
 
 TIME_SAMPLING = ("uniform", "logit-normal")
 # generator config fields the recipe sets itself (from the data set, and the flow model's conventions).
@@ -191,13 +193,6 @@ def null_class(model: OneStepGenerator) -> int:
 
 
 # --------------------------------------------------------------------------- the objective
-def flow_path(y: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drift-RAE Eq. 1 and the regression target of Eq. 4: ``y_t = (1 - t) y + t eps`` and
-    ``v* = d y_t / dt = eps - y``. y, eps ``[B, C, H, W]``; t ``[B]``. Returns both ``[B, C, H, W]``."""
-    tt = t.to(y.dtype).view(-1, *([1] * (y.dim() - 1)))  # [B, 1, 1, 1]
-    return (1 - tt) * y + tt * eps, eps - y
-
-
 def sample_time(n: int, how: str, generator: torch.Generator | None = None) -> torch.Tensor:
     """``n`` flow times in [0, 1] (``[n]``): ``"uniform"`` U[0, 1) or ``"logit-normal"`` sigmoid(N(0, 1))."""
     if how == "uniform":
@@ -332,8 +327,6 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
     Returns ``{"steps", "train_seconds" (excluding the sample grids), "steps_per_second",
     "final_loss", "model_dir", "samples", "params"}``.
     """
-    from .meanflow import meanflow_loss, sample_interval  # (meanflow imports this module's flow_path)
-
     cfg.validate()
     meanflow = cfg.objective == "meanflow"
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -373,7 +366,8 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
                 y = latents[idx] if latents is not None else ds.to_tensor(idx.numpy())
                 eps = torch.randn(y.shape, generator=g)  # [B, C, H, W]
                 if meanflow:
-                    r, t = sample_interval(cfg.batch, *cfg.meanflow_time, cfg.meanflow_ratio, g)  # [B] each
+                    # [B] each
+                    r, t = mean_flow.sample_interval(cfg.batch, *cfg.meanflow_time, cfg.meanflow_ratio, g)
                 else:
                     t = sample_time(cfg.batch, cfg.time_sampling, g)  # [B]
                 drop = torch.rand(cfg.batch, generator=g) < cfg.label_dropout  # [B]
@@ -386,7 +380,7 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
                 stats = {}
                 with autocast:
                     if meanflow:
-                        loss = meanflow_loss(model, y, labels, r.to(dev), t, eps, p=cfg.meanflow_p,
+                        loss = mean_flow.meanflow_loss(model, y, labels, r.to(dev), t, eps, p=cfg.meanflow_p,
                                              c=cfg.meanflow_c, stats=stats)
                     else:
                         loss = flow_matching_loss(model, y, labels, t, eps)

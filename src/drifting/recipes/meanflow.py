@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .flow import flow_path
+from .paths import flow_path
 
 
 def sample_interval(n: int, mu: float, sigma: float, ratio: float,
