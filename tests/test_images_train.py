@@ -269,6 +269,9 @@ def test_presets():
     assert train_preset("cpu", mae_cls_steps=0).mae.cls_steps == 0
     with pytest.raises(ValueError, match="preset"):
         train_preset("nope")
+    with pytest.raises(ValueError, match=r"unknown ImageTrainConfig field\(s\) \['neg_queu'\]"):
+        train_preset("cpu", neg_queu=3)
+    assert train_preset("cpu", neg_queue=3).neg_queue == 3
 
 
 def test_the_job_budget_leaves_the_preparation_and_the_end_out(tmp_path, monkeypatch, capsys):
@@ -506,20 +509,23 @@ def test_learning_curve_every_k_steps(tmp_path, monkeypatch):
     assert long.mae == train_preset("cpu-wide").mae  # the wide encoder
 
 
-def test_the_shipped_mae_is_the_main_jobs_encoder():
-    """The package ships the MAE of the `cpu` preset on Fashion-MNIST: the main job finds it under the key its
-    config and data give, and pre-trains nothing. (Fails when the preset's MAE config or the shipped file
-    changes alone: rebuild it with `drifting train-mae --train-preset cpu --ship`.)"""
+@pytest.mark.parametrize("preset,width", [("cpu", 8), ("cpu-wide", 16), ("cpu-long", 16)])
+def test_the_shipped_mae_is_the_presets_encoder(preset, width):
+    """The package ships the MAEs of the `cpu` and `cpu-wide` presets on Fashion-MNIST (`cpu-long` uses
+    cpu-wide's): a run finds it under the key its config and data give, and pre-trains nothing. (Fails when
+    a preset's MAE config or the shipped file changes alone: rebuild it with `drifting train-mae
+    --train-preset P --ship`.)"""
     from drifting.cache import shipped_root
     from drifting.data.images import load_dataset
     from drifting.models.resnet_mae import ResNetMAE
 
     ds = load_dataset("fashion-mnist", "train")
-    cfg = train_preset("cpu").mae
+    cfg = train_preset(preset).mae
     d = mae_pretrain.cached_mae_dir(ds, cfg, progress=False)
     assert d == shipped_root() / "mae" / mae_pretrain.mae_key(ds, cfg)
     mae = ResNetMAE.from_pretrained(d)
-    assert mae.config.num_classes == 10 and mae.config.input_size == 28  # A.3's head: the fine-tuned export
+    # A.3's head: the fine-tuned export
+    assert (mae.config.num_classes, mae.config.input_size, mae.config.base_width) == (10, 28, width)
 
 
 def test_train_mae_for_a_preset_ships_into_the_package(tmp_path, capsys, monkeypatch):

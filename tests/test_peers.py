@@ -111,6 +111,11 @@ def test_cli_time_budget_and_flow_options(tmp_path, monkeypatch, capsys):
     assert main(["peers", "--out", str(tmp_path), "--minutes", "15", "--flow", '{"lr": 0.002}',
                  "--methods", "drifting,flow"]) == 0
     assert seen["minutes"] == 15 and seen["flow"] == {"lr": 0.002} and seen["methods"] == ("drifting", "flow")
+    assert "neg_queue" not in seen
+    assert main(["peers", "--out", str(tmp_path), "--drifting", '{"neg_queue": 16}']) == 0
+    assert seen["neg_queue"] == 16  # ImageTrainConfig fields of the drifting (and MMD) runs
+    assert main(["peers", "--out", str(tmp_path), "--drifting", "[16]"]) == 2
+    assert "--drifting: expected a JSON object of ImageTrainConfig fields" in capsys.readouterr().err
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:  # argparse refuses it before anything runs
         main(["peers", "--out", str(tmp_path), "--minutes", "0"])

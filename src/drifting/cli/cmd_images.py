@@ -28,7 +28,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         mae_cls_lambda=a.mae_cls_lambda, mae_cls_warmup=a.mae_cls_warmup, mae_width=a.mae_width,
         mae_seed=a.seed, steps=a.steps, seed=a.seed, cfg=a.cfg,
         n_uncond=a.n_uncond, sampler=a.sampler, lr=a.lr, classes_per_step=a.classes_per_step, n_gen=a.n_gen,
-        n_pos=a.n_pos, max_locations=a.max_locations, groups=a.groups, vanilla=a.vanilla,
+        n_pos=a.n_pos, neg_queue=a.neg_queue, max_locations=a.max_locations, groups=a.groups,
+        vanilla=a.vanilla,
         lr_decay=a.lr_decay, minutes=a.minutes, job_minutes=a.job_minutes,
         precision=a.precision, tokenizer=a.tokenizer, encoder_space=a.encoder_space,
         eval_samples=a.eval_samples, eval_every=a.eval_every,
@@ -168,6 +169,9 @@ def add_image_parsers(subparsers) -> None:
     tr.add_argument("--n-pos", type=positive_int, default=None, help="P positives per class")
     tr.add_argument("--n-uncond", type=int, default=None,
                     help="N_unc unconditional negatives (default: the CFG preset's)")
+    tr.add_argument("--neg-queue", type=int, default=None,
+                    help="Q: the features of the last Q generated samples per class are extra, detached "
+                    "negatives (0: off, the default)")
     tr.add_argument("--max-locations", type=positive_int, default=None,
                     help="drift at most this many random locations per feature map and step")
     tr.add_argument("--groups", default=None,

@@ -14,21 +14,22 @@ from .args import add_threads_option, positive_float, positive_int
 def cmd_peers(a: argparse.Namespace) -> int:
     euler = tuple(int(v) for v in a.euler_steps.split(",")) if a.euler_steps else EULER_STEPS
     flow, meanflow = _config_json(a.flow, "--flow"), _config_json(a.meanflow, "--meanflow")
+    drifting = _config_json(a.drifting, "--drifting", "ImageTrainConfig") or {}
     methods = tuple(m.strip() for m in a.methods.split(","))
     res = run_peers(a.out, preset=a.preset, steps=a.steps, flow_steps=a.flow_steps, minutes=a.minutes,
                     flow=flow, meanflow=meanflow, methods=methods, eval_n=a.eval_n,
                     euler_steps=euler, inception=a.inception, progress=not a.no_progress,
-                    train_seed=a.train_seed)
+                    train_seed=a.train_seed, **drifting)
     print(format_peers(res))
     print(f"wrote {Path(a.out) / 'peers.json'} and {Path(a.out) / 'peers.png'} (rows: the methods above)")
     return 0
 
 
-def _config_json(text: str | None, option: str) -> dict | None:
-    """The FlowTrainConfig fields given to ``option`` as a JSON object (None when not given)."""
+def _config_json(text: str | None, option: str, config: str = "FlowTrainConfig") -> dict | None:
+    """The ``config`` fields given to ``option`` as a JSON object (None when not given)."""
     value = json.loads(text) if text else None
     if value is not None and not isinstance(value, dict):
-        raise ValueError(f"{option}: expected a JSON object of FlowTrainConfig fields, got {text!r}")
+        raise ValueError(f"{option}: expected a JSON object of {config} fields, got {text!r}")
     return value
 
 
@@ -53,6 +54,9 @@ def add_peers_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--meanflow", default=None,
                    help='FlowTrainConfig fields of the MeanFlow peer as JSON, on top of --flow\'s, e.g. '
                    '\'{"meanflow_ratio": 0.5, "meanflow_time": [-2.0, 2.0]}\'')
+    p.add_argument("--drifting", default=None,
+                   help='ImageTrainConfig fields of the drifting and MMD runs as JSON, on top of --preset\'s, '
+                   'e.g. \'{"neg_queue": 32}\'')
     p.add_argument("--methods", default="drifting,mmd,flow",
                    help="which of drifting,mmd,flow,meanflow to run (default drifting,mmd,flow)")
     p.add_argument("--train-seed", type=int, default=None,

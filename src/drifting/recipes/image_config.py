@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from ..features import parse_groups
 from ..field import NORMALIZE_CHOICES
@@ -45,6 +45,9 @@ class ImageTrainConfig:
     cfg: str = "ablation"  # CFG preset (guidance.CFG_PRESETS): alpha distribution and N_unc
     n_uncond: int | None = 8  # override the preset's N_unc (None: the preset's)
     sampler: str = "queue"  # "queue" (A.8) or "balanced"
+    # Q: keep the features of the last Q generated samples of every class as extra, detached negatives at
+    # weight 1 (drifting.negatives; 0 = off): the repulsion then averages over N - 1 + Q samples
+    neg_queue: int = 0
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: int = 100
@@ -123,6 +126,7 @@ class ImageTrainConfig:
         need(self.style_tokens is None or self.style_tokens >= 0, f"style_tokens must be None or >= 0, got {self.style_tokens}")
         need(self.mae.width is None or self.mae.width >= 1, f"mae.width must be None or >= 1, got {self.mae.width}")
         self.mae.validate()
+        need(self.neg_queue >= 0, f"neg_queue must be >= 0 (0 = off), got {self.neg_queue}")
         need(self.real_feature_cache_gb >= 0,
              f"real_feature_cache_gb must be >= 0 (0 = no cache), got {self.real_feature_cache_gb}")
         need(self.max_locations is None or self.max_locations >= 1,
@@ -169,8 +173,8 @@ TRAIN_PRESETS: dict[str, dict] = {
     "cpu": _CPU,
     # the main job with a wider encoder trained on labels only after its reconstruction phase (width 16; A.3's
     # fine-tuning at lambda 1 for 800 steps): session 8, AMD EPYC, 3 seeds, 9.5 minutes each: classifier FID
-    # 38.3 -> 27.4, accuracy 0.791 -> 0.819. Its MAE takes 10 minutes on an AMD EPYC (2.5x the cpu preset's), so
-    # the first run takes about 20 minutes there: not the default (docs/results.md, session 8)
+    # 38.3 -> 27.4, accuracy 0.791 -> 0.819. Its MAE takes 10 minutes on an AMD EPYC (2.5x the cpu preset's); since
+    # session 14 it ships with the package (2.6 MB; `drifting train-mae --train-preset cpu-wide --ship`)
     "cpu-wide": {**_CPU, "mae": _WIDE_MAE},
     # issue 15 item 3: the main job for an hour on 2 cores with cpu-wide's encoder (at an hour its 10-minute MAE
     # is a small share; at 9.5 minutes it beat the default in every seed): 12000 steps or 60 minutes of
@@ -210,6 +214,10 @@ def train_preset(name: str, **overrides) -> ImageTrainConfig:
     if mae_over:
         cfg.mae = replace(cfg.mae, **mae_over)
     rest = {k: v for k, v in overrides.items() if (not k.startswith("mae_") or k == "mae_dir") and v is not None}
+    unknown = sorted(set(rest) - {f.name for f in fields(ImageTrainConfig)})
+    if unknown:
+        raise ValueError(f"unknown ImageTrainConfig field(s) {unknown}; the fields are "
+                         f"{sorted(f.name for f in fields(ImageTrainConfig))}")
     if "minutes" in rest and "job_minutes" not in rest:
         rest["job_minutes"] = None  # a training budget given replaces the preset's job budget
     for budget in ("minutes", "job_minutes"):

@@ -41,6 +41,7 @@ from ..models.generators import build_generator, generator_config
 from ..models.onestep import OneStepGenerator
 from ..models.tokenizer import Tokenizer
 from ..models.tokenizers import build_tokenizer
+from ..negatives import NegativeQueue
 from ..training.checkpoint import fill_defaults, jsonable, load_state, save_state
 from ..training.ema import EMA
 from ..training.interrupt import stop_on_sigint
@@ -167,6 +168,10 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
     opt = torch.optim.AdamW(G.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(G, cfg.ema_decays, warmup_steps=cfg.ema_warmup)
     sampler = make_sampler(cfg.sampler, ds.labels, K)
+    if cfg.neg_queue and layout.world > 1:
+        raise ValueError("neg_queue: the queue of generated negatives runs in one process only; set it to 0 "
+                         "under torchrun")
+    queue = NegativeQueue(cfg.neg_queue, K) if cfg.neg_queue else None
     history: dict = {"step": [], "loss": [], "V2": [], "time": []}
     start = 0
     ckpt = out / "checkpoint.pt" if out is not None else None
@@ -182,6 +187,8 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
         ema.load_state_dict(state["ema"])
         sampler.load_state_dict(state["sampler"])
         history = json.loads(state["history"])
+        if queue is not None:
+            queue.load_state_dict(state["neg_queue"], dev)
         start = int(state["step"])
         _truncate_log(out / "log.jsonl", start)  # drop lines of steps after the checkpoint
     else:
@@ -193,6 +200,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                 "model": G.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
                 "sampler": sampler.state_dict(), "step": step, "config": jsonable(asdict(cfg)),
                 "history": json.dumps(history),
+                **({} if queue is None else {"neg_queue": queue.state_dict()}),
             })
 
     if not main:
@@ -263,15 +271,19 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
                                              f"the last good checkpoint is {ckpt} (resume with --resume, "
                                              "e.g. with a lower --lr)")
                 subsets = sample_locations(f_gen, cfg.max_locations, g)
+                queued = None  # earlier steps' generated features of these classes: [Nc*Q, L, C]
+                if queue is not None:
+                    queued = take_locations(queue.take(classes), subsets) if queue.ready(classes) else None
+                    queue.push(f_gen, classes)
                 f_gen, f_real = take_locations(f_gen, subsets), take_locations(f_real, subsets)
                 gen = group_by_class(f_gen, Nc)  # {j: [Nc, N, L, C]}
                 pos = group_by_class({k: v[: Nc * P] for k, v in f_real.items()}, Nc)  # {j: [Nc, P, L, C]}
-                neg, w = None, None
-                if U > 0:
-                    # {j: [Nc, U_loc, L, C]}
-                    neg = group_by_class({k: v[Nc * P:] for k, v in f_real.items()}, Nc)
-                    # [Nc, U_loc] (w depends on the global N, U)
-                    w = uncond_neg_weights(alpha, N_all, U)[:, :U_loc].to(dev)
+                # the extra negatives: unconditional real samples (weights w(alpha), A.7), then the queue's
+                neg, w = _extra_negatives(
+                    group_by_class({k: v[Nc * P:] for k, v in f_real.items()}, Nc) if U > 0 else None,
+                    # w [Nc, U_loc] depends on the global N, U
+                    uncond_neg_weights(alpha, N_all, U)[:, :U_loc].to(dev) if U > 0 else None,
+                    None if queued is None else group_by_class(queued, Nc))
                 loss, stats = drifting_loss(gen, pos, neg, neg_weights=w, temperatures=cfg.temperatures,
                                             kernel=cfg.kernel, normalize=cfg.normalize,
                                             attraction=cfg.attraction, repulsion=cfg.repulsion,
@@ -366,6 +378,18 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
         if out is not None:
             (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return ImageRun(G, ema, ds, history, out, metrics)
+
+
+def _extra_negatives(uncond: dict | None, w: torch.Tensor | None, queued: dict | None):
+    """The loss's extra negatives ``{j: [Nc, M, L, C]}`` and their weights ``[Nc, M]``: the unconditional
+    real samples ``uncond`` ``{j: [Nc, U, L, C]}`` with their CFG weights ``w`` ``[Nc, U]``, followed by the
+    queued generated samples ``queued`` ``{j: [Nc, Q, L, C]}`` at weight 1; ``(None, None)`` when neither."""
+    if queued is None:
+        return uncond, w
+    ones = torch.ones(*next(iter(queued.values())).shape[:2], device=next(iter(queued.values())).device)
+    if uncond is None:
+        return queued, ones
+    return {k: torch.cat([uncond[k], queued[k]], dim=1) for k in uncond}, torch.cat([w, ones], dim=1)
 
 
 def _config_defaults() -> dict:
