@@ -191,6 +191,27 @@ def test_interval_conditioning_of_both_backbones(kind):
         bad_cfg()
 
 
+@pytest.mark.parametrize("make", [lambda **k: conv_config("conv-tiny", input_size=8, time_cond=True, **k),
+                                  lambda **k: dit_config("cpu-tiny", time_cond=True, **k)])
+def test_the_time_scale_sets_the_embedders_frequencies(make):
+    """t and h enter as sincos(time_scale * t): the embedding of t at scale s is that of s t / 1000 at the
+    default 1000, in both embedders; a bad scale names the field."""
+    from drifting.models.dit import TIME_SCALE, TimestepEmbedder
+
+    assert make().time_scale == TIME_SCALE == 1000.0
+    cfg = make(time_scale=10.0, interval_cond=True)
+    torch.manual_seed(0)
+    fast, slow = TimestepEmbedder(cfg), TimestepEmbedder(cfg, cfg.time_scale)
+    slow.load_state_dict(fast.state_dict())
+    t = torch.tensor([0.25, 0.8])
+    assert torch.allclose(slow(t), fast(t * 10.0 / 1000.0), atol=1e-6)
+    assert not torch.allclose(slow(t), fast(t), atol=1e-3)
+    model = (ConvGenerator if isinstance(cfg, ConvGenConfig) else DriftingDiT)(cfg)
+    assert model.time_embed.scale == model.interval_embed.scale == 10.0
+    with pytest.raises(ValueError, match="time_scale: must be a number > 0"):
+        make(time_scale=0.0)
+
+
 def test_a_flow_model_refuses_h():
     torch.manual_seed(0)
     model = ConvGenerator(conv_config("conv-tiny", input_size=8, time_cond=True))

@@ -55,8 +55,8 @@ def add_peers_parser(subparsers) -> argparse.ArgumentParser:
                    help='FlowTrainConfig fields of the MeanFlow peer as JSON, on top of --flow\'s, e.g. '
                    '\'{"meanflow_ratio": 0.5, "meanflow_time": [-2.0, 2.0]}\'')
     p.add_argument("--drifting", default=None,
-                   help='ImageTrainConfig fields of the drifting and MMD runs as JSON, on top of --preset\'s, '
-                   'e.g. \'{"neg_queue": 32}\'')
+                   help='ImageTrainConfig fields of the drifting and MMD runs as JSON, on top of the '
+                   'preset\'s, e.g. \'{"n_pos": 64}\'')
     p.add_argument("--methods", default="drifting,mmd,flow",
                    help="which of drifting,mmd,flow,meanflow to run (default drifting,mmd,flow)")
     p.add_argument("--train-seed", type=int, default=None,

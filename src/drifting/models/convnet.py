@@ -50,6 +50,7 @@ class ConvGenConfig:
     time_cond: bool = False  # flow matching: forward() takes t in [0, 1] and c gets a timestep embedding
     # MeanFlow (needs time_cond): forward() also takes the interval h = t - r in [0, 1], embedded like t
     interval_cond: bool = False
+    time_scale: float = TIME_SCALE  # t and h are embedded as sincos(time_scale * t) (as the DiT's)
     # run the convolutions on channels-last (NHWC) activations: the same numbers up to float rounding, and on
     # CPUs (oneDNN) about 1.3x faster per training step of conv-cpu than NCHW (docs/performance.md)
     channels_last: bool = True
@@ -81,6 +82,8 @@ class ConvGenConfig:
                 bad(name, "must be True or False")
         if self.interval_cond and not self.time_cond:
             bad("interval_cond", "needs time_cond=True (MeanFlow's u(z, r, t) sees t and h = t - r)")
+        if not (isinstance(self.time_scale, (int, float)) and self.time_scale > 0):
+            bad("time_scale", f"must be a number > 0, got {self.time_scale!r}")
         self.widths = w
         return self
 
@@ -144,8 +147,8 @@ class ConvGenerator(OneStepGenerator, PretrainedMixin, nn.Module):
         W, D = config.widths, config.hidden
         self.class_embed = nn.Embedding(config.num_classes, D)
         self.alpha_embed = TimestepEmbedder(config) if config.alpha_mlp else None
-        self.time_embed = TimestepEmbedder(config) if config.time_cond else None
-        self.interval_embed = TimestepEmbedder(config) if config.interval_cond else None
+        self.time_embed = TimestepEmbedder(config, config.time_scale) if config.time_cond else None
+        self.interval_embed = TimestepEmbedder(config, config.time_scale) if config.interval_cond else None
         self.style_codebook = nn.Embedding(config.codebook_size, D) if config.style_tokens > 0 else None
         self.cond = nn.Sequential(nn.SiLU(), nn.Linear(D, D))
         self.stem = nn.Conv2d(config.in_channels, W[0], 3, padding=1)

@@ -40,6 +40,12 @@ from .pretrained import PretrainedMixin
 # Configuration
 
 
+# The timestep embedder follows DiT (Peebles & Xie, 2023): t is scaled to DiT's discrete range
+# [0, 1000] and embedded with TIME_FREQ_DIM sinusoids of frequencies 10000^(-k / (TIME_FREQ_DIM/2)),
+# so the fastest one turns 1 rad per 0.001 of t and the slowest resolves the whole [0, 1].
+TIME_SCALE = 1000.0
+
+
 @dataclass
 class DiTConfig:
     input_size: int = 28  # H = W of the generated image / latent
@@ -80,6 +86,9 @@ class DiTConfig:
     # added to c; forward() then requires h in [0, 1] as well. False: no such module, the state dict is
     # unchanged.
     interval_cond: bool = False
+    # t and h are embedded as sincos(time_scale * t) (DiT's 1000; MeanFlow's target differentiates through
+    # it, so a smaller scale gives a smoother d_t u)
+    time_scale: float = TIME_SCALE
 
     @property
     def grid_size(self) -> int:
@@ -138,6 +147,8 @@ class DiTConfig:
             bad("interval_cond", f"must be True or False, got {self.interval_cond!r}")
         if self.interval_cond and not self.time_cond:
             bad("interval_cond", "needs time_cond=True (MeanFlow's u(z, r, t) sees t and h = t - r)")
+        if not (isinstance(self.time_scale, (int, float)) and self.time_scale > 0):
+            bad("time_scale", f"must be a number > 0, got {self.time_scale!r}")
         return self
 
 
@@ -311,10 +322,6 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))  # [B, N, p*p*C]
 
 
-# The timestep embedder follows DiT (Peebles & Xie, 2023): t is scaled to DiT's discrete range
-# [0, 1000] and embedded with TIME_FREQ_DIM sinusoids of frequencies 10000^(-k / (TIME_FREQ_DIM/2)),
-# so the fastest one turns 1 rad per 0.001 of t and the slowest resolves the whole [0, 1].
-TIME_SCALE = 1000.0
 TIME_FREQ_DIM = 256
 # the learned alpha embedder reuses the timestep MLP on alpha * ALPHA_SCALE / TIME_SCALE, so a unit of alpha
 # turns its fastest sinusoid by ALPHA_SCALE rad: alpha in [1, 4] spans the mid frequencies
@@ -322,15 +329,16 @@ ALPHA_SCALE = 100.0
 
 
 class TimestepEmbedder(nn.Module):
-    """``t [B]`` in [0, 1] -> ``[B, D]``: ``Linear(SiLU(Linear(sincos_1d(1000 t, 256))))`` (DiT)."""
+    """``t [B]`` in [0, 1] -> ``[B, D]``: ``Linear(SiLU(Linear(sincos_1d(scale t, 256))))`` (DiT: 1000)."""
 
-    def __init__(self, config: DiTConfig):
+    def __init__(self, config: DiTConfig, scale: float = TIME_SCALE):
         super().__init__()
+        self.scale = float(scale)
         self.mlp = nn.Sequential(nn.Linear(TIME_FREQ_DIM, config.hidden), nn.SiLU(),
                                  nn.Linear(config.hidden, config.hidden))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        e = sincos_1d(t * TIME_SCALE, TIME_FREQ_DIM)  # [B, 256], fp32
+        e = sincos_1d(t * self.scale, TIME_FREQ_DIM)  # [B, 256], fp32
         return self.mlp(e.to(self.mlp[0].weight.dtype))  # [B, D]
 
 
@@ -367,8 +375,8 @@ class DriftingDiT(OneStepGenerator, PretrainedMixin, nn.Module):
         self.class_embed = nn.Embedding(config.num_classes, D)
         self.style_codebook = nn.Embedding(config.codebook_size, D) if config.style_tokens > 0 else None
         # None (not registered) when time_cond is off: same state dict and same init RNG draws as before
-        self.time_embed = TimestepEmbedder(config) if config.time_cond else None
-        self.interval_embed = TimestepEmbedder(config) if config.interval_cond else None
+        self.time_embed = TimestepEmbedder(config, config.time_scale) if config.time_cond else None
+        self.interval_embed = TimestepEmbedder(config, config.time_scale) if config.interval_cond else None
         self.alpha_embed = TimestepEmbedder(config) if config.alpha_mlp else None
         if config.in_context_tokens > 0:
             self.context_proj = nn.Linear(D, D)
