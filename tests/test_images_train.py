@@ -213,11 +213,29 @@ def test_train_cli_sets_the_mae_width_and_its_label_fine_tuning(tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--preset", "cpu-tiny", "--steps", "1", "--eval-samples", "0", "--out", str(out),
                  "--mae-steps", "2", "--mae-width", "4", "--mae-cls-steps", "2", "--mae-cls-lambda", "1.0",
-                 "--mae-cls-warmup", "1", "--no-progress"]) == 0
+                 "--mae-cls-warmup", "1", "--seed", "3", "--mae-seed", "2", "--no-progress"]) == 0
     mae = json.loads((out / "mae" / "config.json").read_text())
     assert mae["base_width"] == 4 and mae["num_classes"] == 10
-    cfg = json.loads((out / "model" / "train_config.json").read_text())["mae"]
+    run_cfg = json.loads((out / "model" / "train_config.json").read_text())
+    cfg = run_cfg["mae"]
     assert (cfg["width"], cfg["cls_steps"], cfg["cls_lambda"], cfg["cls_warmup"]) == (4, 2, 1.0, 1)
+    assert (run_cfg["seed"], cfg["seed"]) == (3, 2)  # --seed is the generator's; the encoder has its own
+
+
+def test_train_cli_seed_leaves_the_encoders_seed(tmp_path, monkeypatch):
+    """``train --seed S`` seeds the generator only: the encoder keeps the preset's seed, so the shipped MAE
+    serves every training seed (a new seed pre-trains nothing)."""
+    seen = []
+
+    def record(cfg, *a, **k):
+        seen.append(cfg)
+        raise SystemExit(0)  # stop before training
+
+    monkeypatch.setattr(image_training, "train_images", record)
+    with pytest.raises(SystemExit):
+        main(["train", "--out", str(tmp_path), "--seed", "5"])
+    assert (seen[0].seed, seen[0].mae.seed) == (5, train_preset("cpu").mae.seed)
+
 
 
 def test_train_cli_minutes_zero_lifts_the_presets_time_budget(tmp_path, capsys):

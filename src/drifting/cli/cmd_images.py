@@ -26,7 +26,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         a.preset, data=a.data, generator=a.generator, encoder=a.encoder, mae_dir=a.mae,
         mae_encoder=a.mae_preset, mae_steps=a.mae_steps, mae_batch=a.mae_batch, mae_cls_steps=a.mae_cls_steps,
         mae_cls_lambda=a.mae_cls_lambda, mae_cls_warmup=a.mae_cls_warmup, mae_width=a.mae_width,
-        mae_seed=a.seed, steps=a.steps, seed=a.seed, cfg=a.cfg,
+        mae_seed=a.mae_seed, steps=a.steps, seed=a.seed, cfg=a.cfg,
         n_uncond=a.n_uncond, sampler=a.sampler, lr=a.lr, classes_per_step=a.classes_per_step, n_gen=a.n_gen,
         n_pos=a.n_pos, neg_queue=a.neg_queue, max_locations=a.max_locations, groups=a.groups,
         vanilla=a.vanilla,
@@ -201,7 +201,12 @@ def add_image_parsers(subparsers) -> None:
     tr.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                     help="bf16 autocast of the networks: auto (CUDA only, default), fp32, "
                     "bf16 (also on the CPU)")
-    tr.add_argument("--seed", type=int, default=None)
+    tr.add_argument("--seed", type=int, default=None,
+                    help="the generator's training seed (default: the preset's, 0); the encoder keeps its "
+                    "own (--mae-seed), so that the shipped MAE serves every seed")
+    tr.add_argument("--mae-seed", type=int, default=None,
+                    help="seed of the MAE's pre-training (default: the preset's, 0; another one trains a "
+                    "new MAE)")
     tr.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     tr.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard under OUT/tb")
     tr.add_argument("--ranks-per-class", type=positive_int, default=1,
