@@ -87,10 +87,12 @@ def make_step(cfg, queue: int):
         neg = group_by_class({k: v[Nc * P:] for k, v in f_real.items()}, Nc)
         w = uncond_neg_weights(alpha, N, U)
         if queue:  # stand-ins for the queued generated negatives: detached features of the right shape
-            neg = {k: torch.cat([v, v[:, :1].expand(-1, queue, *v.shape[2:]).clone()], 1) for k, v in neg.items()}
+            neg = {k: torch.cat([v, v[:, :1].expand(-1, queue, *v.shape[2:]).clone()], 1)
+                   for k, v in neg.items()}
             w = torch.cat([w, torch.ones(Nc, queue)], 1)
-        loss, _ = drifting_loss(group_by_class(f_gen, Nc), pos, neg, neg_weights=w, temperatures=cfg.temperatures,
-                                normalize=cfg.normalize, normalize_drift=cfg.normalize_drift)
+        loss, _ = drifting_loss(group_by_class(f_gen, Nc), pos, neg, neg_weights=w,
+                                temperatures=cfg.temperatures, normalize=cfg.normalize,
+                                normalize_drift=cfg.normalize_drift)
         t["field + loss"], t0 = time.perf_counter() - t0, time.perf_counter()
         (gx,) = torch.autograd.grad(loss, xl)
         t["encoder bwd"], t0 = time.perf_counter() - t0, time.perf_counter()
