@@ -65,6 +65,24 @@ def crash_at():
     return make
 
 
+@pytest.fixture
+def crash_and_resume(monkeypatch, crash_at):
+    """``crash_and_resume(cfg, root, n)``: two image runs of ``cfg``: an uninterrupted one (``root/ref2``) and
+    one that crashes at its n-th loss call and is resumed from its last checkpoint (``root/run``). Returns
+    ``(reference, resumed)``; the caller compares them."""
+    import drifting.recipes.image_training as image_training
+
+    def run(cfg, root, n: int):
+        ref = image_training.train_images(cfg, root / "ref2", progress=False)
+        real = image_training.drifting_loss
+        monkeypatch.setattr(image_training, "drifting_loss", crash_at(real, n))
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            image_training.train_images(cfg, root / "run", progress=False)
+        monkeypatch.setattr(image_training, "drifting_loss", real)
+        return ref, image_training.train_images(cfg, root / "run", progress=False, resume=True)
+    return run
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a test module (``pytestmark = pytest.mark.usefixtures("one_thread")``):

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-import drifting.recipes.image_training as image_training
 from drifting.feature_cache import RealFeatureCache
 from drifting.models.encoders import MultiEncoder, encode_groups, groups_from_maps, tap_maps
 from drifting.models.resnet_mae import ResNetMAE, resnet_mae_config
@@ -111,16 +110,10 @@ def test_training_with_the_cache_is_training_without_it(tmp_path, small_data, mo
     assert off_count <= 1e-3 * total, f"{off_count} of {total} weights differ beyond rtol 1e-3 / atol 1e-5"
 
 
-def test_interrupted_run_with_the_cache_resumes_bit_for_bit(tmp_path, small_data, monkeypatch, crash_at):
+def test_interrupted_run_with_the_cache_resumes_bit_for_bit(tmp_path, small_data, crash_and_resume):
     first = train_images(_cfg(small_data), tmp_path / "ref", progress=False)
     cfg = _cfg(small_data, str(tmp_path / "ref" / "mae"))
-    ref = train_images(cfg, tmp_path / "ref2", progress=False)
-    real = image_training.drifting_loss
-    monkeypatch.setattr(image_training, "drifting_loss", crash_at(real, 5))
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train_images(cfg, tmp_path / "run", progress=False)
-    monkeypatch.setattr(image_training, "drifting_loss", real)
-    res = train_images(cfg, tmp_path / "run", progress=False, resume=True)
+    ref, res = crash_and_resume(cfg, tmp_path, 5)
     for (k, a), b in zip(ref.generator.state_dict().items(), res.generator.state_dict().values()):
         assert torch.equal(a, b), k
     assert first.history["step"][-1] == 6

@@ -289,6 +289,8 @@ def test_presets():
         train_preset("nope")
     with pytest.raises(ValueError, match=r"unknown ImageTrainConfig field\(s\) \['neg_queu'\]"):
         train_preset("cpu", neg_queu=3)
+    with pytest.raises(ValueError, match=r"unknown ImageTrainConfig field\(s\) \['mae_widht'\]"):
+        train_preset("cpu", mae_widht=16)
     assert train_preset("cpu", neg_queue=3).neg_queue == 3
 
 

@@ -89,16 +89,10 @@ def test_the_trainer_adds_the_previous_steps_samples_as_weight_one_negatives(tmp
                 assert sorted(tuple(r.flatten().tolist()) for r in neg[key][j, U:]) == prev, (s, k, key)
 
 
-def test_a_run_with_the_queue_resumes_bit_for_bit(tmp_path, monkeypatch, crash_at):
-    ref = train_images(_tiny(neg_queue=3), tmp_path / "ref", progress=False)
+def test_a_run_with_the_queue_resumes_bit_for_bit(tmp_path, crash_and_resume):
+    train_images(_tiny(neg_queue=3), tmp_path / "ref", progress=False)  # pre-trains the MAE both runs share
     cfg = _tiny(neg_queue=3, mae_dir=str(tmp_path / "ref" / "mae"))
-    ref = train_images(cfg, tmp_path / "ref2", progress=False)
-    real = image_training.drifting_loss
-    monkeypatch.setattr(image_training, "drifting_loss", crash_at(real, 4))  # after the step-2 checkpoint
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train_images(cfg, tmp_path / "run", progress=False)
-    monkeypatch.setattr(image_training, "drifting_loss", real)
-    res = train_images(cfg, tmp_path / "run", progress=False, resume=True)
+    ref, res = crash_and_resume(cfg, tmp_path, 4)  # the crash comes after the step-2 checkpoint
     for (k, a), b in zip(ref.generator.state_dict().items(), res.generator.state_dict().values()):
         assert torch.equal(a, b), k
     assert res.history["loss"] == ref.history["loss"]

@@ -67,13 +67,14 @@ class NegativeQueue:
             raise ValueError(f"feats: groups {sorted(feats)} differ from the queue's {sorted(self.feats)}")
         N = next(iter(feats.values())).shape[0] // Nc
         n = min(N, self.size)  # a class with more new rows than slots keeps its last `size`
-        for i, k in enumerate(classes.tolist()):
-            slots = (self.head[k] + torch.arange(n)) % self.size  # [n]
-            for key, t in feats.items():
-                self.feats[key][k, slots.to(t.device)] = t[i * N + N - n: (i + 1) * N].detach().to(
-                    self.feats[key].dtype)
-            self.head[k] = (self.head[k] + n) % self.size
-            self.count[k] = min(self.size, int(self.count[k]) + n)
+        cls = classes.cpu()
+        slots = (self.head[cls, None] + torch.arange(n)) % self.size  # [Nc, n], the oldest slots first
+        for key, t in feats.items():
+            rows = t.detach().reshape(Nc, N, *t.shape[1:])[:, N - n:]  # [Nc, n, L, C]
+            dev = self.feats[key].device
+            self.feats[key][cls[:, None].to(dev), slots.to(dev)] = rows.to(self.feats[key].dtype)
+        self.head[cls] = (self.head[cls] + n) % self.size
+        self.count[cls] = (self.count[cls] + n).clamp(max=self.size)
 
     def state_dict(self) -> dict:
         return {"size": self.size, "num_classes": self.num_classes, "count": self.count.clone(),

@@ -46,7 +46,8 @@ class ImageTrainConfig:
     n_uncond: int | None = 8  # override the preset's N_unc (None: the preset's)
     sampler: str = "queue"  # "queue" (A.8) or "balanced"
     # Q: keep the features of the last Q generated samples of every class as extra, detached negatives at
-    # weight 1 (drifting.negatives; 0 = off): the repulsion then averages over N - 1 + Q samples
+    # weight 1 (drifting.negatives; 0 = off): the repulsion then averages over N - 1 + Q samples. Measured harmful
+    # at Q = 16 (the stale negatives move the fixed point; docs/results.md, session 14)
     neg_queue: int = 0
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -211,13 +212,14 @@ def train_preset(name: str, **overrides) -> ImageTrainConfig:
         raise ValueError(f"preset: unknown training preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
     cfg = ImageTrainConfig(**TRAIN_PRESETS[name])
     mae_over = {k[4:]: v for k, v in overrides.items() if k.startswith("mae_") and k != "mae_dir" and v is not None}
+    rest = {k: v for k, v in overrides.items() if (not k.startswith("mae_") or k == "mae_dir") and v is not None}
+    names = {f.name for f in fields(ImageTrainConfig)} | {f"mae_{f.name}" for f in fields(MAEConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown ImageTrainConfig field(s) {unknown}; the fields are {sorted(names)} (mae_X: "
+                         "the field X of the MAE's config)")
     if mae_over:
         cfg.mae = replace(cfg.mae, **mae_over)
-    rest = {k: v for k, v in overrides.items() if (not k.startswith("mae_") or k == "mae_dir") and v is not None}
-    unknown = sorted(set(rest) - {f.name for f in fields(ImageTrainConfig)})
-    if unknown:
-        raise ValueError(f"unknown ImageTrainConfig field(s) {unknown}; the fields are "
-                         f"{sorted(f.name for f in fields(ImageTrainConfig))}")
     if "minutes" in rest and "job_minutes" not in rest:
         rest["job_minutes"] = None  # a training budget given replaces the preset's job budget
     for budget in ("minutes", "job_minutes"):
