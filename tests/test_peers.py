@@ -85,6 +85,8 @@ def test_equal_wall_time_configs():
     assert d.steps == m.steps == f.steps == peers.MAX_STEPS
     assert f.lr == 2e-3 and f.ema_decays == (0.9995,) and f.batch == d.classes_per_step * d.n_gen
     assert peer_configs(minutes=15, steps=400)["flow"].steps == 400
+    long = peer_configs(preset="cpu-long", minutes=60)  # the preset's learning curve is off: equal time
+    assert long["drifting"].eval_every == 0 and long["meanflow"].minutes == 60
     with pytest.raises(TypeError):
         peer_configs(flow={"learning_rate": 1e-3})  # not a FlowTrainConfig field
     with pytest.raises(ValueError, match="FlowTrainConfig.lr"):
