@@ -313,6 +313,17 @@ def test_the_meanflow_peer_shares_the_flow_peer_budget_and_tuning():
     assert peer_configs(minutes=15)["meanflow"].minutes == 15
 
 
+def test_the_peers_start_from_their_own_tuning():
+    c = peer_configs(preset="cpu", steps=300)
+    f, m = c["flow"], c["meanflow"]
+    assert (f.lr, f.lr_decay, f.generator_overrides) == (3e-3, 0.5, {})
+    assert (m.lr, m.lr_decay, m.meanflow_ratio) == (1e-3, 0.5, 0.5)
+    assert m.generator_overrides == {"time_scale": 1.0}
+    m = peer_configs(steps=300, flow={"lr": 2e-3}, meanflow={"generator_overrides": {"blocks": 2}})
+    m = m["meanflow"]
+    assert m.lr == 2e-3 and m.generator_overrides == {"time_scale": 1.0, "blocks": 2}  # merged, not replaced
+
+
 def test_run_peers_scores_meanflow_at_one_and_two_steps(tmp_path, monkeypatch, standin_path):
     monkeypatch.setattr(classify, "CLASSIFIER_STEPS", 20)
     res = run_peers(tmp_path, preset="cpu-tiny", steps=2, methods=("meanflow",), eval_n=20,

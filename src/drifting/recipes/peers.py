@@ -46,6 +46,14 @@ METHODS = ("drifting", "mmd", "flow", "meanflow")
 MMD_BANDWIDTHS = (0.25, 0.5, 1.0)  # sigma / (mean distance) per feature group, in normalized features
 
 
+# The peers' own tuning, under --flow / --meanflow (docs/results.md): flow matching's best of the 8-minute
+# search (session 9); MeanFlow's best at 15 minutes (sessions 13-14): lr 1e-3, half the batch on r != t,
+# and a slow time embedding, sincos(t) instead of DiT's sincos(1000 t) (its JVP differentiates through it;
+# Inception FID 150 -> 113 at one step).
+FLOW_PEER = {"lr": 3e-3, "lr_decay": 0.5}
+MEANFLOW_PEER = {"lr": 1e-3, "meanflow_ratio": 0.5, "meanflow_time": (-0.4, 1.0),
+                 "generator_overrides": {"time_scale": 1.0}}
+
 # the step cap of a run with a wall-time budget and no --steps: the budget ends it
 MAX_STEPS = 10_000_000
 
@@ -57,7 +65,8 @@ def peer_configs(*, preset: str = "cpu", steps: int | None = None, flow_steps: i
     FlowTrainConfig}`` on one budget: the same steps (``steps``, ``flow_steps`` for flow and MeanFlow), or
     with ``minutes`` the same wall time each (then the steps, default unlimited, are only a cap). ``flow``,
     ``meanflow``: FlowTrainConfig fields of those peers (learning rate, EMA, model size, MeanFlow's (r, t)
-    sampler), so that they get the same tuning as drifting; MeanFlow starts from the flow peer's fields."""
+    sampler) on top of their tuned :data:`FLOW_PEER` / :data:`MEANFLOW_PEER`; MeanFlow also takes ``flow``'s
+    fields, then ``meanflow``'s. ``generator_overrides`` dicts are merged key by key."""
     if minutes is not None:
         steps, flow_steps = steps or MAX_STEPS, flow_steps or steps or MAX_STEPS
     # minutes 0: not the preset's time budget; no learning curve (cpu-long's would eat into the equal time)
@@ -67,9 +76,19 @@ def peer_configs(*, preset: str = "cpu", steps: int | None = None, flow_steps: i
                        normalize_drift=False, temperatures=MMD_BANDWIDTHS, **overrides)
     base = dict(data=drift.data, generator=drift.generator, steps=flow_steps or drift.steps, minutes=minutes,
                 batch=drift.classes_per_step * drift.n_gen, seed=drift.seed)
-    fm = FlowTrainConfig(**{**base, **(flow or {})}).validate()
-    mf = FlowTrainConfig(**{**base, **(flow or {}), "objective": "meanflow", **(meanflow or {})}).validate()
+    fm = FlowTrainConfig(**_merged(base, FLOW_PEER, flow)).validate()
+    mf = FlowTrainConfig(**_merged(base, FLOW_PEER, MEANFLOW_PEER, flow, {"objective": "meanflow"},
+                                   meanflow)).validate()
     return {"drifting": drift, "mmd": mmd, "flow": fm, "meanflow": mf}
+
+
+def _merged(*layers: dict | None) -> dict:
+    """The config fields of ``layers``, later ones winning; their ``generator_overrides`` merged."""
+    out: dict = {}
+    for layer in layers:
+        for k, v in (layer or {}).items():
+            out[k] = {**out.get(k, {}), **v} if k == "generator_overrides" else v
+    return out
 
 
 def train_once(name: str, cfg, root: Path, progress: bool) -> tuple[Path, float]:
