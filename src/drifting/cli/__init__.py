@@ -12,6 +12,7 @@ import os
 import sys
 
 from .. import __version__
+from ..threads import choose_threads, usable_cores
 from .cmd_ablations import add_ablate_parser
 from .cmd_analysis import add_analysis_parsers
 from .cmd_autoencoders import add_autoencoder_parsers
@@ -55,8 +56,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     threads = torch.get_num_threads()
-    if getattr(args, "threads", None) is not None:
-        torch.set_num_threads(args.threads)
+    chosen, why = choose_threads(getattr(args, "threads", None))
+    if chosen is not None:
+        torch.set_num_threads(chosen)
+        if chosen < len(usable_cores()):
+            print(f"drifting {args.command}: {chosen} torch thread(s) ({why}; --threads N to choose)",
+                  file=sys.stderr)
     try:
         rc = args.func(args)
         if os.environ.get("WORLD_SIZE", "1") != "1":  # under torchrun: all ranks leave the group together

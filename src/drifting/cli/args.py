@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..recipes.evaluate import METRICS
+from ..threads import AUTO
 
 
 def positive_int(s: str) -> int:
@@ -66,8 +67,18 @@ def metric_list(s: str) -> tuple[str, ...]:
     return vals
 
 
+def threads_arg(s: str) -> int | str:
+    """``--threads``: a positive integer or ``auto`` (the cores free at start, :mod:`drifting.threads`)."""
+    if s == AUTO:
+        return AUTO
+    try:
+        return positive_int(s)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or {AUTO!r}, got {s!r}") from None
+
+
 def add_threads_option(p: argparse.ArgumentParser) -> None:
-    """``--threads N``: torch's CPU threads for this command (applied by :func:`drifting.cli.main`)."""
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch CPU threads (default: torch's, one per core); on a CPU shared with another "
-                        "busy job, 1 can be several times faster than 2")
+    """``--threads N|auto``: torch's CPU threads for this command (applied by :func:`drifting.cli.main`)."""
+    p.add_argument("--threads", type=threads_arg, default=AUTO,
+                   help="torch CPU threads, or 'auto' (default): as many as cores are idle at start, so that "
+                        "a job beside another busy one does not fight it for a core")
