@@ -160,6 +160,49 @@ def drifting_loss(
         ``{j}/loss``, ``{j}/S``, ``{j}/V2@{tau}`` (raw mean ``||V||^2``) and ``{j}/lambda@{tau}``.
     """
     gens, poss, negs = _as_groups("gen", gen), _as_groups("pos", pos), _as_groups("neg", neg)
+    temperatures = _check_loss_args(gens, poss, negs, neg_weights, temperatures, gen_as_negatives, normalize,
+                                    attraction, repulsion, kernel)
+    field = functools.partial(_group_field, temperatures=temperatures, normalize=normalize,
+                              attraction=attraction, repulsion=repulsion, kernel=kernel, comm=comm,
+                              max_elements=max_elements, compile=compile)
+    total = None
+    stats: dict[str, torch.Tensor] = {}
+    for j, g in gens.items():
+        x, parts, P, M_extra, L = _group_targets(j, g, poss[j], negs.get(j), gen_as_negatives, comm)
+        BL, N, C = x.shape
+        x_sg = x.detach()
+        # No validation pass over the features: a NaN or inf in any of them makes S and the group's loss
+        # non-finite, and only then are the inputs checked, to name the bad one
+        name_bad = functools.partial(_name_non_finite, j, x_sg, parts)
+        with torch.no_grad():
+            w = None if neg_weights is None else _target_weights(neg_weights, x_sg, parts, P, M_extra, L,
+                                                                 gen_as_negatives, comm)  # [BL, 1, M_all]
+            self_col = None if not gen_as_negatives else P + (0 if comm is None else comm.group_rank * N)
+            dists = Distances(x_sg, parts, self_col=self_col, cache_elements=CACHE_DISTANCES)
+            if normalize_features:  # Eq. (21)
+                S = _feature_scale(dists, P, w, comm, max_elements, len(temperatures))
+                if not all_finite(S):
+                    name_bad()
+            else:
+                S = torch.ones((), dtype=dists.dtype, device=x.device)
+            V_all, unit = field(dists, x_sg, parts, P, S, w, gen_as_negatives)  # [BL, K, N, C]
+            goal, V2, lam = _drift_goal(x_sg, V_all, S, unit, normalize_drift, comm)  # Eq. 25-26
+            for k, tau in enumerate(temperatures):
+                stats[f"{j}/V2@{tau:g}"] = V2[k]
+                stats[f"{j}/lambda@{tau:g}"] = lam[k]
+        loss_j = _frozen_target_mse(x, S, goal)  # mean (x / S - goal)^2, gradient into x only
+        if not all_finite(loss_j):
+            name_bad()
+        stats[f"{j}/loss"] = loss_j.detach()
+        stats[f"{j}/S"] = S
+        total = loss_j if total is None else total + loss_j
+    return total, stats
+
+
+def _check_loss_args(gens: dict, poss: dict, negs: dict, neg_weights, temperatures, gen_as_negatives: bool,
+                     normalize: str, attraction: float, repulsion: float, kernel: str) -> tuple[float, ...]:
+    """Raise ``ValueError`` naming the first bad argument of :func:`drifting_loss`; return the temperatures
+    as a tuple of floats."""
     if not gens:
         raise ValueError("gen must hold at least one feature group")
     if set(poss) != set(gens):
@@ -180,103 +223,105 @@ def drifting_loss(
     if kernel == "mmd" and (normalize != "both" or attraction != 1.0 or repulsion != 1.0):
         raise ValueError("normalize, attraction and repulsion apply to the Laplace kernel of Alg. "
                          "2, not to kernel='mmd'")
+    return temperatures
 
-    total = None
-    stats: dict[str, torch.Tensor] = {}
-    for j, g in gens.items():
-        B = g.shape[0]
-        x, L = _to_problems(f"gen[{j!r}]", g)  # [B*L, N, C]
-        y_pos, _ = _to_problems(f"pos[{j!r}]", poss[j], B)  # [B*L, P, C]
-        BL, N, C = x.shape
-        if y_pos.shape[-1] != C or y_pos.shape[0] != BL:
-            raise ValueError(f"pos[{j!r}] must match gen[{j!r}] in L and C; got {tuple(poss[j].shape)}")
-        if y_pos.shape[1] < 1:
-            raise ValueError(f"pos[{j!r}] must hold at least one positive sample")
-        x_sg = x.detach()
-        gather = (lambda t: t.detach()) if comm is None else comm.gather  # [BL, n, C] -> [BL, n_all, C]
-        parts = [gather(y_pos)]
-        P = parts[0].shape[1]
-        if gen_as_negatives:
-            parts.append(gather(x_sg))
-        M_extra = 0
-        if negs:
-            extra, _ = _to_problems(f"neg[{j!r}]", negs[j], B)  # [B*L, M, C]
-            if extra.shape[-1] != C or extra.shape[0] != BL:
-                raise ValueError(f"neg[{j!r}] must match gen[{j!r}] in L and C; got {tuple(negs[j].shape)}")
-            M_extra = extra.shape[1]
-            parts.append(gather(extra))
-        # the targets [B*L, P+M_all, C], positives then negatives, kept as their parts (never concatenated)
-        Y = sum(t.shape[1] for t in parts)
-        # No validation pass over the features: a NaN or inf in any of them makes S and the group's loss
-        # non-finite, and only then are the inputs checked, to name the bad one
-        name_bad = functools.partial(_name_non_finite, j, x_sg, parts)
 
-        with torch.no_grad():
-            w = None  # [BL, 1, M_all]
-            if neg_weights is not None:
-                w_extra = broadcast_neg_weights(neg_weights, B, M_extra, x_sg)  # [B, 1, M]
-                w_extra = w_extra.expand(B, L, M_extra).reshape(BL, 1, M_extra)
-                if comm is not None:
-                    w_extra = comm.gather(w_extra, dim=2)
-                if gen_as_negatives:
-                    N_all = Y - P - w_extra.shape[2]
-                    w = torch.cat([torch.ones(BL, 1, N_all, dtype=w_extra.dtype, device=x.device), w_extra],
-                                  -1)
-                else:
-                    w = w_extra
-            self_col = None
-            if gen_as_negatives:
-                self_col = P + (0 if comm is None else comm.group_rank * N)
-            dists = Distances(x_sg, parts, self_col=self_col, cache_elements=CACHE_DISTANCES)
-            if normalize_features:  # Eq. (21), weighted mean over every (x, y) pair in the group
-                num = dists.weighted_sum(P, w, max_elements, K=len(temperatures))
-                den = torch.tensor(float(N * BL * (Y if w is None else P)), dtype=num.dtype,
-                                   device=num.device)
-                if w is not None:
-                    den = den + N * w.sum()
-                if comm is not None:
-                    num, den = comm.sum(num), comm.sum(den)
-                S = (num / den / math.sqrt(C)).clamp_min(_EPS)
-                if not all_finite(S):
-                    name_bad()
-            else:
-                S = torch.ones((), dtype=dists.dtype, device=x.device)
-            # V is linear in the targets: V(x/S, y/S; dist/S, T) = V(x, y; dist, S T) / S, so the
-            # normalized features phi~ = phi / S never need to be materialized.
-            xs_sg = x_sg.to(S.dtype) / S  # [BL, N, C]
-            K = len(temperatures)
-            if kernel == "mmd":  # not scale-free: evaluate it on the normalized features themselves
-                if comm is not None:
-                    raise ValueError("kernel='mmd' does not support multi-rank losses (comm)")
-                y = torch.cat(parts, dim=1)  # [BL, P+M_all, C]
-                ys, dists_s = y / S, pairwise_distances(x_sg, y) / S  # [BL, P+M_all, C], [BL, N, P+M_all]
-                V_all = torch.stack([mmd_from_distances(ys, dists_s, P, float(tau * math.sqrt(C)),
-                                                        mask_self=gen_as_negatives, neg_weights=w, x=xs_sg)
-                                     for tau in temperatures], dim=1)  # [BL, K, N, C], normalized units
-                unit = torch.ones((), dtype=S.dtype, device=S.device)
-            else:
-                V_all = drift_fields(dists, P, [tau * math.sqrt(C) * float(S) for tau in temperatures],
-                                     normalize=normalize, neg_weights=w, attraction=attraction,
-                                     repulsion=repulsion, max_elements=max_elements, compile=compile,
-                                     column_reduce=None if comm is None else comm.column_lse)  # [BL, K, N, C]
-                unit = S  # V_all is in raw units: the normalized field is V_all / S
-            # the raw mean ||V||^2 per temperature [K], in normalized units; a norm over each problem's
-            # contiguous N*C values (a strided reduction over (b, n, c) is 5x slower on the CPU)
-            V2 = torch.linalg.vector_norm(V_all.reshape(BL, K, N * C), dim=-1).square_().sum(0)
-            V2 = V2 / (BL * N) / unit.square()
-            if comm is not None:
-                V2 = comm.mean(V2)  # equal shares: the mean of the ranks' means
-            lam = (V2 / C).sqrt().clamp_min(_EPS) if normalize_drift else torch.ones_like(V2)  # [K], Eq. 25
-            coef = (lam * unit).reciprocal()  # V_all[:, k] * coef[k] = V~_k / lambda_k
-            goal = xs_sg  # the frozen target x~ + sum_k V~_k / lambda_k (Eq. 26), built in place
-            for k, tau in enumerate(temperatures):
-                goal.addcmul_(V_all[:, k], coef[k])
-                stats[f"{j}/V2@{tau:g}"] = V2[k]
-                stats[f"{j}/lambda@{tau:g}"] = lam[k]
-        loss_j = _frozen_target_mse(x, S, goal)  # mean (x / S - goal)^2, gradient into x only
-        if not all_finite(loss_j):
-            name_bad()
-        stats[f"{j}/loss"] = loss_j.detach()
-        stats[f"{j}/S"] = S
-        total = loss_j if total is None else total + loss_j
-    return total, stats
+def _group_targets(j, g: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None, gen_as_negatives: bool,
+                   comm) -> tuple[torch.Tensor, list[torch.Tensor], int, int, int]:
+    """Group ``j``'s problems: ``(x [BL, N, C], parts, P, M_extra, L)`` with ``parts`` the detached targets
+    ``[BL, n_k, C]`` in column order (positives, the generated samples when they are negatives, the extra
+    negatives; each gathered over the ranks of ``comm``), kept as parts, never concatenated."""
+    B = g.shape[0]
+    x, L = _to_problems(f"gen[{j!r}]", g)  # [B*L, N, C]
+    y_pos, _ = _to_problems(f"pos[{j!r}]", pos, B)  # [B*L, P, C]
+    BL, N, C = x.shape
+    if y_pos.shape[-1] != C or y_pos.shape[0] != BL:
+        raise ValueError(f"pos[{j!r}] must match gen[{j!r}] in L and C; got {tuple(pos.shape)}")
+    if y_pos.shape[1] < 1:
+        raise ValueError(f"pos[{j!r}] must hold at least one positive sample")
+    gather = (lambda t: t.detach()) if comm is None else comm.gather  # [BL, n, C] -> [BL, n_all, C]
+    parts = [gather(y_pos)]
+    if gen_as_negatives:
+        parts.append(gather(x.detach()))
+    M_extra = 0
+    if neg is not None:
+        extra, _ = _to_problems(f"neg[{j!r}]", neg, B)  # [B*L, M, C]
+        if extra.shape[-1] != C or extra.shape[0] != BL:
+            raise ValueError(f"neg[{j!r}] must match gen[{j!r}] in L and C; got {tuple(neg.shape)}")
+        M_extra = extra.shape[1]
+        parts.append(gather(extra))
+    return x, parts, parts[0].shape[1], M_extra, L
+
+
+def _target_weights(neg_weights: torch.Tensor, x_sg: torch.Tensor, parts: list[torch.Tensor], P: int,
+                    M_extra: int, L: int, gen_as_negatives: bool, comm) -> torch.Tensor:
+    """The negatives' weights ``[BL, 1, M_all]``: 1 for the generated samples (when they are negatives),
+    ``neg_weights`` (``[M]`` or ``[B, M]``, the CFG weight of A.7) for the extra ones at every location."""
+    BL = x_sg.shape[0]
+    B = BL // L
+    w_extra = broadcast_neg_weights(neg_weights, B, M_extra, x_sg)  # [B, 1, M]
+    w_extra = w_extra.expand(B, L, M_extra).reshape(BL, 1, M_extra)
+    if comm is not None:
+        w_extra = comm.gather(w_extra, dim=2)
+    if not gen_as_negatives:
+        return w_extra
+    N_all = sum(t.shape[1] for t in parts) - P - w_extra.shape[2]
+    return torch.cat([torch.ones(BL, 1, N_all, dtype=w_extra.dtype, device=x_sg.device), w_extra], -1)
+
+
+def _feature_scale(dists: Distances, P: int, w: torch.Tensor | None, comm, max_elements: int | None,
+                   K: int) -> torch.Tensor:
+    """``S_j`` (Eq. 21): the weighted mean distance over every (x, y) pair of the group, over ``sqrt(C)``
+    (a global mean over the ranks of ``comm``)."""
+    BL, N, C = dists.B, dists.N, dists.D
+    num = dists.weighted_sum(P, w, max_elements, K=K)
+    den = torch.tensor(float(N * BL * (dists.Y if w is None else P)), dtype=num.dtype, device=num.device)
+    if w is not None:
+        den = den + N * w.sum()
+    if comm is not None:
+        num, den = comm.sum(num), comm.sum(den)
+    return (num / den / math.sqrt(C)).clamp_min(_EPS)
+
+
+def _group_field(dists: Distances, x_sg: torch.Tensor, parts: list[torch.Tensor], P: int, S: torch.Tensor,
+                 w: torch.Tensor | None, gen_as_negatives: bool, *, temperatures: tuple[float, ...],
+                 normalize: str, attraction: float, repulsion: float, kernel: str, comm,
+                 max_elements: int | None, compile: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(V_all [BL, K, N, C], unit)``: the field at every temperature ``tau * sqrt(C)`` of the normalized
+    features (Eq. 22), in units where ``V_all / unit`` is the normalized field."""
+    C = x_sg.shape[-1]
+    if kernel == "mmd":  # not scale-free: evaluate it on the normalized features themselves
+        if comm is not None:
+            raise ValueError("kernel='mmd' does not support multi-rank losses (comm)")
+        y = torch.cat(parts, dim=1)  # [BL, P+M_all, C]
+        ys, dists_s = y / S, pairwise_distances(x_sg, y) / S  # [BL, P+M_all, C], [BL, N, P+M_all]
+        xs = x_sg.to(S.dtype) / S
+        V_all = torch.stack([mmd_from_distances(ys, dists_s, P, float(tau * math.sqrt(C)),
+                                                mask_self=gen_as_negatives, neg_weights=w, x=xs)
+                             for tau in temperatures], dim=1)  # [BL, K, N, C], normalized units
+        return V_all, torch.ones((), dtype=S.dtype, device=S.device)
+    # V is linear in the targets: V(x/S, y/S; dist/S, T) = V(x, y; dist, S T) / S, so the normalized
+    # features phi~ = phi / S never need to be materialized; V_all is in raw units
+    V_all = drift_fields(dists, P, [tau * math.sqrt(C) * float(S) for tau in temperatures],
+                         normalize=normalize, neg_weights=w, attraction=attraction, repulsion=repulsion,
+                         max_elements=max_elements, compile=compile,
+                         column_reduce=None if comm is None else comm.column_lse)  # [BL, K, N, C]
+    return V_all, S
+
+
+def _drift_goal(x_sg: torch.Tensor, V_all: torch.Tensor, S: torch.Tensor, unit: torch.Tensor,
+                normalize_drift: bool, comm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(goal [BL, N, C], V2 [K], lambda [K])``: the frozen target ``x~ + sum_k V~_k / lambda_k`` (Eq. 26)
+    with ``lambda_k = sqrt(E ||V~_k||^2 / C)`` (Eq. 25), and the raw mean ``||V~_k||^2`` per temperature."""
+    BL, K, N, C = V_all.shape
+    # a norm over each problem's contiguous N*C values (a strided reduction over (b, n, c) is 5x slower)
+    V2 = torch.linalg.vector_norm(V_all.reshape(BL, K, N * C), dim=-1).square_().sum(0)
+    V2 = V2 / (BL * N) / unit.square()
+    if comm is not None:
+        V2 = comm.mean(V2)  # equal shares: the mean of the ranks' means
+    lam = (V2 / C).sqrt().clamp_min(_EPS) if normalize_drift else torch.ones_like(V2)  # [K]
+    coef = (lam * unit).reciprocal()  # V_all[:, k] * coef[k] = V~_k / lambda_k
+    goal = x_sg.to(S.dtype) / S  # [BL, N, C], built in place
+    for k in range(K):
+        goal.addcmul_(V_all[:, k], coef[k])
+    return goal, V2, lam
