@@ -74,8 +74,9 @@ def test_cli_bad_inputs(tmp_path, capsys):
         fit_points(PointsConfig(batch=1), None, progress=False)
 
 
-def test_crash_leaves_checkpoint_and_resume_is_exact(tmp_path, monkeypatch):
-    cfg = PointsConfig(data="moons", steps=60, ckpt_every=20, n_samples=200, seed=3)
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_crash_leaves_checkpoint_and_resume_is_exact(tmp_path, monkeypatch, ema_decay):
+    cfg = PointsConfig(data="moons", steps=60, ckpt_every=20, n_samples=200, seed=3, ema_decay=ema_decay)
     ref = fit_points(cfg, tmp_path / "ref", progress=False, figures=False)
 
     real_loss = points.drifting_loss
@@ -98,5 +99,21 @@ def test_crash_leaves_checkpoint_and_resume_is_exact(tmp_path, monkeypatch):
         assert torch.equal(a, b), k
     assert np.array_equal(ref.samples, res.samples)
     with pytest.raises(ValueError, match="different configuration"):
-        fit_points(PointsConfig(data="moons", steps=60, ckpt_every=20, n_samples=200, seed=4),
-                   tmp_path / "run", progress=False, resume=True)
+        fit_points(PointsConfig(data="moons", steps=60, ckpt_every=20, n_samples=200, seed=4,
+                                ema_decay=ema_decay), tmp_path / "run", progress=False, resume=True)
+
+
+def test_ema_samples_come_from_the_moving_average():
+    """With ema_decay d, one step gives d * initial + (1 - d) * trained weights, and the samples use them."""
+    from drifting.models.mlp import MLPConfig, MLPGenerator
+
+    base = dict(data="moons", steps=1, n_samples=100, seed=5, hidden=32, depth=2)
+    trained = fit_points(PointsConfig(**base), None, progress=False).model.state_dict()
+    res = fit_points(PointsConfig(**base, ema_decay=0.9), None, progress=False)
+    torch.manual_seed(5)
+    init = MLPGenerator(MLPConfig(noise_dim=8, out_dim=2, hidden=32, depth=2)).state_dict()
+    for k, v in res.model.state_dict().items():
+        torch.testing.assert_close(v, 0.9 * init[k] + 0.1 * trained[k], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(res.model.state_dict()[k], trained[k])
+    with pytest.raises(ValueError, match="ema_decay"):
+        fit_points(PointsConfig(ema_decay=1.0), None, progress=False)

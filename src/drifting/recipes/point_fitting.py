@@ -28,6 +28,7 @@ from ..field import NORMALIZE_CHOICES
 from ..loss import DEFAULT_TEMPERATURES, drifting_loss
 from ..models.mlp import MLPConfig, MLPGenerator
 from ..training.checkpoint import export_model, jsonable, load_state, save_state
+from ..training.ema import EMA
 from ..training.rng import step_generator
 
 FLOOR_DRAWS = 3  # independent data sets averaged for the data-vs-data floor
@@ -46,6 +47,8 @@ class PointsConfig:
     warmup: int = 100
     min_lr_ratio: float = 0.05  # cosine decay to lr * min_lr_ratio
     grad_clip: float = 2.0
+    # an exponential moving average of the weights (0 = off): samples, snapshots and the export come from it
+    ema_decay: float = 0.0
     hidden: int = 256
     depth: int = 3
     noise_dim: int = 0  # 0: max(8, 2 d)
@@ -84,6 +87,7 @@ class PointsConfig:
         need(len(self.temperatures) > 0 and all(t > 0 for t in self.temperatures),
              f"temperatures must be positive numbers, got {self.temperatures}")
         need(self.attraction >= 0 and self.repulsion >= 0, "attraction and repulsion must be >= 0")
+        need(0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1) (0 = no EMA), got {self.ema_decay}")
 
 
 @dataclass
@@ -193,6 +197,8 @@ def fit_points(
         center = (torch.tensor(cfg.init_center, dtype=torch.float32) - data.mean) / data.std
         model.init_output(center, cfg.init_spread / float(data.std.mean()))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    ema = EMA(model, (cfg.ema_decay,)) if cfg.ema_decay > 0 else None
+    sampler = model if ema is None else ema.models[cfg.ema_decay]  # what samples are drawn from
 
     out = Path(out_dir) if out_dir is not None else None
     ckpt_path = out / "checkpoint.pt" if out is not None else None
@@ -208,13 +214,15 @@ def fit_points(
             raise ValueError(f"{ckpt_path} was written with a different configuration; use a new --out")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         history = json.loads(state["history"])
         start = int(state["step"])
 
     def snapshot(step: int) -> None:
         if step in snap_steps and d == 2:
             with torch.no_grad():
-                pts = data.to_original(model(snap_noise, style=snap_style))
+                pts = data.to_original(sampler(snap_noise, style=snap_style))
             history["snapshots"][str(step)] = pts.tolist()
 
     def save(step: int) -> None:
@@ -222,6 +230,7 @@ def fit_points(
             save_state(ckpt_path, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                 "config": jsonable(asdict(cfg)), "history": json.dumps(history),
+                **({} if ema is None else {"ema": ema.state_dict()}),
             })
 
     bar = None
@@ -256,6 +265,8 @@ def fit_points(
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
+        if ema is not None:
+            ema.update(model)
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             v2 = sum(stats[f"x/V2@{t:g}"].item() for t in cfg.temperatures)
@@ -275,7 +286,7 @@ def fit_points(
 
     model.eval()
     with torch.no_grad():
-        samples = data.to_original(model.sample(cfg.n_samples,
+        samples = data.to_original(sampler.sample(cfg.n_samples,
                                                 generator=torch.Generator().manual_seed(cfg.seed + 2)))
     k = min(cfg.n_samples, data.floor_refs[0].shape[0])
     floors = [compare(ref[:k], data.heldout) for ref in data.floor_refs]
@@ -299,7 +310,7 @@ def fit_points(
         out.mkdir(parents=True, exist_ok=True)
         np.save(out / "samples.npy", samples_np)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        export_model(out / "model", model, {
+        export_model(out / "model", sampler, {
             "generator": "MLPGenerator", **asdict(mcfg),
             "data_mean": data.mean.tolist(), "data_std": data.std.tolist(),
             "points_config": jsonable(asdict(cfg)),
@@ -310,7 +321,7 @@ def fit_points(
             fig.plot_curves(history, out / "curves.png", title=f"drifting loss on {data.name}")
             if d == 2:
                 fig.plot_evolution(history, data.heldout, out / "evolution.png", title=data.name)
-    return FitResult(model, data, samples_np, metrics, history)
+    return FitResult(sampler, data, samples_np, metrics, history)
 
 
 
