@@ -130,6 +130,13 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
 def add_image_parsers(subparsers) -> None:
     """Register ``drifting train``, ``drifting train-mae`` and ``drifting sample`` on ``subparsers``."""
+    _add_train_parser(subparsers)
+    _add_train_mae_parser(subparsers)
+    _add_sample_parser(subparsers)
+
+
+def _add_train_parser(subparsers) -> None:
+    """``drifting train``: its options in four groups (what is trained, the encoder, the step, the run)."""
     tr = subparsers.add_parser(
         "train", help="train a class-conditional image generator (DiT + ResNet-MAE features)",
         description="Train a one-step class-conditional generator. With no option but --out: the "
@@ -137,89 +144,107 @@ def add_image_parsers(subparsers) -> None:
         "package; the metrics' classifier is trained the first time, within the budget). Options left out "
         "keep the preset's values.")
     tr.add_argument("--out", required=True)
-    tr.add_argument("--preset", default="cpu", help="training preset: cpu (default), cpu-tiny, or Table 8's "
-                    "ablation, B/2, L/2, B/16, L/16")
-    tr.add_argument("--data", default=None,
-                    help="fashion-mnist, mnist:<dir>, an IDX dir, .npz or image folder")
-    tr.add_argument("--generator", default=None,
-                    help="DiT preset (cpu-tiny, cpu-small, B/2, L/2, B/16, L/16)")
-    tr.add_argument("--encoder", default=None, help="feature encoder(s), '+'-joined: mae (default), "
-                    "mae:DIR, resnet50:W.pth[@RES] (torchvision / MoCo / SimCLR), "
-                    "timm:convnextv2_atto:W.safetensors[@RES]")
-    tr.add_argument("--mae", default=None,
-                    help="pretrained ResNet-MAE dir (default: pre-train, cached between runs)")
-    tr.add_argument("--tokenizer", default=None,
-                    help="latent space: sd-vae:DIR or autoencoderkl:DIR (a local "
-                    "diffusers AutoencoderKL); default: pixel space")
-    tr.add_argument("--encoder-space", choices=("latent", "pixel"), default=None,
-                    help="with --tokenizer: features of latents (latent-MAE, default) or of decoded pixels")
-    tr.add_argument("--mae-preset", default=None,
-                    help="ResNet-MAE preset to pre-train (cpu-tiny, cpu-small, ...)")
-    tr.add_argument("--mae-steps", type=positive_int, default=None)
-    tr.add_argument("--mae-batch", type=positive_int, default=None)
-    tr.add_argument("--mae-cls-steps", type=int, default=None,
-                    help="steps of A.3's classification fine-tuning of the MAE (0: none)")
-    tr.add_argument("--mae-cls-lambda", type=float, default=None,
-                    help="the fine-tuning's final lambda in lambda L_cls + (1 - lambda) L_recon (A.3: 0.1)")
-    tr.add_argument("--mae-cls-warmup", type=int, default=None, help="steps of lambda's warm-up from 0")
-    tr.add_argument("--mae-width", type=positive_int, default=None,
-                    help="the MAE's base width C (default: its preset's)")
-    tr.add_argument("--classes-per-step", type=positive_int, default=None, help="Nc")
-    tr.add_argument("--n-gen", type=positive_int, default=None, help="N generated samples per class")
-    tr.add_argument("--n-pos", type=positive_int, default=None, help="P positives per class")
-    tr.add_argument("--n-uncond", type=int, default=None,
-                    help="N_unc unconditional negatives (default: the CFG preset's)")
-    tr.add_argument("--neg-queue", type=int, default=None,
-                    help="Q: the features of the last Q generated samples per class are extra, detached "
-                    "negatives (0: off, the default)")
-    tr.add_argument("--max-locations", type=positive_int, default=None,
-                    help="drift at most this many random locations per feature map and step")
-    tr.add_argument("--groups", default=None,
-                    help="keep only the feature groups matching these comma-separated patterns, "
-                    "e.g. 'tap1.loc,tap2.loc,tap*.mean' (default: all of A.5's)")
-    tr.add_argument("--vanilla", action=argparse.BooleanOptionalAction, default=None,
-                    help="also drift the raw generator output (default: the preset's)")
-    tr.add_argument("--steps", type=positive_int, default=None)
-    tr.add_argument("--eval-samples", type=int, default=None,
-                    help="samples for the final in-domain classifier metrics (default 1000; 0 skips)")
-    tr.add_argument("--eval-every", type=int, default=None,
-                    help="a learning curve: the same metrics every this many steps, "
-                    "OUT/curve.json (default 0: off)")
-    tr.add_argument("--cfg", default=None, help="CFG preset for training (ablation, B/2, L/2, none, ...)")
-    tr.add_argument("--sampler", choices=("queue", "balanced"), default=None)
-    tr.add_argument("--lr", type=float, default=None)
-    tr.add_argument("--lr-decay", type=float, default=None,
-                    help="the last fraction of training ramps the lr linearly to 0 (0: constant)")
-    tr.add_argument("--minutes", type=time_budget, default=None,
-                    help="a wall-time budget for the generator's training (stops at --steps or after this "
-                    "long; replaces the preset's job budget unless --job-minutes is given too; 0: none, "
-                    "--steps only)")
-    tr.add_argument("--job-minutes", type=time_budget, default=None,
-                    help="a wall-time budget for the whole job: the generator trains for what the "
-                    "preparation (the metrics' classifier the first time) leaves, less 0.5 min for the "
-                    "end (the cpu preset's: 14.5; 0: none)")
-    tr.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
-                    help="bf16 autocast of the networks: auto (CUDA only, default), fp32, "
-                    "bf16 (also on the CPU)")
-    tr.add_argument("--seed", type=int, default=None,
-                    help="the generator's training seed (default: the preset's, 0); the encoder keeps its "
-                    "own (--mae-seed), so that the shipped MAE serves every seed")
-    tr.add_argument("--mae-seed", type=int, default=None,
-                    help="seed of the MAE's pre-training (default: the preset's, 0; another one trains a "
-                    "new MAE)")
-    tr.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    tr.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard under OUT/tb")
-    tr.add_argument("--ranks-per-class", type=positive_int, default=1,
-                    help="under torchrun: ranks that share each class (1: classes sharded over "
-                    "ranks; the world size: every rank holds part of every class, with positives "
-                    "and negatives gathered)")
-    tr.add_argument("--compile-field", action="store_true",
-                    help="torch.compile the drifting field's elementwise work")
-    tr.add_argument("--resume", action="store_true")
-    tr.add_argument("--no-progress", action="store_true")
+    _train_model_options(tr.add_argument_group("data and networks"))
+    _train_mae_options(tr.add_argument_group("the ResNet-MAE feature encoder (A.3)"))
+    _train_step_options(tr.add_argument_group("the drifting step"))
+    _train_run_options(tr.add_argument_group("the run"))
     add_threads_option(tr)
     tr.set_defaults(func=cmd_train)
 
+
+def _train_model_options(g) -> None:
+    g.add_argument("--preset", default="cpu", help="training preset: cpu (default), cpu-wide, cpu-long (60 "
+                   "min), cpu-dit, cpu-v1, cpu-tiny, or Table 8's ablation, B/2, L/2, B/16, L/16")
+    g.add_argument("--data", default=None,
+                   help="fashion-mnist, mnist:<dir>, an IDX dir, .npz or image folder")
+    g.add_argument("--generator", default=None,
+                   help="DiT preset (cpu-tiny, cpu-small, B/2, L/2, B/16, L/16)")
+    g.add_argument("--encoder", default=None, help="feature encoder(s), '+'-joined: mae (default), "
+                   "mae:DIR, resnet50:W.pth[@RES] (torchvision / MoCo / SimCLR), "
+                   "timm:convnextv2_atto:W.safetensors[@RES]")
+
+
+def _train_mae_options(g) -> None:
+    g.add_argument("--mae", default=None,
+                   help="pretrained ResNet-MAE dir (default: pre-train, cached between runs)")
+    g.add_argument("--tokenizer", default=None,
+                   help="latent space: sd-vae:DIR or autoencoderkl:DIR (a local "
+                   "diffusers AutoencoderKL); default: pixel space")
+    g.add_argument("--encoder-space", choices=("latent", "pixel"), default=None,
+                   help="with --tokenizer: features of latents (latent-MAE, default) or of decoded pixels")
+    g.add_argument("--mae-preset", default=None,
+                   help="ResNet-MAE preset to pre-train (cpu-tiny, cpu-small, ...)")
+    g.add_argument("--mae-steps", type=positive_int, default=None)
+    g.add_argument("--mae-batch", type=positive_int, default=None)
+    g.add_argument("--mae-cls-steps", type=int, default=None,
+                   help="steps of A.3's classification fine-tuning of the MAE (0: none)")
+    g.add_argument("--mae-cls-lambda", type=float, default=None,
+                   help="the fine-tuning's final lambda in lambda L_cls + (1 - lambda) L_recon (A.3: 0.1)")
+    g.add_argument("--mae-cls-warmup", type=int, default=None, help="steps of lambda's warm-up from 0")
+    g.add_argument("--mae-width", type=positive_int, default=None,
+                   help="the MAE's base width C (default: its preset's)")
+
+
+def _train_step_options(g) -> None:
+    g.add_argument("--classes-per-step", type=positive_int, default=None, help="Nc")
+    g.add_argument("--n-gen", type=positive_int, default=None, help="N generated samples per class")
+    g.add_argument("--n-pos", type=positive_int, default=None, help="P positives per class")
+    g.add_argument("--n-uncond", type=int, default=None,
+                   help="N_unc unconditional negatives (default: the CFG preset's)")
+    g.add_argument("--neg-queue", type=int, default=None,
+                   help="Q: the features of the last Q generated samples per class are extra, detached "
+                   "negatives (0: off, the default)")
+    g.add_argument("--max-locations", type=positive_int, default=None,
+                   help="drift at most this many random locations per feature map and step")
+    g.add_argument("--groups", default=None,
+                   help="keep only the feature groups matching these comma-separated patterns, "
+                   "e.g. 'tap1.loc,tap2.loc,tap*.mean' (default: all of A.5's)")
+    g.add_argument("--vanilla", action=argparse.BooleanOptionalAction, default=None,
+                   help="also drift the raw generator output (default: the preset's)")
+
+
+def _train_run_options(g) -> None:
+    g.add_argument("--steps", type=positive_int, default=None)
+    g.add_argument("--eval-samples", type=int, default=None,
+                   help="samples for the final in-domain classifier metrics (default 1000; 0 skips)")
+    g.add_argument("--eval-every", type=int, default=None,
+                   help="a learning curve: the same metrics every this many steps, "
+                   "OUT/curve.json (default 0: off)")
+    g.add_argument("--cfg", default=None, help="CFG preset for training (ablation, B/2, L/2, none, ...)")
+    g.add_argument("--sampler", choices=("queue", "balanced"), default=None)
+    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--lr-decay", type=float, default=None,
+                   help="the last fraction of training ramps the lr linearly to 0 (0: constant)")
+    g.add_argument("--minutes", type=time_budget, default=None,
+                   help="a wall-time budget for the generator's training (stops at --steps or after this "
+                   "long; replaces the preset's job budget unless --job-minutes is given too; 0: none, "
+                   "--steps only)")
+    g.add_argument("--job-minutes", type=time_budget, default=None,
+                   help="a wall-time budget for the whole job: the generator trains for what the "
+                   "preparation (the metrics' classifier the first time) leaves, less 0.5 min for the "
+                   "end (the cpu preset's: 14.5; 0: none)")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                   help="bf16 autocast of the networks: auto (CUDA only, default), fp32, "
+                   "bf16 (also on the CPU)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="the generator's training seed (default: the preset's, 0); the encoder keeps its "
+                   "own (--mae-seed), so that the shipped MAE serves every seed")
+    g.add_argument("--mae-seed", type=int, default=None,
+                   help="seed of the MAE's pre-training (default: the preset's, 0; another one trains a "
+                   "new MAE)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    g.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard under OUT/tb")
+    g.add_argument("--ranks-per-class", type=positive_int, default=1,
+                   help="under torchrun: ranks that share each class (1: classes sharded over "
+                   "ranks; the world size: every rank holds part of every class, with positives "
+                   "and negatives gathered)")
+    g.add_argument("--compile-field", action="store_true",
+                   help="torch.compile the drifting field's elementwise work")
+    g.add_argument("--resume", action="store_true")
+    g.add_argument("--no-progress", action="store_true")
+
+
+def _add_train_mae_parser(subparsers) -> None:
     tm = subparsers.add_parser(
         "train-mae", help="pre-train the ResNet-MAE feature encoder (A.3)",
         description="Pre-train a ResNet-MAE into --out, or with --train-preset the MAE of a training preset "
@@ -247,6 +272,8 @@ def add_image_parsers(subparsers) -> None:
     add_threads_option(tm)
     tm.set_defaults(func=cmd_train_mae)
 
+
+def _add_sample_parser(subparsers) -> None:
     sp = subparsers.add_parser("sample", help="one-step samples from a trained generator, as .npz + PNG grid")
     sp.add_argument("model", help="a model directory written by `drifting train` (OUT/model), or by "
                     "`drifting train-flow` (then with --euler-steps)")
