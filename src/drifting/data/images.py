@@ -478,6 +478,30 @@ def _parse_size(size) -> tuple[int, int] | None:
     return hw
 
 
+def _list_image_folder(root: Path) -> tuple[list[Path], list[Path], list[int]]:
+    """``(class directories, image files, their labels)`` of ``root/<class>/<image>``, sorted by name;
+    hidden entries and files without an extension of :data:`IMAGE_EXTENSIONS` left out."""
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise ValueError(
+            f"no class sub-directories in {root}; expected one directory per class: {root}/<class>/<image>"
+        )
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, d in enumerate(class_dirs):
+        found = sorted(
+            p for p in d.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not found:
+            raise ValueError(
+                f"class directory {d} holds no image files (extensions: {', '.join(IMAGE_EXTENSIONS)})"
+            )
+        files += found
+        labels += [label] * len(found)
+    return class_dirs, files, labels
+
+
 def load_image_folder(
     path: str | os.PathLike,
     *,
@@ -506,25 +530,7 @@ def load_image_folder(
     if grayscale not in (None, True, False):
         raise ValueError(f"grayscale must be None (auto), True or False, got {grayscale!r}")
 
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise ValueError(
-            f"no class sub-directories in {root}; expected one directory per class: {root}/<class>/<image>"
-        )
-    files: list[Path] = []
-    labels: list[int] = []
-    for label, d in enumerate(class_dirs):
-        found = sorted(
-            p for p in d.iterdir()
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        if not found:
-            raise ValueError(
-                f"class directory {d} holds no image files (extensions: {', '.join(IMAGE_EXTENSIONS)})"
-            )
-        files += found
-        labels += [label] * len(found)
-
+    class_dirs, files, labels = _list_image_folder(root)
     # pass 1: headers only (mode, size) to choose the common mode and check sizes
     modes, sizes = [], []
     for f in files:

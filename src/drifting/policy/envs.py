@@ -184,6 +184,24 @@ def success_mask(name: str, scores: np.ndarray) -> np.ndarray:
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
+def _execute_chunk(name: str, env, chunk: np.ndarray, i: int, hist: np.ndarray, scores: np.ndarray,
+                   lengths: np.ndarray, max_steps: int) -> tuple[int, bool]:
+    """Step env ``i`` through its action chunk ``[k, act_dim]``, updating its row of ``hist``, ``scores`` and
+    ``lengths`` in place; stop early when the episode ends. Returns (actions executed, still running)."""
+    for n, a in enumerate(chunk, start=1):
+        obs, reward, terminated, truncated, info = env.step(a)
+        lengths[i] += 1
+        if name == "pusht":
+            scores[i] = max(scores[i], float(info["coverage"]))  # PushT: the best coverage so far
+        else:
+            scores[i] += float(reward)  # the return
+        hist[i] = np.roll(hist[i], -1, axis=0)
+        hist[i, -1] = np.asarray(obs, np.float32)
+        if terminated or truncated or lengths[i] >= max_steps:
+            return n, False
+    return len(chunk), True
+
+
 def run_episodes(
     name: str,
     predict: Predict,
@@ -239,19 +257,8 @@ def run_episodes(
             )
         acts = np.clip(acts, spec.action_low, spec.action_high)
         for j, i in enumerate(idx):
-            for a in acts[j]:
-                obs, reward, terminated, truncated, info = envs[i].step(a)
-                n_actions += 1
-                lengths[i] += 1
-                if name == "pusht":
-                    scores[i] = max(scores[i], float(info["coverage"]))
-                else:
-                    scores[i] += float(reward)
-                hist[i] = np.roll(hist[i], -1, axis=0)
-                hist[i, -1] = np.asarray(obs, np.float32)
-                if terminated or truncated or lengths[i] >= max_steps:
-                    active[i] = False
-                    break
+            n, active[i] = _execute_chunk(name, envs[i], acts[j], i, hist, scores, lengths, max_steps)
+            n_actions += n
         if progress:
             print(f"[run_episodes {name}] {int((~active).sum())}/{n_episodes} done", flush=True)
     for env in envs:

@@ -184,23 +184,12 @@ def latent_statistics(latents: torch.Tensor, labels, *, per_class: int | None = 
     nn_weighted = 0.0
     for c in classes:
         xc = tokens[idx[y == c].to(tokens.device)].to(dev, torch.float64)  # [m, T, D]
-        const = (xc == xc[:1]).all(dim=2).all(dim=0)  # [T] tokens where every sample is identical
-        live = torch.nonzero(~const).flatten()
-        dead += T - live.numel()
-        if live.numel():
-            iso = isotropy_stats(xc[:, live], None)  # per-cell PR/SE over the live tokens
-            pr_sum += float(iso["pr_per_cell"].sum())
-            se_sum += float(iso["se_per_cell"].sum())
-            live_cells += live.numel()
-            by["pr"].append(iso["pr"])
-            by["se"].append(iso["se"])
-        else:
-            by["pr"].append(math.nan)
-            by["se"].append(math.nan)
-        nn = nn_distance(xc, None)["nn_d"]  # Eq. 49 within the class, mean over samples and tokens
-        by["nn_d"].append(nn)
-        nn_weighted += nn * xc.shape[0]
-        by["s_mmd"].append(spherical_mmd(xc, None, tau)["s_mmd"])  # Eq. 52, mean over tokens
+        cell = _class_statistics(xc, tau)
+        pr_sum, se_sum = pr_sum + cell["pr_sum"], se_sum + cell["se_sum"]
+        live_cells, dead = live_cells + cell["live"], dead + T - cell["live"]
+        for k in by:
+            by[k].append(cell[k])
+        nn_weighted += cell["nn_d"] * xc.shape[0]
         del xc
     if live_cells == 0:
         raise ValueError("latents: every (class, token) cell has identical samples; PR and SE are undefined")
@@ -225,6 +214,22 @@ def latent_statistics(latents: torch.Tensor, labels, *, per_class: int | None = 
         "tau": tau,
         "by_class": by,
     }
+
+
+def _class_statistics(xc: torch.Tensor, tau: float) -> dict:
+    """One class's samples ``xc [m, T, D]`` (float64): PR and SE over its live tokens (those whose samples
+    are not all identical; their per-cell sums ``pr_sum``, ``se_sum`` and count ``live``), NN-d (Eq. 49)
+    and S-MMD (Eq. 52), each a mean over samples and tokens."""
+    const = (xc == xc[:1]).all(dim=2).all(dim=0)  # [T] tokens where every sample is identical
+    live = torch.nonzero(~const).flatten()
+    out = {"pr_sum": 0.0, "se_sum": 0.0, "live": live.numel(), "pr": math.nan, "se": math.nan}
+    if live.numel():
+        iso = isotropy_stats(xc[:, live], None)  # per-cell PR/SE over the live tokens
+        out.update(pr_sum=float(iso["pr_per_cell"].sum()), se_sum=float(iso["se_per_cell"].sum()),
+                   pr=iso["pr"], se=iso["se"])
+    out["nn_d"] = nn_distance(xc, None)["nn_d"]  # Eq. 49 within the class, mean over samples and tokens
+    out["s_mmd"] = spherical_mmd(xc, None, tau)["s_mmd"]  # Eq. 52, mean over tokens
+    return out
 
 
 # --------------------------------------------------------------------------- Fig. 1
