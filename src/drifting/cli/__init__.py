@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen, why = choose_threads(getattr(args, "threads", None))
     if chosen is not None:
         torch.set_num_threads(chosen)
-        if chosen < len(usable_cores()):
+        if args.threads == "auto" and chosen < len(usable_cores()):
             print(f"drifting {args.command}: {chosen} torch thread(s) ({why}; --threads N to choose)",
                   file=sys.stderr)
     try:
