@@ -83,6 +83,23 @@ def crash_and_resume(monkeypatch, crash_at):
     return run
 
 
+def _flat_tensors(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_tensors(v, f"{prefix}{k}/"))
+        elif isinstance(v, torch.Tensor):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@pytest.fixture
+def flat_tensors():
+    """``flat_tensors(state)``: the tensors of a nested checkpoint dict as ``{"a/b/c": tensor}`` (the resume
+    tests compare two runs' states key by key)."""
+    return _flat_tensors
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a test module (``pytestmark = pytest.mark.usefixtures("one_thread")``):

@@ -256,7 +256,7 @@ def tiny_cfg(data: str, **kw) -> FlowTrainConfig:
     return FlowTrainConfig(**{**base, **kw})
 
 
-def test_resume_equals_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch, crash_at):
+def test_resume_equals_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch, crash_at, flat_tensors):
     cfg = tiny_cfg(tiny_data)
     real = flow.flow_matching_loss
     crash = crash_at(real, 5)
@@ -272,9 +272,9 @@ def test_resume_equals_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch, cr
     a, b = load_state(tmp_path / "run" / "checkpoint.pt"), load_state(tmp_path / "ref" / "checkpoint.pt")
     assert a["step"] == b["step"] == 6
     for part in ("model", "ema"):
-        fa, fb = _flat(a[part]), _flat(b[part])
+        fa, fb = flat_tensors(a[part]), flat_tensors(b[part])
         assert fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa), part
-    fa, fb = _flat(a["optimizer"]["state"]), _flat(b["optimizer"]["state"])
+    fa, fb = flat_tensors(a["optimizer"]["state"]), flat_tensors(b["optimizer"]["state"])
     assert all(torch.equal(fa[k], fb[k]) for k in fa)
     lines = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     ref_lines = [json.loads(ln) for ln in (tmp_path / "ref" / "log.jsonl").read_text().splitlines()]
@@ -286,16 +286,6 @@ def test_resume_equals_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch, cr
         train_flow(replace(cfg, lr=5e-4), tmp_path / "run", progress=False)
     again = train_flow(replace(cfg, steps=2, lr=5e-4), tmp_path / "run", progress=False, resume=False)
     assert again["steps"] == 2 and len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 2
-
-
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}/"))
-        elif isinstance(v, torch.Tensor):
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def test_training_lowers_the_loss_and_exports_a_flow_model(tiny_data, tmp_path):
