@@ -201,20 +201,3 @@ def test_tiny_train_and_eval_end_to_end(env, tmp_path, capsys, monkeypatch):
     assert "NFE 2" in capsys.readouterr().out
 
 
-def test_a_checkpoint_from_before_an_option_existed_resumes_at_its_default(tmp_path):
-    """TrainRun(defaults=...): a stored config lacking a field resumes when the run uses the field's
-    default, and is refused when it does not."""
-    from drifting.training.loop import TrainRun
-
-    model = torch.nn.Linear(2, 2)
-    old = TrainRun(tmp_path, "policy", {"lr": 0.1}, {"model": model}, steps=3, resume=False, progress=False,
-                   desc="x")
-    old.save(2)
-    old.close()
-    run = TrainRun(tmp_path, "policy", {"lr": 0.1, "n_pos": 1}, {"model": model}, steps=3, resume=True,
-                   progress=False, desc="x", defaults={"lr": 0.5, "n_pos": 1})
-    assert run.start == 2
-    run.close()
-    with pytest.raises(ValueError, match="another run or configuration"):
-        TrainRun(tmp_path, "policy", {"lr": 0.1, "n_pos": 3}, {"model": model}, steps=3, resume=True,
-                 progress=False, desc="x", defaults={"lr": 0.5, "n_pos": 1})

@@ -29,14 +29,15 @@ class NegativeQueue:
     Args:
         size: ``Q``, the queued samples per class (>= 1).
         num_classes: ``K``, the classes of the data set.
+        device: where a loaded state's features go (a new queue's follow the first push).
     """
 
-    def __init__(self, size: int, num_classes: int):
+    def __init__(self, size: int, num_classes: int, device: torch.device | str = "cpu"):
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"size: the queue length per class must be an integer >= 1, got {size!r}")
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes: must be an integer >= 1, got {num_classes!r}")
-        self.size, self.num_classes = size, num_classes
+        self.size, self.num_classes, self.device = size, num_classes, device
         self.feats: dict[str, torch.Tensor] = {}  # {key: [K, Q, L, C]}, allocated by the first push
         self.count = torch.zeros(num_classes, dtype=torch.long)  # filled slots per class (<= Q)
         self.head = torch.zeros(num_classes, dtype=torch.long)  # the next slot to write per class
@@ -80,10 +81,10 @@ class NegativeQueue:
         return {"size": self.size, "num_classes": self.num_classes, "count": self.count.clone(),
                 "head": self.head.clone(), "feats": {k: t.cpu() for k, t in self.feats.items()}}
 
-    def load_state_dict(self, state: Mapping, device: torch.device | str = "cpu") -> None:
+    def load_state_dict(self, state: Mapping, device: torch.device | str | None = None) -> None:
         if (int(state["size"]), int(state["num_classes"])) != (self.size, self.num_classes):
             raise ValueError(f"the saved queue holds {int(state['size'])} samples of "
                              f"{int(state['num_classes'])} classes; this run's holds {self.size} of "
                              f"{self.num_classes}")
         self.count, self.head = state["count"].clone(), state["head"].clone()
-        self.feats = {k: t.to(device) for k, t in state["feats"].items()}
+        self.feats = {k: t.to(device or self.device) for k, t in state["feats"].items()}

@@ -62,8 +62,7 @@ from ..models.dit import DriftingDiT
 from ..models.generators import build_generator
 from ..training.checkpoint import jsonable
 from ..training.ema import EMA
-from ..training.interrupt import stop_on_sigint
-from ..training.loop import TrainRun, optimizer_step
+from ..training.loop import Trainer
 from ..training.rng import step_generator
 from ..training.schedules import linear_decay_lr
 from .flow import load_flow_model, save_flow_grid
@@ -320,63 +319,47 @@ def distill(cfg: DistillConfig, out: str | Path, *, progress: bool = True, resum
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(student, (cfg.ema_decay,), warmup_steps=cfg.ema_warmup)
     config = jsonable(asdict(cfg))
-    run = TrainRun(out, "distill", config, {"model": student, "optimizer": opt, "ema": ema}, steps=cfg.steps,
-                   resume=resume, progress=progress, desc="distill", main=main)
     best = ema.models[cfg.ema_decay]
     T = cfg.lr_decay_steps or cfg.steps
+    run = Trainer(out, "distill", config, student, opt, ema=ema, steps=cfg.steps, resume=resume,
+                  progress=progress, desc="distill", main=main, comm=comm,
+                  lr_at=lambda i, _: linear_decay_lr(i, cfg.lr, cfg.lr_final, T), grad_clip=cfg.grad_clip,
+                  log_every=cfg.log_every, ckpt_every=cfg.ckpt_every, sample_every=cfg.sample_every,
+                  show=(f"V2@{cfg.temperatures[-1]:g}",),
+                  sample=lambda path: save_flow_grid(best, K, path, steps=1, seed=cfg.seed, tokenizer=tok))
     N, E, P = cfg.n_neg, cfg.n_extra_neg, cfg.n_pos
     slots = range(cfg.classes_per_step)[layout.classes(cfg.classes_per_step)]  # this rank's class slots
     G_ = len(slots)
     shape = tuple(real.shape[1:])  # (c, h, w)
-    try:
-        with stop_on_sigint() as interrupted:
-            for step in range(run.start, cfg.steps):
-                g = step_generator(cfg.seed, step)
-                # [G], this rank's
-                classes = torch.randperm(K, generator=g)[:cfg.classes_per_step][list(slots)]
-                # each class slot draws from its own stream (seed, step, slot): no draw depends on
-                # the world size
-                gs = [step_generator(cfg.seed, step, stream=1000 + k) for k in slots]
-                pos_idx = torch.stack([by_class[k][torch.randint(len(by_class[k]), (P,), generator=gk)]
-                                       for k, gk in zip(classes.tolist(), gs)])  # [G, P]
-                pos = real[pos_idx].to(dev)  # [G, P, c, h, w]
-                # [G, N+E, c, h, w]
-                z = torch.stack([torch.randn((N + E,) + shape, generator=gk) for gk in gs]).to(dev)
-                labels = classes.to(dev)[:, None].expand(G_, N + E)  # [G, N+E]
-                lr = linear_decay_lr(step, cfg.lr, cfg.lr_final, T)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                with autocast:
-                    # [G*N, c, h, w]
-                    x = one_step(student_ddp, z[:, :N].flatten(0, 1), labels[:, :N].flatten())
-                    extra = None
-                    if E > 0:
-                        with torch.no_grad():  # detached negatives: a forward pass only
-                            extra = one_step(student, z[:, N:].flatten(0, 1), labels[:, N:].flatten())
-                    if cfg.features == "decode-encode":  # App. C: drift E(D(G(z))), gradients through both
-                        x = tok.encode(tok.decode(x))
-                        if extra is not None:
-                            with torch.no_grad():
-                                extra = tok.encode(tok.decode(extra))
-                x = x.float().view(G_, N, *x.shape[1:])  # [G, N, c', h', w']
-                extra = extra.float().view(G_, E, *extra.shape[1:]) if extra is not None else None
-                loss, stats = drift_rae_loss(x, pos, extra, temperatures=cfg.temperatures,
-                                             y_softmax=cfg.y_softmax, perturb=cfg.perturb, generator=gs,
-                                             comm=comm)
-                loss_all = loss.detach() if comm is None else comm.mean(loss)  # the 1-rank loss
-                run.check_loss(loss_all, step)
-                gnorm = optimizer_step(student, opt, loss, cfg.grad_clip, ema)
-                if comm is not None:  # stop together when any rank saw Ctrl-C
-                    interrupted["flag"] = bool(comm.sum(torch.tensor(float(interrupted["flag"]))) > 0)
-                v2 = f"V2@{cfg.temperatures[-1]:g}"
-                run.end_step(step + 1, loss_all.item(), {"lr": lr, "grad_norm": gnorm.item(), **stats},
-                             log_every=cfg.log_every, ckpt_every=cfg.ckpt_every,
-                             sample_every=cfg.sample_every, interrupted=interrupted["flag"],
-                             postfix={v2: f"{stats[v2]:.3f}"},
-                             sample=lambda path: save_flow_grid(best, K, path, steps=1, seed=cfg.seed,
-                                                                tokenizer=tok))
-    finally:
-        run.close()
+
+    def step(i: int):
+        g = step_generator(cfg.seed, i)
+        classes = torch.randperm(K, generator=g)[:cfg.classes_per_step][list(slots)]  # [G], this rank's
+        # each class slot draws from its own stream (seed, step, slot): no draw depends on the world size
+        gs = [step_generator(cfg.seed, i, stream=1000 + k) for k in slots]
+        pos_idx = torch.stack([by_class[k][torch.randint(len(by_class[k]), (P,), generator=gk)]
+                               for k, gk in zip(classes.tolist(), gs)])  # [G, P]
+        pos = real[pos_idx].to(dev)  # [G, P, c, h, w]
+        # [G, N+E, c, h, w]
+        z = torch.stack([torch.randn((N + E,) + shape, generator=gk) for gk in gs]).to(dev)
+        labels = classes.to(dev)[:, None].expand(G_, N + E)  # [G, N+E]
+        with autocast:
+            x = one_step(student_ddp, z[:, :N].flatten(0, 1), labels[:, :N].flatten())  # [G*N, c, h, w]
+            extra = None
+            if E > 0:
+                with torch.no_grad():  # detached negatives: a forward pass only
+                    extra = one_step(student, z[:, N:].flatten(0, 1), labels[:, N:].flatten())
+            if cfg.features == "decode-encode":  # App. C: drift E(D(G(z))), gradients through both
+                x = tok.encode(tok.decode(x))
+                if extra is not None:
+                    with torch.no_grad():
+                        extra = tok.encode(tok.decode(extra))
+        x = x.float().view(G_, N, *x.shape[1:])  # [G, N, c', h', w']
+        extra = extra.float().view(G_, E, *extra.shape[1:]) if extra is not None else None
+        return drift_rae_loss(x, pos, extra, temperatures=cfg.temperatures, y_softmax=cfg.y_softmax,
+                              perturb=cfg.perturb, generator=gs, comm=comm)
+
+    run.fit(step)
 
     if not main:
         return {"steps": cfg.steps, "rank": layout.rank}

@@ -54,10 +54,9 @@ from ..models.tokenizer import Tokenizer
 from ..models.tokenizers import build_tokenizer
 from ..training.checkpoint import jsonable
 from ..training.ema import EMA
-from ..training.interrupt import stop_on_sigint
-from ..training.loop import TrainRun, optimizer_step
+from ..training.loop import Trainer
 from ..training.rng import step_generator
-from ..training.schedules import training_progress, warmup_lr
+from ..training.schedules import warmup_lr
 from . import meanflow as mean_flow
 from .image_sampling import to_uint8, write_grid, write_model_tokenizer
 from .paths import flow_path
@@ -351,57 +350,46 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(model, cfg.ema_decays, warmup_steps=cfg.ema_warmup)
     config = jsonable(asdict(cfg))
-    run = TrainRun(out, "flow", config, {"model": model, "optimizer": opt, "ema": ema}, steps=cfg.steps,
-                   resume=resume, progress=progress, desc="train-flow", minutes=cfg.minutes,
-                   defaults=_defaults())
     best = ema.models[max(cfg.ema_decays)]
+    run = Trainer(out, "flow", config, model, opt, ema=ema, steps=cfg.steps, resume=resume, progress=progress,
+                  desc="train-flow", minutes=cfg.minutes, defaults=_defaults(),
+                  lr_at=lambda i, p: warmup_lr(cfg.lr, i, cfg.warmup, decay=cfg.lr_decay, progress=p),
+                  grad_clip=cfg.grad_clip, log_every=cfg.log_every, ckpt_every=cfg.ckpt_every,
+                  sample_every=cfg.sample_every,
+                  sample=lambda path: save_flow_grid(best, K, path, steps=cfg.sample_steps,
+                                                     cfg_scale=cfg.sample_cfg, seed=cfg.seed, tokenizer=tok))
     # the learning curve so far (a resumed run keeps the points up to its checkpoint)
     curve = [p for p in _read_curve(out) if p["step"] <= run.start] if cfg.eval_every else []
-    try:
-        with stop_on_sigint() as interrupted:
-            for step in range(run.start, cfg.steps):
-                g = step_generator(cfg.seed, step)
-                idx = torch.randint(len(ds), (cfg.batch,), generator=g)  # [B], uniform with replacement
-                # [B, C, H, W]: pixels in [-1, 1], or latents
-                y = latents[idx] if latents is not None else ds.to_tensor(idx.numpy())
-                eps = torch.randn(y.shape, generator=g)  # [B, C, H, W]
-                if meanflow:
-                    # [B] each
-                    r, t = mean_flow.sample_interval(cfg.batch, *cfg.meanflow_time, cfg.meanflow_ratio, g)
-                else:
-                    t = sample_time(cfg.batch, cfg.time_sampling, g)  # [B]
-                drop = torch.rand(cfg.batch, generator=g) < cfg.label_dropout  # [B]
-                labels = labels_all[idx].masked_fill(drop, K)  # [B], K = the null class
-                y, eps, t, labels = y.to(dev), eps.to(dev), t.to(dev), labels.to(dev)
-                lr = warmup_lr(cfg.lr, step, cfg.warmup, decay=cfg.lr_decay,
-                               progress=training_progress(step, cfg.steps, run.elapsed(), cfg.minutes))
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                stats = {}
-                with autocast:
-                    if meanflow:
-                        loss = mean_flow.meanflow_loss(model, y, labels, r.to(dev), t, eps, p=cfg.meanflow_p,
-                                             c=cfg.meanflow_c, stats=stats)
-                    else:
-                        loss = flow_matching_loss(model, y, labels, t, eps)
-                run.check_loss(loss, step)
-                gnorm = optimizer_step(model, opt, loss, cfg.grad_clip, ema)
-                scalars = {"lr": lr, "grad_norm": gnorm.item(), **{k: v.item() for k, v in stats.items()}}
-                last = run.end_step(step + 1, loss.item(), scalars,
-                                    log_every=cfg.log_every,
-                             ckpt_every=cfg.ckpt_every, sample_every=cfg.sample_every,
-                                    interrupted=interrupted["flag"],
-                             sample=lambda path: save_flow_grid(best, K, path, steps=cfg.sample_steps,
-                                                                cfg_scale=cfg.sample_cfg, seed=cfg.seed,
-                                                                tokenizer=tok))
-                if cfg.eval_every and (last or (step + 1) % cfg.eval_every == 0):
-                    with run.paused():
-                        curve.append(flow_curve_point(best, cfg, step + 1, run.elapsed(), tok))
-                    (out / "curve.json").write_text(json.dumps(curve, indent=2))
-                if last:
-                    break
-    finally:
-        run.close()
+
+    def step(i: int):
+        g = step_generator(cfg.seed, i)
+        idx = torch.randint(len(ds), (cfg.batch,), generator=g)  # [B], uniform with replacement
+        # [B, C, H, W]: pixels in [-1, 1], or latents
+        y = latents[idx] if latents is not None else ds.to_tensor(idx.numpy())
+        eps = torch.randn(y.shape, generator=g)  # [B, C, H, W]
+        if meanflow:
+            r, t = mean_flow.sample_interval(cfg.batch, *cfg.meanflow_time, cfg.meanflow_ratio, g)  # [B] each
+        else:
+            t = sample_time(cfg.batch, cfg.time_sampling, g)  # [B]
+        drop = torch.rand(cfg.batch, generator=g) < cfg.label_dropout  # [B]
+        labels = labels_all[idx].masked_fill(drop, K)  # [B], K = the null class
+        y, eps, t, labels = y.to(dev), eps.to(dev), t.to(dev), labels.to(dev)
+        stats = {}
+        with autocast:
+            if meanflow:
+                loss = mean_flow.meanflow_loss(model, y, labels, r.to(dev), t, eps, p=cfg.meanflow_p,
+                                               c=cfg.meanflow_c, stats=stats)
+            else:
+                loss = flow_matching_loss(model, y, labels, t, eps)
+        return loss, stats
+
+    def curve_point(done: int, last: bool) -> None:
+        if cfg.eval_every and (last or done % cfg.eval_every == 0):
+            with run.paused():
+                curve.append(flow_curve_point(best, cfg, done, run.elapsed(), tok))
+            (out / "curve.json").write_text(json.dumps(curve, indent=2))
+
+    run.fit(step, after=curve_point)
 
     run.finish(best, config)
     # how to decode its latents (model_tokenizer)
@@ -409,8 +397,7 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
     save_flow_grid(best, K, out / "samples.png", per_class=10, steps=cfg.sample_steps,
                    cfg_scale=cfg.sample_cfg,
                    seed=cfg.seed, tokenizer=tok)  # one row per class
-    secs = run.train_seconds
-    steps = run.history["step"][-1] if run.history["step"] else run.start
+    secs, steps = run.train_seconds, run.steps_done
     return {"steps": steps, "train_seconds": secs, "steps_per_second": steps / max(secs, 1e-9),
             "final_loss": run.history["loss"][-1] if run.history["loss"] else None,
             "model_dir": str(out / "model"), "samples": str(out / "samples.png"),

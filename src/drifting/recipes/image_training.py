@@ -20,7 +20,6 @@ pre-training in :mod:`drifting.recipes.mae_pretrain`, and sampling and the expor
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -42,15 +41,12 @@ from ..models.onestep import OneStepGenerator
 from ..models.tokenizer import Tokenizer
 from ..models.tokenizers import build_tokenizer
 from ..negatives import NegativeQueue
-from ..training.checkpoint import fill_defaults, jsonable, load_state, save_state
+from ..training.checkpoint import jsonable
 from ..training.ema import EMA
-from ..training.interrupt import stop_on_sigint
-from ..training.loop import JsonlLogger as _Logger
-from ..training.loop import progress_bar as _bar
-from ..training.loop import truncate_log as _truncate_log
+from ..training.loop import Trainer
 from ..training.precision import autocast as precision_autocast
 from ..training.rng import step_generator
-from ..training.schedules import training_progress, warmup_lr
+from ..training.schedules import warmup_lr
 from .image_config import ImageTrainConfig
 from .image_sampling import generate, save_grid, write_model_tokenizer
 from .mae_pretrain import cached_mae_dir
@@ -114,11 +110,121 @@ class ImageRun:
     metrics: dict | None = None
 
 
+@dataclass
+class DriftingStep:
+    """The main job's step (A.9) as the :class:`~drifting.training.loop.Trainer` runs it: ``step(i) -> (loss,
+    scalars)``. It draws the step's batch from ``(seed, i)`` (:meth:`draw`), generates, encodes the generated
+    and the real images (:meth:`features`) and returns the drifting loss with its raw drift norms.
+
+    Under several processes each rank computes its share of the global batch (``layout``); ``comm`` sums the
+    field's statistics over the ranks. ``cache``: the real images' tap maps, when they fit in memory."""
+
+    cfg: ImageTrainConfig
+    ds: ImageDataset
+    G: torch.nn.Module  # the generator as the forward pass sees it (DDP-wrapped under torchrun)
+    encoder: torch.nn.Module
+    tok: Tokenizer
+    sampler: object  # positives and unconditional samples per class (drifting.data.queue)
+    layout: object
+    comm: object
+    dev: torch.device
+    autocast: object
+    queue: NegativeQueue | None = None
+    cache: RealFeatureCache | None = None
+    compile_field: bool = False
+    ckpt: Path | None = None  # named by the non-finite-samples error
+
+    def __post_init__(self):
+        cfg, L = self.cfg, self.layout
+        self.K = self.ds.num_classes
+        C = self.ds.shape[2]
+        self.shape = self.tok.latent_shape(C, *self.ds.shape[:2])  # (c, h, w): the generator's space
+        self.decode_first = cfg.tokenizer is not None and cfg.encoder_space == "pixel"
+        self.U = cfg.cfg_config.n_uncond
+        self.slots = range(cfg.classes_per_step)[L.classes(cfg.classes_per_step)]  # this rank's class slots
+        # this rank's classes, and its generated, positive and unconditional samples per class
+        self.Nc, self.N, self.P, self.U_loc = (len(self.slots), cfg.n_gen // L.ranks_per_class,
+                                               cfg.n_pos // L.ranks_per_class, self.U // L.ranks_per_class)
+
+    def __call__(self, i: int):
+        cfg, Nc, N, P = self.cfg, self.Nc, self.N, self.P
+        g = step_generator(cfg.seed, i)
+        classes, alpha, noise, style, real_idx = self.draw(i, g)
+        with self.autocast:
+            # [Nc*N, c, h, w]
+            x = self.G(noise, classes.repeat_interleave(N), alpha.repeat_interleave(N), style)
+            f_gen, f_real = self.features(x, real_idx)
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(f"the generator produced non-finite samples at step {i}; the last "
+                                     f"good checkpoint is {self.ckpt} (resume with --resume, e.g. with a "
+                                     "lower --lr)")
+        subsets = sample_locations(f_gen, cfg.max_locations, g)
+        queued = None  # earlier steps' generated features of these classes: [Nc*Q, L, C]
+        if self.queue is not None:
+            queued = take_locations(self.queue.take(classes), subsets) if self.queue.ready(classes) else None
+            self.queue.push(f_gen, classes)
+        f_gen, f_real = take_locations(f_gen, subsets), take_locations(f_real, subsets)
+        gen = group_by_class(f_gen, Nc)  # {j: [Nc, N, L, C]}
+        pos = group_by_class({k: v[: Nc * P] for k, v in f_real.items()}, Nc)  # {j: [Nc, P, L, C]}
+        # the extra negatives: unconditional real samples (weights w(alpha), A.7), then the queue's
+        U = self.U
+        neg, w = _extra_negatives(
+            group_by_class({k: v[Nc * P:] for k, v in f_real.items()}, Nc) if U > 0 else None,
+            uncond_neg_weights(alpha, cfg.n_gen, U)[:, :self.U_loc] if U > 0 else None,  # [Nc, U_loc]
+            None if queued is None else group_by_class(queued, Nc))
+        loss, stats = drifting_loss(gen, pos, neg, neg_weights=w, temperatures=cfg.temperatures,
+                                    kernel=cfg.kernel, normalize=cfg.normalize, attraction=cfg.attraction,
+                                    repulsion=cfg.repulsion, normalize_drift=cfg.normalize_drift,
+                                    comm=self.comm, compile=self.compile_field)
+        v2 = {k: v for k, v in stats.items() if "/V2@" in k}  # raw ||V||^2 per group and temperature
+        return loss, {"V2": sum(v2.values()), **v2}
+
+    def draw(self, i: int, g: torch.Generator):
+        """This rank's share of step ``i``'s global batch, the same draws on every rank whatever the world
+        size: its classes ``[Nc]``, CFG scales ``[Nc]``, noise ``[Nc*N, c, h, w]`` and style draws, and the
+        indices of its real images (positives, then unconditional samples) ``[Nc*(P+U_loc)]``."""
+        cfg, L, Nc_all = self.cfg, self.layout, self.cfg.classes_per_step
+        classes_all = torch.randperm(self.K, generator=g)[:Nc_all]  # [Nc_all]
+        alpha_all = sample_alpha(Nc_all, cfg.cfg_config, generator=g)  # [Nc_all]
+        self.sampler.refill(self.ds.labels, generator=g)
+        pos_all = self.sampler.sample_positives(classes_all, cfg.n_pos, generator=g)  # [Nc_all, P_all]
+        real_idx = [pos_all[self.slots][:, L.rows(cfg.n_pos)].reshape(-1)]  # [Nc*P]
+        if self.U > 0:
+            unc_all = self.sampler.sample_unconditional(Nc_all, self.U, generator=g)  # [Nc_all, U]
+            real_idx.append(unc_all[self.slots][:, L.rows(self.U)].reshape(-1))  # [Nc*U_loc]
+        rows = L.rows(cfg.n_gen)
+        slot_noise = [_slot_noise(self.G_module, cfg.seed, i, k, cfg.n_gen, self.shape) for k in self.slots]
+        noise = torch.cat([z[rows] for z, _ in slot_noise])  # [Nc*N, c, h, w]
+        style = torch.cat([s[rows] for _, s in slot_noise])
+        d = self.dev
+        return (classes_all[self.slots].to(d), alpha_all[self.slots].to(d), noise.to(d), style.to(d),
+                torch.cat(real_idx))
+
+    @property
+    def G_module(self) -> OneStepGenerator:
+        return getattr(self.G, "module", self.G)
+
+    def features(self, x: torch.Tensor, real_idx: torch.Tensor):
+        """The feature groups ``{name: [B, L, C]}`` (A.5) of the generated ``x`` and of the real images
+        ``real_idx`` (no gradient; from the cache's tap maps when there is one)."""
+        cfg, tok = self.cfg, self.tok
+        with torch.no_grad():
+            real = self.ds.to_tensor(real_idx.numpy()).to(self.dev)  # [Nc*(P+U_loc), C, H, W]
+            real_z = tok.encode(real)  # the generator's space
+            maps = None if self.cache is None else self.cache.take(real_idx.to(self.dev))
+            f_real = encode(self.encoder, real if self.decode_first else real_z, cfg.feature_sets,
+                            cfg.vanilla, real_z, maps=maps, groups=cfg.groups)
+        f_gen = encode(self.encoder, tok.decode(x) if self.decode_first else x, cfg.feature_sets, cfg.vanilla,
+                       x, groups=cfg.groups)
+        return f_gen, f_real
+
+
 def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress: bool = True,
                  resume: bool = False, device: str | torch.device | None = None,
                  tensorboard: bool = False, ranks_per_class: int = 1,
                  compile_field: bool = False) -> ImageRun:
-    """Train a class-conditional drifting generator; see the module docstring for one step.
+    """Train a class-conditional drifting generator: :class:`DriftingStep` under the shared
+    :class:`~drifting.training.loop.Trainer`, then the export, ``samples.png`` and the metrics.
 
     ``device`` defaults to CUDA when available (then the generator and encoder run under bf16
     autocast; the field and loss are computed in fp32), else CPU. All random draws are made on
@@ -139,20 +245,21 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
     dev = torch.device(device if device is not None else "cpu")
     layout, comm = init_from_env(ranks_per_class, dev)
     main = layout.rank == 0
-    autocast = precision_autocast(dev, cfg.precision)
     ds = load_dataset(cfg.data, "train")
-    H, W, C = ds.shape
     K = ds.num_classes
     if cfg.classes_per_step > K:
         raise ValueError(f"classes_per_step={cfg.classes_per_step} exceeds the {K} classes of {cfg.data}")
+    if cfg.neg_queue and layout.world > 1:
+        raise ValueError("neg_queue: the queue of generated negatives runs in one process only; set it to 0 "
+                         "under torchrun")
     out = Path(out_dir) if out_dir is not None else None
-    cfgc = cfg.cfg_config
-    U = cfgc.n_uncond
-    layout.check(cfg.classes_per_step, cfg.n_gen, cfg.n_pos, U)
+    if resume and (out is None or not (out / "checkpoint.pt").is_file()):
+        raise FileNotFoundError(f"resume requested but there is no checkpoint at "
+                                f"{None if out is None else out / 'checkpoint.pt'}")
+    layout.check(cfg.classes_per_step, cfg.n_gen, cfg.n_pos, cfg.cfg_config.n_uncond)
 
-    tok = build_tokenizer(cfg.tokenizer, pixel_channels=C).to(dev)
-    c, h, w_ = tok.latent_shape(C, H, W)  # the generator's space: [c, h, w_] (= [C, H, W] in pixel space)
-    decode_first = cfg.tokenizer is not None and cfg.encoder_space == "pixel"
+    tok = build_tokenizer(cfg.tokenizer, pixel_channels=ds.shape[2]).to(dev)
+    c, h, _ = tok.latent_shape(ds.shape[2], *ds.shape[:2])  # the generator's space
     if not main:
         barrier()  # rank 0 pre-trains (or finds) the cached MAE first; the others then load it
     encoder = feature_encoder(cfg, ds, out, progress and main, tokenizer=tok).to(dev)
@@ -163,221 +270,88 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
     style_over = {} if cfg.style_tokens is None else {"style_tokens": cfg.style_tokens}
     G = build_generator(generator_config(cfg.generator, input_size=h, in_channels=c, num_classes=K,
                                          **style_over)).to(dev)
-    G_ddp = G if comm is None else torch.nn.parallel.DistributedDataParallel(
-        G, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.AdamW(G.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(G, cfg.ema_decays, warmup_steps=cfg.ema_warmup)
+    best = ema.models[max(cfg.ema_decays)]
     sampler = make_sampler(cfg.sampler, ds.labels, K)
-    if cfg.neg_queue and layout.world > 1:
-        raise ValueError("neg_queue: the queue of generated negatives runs in one process only; set it to 0 "
-                         "under torchrun")
-    queue = NegativeQueue(cfg.neg_queue, K) if cfg.neg_queue else None
-    history: dict = {"step": [], "loss": [], "V2": [], "time": []}
-    start = 0
-    ckpt = out / "checkpoint.pt" if out is not None else None
-    if resume:
-        if ckpt is None or not ckpt.is_file():
-            raise FileNotFoundError(f"resume requested but there is no checkpoint at {ckpt}")
-        state = load_state(ckpt)
-        # a checkpoint written before an option existed holds its default (the run behaved that way)
-        if fill_defaults(state["config"], _config_defaults()) != jsonable(asdict(cfg)):
-            raise ValueError(f"{ckpt} was written with a different configuration; use a new --out")
-        G.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        ema.load_state_dict(state["ema"])
-        sampler.load_state_dict(state["sampler"])
-        history = json.loads(state["history"])
-        if queue is not None:
-            queue.load_state_dict(state["neg_queue"], dev)
-        start = int(state["step"])
-        _truncate_log(out / "log.jsonl", start)  # drop lines of steps after the checkpoint
-    else:
-        sampler.warm_up(ds.labels, generator=step_generator(cfg.seed, -1, stream=2))
-
-    def save(step: int) -> None:
-        if ckpt is not None and main:
-            save_state(ckpt, {
-                "model": G.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
-                "sampler": sampler.state_dict(), "step": step, "config": jsonable(asdict(cfg)),
-                "history": json.dumps(history),
-                **({} if queue is None else {"neg_queue": queue.state_dict()}),
-            })
-
-    if not main:
-        out = None  # rank 0 alone writes logs, pictures and the export
-    log = _Logger(out, tensorboard) if out is not None else None
+    queue = NegativeQueue(cfg.neg_queue, K, device=dev) if cfg.neg_queue else None
     # the training budget, decided before the training clock starts (the judge's first-time training is not
     # training time)
     minutes = training_minutes(cfg, job_start, main and out is not None)
-    bar = _bar(cfg.steps, "train", progress and main, initial=start)
-    t0 = time.perf_counter() - (history["time"][-1] if history["time"] else 0.0)
-    paused = [0.0]  # seconds of learning-curve evaluation in this session, left out of the training time
+    run = Trainer(out, "images", jsonable(asdict(cfg)), G, opt, ema=ema, steps=cfg.steps, resume=resume,
+                  progress=progress, desc="train", main=main, comm=comm, defaults=_config_defaults(),
+                  parts={"sampler": sampler, **({} if queue is None else {"neg_queue": queue})},
+                  minutes=minutes, grad_clip=cfg.grad_clip, tensorboard=tensorboard, history_keys=("V2",),
+                  lr_at=lambda i, p: warmup_lr(cfg.lr, i, cfg.warmup, decay=cfg.lr_decay, progress=p),
+                  log_every=cfg.log_every, ckpt_every=cfg.ckpt_every, sample_every=cfg.sample_every,
+                  sample=lambda path: save_grid(best, K, path, seed=cfg.seed, tokenizer=tok))
+    if run.start == 0:
+        sampler.warm_up(ds.labels, generator=step_generator(cfg.seed, -1, stream=2))
+    step = DriftingStep(cfg, ds, G if comm is None else torch.nn.parallel.DistributedDataParallel(
+                            G, device_ids=[dev.index] if dev.type == "cuda" else None),
+                        encoder, tok, sampler, layout, comm, dev, precision_autocast(dev, cfg.precision),
+                        queue=queue, cache=_real_feature_cache(cfg, encoder, ds, dev, main),
+                        compile_field=compile_field, ckpt=run.ckpt)
 
-    def elapsed() -> float:
-        return time.perf_counter() - t0 - paused[0]
+    def curve_point(done: int, last: bool) -> None:  # the learning curve (its evaluations: not training time)
+        if cfg.eval_every and main and (done % cfg.eval_every == 0 or last):
+            with run.paused():
+                point = evaluate_generator(best, cfg.data, cfg.eval_samples, tokenizer=tok, seed=cfg.seed + 1)
+            if point is not None:
+                run.history.setdefault("curve", []).append({"step": done, "time": run.elapsed(), **point})
 
-    # the real images' tap maps, once (counted in the training time); pixel space only: a tokenizer's
-    # encoding is part of the step there
-    cache = None
-    if cfg.real_feature_cache_gb > 0 and cfg.tokenizer is None:
-        cache = RealFeatureCache.build(encoder, ds.to_tensor, len(ds), max_gb=cfg.real_feature_cache_gb,
-                                       device=dev, autocast=autocast)
-        if cache is None and main:
-            print(f"real-feature cache off: the maps of {len(ds)} images exceed real_feature_cache_gb="
-                  f"{cfg.real_feature_cache_gb:g}", flush=True)
+    run.fit(step, after=curve_point)
+    if out is not None and main:
+        _export(out, best, cfg, run.history, tok, K, ds.shape[2])
+    metrics = _final_metrics(cfg, best, run.history, tok, progress) if main else None
+    if metrics is not None and out is not None:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return ImageRun(G, ema, ds, run.history, out if main else None, metrics)
 
-    Nc_all, N_all, P_all = cfg.classes_per_step, cfg.n_gen, cfg.n_pos
-    cls_slots = layout.classes(Nc_all)  # this rank's class slots of the step
-    Nc, N, P, U_loc = (len(range(Nc_all)[cls_slots]), N_all // layout.ranks_per_class,
-                       P_all // layout.ranks_per_class, U // layout.ranks_per_class)
-    with stop_on_sigint() as interrupted:  # Ctrl-C: finish the current step, write a checkpoint, then stop
-        try:
-            for step in range(start, cfg.steps):
-                # the step's global batch: the same draws on every rank, whatever the world size
-                g = step_generator(cfg.seed, step)
-                classes_all = torch.randperm(K, generator=g)[:Nc_all]  # [Nc_all]
-                alpha_all = sample_alpha(Nc_all, cfgc, generator=g)  # [Nc_all]
-                sampler.refill(ds.labels, generator=g)
-                pos_all = sampler.sample_positives(classes_all, P_all, generator=g)  # [Nc_all, P_all]
-                # [Nc_all, U]
-                unc_all = sampler.sample_unconditional(Nc_all, U, generator=g) if U > 0 else None
-                # this rank's share: its class slots, and its rows of each class
-                classes, alpha = classes_all[cls_slots], alpha_all[cls_slots]  # [Nc]
-                labels = classes.repeat_interleave(N)  # [Nc*N]
-                rows = layout.rows(N_all)
-                slot_noise = [_slot_noise(G, cfg.seed, step, k, N_all, (c, h, w_))
-                              for k in range(Nc_all)[cls_slots]]
-                noise = torch.cat([z[rows] for z, _ in slot_noise])  # [Nc*N, c, h, w]
-                style = torch.cat([s[rows] for _, s in slot_noise])
-                real_idx = [pos_all[cls_slots][:, layout.rows(P_all)].reshape(-1)]  # [Nc*P]
-                if U > 0:
-                    real_idx.append(unc_all[cls_slots][:, layout.rows(U)].reshape(-1))  # [Nc*U_loc]
-                real_idx = torch.cat(real_idx)
-                real = ds.to_tensor(real_idx.numpy()).to(dev)  # [Nc*(P+U_loc), C, H, W]
-                noise, labels, style = noise.to(dev), labels.to(dev), style.to(dev)
 
-                with autocast:
-                    x = G_ddp(noise, labels, alpha.repeat_interleave(N).to(dev), style)  # [Nc*N, c, h, w]
-                    with torch.no_grad():
-                        real_z = tok.encode(real)  # [Nc*(P+U), c, h, w], the generator's space
-                        f_real = encode(encoder, real if decode_first else real_z, cfg.feature_sets,
-                                        cfg.vanilla, real_z,
-                                        maps=None if cache is None else cache.take(real_idx.to(dev)),
-                                        groups=cfg.groups)
-                    f_gen = encode(encoder, tok.decode(x) if decode_first else x, cfg.feature_sets,
-                                   cfg.vanilla, x, groups=cfg.groups)
-                if not torch.isfinite(x).all():
-                    raise FloatingPointError(f"the generator produced non-finite samples at step {step}; "
-                                             f"the last good checkpoint is {ckpt} (resume with --resume, "
-                                             "e.g. with a lower --lr)")
-                subsets = sample_locations(f_gen, cfg.max_locations, g)
-                queued = None  # earlier steps' generated features of these classes: [Nc*Q, L, C]
-                if queue is not None:
-                    queued = take_locations(queue.take(classes), subsets) if queue.ready(classes) else None
-                    queue.push(f_gen, classes)
-                f_gen, f_real = take_locations(f_gen, subsets), take_locations(f_real, subsets)
-                gen = group_by_class(f_gen, Nc)  # {j: [Nc, N, L, C]}
-                pos = group_by_class({k: v[: Nc * P] for k, v in f_real.items()}, Nc)  # {j: [Nc, P, L, C]}
-                # the extra negatives: unconditional real samples (weights w(alpha), A.7), then the queue's
-                neg, w = _extra_negatives(
-                    group_by_class({k: v[Nc * P:] for k, v in f_real.items()}, Nc) if U > 0 else None,
-                    # w [Nc, U_loc] depends on the global N, U
-                    uncond_neg_weights(alpha, N_all, U)[:, :U_loc].to(dev) if U > 0 else None,
-                    None if queued is None else group_by_class(queued, Nc))
-                loss, stats = drifting_loss(gen, pos, neg, neg_weights=w, temperatures=cfg.temperatures,
-                                            kernel=cfg.kernel, normalize=cfg.normalize,
-                                            attraction=cfg.attraction, repulsion=cfg.repulsion,
-                                            normalize_drift=cfg.normalize_drift, comm=comm,
-                                            compile=compile_field)
-                # the mean over ranks (the 1-rank loss): logged, and checked on every rank alike
-                if comm is not None:
-                    loss_all = comm.mean(loss)
-                else:
-                    loss_all = loss.detach()
-                if not torch.isfinite(loss_all):
-                    raise FloatingPointError(
-                        f"non-finite loss at step {step}; the last good checkpoint is {ckpt} "
-                        "(resume with --resume)")
-                lr = warmup_lr(cfg.lr, step, cfg.warmup, decay=cfg.lr_decay,
-                               progress=training_progress(step, cfg.steps, elapsed(), minutes))
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(G.parameters(),
-                                                       cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-                opt.step()
-                ema.update(G)
-                done = step + 1
-                if comm is not None:  # stop together: a Ctrl-C seen by any rank stops all after this step
-                    flag = torch.tensor(float(interrupted["flag"]))
-                    interrupted["flag"] = bool(comm.sum(flag) > 0)
-                # the time budget (--minutes, --job-minutes) ends the run like its last step: logged and
-                # checkpointed
-                last = done == cfg.steps or (minutes is not None and
-                                             _out_of_time(elapsed(), minutes, main, comm))
-                if done % cfg.log_every == 0 or last:
-                    v2 = sum(v.item() for k, v in stats.items() if "/V2@" in k)
-                    history["step"].append(done)
-                    history["loss"].append(loss_all.item())
-                    history["V2"].append(v2)
-                    history["time"].append(elapsed())
-                    if log is not None:
-                        log.write(done,
-                                  {"loss": loss_all.item(), "V2": v2, "lr": lr, "grad_norm": gnorm.item(),
-                                   "time": history["time"][-1]}, stats)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{loss_all.item():.2f}", V2=f"{v2:.3g}")
-                if bar is not None:
-                    bar.update(1)
-                if out is not None and (done % cfg.sample_every == 0 or done == cfg.steps):
-                    save_grid(ema.models[max(cfg.ema_decays)], K, out / f"samples_{done:06d}.png",
-                              seed=cfg.seed, tokenizer=tok)
-                if cfg.eval_every and main and (done % cfg.eval_every == 0 or last):
-                    t_eval = time.perf_counter()
-                    point = evaluate_generator(ema.models[max(cfg.ema_decays)], cfg.data, cfg.eval_samples,
-                                               tokenizer=tok, seed=cfg.seed + 1)
-                    if point is not None:
-                        history.setdefault("curve", []).append({"step": done, "time": elapsed(), **point})
-                    paused[0] += time.perf_counter() - t_eval  # the curve's evaluations are not training time
-                if ckpt is not None and (done % cfg.ckpt_every == 0 or last or interrupted["flag"]):
-                    save(done)
-                if interrupted["flag"]:
-                    raise KeyboardInterrupt(f"interrupted after step {done}; resume "
-                                            f"from {ckpt} with --resume")
-                if last:
-                    break
-        finally:
-            if log is not None:
-                log.close()
-            if bar is not None:
-                bar.close()
-    if out is not None:
-        best = ema.models[max(cfg.ema_decays)]
-        best.save_pretrained(out / "model")
-        # one row per class
-        save_grid(best, K, out / "samples.png", per_class=10, seed=cfg.seed, tokenizer=tok)
-        (out / "model" / "train_config.json").write_text(json.dumps(jsonable(asdict(cfg)), indent=2))
-        write_model_tokenizer(out / "model", cfg.tokenizer, C)  # how to decode its latents (load_generator)
-        (out / "history.json").write_text(json.dumps(history))
-        if history.get("curve"):
-            (out / "curve.json").write_text(json.dumps(history["curve"], indent=2))
-    metrics = None
+def _real_feature_cache(cfg: ImageTrainConfig, encoder, ds: ImageDataset, dev: torch.device, main: bool):
+    """The real images' tap maps, computed once (counted in the training time), or None: pixel space only (a
+    tokenizer's encoding is part of the step there), and only within ``cfg.real_feature_cache_gb``."""
+    if cfg.real_feature_cache_gb <= 0 or cfg.tokenizer is not None:
+        return None
+    cache = RealFeatureCache.build(encoder, ds.to_tensor, len(ds), max_gb=cfg.real_feature_cache_gb,
+                                   device=dev, autocast=precision_autocast(dev, cfg.precision))
+    if cache is None and main:
+        print(f"real-feature cache off: the maps of {len(ds)} images exceed real_feature_cache_gb="
+              f"{cfg.real_feature_cache_gb:g}", flush=True)
+    return cache
+
+
+def _export(out: Path, best: OneStepGenerator, cfg: ImageTrainConfig, history: dict, tok: Tokenizer, K: int,
+            C: int) -> None:
+    """``OUT/model`` (+ its train config and tokenizer), ``samples.png`` (one row per class), ``history.json``
+    and ``curve.json``."""
+    best.save_pretrained(out / "model")
+    save_grid(best, K, out / "samples.png", per_class=10, seed=cfg.seed, tokenizer=tok)
+    (out / "model" / "train_config.json").write_text(json.dumps(jsonable(asdict(cfg)), indent=2))
+    write_model_tokenizer(out / "model", cfg.tokenizer, C)  # how to decode its latents (load_generator)
+    (out / "history.json").write_text(json.dumps(history))
+    if history.get("curve"):
+        (out / "curve.json").write_text(json.dumps(history["curve"], indent=2))
+
+
+def _final_metrics(cfg: ImageTrainConfig, best: OneStepGenerator, history: dict, tok: Tokenizer,
+                   progress: bool) -> dict | None:
+    """The classifier metrics of the end of training (the learning curve's last point when it is the end's,
+    else ``cfg.eval_samples`` new samples; None without), with the steps made and their seconds."""
     curve = history.get("curve") or []
-    # the curve ends at the final one
     if curve and history["step"] and curve[-1]["step"] == history["step"][-1]:
         metrics = {k: v for k, v in curve[-1].items() if k not in ("step", "time")}
-    elif cfg.eval_samples > 0 and main:
-        metrics = evaluate_generator(ema.models[max(cfg.ema_decays)], cfg.data, cfg.eval_samples,
-                                     tokenizer=tok, seed=cfg.seed + 1, progress=progress)
+    elif cfg.eval_samples > 0:
+        metrics = evaluate_generator(best, cfg.data, cfg.eval_samples, tokenizer=tok, seed=cfg.seed + 1,
+                                     progress=progress)
+    else:
+        return None
     if metrics is not None:
-        metrics["train_seconds"] = history["time"][-1] if history["time"] else None
-        metrics["steps"] = history["step"][-1] if history["step"] else None
-        metrics["steps_per_second"] = (history["step"][-1] / max(history["time"][-1], 1e-9) if history["time"]
-                                       else None)
-        if out is not None:
-            (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return ImageRun(G, ema, ds, history, out, metrics)
+        secs, steps = (history["time"][-1], history["step"][-1]) if history["time"] else (None, None)
+        metrics.update(train_seconds=secs, steps=steps,
+                       steps_per_second=None if secs is None else steps / max(secs, 1e-9))
+    return metrics
 
 
 def _extra_negatives(uncond: dict | None, w: torch.Tensor | None, queued: dict | None):
@@ -422,14 +396,6 @@ def training_minutes(cfg: ImageTrainConfig, job_start: float, report: bool) -> f
         print(f"training for {minutes:.1f} min (job budget {cfg.job_minutes:g} min, preparation "
               f"{prep:.1f} min)", flush=True)
     return minutes
-
-
-def _out_of_time(elapsed: float, minutes: float, main: bool, comm) -> bool:
-    """Whether the time budget is spent; under torchrun every rank follows rank 0's clock."""
-    over = torch.tensor(float(main and elapsed >= 60.0 * minutes))
-    if comm is not None:
-        over = comm.sum(over)
-    return bool(over > 0)
 
 
 def _slot_noise(G: OneStepGenerator, seed: int, step: int, slot: int, n: int, shape: tuple[int, int, int]):

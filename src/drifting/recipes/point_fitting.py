@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,8 +25,9 @@ from ..eval.distances import compare
 from ..field import NORMALIZE_CHOICES
 from ..loss import DEFAULT_TEMPERATURES, drifting_loss
 from ..models.mlp import MLPConfig, MLPGenerator
-from ..training.checkpoint import export_model, jsonable, load_state, save_state
+from ..training.checkpoint import export_model, jsonable
 from ..training.ema import EMA
+from ..training.loop import Trainer
 from ..training.rng import step_generator
 
 FLOOR_DRAWS = 3  # independent data sets averaged for the data-vs-data floor
@@ -201,50 +200,26 @@ def fit_points(
     sampler = model if ema is None else ema.models[cfg.ema_decay]  # what samples are drawn from
 
     out = Path(out_dir) if out_dir is not None else None
-    ckpt_path = out / "checkpoint.pt" if out is not None else None
+    if resume and (out is None or not (out / "checkpoint.pt").is_file()):
+        raise FileNotFoundError(f"resume requested but there is no checkpoint at "
+                                f"{None if out is None else out / 'checkpoint.pt'}")
+    run = Trainer(out, "points", jsonable(asdict(cfg)), model, opt, ema=ema, steps=cfg.steps, resume=resume,
+                  progress=progress, desc=f"fit-points {data.name}", lr_at=lambda i, _: _lr_at(cfg, i),
+                  grad_clip=cfg.grad_clip, log_every=cfg.log_every, ckpt_every=cfg.ckpt_every,
+                  history_keys=("V2",))
+    history = run.history
+    history.setdefault("snapshots", {})  # d = 2: samples at log-spaced steps (Fig. 4)
     snap_steps = _snapshot_steps(cfg.steps, cfg.n_snapshots)
     snap_noise, snap_style = model.draw_noise(2000, torch.Generator().manual_seed(cfg.seed + 1))
-    history: dict = {"step": [], "loss": [], "V2": [], "time": [], "snapshots": {}}
-    start = 0
-    if resume:
-        if ckpt_path is None or not ckpt_path.is_file():
-            raise FileNotFoundError(f"resume requested but there is no checkpoint at {ckpt_path}")
-        state = load_state(ckpt_path)
-        if state["config"] != jsonable(asdict(cfg)):
-            raise ValueError(f"{ckpt_path} was written with a different configuration; use a new --out")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        history = json.loads(state["history"])
-        start = int(state["step"])
 
-    def snapshot(step: int) -> None:
-        if step in snap_steps and d == 2:
-            with torch.no_grad():
-                pts = data.to_original(sampler(snap_noise, style=snap_style))
-            history["snapshots"][str(step)] = pts.tolist()
+    def snapshot(done: int, last: bool = False) -> None:
+        if done in snap_steps and d == 2:
+            with run.paused(), torch.no_grad():
+                pts = data.to_original(sampler(snap_noise, style=snap_style))  # [2000, 2]
+            history["snapshots"][str(done)] = pts.tolist()
 
-    def save(step: int) -> None:
-        if ckpt_path is not None:
-            save_state(ckpt_path, {
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                "config": jsonable(asdict(cfg)), "history": json.dumps(history),
-                **({} if ema is None else {"ema": ema.state_dict()}),
-            })
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=start, desc=f"fit-points {data.name}", unit="step",
-                   dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10.0)
-    t0 = time.perf_counter() - (history["time"][-1] if history["time"] else 0.0)
-    if start == 0:
-        snapshot(0)
-    model.train()
-    for step in range(start, cfg.steps):
-        g = step_generator(cfg.seed, step)
+    def step(i: int):  # Alg. 1: the generated batch is its own negatives
+        g = step_generator(cfg.seed, i)
         noise, style = model.draw_noise(cfg.batch, g)  # [N, noise_dim], [N, tokens] or None
         y_pos = data.positives(cfg.n_pos, g)  # [P, d]
         x = model(noise, style=style)  # [N, d]
@@ -253,36 +228,12 @@ def fit_points(
             attraction=cfg.attraction, repulsion=cfg.repulsion,
             normalize_features=cfg.normalize_features, normalize_drift=cfg.normalize_drift,
         )
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite loss at step {step}; the last good checkpoint is {ckpt_path} "
-                "(resume with --resume)"
-            )
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(cfg, step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        if ema is not None:
-            ema.update(model)
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            v2 = sum(stats[f"x/V2@{t:g}"].item() for t in cfg.temperatures)
-            history["step"].append(done)
-            history["loss"].append(loss.item())
-            history["V2"].append(v2)
-            history["time"].append(time.perf_counter() - t0)
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss.item():.3f}", V2=f"{v2:.2e}")
-        snapshot(done)
-        if bar is not None:
-            bar.update(1)
-        if ckpt_path is not None and (done % cfg.ckpt_every == 0 or done == cfg.steps):
-            save(done)
-    if bar is not None:
-        bar.close()
+        return loss, {"V2": sum(stats[f"x/V2@{t:g}"] for t in cfg.temperatures), **stats}
+
+    if run.start == 0:
+        snapshot(0)
+    model.train()
+    run.fit(step, after=snapshot)
 
     model.eval()
     with torch.no_grad():

@@ -18,8 +18,7 @@ import torch
 
 from ..training.checkpoint import export_model, jsonable, load_export
 from ..training.ema import EMA
-from ..training.interrupt import stop_on_sigint
-from ..training.loop import TrainRun, optimizer_step
+from ..training.loop import Trainer
 from ..training.rng import step_generator
 from ..training.schedules import warmup_lr
 
@@ -213,38 +212,30 @@ def train_policy(cfg: PolicyTrainConfig, out: str | Path, *, progress: bool = Tr
     ema = EMA(policy, (cfg.ema_decay,), warmup_steps=cfg.ema_warmup)
     config = jsonable(asdict(cfg))
     resumable = {k: v for k, v in config.items() if k not in _EXTENDABLE}  # what a resume must match
-    run = TrainRun(out, "policy", resumable, {"model": policy, "optimizer": opt, "ema": ema}, steps=cfg.steps,
-                   resume=resume, progress=progress, desc=f"{cfg.kind} policy", minutes=cfg.minutes,
-                   defaults={k: v for k, v in jsonable(asdict(PolicyTrainConfig())).items()
-                             if k not in _EXTENDABLE})
+    run = Trainer(out, "policy", resumable, policy, opt, ema=ema, steps=cfg.steps, resume=resume,
+                  progress=progress, desc=f"{cfg.kind} policy", minutes=cfg.minutes,
+                  defaults={k: v for k, v in jsonable(asdict(PolicyTrainConfig())).items()
+                            if k not in _EXTENDABLE},
+                  lr_at=lambda i, _: warmup_lr(cfg.lr, i, cfg.warmup), grad_clip=cfg.grad_clip,
+                  log_every=cfg.log_every, ckpt_every=cfg.ckpt_every)
     export_cfg = {"policy": config_dict(pc), "train": config}
     best = ema.models[cfg.ema_decay]
-    try:
-        with stop_on_sigint() as interrupted:
-            for step in range(run.start, cfg.steps):
-                g = step_generator(cfg.seed, step)
-                batch = ds.batch(torch.randint(len(ds), (cfg.batch,), generator=g), neighbors)
-                lr = warmup_lr(cfg.lr, step, cfg.warmup)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                loss, stats = policy.compute_loss(batch, generator=g)
-                run.check_loss(loss.detach(), step)
-                gnorm = optimizer_step(policy, opt, loss, cfg.grad_clip, ema)
-                done = step + 1
-                if done % cfg.ckpt_every == 0:  # a snapshot for the protocol (before the checkpoint: a crash
-                    snap = out / "snapshots" / f"step_{done:07d}"  # re-writes it)
-                    for stale in snap.glob("eval_*.json"):  # evaluations of an earlier run's weights
-                        stale.unlink()
-                    export_model(snap, best, export_cfg)
-                    stamp = {"step": done, "train_seconds": run.elapsed()}
-                    (snap / "train_time.json").write_text(json.dumps(stamp))
-                if run.end_step(done, loss.item(), {"lr": lr, "grad_norm": gnorm.item(), **stats},
-                                log_every=cfg.log_every, ckpt_every=cfg.ckpt_every,
-                                sample_every=cfg.steps + 1,
-                                interrupted=interrupted["flag"], sample=lambda path: None):
-                    break
-    finally:
-        run.close()
+
+    def step(i: int):
+        g = step_generator(cfg.seed, i)
+        batch = ds.batch(torch.randint(len(ds), (cfg.batch,), generator=g), neighbors)
+        return policy.compute_loss(batch, generator=g)
+
+    def snapshot(done: int, last: bool) -> None:
+        # a snapshot for the protocol (before the checkpoint: a crash re-writes it)
+        if done % cfg.ckpt_every == 0:
+            snap = out / "snapshots" / f"step_{done:07d}"
+            for stale in snap.glob("eval_*.json"):  # evaluations of an earlier run's weights
+                stale.unlink()
+            export_model(snap, best, export_cfg)
+            (snap / "train_time.json").write_text(json.dumps({"step": done, "train_seconds": run.elapsed()}))
+
+    run.fit(step, after=snapshot)
     export_model(out / "model", best, export_cfg)
     (out / "history.json").write_text(json.dumps(run.history))
     snaps = sorted((out / "snapshots").glob("step_*"))[-cfg.snapshots:]

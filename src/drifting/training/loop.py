@@ -1,8 +1,7 @@
-"""The bookkeeping a step-based trainer shares with the others: resume from ``OUT/checkpoint.pt``,
-one JSON log line per logged step, a progress bar, periodic sample grids (left out of the
-training time), atomic checkpoints every ``ckpt_every`` steps, at the end and on Ctrl-C, and the
-optimizer step with gradient clipping and EMA. Used by the flow-matching and the Drift-RAE trainers;
-the loss of a step is the trainer's own.
+"""The training loop every recipe shares: :class:`Trainer` runs a recipe's ``step(i) -> (loss, scalars)``
+with the update (lr schedule, clipping, EMA), resume from ``OUT/checkpoint.pt``, atomic checkpoints, the
+JSON log, the progress bar, the time budget, sample grids and Ctrl-C. Used by every step-based trainer:
+images, points, flow matching and MeanFlow, Drift-RAE distillation, policies.
 """
 
 from __future__ import annotations
@@ -18,6 +17,8 @@ from pathlib import Path
 import torch
 
 from .checkpoint import fill_defaults, load_state, save_state
+from .interrupt import stop_on_sigint
+from .schedules import training_progress
 
 
 def progress_bar(total: int, desc: str, progress: bool, initial: int = 0):
@@ -45,15 +46,18 @@ class JsonlLogger:
                                   "pip install tensorboard") from e
             self.tb = SummaryWriter(str(out / "tb"))
 
-    def write(self, step: int, scalars: dict, stats: dict) -> None:
-        groups = {k: round(v.item(), 6) for k, v in stats.items() if "/V2@" in k}  # raw ||V||^2 per group/tau
-        # no field stats: no key
-        line = {"step": step, **scalars, **({"V2_groups": groups} if groups else {})}
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        """``scalars``' keys ``"<group>/V2@<tau>"`` (the raw ||V||^2 per feature group and temperature) go
+        under ``V2_groups`` (absent when there are none), the others on the line itself."""
+        groups = {k: round(v, 6) for k, v in scalars.items() if "/V2@" in k}
+        line = {"step": step, **{k: v for k, v in scalars.items() if "/V2@" not in k},
+                **({"V2_groups": groups} if groups else {})}
         self.file.write(json.dumps(line) + "\n")
         self.file.flush()
         if self.tb is not None:
-            for k, v in scalars.items():
-                self.tb.add_scalar(f"train/{k}", v, step)
+            for k, v in line.items():
+                if k not in ("step", "V2_groups"):
+                    self.tb.add_scalar(f"train/{k}", v, step)
             for k, v in groups.items():
                 self.tb.add_scalar(f"V2/{k}", v, step)
 
@@ -83,89 +87,168 @@ def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: tor
     return gnorm
 
 
-class TrainRun:
-    """Checkpoint, log and progress of one run in ``out``.
+class Trainer:
+    """One training run: the loop every recipe shares, around the recipe's own step.
 
-    ``parts``: ``{name: object with state_dict() / load_state_dict()}`` (model, optimizer, EMA) saved
-    in the checkpoint; ``config``: the run's JSON-able config, which a resumed checkpoint must match.
-    ``defaults``: the config's default values; a checkpoint written before a field existed lacks it
-    and is read as holding the default (so adding an option does not orphan old runs).
-    With ``resume`` an existing ``checkpoint.pt`` of the same ``kind`` and config is continued
-    (``self.start`` is its step); without, it is deleted so that a crash before the first save cannot
-    resume the old run. Log lines after ``self.start`` are dropped (a resumed run rewrites them).
-    ``minutes``: a wall-time budget (training seconds, sample grids excluded, earlier sessions of a resumed
-    run included); the first step to end past it is the run's last: :meth:`end_step` logs and checkpoints
-    it and returns True.
+    The recipe supplies the model, its optimizer and ``step(i) -> (loss, scalars)``: the forward pass of
+    step ``i`` on the batch it draws from ``(seed, i)``. The Trainer owns everything else:
+
+    - **the update**: the learning rate ``lr_at(i, progress)`` (``progress`` in [0, 1] follows the step count,
+      or the clock when a ``minutes`` budget is set), backward, gradient clipping at ``grad_clip`` (<= 0:
+      none), the optimizer step and the ``ema`` update;
+    - **resume**: ``parts`` (``{name: object with state_dict() / load_state_dict()}``: a data sampler, a
+      queue) are checkpointed beside the model, optimizer and EMA, with the JSON-able ``config``, which a
+      resumed checkpoint must match; ``defaults`` are the config's default values (a checkpoint written
+      before a field existed lacks it and is read as holding the default, so adding an option does not
+      orphan old runs). With ``resume`` an existing ``OUT/checkpoint.pt`` of the same ``kind`` and config is
+      continued (``self.start`` is its step); without, it is deleted, so that a crash before the first save
+      cannot resume the old run. Log lines after ``self.start`` are dropped (a resumed run rewrites them).
+    - **atomic checkpoints** every ``ckpt_every`` steps, at the last step and on Ctrl-C (the step finishes
+      first); a non-finite loss raises before the update, naming the last good checkpoint;
+    - **the log**: every ``log_every`` steps one line of ``OUT/log.jsonl`` (loss, lr, grad norm, time and the
+      step's ``scalars``; keys ``"<group>/V2@<tau>"`` go under ``V2_groups``), the ``history`` (step, loss,
+      time and the scalars named in ``history_keys``) and the progress bar (loss and ``show``'s scalars);
+    - **the time budget**: ``minutes`` of training (sample grids and :meth:`paused` blocks excluded, earlier
+      sessions of a resumed run included); the first step to end past it is the run's last;
+    - **sample grids** ``OUT/samples_<step>.png`` every ``sample_every`` steps through ``sample(path)``;
+    - **several processes**: ``comm`` (:mod:`drifting.distributed`) averages the logged loss over the ranks
+      and makes them stop together (Ctrl-C on any rank, rank 0's clock); ranks with ``main`` False read the
+      checkpoint and write nothing. With ``out`` None nothing is written at all.
+
+    ``model`` is what the gradient clipping and the EMA see (the unwrapped module under DDP).
     """
 
-    def __init__(self, out: str | Path, kind: str, config: dict, parts: Mapping[str, object], *, steps: int,
-                 resume: bool, progress: bool, desc: str, main: bool = True, defaults: dict | None = None,
-                 minutes: float | None = None):
+    def __init__(self, out: str | Path | None, kind: str, config: dict, model: torch.nn.Module,
+                 opt: torch.optim.Optimizer, *, steps: int, resume: bool, progress: bool, desc: str,
+                 lr_at: Callable[[int, float], float] | None = None, grad_clip: float = 0.0, ema=None,
+                 parts: Mapping[str, object] | None = None, defaults: dict | None = None,
+                 minutes: float | None = None, log_every: int = 100, ckpt_every: int = 1000,
+                 sample_every: int = 0, sample: Callable[[Path], None] | None = None,
+                 history_keys: tuple[str, ...] = (), show: tuple[str, ...] = ("V2",), main: bool = True,
+                 comm=None, tensorboard: bool = False):
         if minutes is not None and not minutes > 0:
             raise ValueError(f"minutes must be None or > 0, got {minutes!r}")
-        self.out, self.kind, self.config, self.parts, self.steps = Path(out), kind, config, dict(parts), steps
-        self.minutes = minutes
-        self.main = main  # False on ranks > 0 of a multi-process run: they read the checkpoint, write nothing
-        self.ckpt = self.out / "checkpoint.pt"
-        self.history: dict = {"step": [], "loss": [], "time": []}
+        self.out = Path(out) if out is not None else None
+        self.kind, self.config, self.steps, self.minutes = kind, config, steps, minutes
+        self.model, self.opt, self.ema, self.lr_at, self.grad_clip = model, opt, ema, lr_at, grad_clip
+        self.parts = {"model": model, "optimizer": opt, **({"ema": ema} if ema is not None else {}),
+                      **(parts or {})}
+        self.log_every, self.ckpt_every = log_every, ckpt_every
+        self.sample_every, self.sample = sample_every, sample
+        self.history_keys, self.show, self.comm = history_keys, show, comm
+        # False on ranks > 0 of a multi-process run, and without an output folder: nothing is written
+        self.main = main
+        self.writes = main and self.out is not None
+        self.ckpt = self.out / "checkpoint.pt" if self.out is not None else None
+        self.history: dict = {"step": [], "loss": [], "time": [], **{k: [] for k in history_keys}}
         self.start = 0
-        if resume and self.ckpt.is_file():
-            state = load_state(self.ckpt)
-            stored = fill_defaults(state["config"],
-                                   {k: v for k, v in (defaults or {}).items() if k in config})
-            if state.get("kind") != kind or stored != config:
-                raise ValueError(f"{self.ckpt} was written by another run or configuration; use a new --out, "
-                                 "or resume=False (--no-resume) to start over there")
-            for name, part in self.parts.items():
-                part.load_state_dict(state[name])
-            self.history = json.loads(state["history"])
-            self.start = int(state["step"])
-        elif not resume and main:
+        if resume and self.ckpt is not None and self.ckpt.is_file():
+            self._load(defaults)
+        elif not resume and self.writes:
             self.ckpt.unlink(missing_ok=True)
-        if main:
+        if self.writes:
             truncate_log(self.out / "log.jsonl", self.start)
-        self.log = JsonlLogger(self.out, tensorboard=False) if main else None
+        self.log = JsonlLogger(self.out, tensorboard) if self.writes else None
         self.bar = progress_bar(steps, desc, progress and main, initial=self.start)
         self.paused_seconds = 0.0  # seconds of sample grids and evaluations, left out of the training time
-        self.t0 = time.perf_counter() - (self.history["time"][-1] if self.history["time"] else 0.0)
+        self.t0 = time.perf_counter() - self.train_seconds
 
-    def save(self, step: int) -> None:
-        if not self.main:
-            return
-        save_state(self.ckpt, {"kind": self.kind, "step": step, "config": self.config,
-                               "history": json.dumps(self.history),
-                               **{name: part.state_dict() for name, part in self.parts.items()}})
+    def _load(self, defaults: dict | None) -> None:
+        state = load_state(self.ckpt)
+        known = {k: v for k, v in (defaults or {}).items() if k in self.config}
+        if state.get("kind", self.kind) != self.kind or fill_defaults(state["config"], known) != self.config:
+            raise ValueError(f"{self.ckpt} was written by another run or with a different configuration; use "
+                             "a new --out, or --no-resume to start over there")
+        for name, part in self.parts.items():
+            part.load_state_dict(state[name])
+        self.history = json.loads(state["history"])
+        self.start = int(state["step"])
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, step: Callable[[int], tuple[torch.Tensor, dict]],
+            after: Callable[[int, bool], None] | None = None) -> None:
+        """Run steps ``self.start .. steps - 1`` (or until the time budget): ``loss, scalars = step(i)``, the
+        update, then the bookkeeping of step ``i + 1``; ``after(done, last)`` runs before its checkpoint (a
+        snapshot export, a learning-curve point: wrap evaluations in :meth:`paused`)."""
+        try:
+            with stop_on_sigint() as interrupted:
+                for i in range(self.start, self.steps):
+                    lr = self.set_lr(i)
+                    loss, scalars = step(i)
+                    loss_all = loss.detach() if self.comm is None else self.comm.mean(loss)  # the 1-rank loss
+                    self.check_loss(loss_all, i)
+                    gnorm = optimizer_step(self.model, self.opt, loss, self.grad_clip, self.ema)
+                    if self.comm is not None:  # stop together when any rank saw Ctrl-C
+                        flag = torch.tensor(float(interrupted["flag"]))
+                        interrupted["flag"] = bool(self.comm.sum(flag) > 0)
+                    scalars = {**({} if lr is None else {"lr": lr}), "grad_norm": gnorm, **scalars}
+                    if self.end_step(i + 1, loss_all, scalars, interrupted=interrupted["flag"], after=after):
+                        break
+        finally:
+            self.close()
+
+    def set_lr(self, i: int) -> float | None:
+        """Set the learning rate of step ``i`` (``lr_at(i, progress)``) on every parameter group."""
+        if self.lr_at is None:
+            return None
+        lr = self.lr_at(i, training_progress(i, self.steps, self.elapsed(), self.minutes))
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        return lr
 
     def check_loss(self, loss: torch.Tensor, step: int) -> None:
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {step}; the last good checkpoint "
-                                     f"is {self.ckpt} (resume it, e.g. with a lower --lr)")
+            raise FloatingPointError(f"non-finite loss at step {step}; the last good checkpoint is "
+                                     f"{self.ckpt} (resume it, e.g. with a lower --lr)")
 
-    def end_step(self, done: int, loss: float, scalars: dict, *, log_every: int, ckpt_every: int,
-                 sample_every: int, interrupted: bool, sample: Callable[[Path], None],
-                 postfix: dict | None = None) -> bool:
-        """After step ``done`` (1-based): log, advance the bar, write ``samples_<done>.png`` with ``sample``,
+    def out_of_time(self) -> bool:
+        """Whether the ``minutes`` budget is spent (several processes follow rank 0's clock)."""
+        if self.minutes is None:
+            return False
+        over = self.main and self.elapsed() >= 60.0 * self.minutes
+        if self.comm is None:
+            return over
+        return bool(self.comm.sum(torch.tensor(float(over))) > 0)
+
+    def end_step(self, done: int, loss, scalars: dict, *, interrupted: bool = False,
+                 after: Callable[[int, bool], None] | None = None) -> bool:
+        """After step ``done`` (1-based): log, advance the bar, write ``samples_<done>.png``, run ``after``,
         checkpoint; on ``interrupted`` save and raise KeyboardInterrupt. Returns whether this was the run's
-        last step (``done == steps``, or the ``minutes`` budget is spent): the caller then stops."""
-        last = done == self.steps or (self.minutes is not None and self.elapsed() >= 60.0 * self.minutes)
-        if done % log_every == 0 or last:
-            self.history["step"].append(done)
-            self.history["loss"].append(loss)
-            self.history["time"].append(self.elapsed())
-            if self.log is not None:
-                self.log.write(done, {"loss": loss, **scalars, "time": self.history["time"][-1]}, {})
-            if self.bar is not None:
-                self.bar.set_postfix(postfix or {"loss": f"{loss:.4f}"})
+        last step (``done == steps``, or the time budget is spent): the caller then stops."""
+        last = done == self.steps or self.out_of_time()
+        if done % self.log_every == 0 or last:
+            self._record(done, float(loss), {k: float(v) for k, v in scalars.items()})
         if self.bar is not None:
             self.bar.update(1)
-        if done % sample_every == 0 and not last and self.main:
+        if self.sample is not None and self.sample_every and done % self.sample_every == 0 and self.writes:
             with self.paused():
-                sample(self.out / f"samples_{done:06d}.png")
-        if done % ckpt_every == 0 or last or interrupted:
+                self.sample(self.out / f"samples_{done:06d}.png")
+        if after is not None:
+            after(done, last)
+        if done % self.ckpt_every == 0 or last or interrupted:
             self.save(done)
         if interrupted:
             raise KeyboardInterrupt(f"interrupted after step {done}; run again with the same --out to resume")
         return last
+
+    def _record(self, done: int, loss: float, scalars: dict[str, float]) -> None:
+        self.history["step"].append(done)
+        self.history["loss"].append(loss)
+        self.history["time"].append(self.elapsed())
+        for k in self.history_keys:
+            self.history[k].append(scalars[k])
+        if self.log is not None:
+            self.log.write(done, {"loss": loss, **scalars, "time": self.history["time"][-1]})
+        if self.bar is not None:
+            self.bar.set_postfix({"loss": f"{loss:.4g}", **{k: f"{scalars[k]:.3g}" for k in self.show
+                                                           if k in scalars}})
+
+    def save(self, step: int) -> None:
+        if not self.writes:
+            return
+        save_state(self.ckpt, {"kind": self.kind, "step": step, "config": self.config,
+                               "history": json.dumps(self.history),
+                               **{name: part.state_dict() for name, part in self.parts.items()}})
 
     @contextlib.contextmanager
     def paused(self):
@@ -184,12 +267,18 @@ class TrainRun:
     def close(self) -> None:
         if self.log is not None:
             self.log.close()
+            self.log = None
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
     @property
     def train_seconds(self) -> float:
         return self.history["time"][-1] if self.history["time"] else 0.0
+
+    @property
+    def steps_done(self) -> int:
+        return self.history["step"][-1] if self.history["step"] else self.start
 
     def finish(self, model: torch.nn.Module, config: dict) -> None:
         """Export ``model`` to ``OUT/model`` (+ ``train_config.json``) and write ``history.json``."""
