@@ -10,6 +10,7 @@ user trains their own judge.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -48,21 +49,45 @@ def content_key(*parts) -> str:
 
 def cached_dir(kind: str, key: str, build: Callable[[Path], object], *, rebuild: bool = False) -> Path:
     """The package's shipped entry ``shipped_root()/kind/key`` when there is one (kinds of
-    :data:`SHIPPED_KINDS`), else ``cache_root()/kind/key``, made by ``build(tmp_dir)`` unless a complete entry
-    exists. ``rebuild``: ignore both and build a fresh cache entry."""
+    :data:`SHIPPED_KINDS`), else ``cache_root()/kind/key``, made by ``build(dir)`` unless a complete entry
+    exists. ``rebuild``: ignore both and build a fresh cache entry.
+
+    ``build`` works in ``cache_root()/kind/<key>.partial``, where a trainer keeps its checkpoint: a build
+    killed midway resumes there the next time (the checkpoint is dropped once the entry is complete).
+    Processes asking for the same entry at once take turns (a lock file beside it): the second finds the
+    first's entry."""
     shipped = shipped_root() / kind / key
     if kind in SHIPPED_KINDS and not rebuild and (shipped / "config.json").is_file():
         return shipped
     entry = cache_root() / kind / key
     if (entry / ".complete").is_file() and not rebuild:
         return entry
-    tmp = entry.with_name(f"{key}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build(tmp)
-    (tmp / ".complete").touch()
-    shutil.rmtree(entry, ignore_errors=True)  # an incomplete leftover, if any
-    try:
-        tmp.rename(entry)
-    except OSError:  # another run cached the same entry meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(entry.with_name(f"{key}.lock")):
+        if (entry / ".complete").is_file() and not rebuild:  # built by another process meanwhile
+            return entry
+        part = entry.with_name(f"{key}.partial")
+        if rebuild:
+            shutil.rmtree(part, ignore_errors=True)
+        build(part)
+        (part / "checkpoint.pt").unlink(missing_ok=True)  # the optimizer's state: not part of the entry
+        (part / ".complete").touch()
+        shutil.rmtree(entry, ignore_errors=True)  # an incomplete leftover, or the entry being rebuilt
+        part.rename(entry)
     return entry
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``path`` for the block (POSIX ``flock``; no lock where there is none)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no cross-process lock
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

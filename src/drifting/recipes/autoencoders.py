@@ -45,7 +45,7 @@ from ..models.rae import RAETokenizer, channel_stats
 from ..models.tokenizer import Tokenizer
 from ..training.checkpoint import jsonable
 from ..training.ema import EMA
-from ..training.loop import progress_bar as _bar
+from ..training.loop import Trainer
 from ..training.rng import step_generator
 from .image_sampling import to_uint8, write_grid
 from .mae_pretrain import MAEConfig, cached_mae_dir
@@ -216,6 +216,15 @@ def _lr(cfg, step: int) -> float:
     return cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
 
 
+def _trainer(out: Path, kind: str, cfg, model, opt, ema, progress: bool) -> Trainer:
+    """The shared loop for the RAE decoder and the VAE: warm-up + cosine lr (:func:`_lr`), checkpoints in
+    ``out`` every tenth of the run (a killed run resumes there), the log every 10 steps."""
+    return Trainer(out, kind, jsonable(asdict(cfg)), model, opt, ema=ema, steps=cfg.steps, resume=True,
+                   progress=progress, desc=f"train-{kind}", lr_at=lambda i, _: _lr(cfg, i), log_every=10,
+                   ckpt_every=max(50, cfg.steps // 10), history_keys=("kl",) if kind == "vae" else (),
+                   show=("rec", "kl"), defaults=jsonable(asdict(type(cfg)())))
+
+
 def _recon_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """L1 + MSE per pixel (RAE / SD-VAE add LPIPS and a GAN loss, which need weights we cannot have)."""
     d = x_hat.float() - x.float()
@@ -275,41 +284,27 @@ def train_rae(cfg: RAETrainConfig, out: str | Path, progress: bool = True) -> di
     mean, std = channel_stats(feats)
     tok.set_normalization(mean, std)
     lat = feats.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))  # [N, D, h, w], in place
+    feature_seconds = time.perf_counter() - t0
 
     dec = copy.deepcopy(tok.decoder).requires_grad_(True).train()
     opt = torch.optim.AdamW(dec.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(dec, (cfg.ema_decay,), warmup_steps=max(1, cfg.steps // 10)) if cfg.ema_decay else None
-    bar = _bar(cfg.steps, "train-rae", progress)
-    loss = torch.zeros(())
-    for step in range(cfg.steps):
-        g = step_generator(cfg.seed, step, stream=5)
+    run = _trainer(out, "rae", cfg, dec, opt, ema, progress)
+
+    def step(i: int):
+        g = step_generator(cfg.seed, i, stream=5)
         idx = torch.randint(len(train), (cfg.batch,), generator=g)
         z = lat[idx]  # [B, D, h, w]
-        if cfg.noise_tau > 0:
+        if cfg.noise_tau > 0:  # RAE's noise-augmented decoding
             sigma = cfg.noise_tau * torch.rand(cfg.batch, 1, 1, 1, generator=g)  # [B, 1, 1, 1]
             z = z + sigma * torch.randn(z.shape, generator=g)
-        x = train.to_tensor(idx.numpy())  # [B, C, H, W]
-        for group in opt.param_groups:
-            group["lr"] = _lr(cfg, step)
-        loss = _recon_loss(dec(z), x)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite RAE decoder loss at step {step}; try a "
-                                     f"lower lr (now {cfg.lr})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if ema is not None:
-            ema.update(dec)
-        if bar is not None:
-            bar.update(1)
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-    if bar is not None:
-        bar.close()
-    del lat, feats
+        return _recon_loss(dec(z), train.to_tensor(idx.numpy())), {}
+
+    run.fit(step)
+    lat = feats = None  # free the latents before the evaluation
     final = ema.models[cfg.ema_decay] if ema is not None else dec
     tok.decoder.load_state_dict(final.state_dict())
-    train_seconds = time.perf_counter() - t0
+    train_seconds = feature_seconds + run.train_seconds
     tok.save_pretrained(out)
     metrics = {
         "train_seconds": train_seconds,
@@ -318,7 +313,7 @@ def train_rae(cfg: RAETrainConfig, out: str | Path, progress: bool = True) -> di
         "decoder_params": sum(p.numel() for p in tok.decoder.parameters()),
         "latent_shape": list(tok.latent_shape(C, H, W)),
         "mae_dir": str(mae_dir),
-        "final_loss": float(loss.item()),
+        "final_loss": run.history["loss"][-1],
         "test_images": len(test),
     }
     (out / "metrics.json").write_text(
@@ -368,36 +363,22 @@ def train_vae(cfg: VAETrainConfig, out: str | Path, progress: bool = True) -> di
     if H % f or W % f:
         raise ValueError(f"block_out_channels: {len(cfg.block_out_channels)} blocks downsample by {f}, which "
                          f"must divide the image size {H}x{W} of {cfg.data!r}")
-    t0 = time.perf_counter()
     vae = build_vae(cfg, C, H).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(vae, (cfg.ema_decay,), warmup_steps=max(1, cfg.steps // 10)) if cfg.ema_decay else None
-    bar = _bar(cfg.steps, "train-vae", progress)
-    loss = kl = torch.zeros(())
-    for step in range(cfg.steps):
-        g = step_generator(cfg.seed, step, stream=6)
+    run = _trainer(out, "vae", cfg, vae, opt, ema, progress)
+
+    def step(i: int):
+        g = step_generator(cfg.seed, i, stream=6)
         idx = torch.randint(len(train), (cfg.batch,), generator=g)
         x = train.to_tensor(idx.numpy())  # [B, C, H, W]
-        for group in opt.param_groups:
-            group["lr"] = _lr(cfg, step)
         post = vae.encode(x).latent_dist
         z = post.sample(generator=g)  # [B, c, h, w]
         rec = _recon_loss(vae.decode(z).sample, x)
         kl = post.kl().mean() / (C * H * W)  # per pixel, as the reconstruction terms
-        loss = rec + cfg.kl_weight * kl
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite VAE loss at step {step}; try a lower lr (now {cfg.lr})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if ema is not None:
-            ema.update(vae)
-        if bar is not None:
-            bar.update(1)
-            if step % 10 == 0:
-                bar.set_postfix(rec=f"{rec.item():.4f}", kl=f"{kl.item():.3g}")
-    if bar is not None:
-        bar.close()
+        return rec + cfg.kl_weight * kl, {"rec": rec.detach(), "kl": kl.detach()}
+
+    run.fit(step)
     final = (ema.models[cfg.ema_decay] if ema is not None else vae).eval()
 
     # scaling_factor = 1 / std of the posterior means (SD-VAE), over up to scale_samples training images
@@ -411,7 +392,7 @@ def train_vae(cfg: VAETrainConfig, out: str | Path, progress: bool = True) -> di
         raise FloatingPointError(f"the VAE's posterior means have std {std}; the run "
                                  "diverged (try a lower lr)")
     final.register_to_config(scaling_factor=1.0 / std)
-    train_seconds = time.perf_counter() - t0
+    train_seconds = run.train_seconds
     final.save_pretrained(str(out), safe_serialization=True)
 
     from ..models.tokenizers import build_tokenizer
@@ -423,8 +404,8 @@ def train_vae(cfg: VAETrainConfig, out: str | Path, progress: bool = True) -> di
         "params": sum(p.numel() for p in final.parameters()),
         "latent_shape": list(tok.latent_shape(C, H, W)),
         "scaling_factor": 1.0 / std,
-        "final_loss": float(loss.item()),
-        "final_kl": float(kl.item()),
+        "final_loss": run.history["loss"][-1],
+        "final_kl": run.history["kl"][-1],
         "test_images": len(test),
     }
     (out / "metrics.json").write_text(

@@ -19,7 +19,7 @@ from ..models.resnet_mae import ResNetMAE, cls_lambda, mae_loss, random_resized_
 from ..models.tokenizer import Tokenizer
 from ..training.checkpoint import jsonable
 from ..training.ema import EMA
-from ..training.loop import progress_bar as _bar
+from ..training.loop import Trainer
 from ..training.rng import step_generator
 
 
@@ -56,7 +56,7 @@ class MAEConfig:
 
 
 def pretrain_mae(ds: ImageDataset, cfg: MAEConfig, out_dir: str | Path, *, progress: bool = True,
-                 tokenizer: Tokenizer | None = None) -> ResNetMAE:
+                 tokenizer: Tokenizer | None = None, resume: bool = True) -> ResNetMAE:
     """Train the ResNet-MAE (A.3: 2x2 zero-masking at 50%, loss on masked pixels, random resized
     crops, AdamW, EMA) and save the EMA model to ``out_dir`` (config.json + model.safetensors).
 
@@ -67,7 +67,10 @@ def pretrain_mae(ds: ImageDataset, cfg: MAEConfig, out_dir: str | Path, *, progr
     both. The exported model then has ``num_classes`` and its head.
 
     With a ``tokenizer`` it is a latent-MAE: the crops are made on the images and then encoded
-    ("images are augmented before being passed through the VAE encoder", A.3)."""
+    ("images are augmented before being passed through the VAE encoder", A.3).
+
+    The two phases are one run of the shared :class:`~drifting.training.loop.Trainer`: ``out_dir`` gets
+    ``checkpoint.pt`` and ``log.jsonl``, and a killed pre-training resumes there (``resume``)."""
     cfg.validate()
     H, W, C = ds.shape
     c, h, _ = tokenizer.latent_shape(C, H, W) if tokenizer is not None else (C, H, W)
@@ -78,42 +81,36 @@ def pretrain_mae(ds: ImageDataset, cfg: MAEConfig, out_dir: str | Path, *, progr
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(model, (cfg.ema_decay,))
     labels_all = torch.from_numpy(ds.labels).long()
-    phases = [("train-mae", cfg.steps, False), ("mae cls ft", cfg.cls_steps, True)]
-    step = 0  # the global step: the (seed, step) stream continues across phases
-    for desc, n, classify in phases:
-        bar = _bar(n, desc, progress) if n > 0 else None
-        for i in range(n):
-            g = step_generator(cfg.seed, step, stream=1)
-            idx = torch.randint(len(ds), (cfg.batch,), generator=g)
-            x = random_resized_crop(ds.to_tensor(idx.numpy()), g, scale=cfg.crop_scale)  # [B, C, H, W]
-            if tokenizer is not None:
-                with torch.no_grad():
-                    x = tokenizer.encode(x)  # [B, c, h, w]
-            warm = 1.0 if classify else min(1.0, (i + 1) / 100)  # fine-tuning: lambda's warm-up is the ramp
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * i / n))
-            if classify:
-                loss, stats = mae_loss(model, x, g, labels=labels_all[idx],
-                                       cls_weight=cls_lambda(i, cfg.cls_warmup, cfg.cls_lambda))
-            else:
-                loss, stats = mae_loss(model, x, g)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ema.update(model)
-            step += 1
-            if bar is not None:
-                bar.update(1)
-                if i % 10 == 0:
-                    post = {"loss": f"{loss.item():.4f}"}
-                    if "acc" in stats:
-                        post["acc"] = f"{stats['acc'].item():.2f}"
-                    bar.set_postfix(**post)
-        if bar is not None:
-            bar.close()
+    run = Trainer(out_dir, "mae", jsonable(asdict(cfg)), model, opt, ema=ema, steps=cfg.steps + cfg.cls_steps,
+                  resume=resume, progress=progress, desc="train-mae", lr_at=lambda i, _: _mae_lr(cfg, i),
+                  log_every=10, ckpt_every=max(100, (cfg.steps + cfg.cls_steps) // 10), show=("acc",),
+                  defaults=jsonable(asdict(MAEConfig())))
+
+    def step(i: int):  # the global step: the (seed, step) stream continues across the phases
+        g = step_generator(cfg.seed, i, stream=1)
+        idx = torch.randint(len(ds), (cfg.batch,), generator=g)
+        x = random_resized_crop(ds.to_tensor(idx.numpy()), g, scale=cfg.crop_scale)  # [B, C, H, W]
+        if tokenizer is not None:
+            with torch.no_grad():
+                x = tokenizer.encode(x)  # [B, c, h, w]
+        if i < cfg.steps:
+            return mae_loss(model, x, g)
+        return mae_loss(model, x, g, labels=labels_all[idx],
+                        cls_weight=cls_lambda(i - cfg.steps, cfg.cls_warmup, cfg.cls_lambda))
+
+    run.fit(step)
     best = ema.models[cfg.ema_decay]
     best.save_pretrained(out_dir)
     return best
+
+
+def _mae_lr(cfg: MAEConfig, i: int) -> float:
+    """Each phase's cosine learning rate at global step ``i``: the MAE phase after a 100-step warm-up, the
+    classification fine-tuning without one (lambda's ramp is its warm-up)."""
+    if i < cfg.steps:
+        return cfg.lr * min(1.0, (i + 1) / 100) * 0.5 * (1 + math.cos(math.pi * i / cfg.steps))
+    j = i - cfg.steps
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * j / cfg.cls_steps))
 
 
 def mae_key(ds: ImageDataset, cfg: MAEConfig, tokenizer_spec: str | None = None) -> str:

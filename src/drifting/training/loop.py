@@ -170,6 +170,9 @@ class Trainer:
         """Run steps ``self.start .. steps - 1`` (or until the time budget): ``loss, scalars = step(i)``, the
         update, then the bookkeeping of step ``i + 1``; ``after(done, last)`` runs before its checkpoint (a
         snapshot export, a learning-curve point: wrap evaluations in :meth:`paused`)."""
+        if self.start > 0 and self.out_of_time():  # a finished run resumed: its budget was spent
+            self.close()
+            return
         try:
             with stop_on_sigint() as interrupted:
                 for i in range(self.start, self.steps):
