@@ -1,7 +1,9 @@
 """Exact resume after SIGKILL (issue 34 item 2): each kind of run starts as a ``drifting`` command in a
-subprocess, is killed with SIGKILL right after its first checkpoint, is resumed with the command's resume
-flag, and must end with the weights, EMA and optimizer state of an uninterrupted run, bit for bit."""
+subprocess, is killed with SIGKILL right after its first checkpoint, is run again with the same command (a
+run continues OUT/checkpoint.pt by default; ``--resume`` insists on it), and must end with the weights, EMA
+and optimizer state of an uninterrupted run, bit for bit."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -17,11 +19,13 @@ from drifting.training.checkpoint import load_state
 pytestmark = pytest.mark.slow
 
 
-def kill_after_first_checkpoint(argv: list[str], out, timeout_s: float = 300.0) -> int:
-    """Run ``drifting ARGV`` in a subprocess, SIGKILL it as soon as ``out/checkpoint.pt`` exists (written
-    atomically, so it is whole), and return the checkpoint's step."""
-    proc = subprocess.Popen([sys.executable, "-m", "drifting.cli", *argv], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+def kill_after_first_checkpoint(argv: list[str], out, timeout_s: float = 300.0, *,
+                                python: list[str] | None = None, env: dict | None = None) -> int:
+    """Run ``drifting ARGV`` (or ``python PYTHON``) in a subprocess, SIGKILL it as soon as
+    ``out/checkpoint.pt`` exists (written atomically, so it is whole), and return the checkpoint's step."""
+    cmd = [sys.executable, *python] if python else [sys.executable, "-m", "drifting.cli", *argv]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=None if env is None else {**os.environ, **env})
     ckpt = out / "checkpoint.pt"
     t0 = time.monotonic()
     try:
@@ -60,7 +64,7 @@ def test_fit_points_resumes_bit_for_bit_after_sigkill(tmp_path, flat_tensors):
     run, ref = tmp_path / "run", tmp_path / "ref"
     assert main(["fit-points", *args, "--out", str(ref)]) == 0
     assert kill_after_first_checkpoint(["fit-points", *args, "--out", str(run)], run) == 500
-    assert main(["fit-points", *args, "--out", str(run), "--resume"]) == 0
+    assert main(["fit-points", *args, "--out", str(run)]) == 0  # the same command continues the checkpoint
     assert_same_final_state(run, ref, ("model", "optimizer"), flat_tensors)
     assert np.array_equal(np.load(run / "samples.npy"), np.load(ref / "samples.npy"))
 
@@ -88,4 +92,54 @@ def test_flow_training_resumes_bit_for_bit_after_sigkill(tmp_path, tiny_data, fl
     assert main(["train-flow", *args, "--out", str(ref)]) == 0
     assert kill_after_first_checkpoint(["train-flow", *args, "--out", str(run)], run) == 250
     assert main(["train-flow", *args, "--out", str(run)]) == 0
+    assert_same_final_state(run, ref, ("model", "ema", "optimizer"), flat_tensors)
+
+
+def test_mae_rae_and_vae_training_resume_bit_for_bit_after_sigkill(tmp_path, tiny_data, flat_tensors):
+    # the encoder's pre-training (checkpoints every 100 steps here), then the RAE decoder on that encoder and
+    # the VAE (every 50 steps here): each killed after its first checkpoint and run again
+    mae = ["train-mae", "--data", tiny_data, "--preset", "cpu-tiny", "--steps", "150", "--batch", "16",
+           "--no-progress", "--threads", "1"]
+    rae = ["train-rae", "--data", tiny_data, "--mae-dir", str(tmp_path / "mae_ref"), "--steps", "70",
+           "--batch", "8", "--decoder-width", "16", "--no-progress", "--threads", "1"]
+    vae = ["train-vae", "--data", tiny_data, "--latent-channels", "2", "--steps", "70", "--batch", "8",
+           "--no-progress", "--threads", "1"]
+    for name, args, first in (("mae", mae, 100), ("rae", rae, 50), ("vae", vae, 50)):
+        run, ref = tmp_path / f"{name}_run", tmp_path / f"{name}_ref"
+        assert main([*args, "--out", str(ref)]) == 0
+        assert kill_after_first_checkpoint([*args, "--out", str(run)], run) == first, name
+        assert main([*args, "--out", str(run), "--resume"]) == 0
+        assert_same_final_state(run, ref, ("model", "ema", "optimizer"), flat_tensors)
+
+
+def test_the_metrics_classifier_resumes_bit_for_bit_after_sigkill(tmp_path, tiny_data, flat_tensors):
+    # train_classifier checkpoints its one stream of random draws with the weights (every 100 steps here)
+    script = ("import sys, torch; from drifting.data.images import load_dataset; "
+              "from drifting.recipes.classify import train_classifier; torch.set_num_threads(1); "
+              "train_classifier(load_dataset(sys.argv[1], 'train'), steps=150, batch=16, out=sys.argv[2])")
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    for out in (ref, run):
+        if out == run:
+            assert kill_after_first_checkpoint([], run, python=["-c", script, tiny_data, str(run)]) == 100
+        done = subprocess.run([sys.executable, "-c", script, tiny_data, str(out)], capture_output=True,
+                              text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_final_state(run, ref, ("model", "optimizer", "rng"), flat_tensors)
+
+
+def test_distillation_resumes_bit_for_bit_after_sigkill(tmp_path, tiny_data, flat_tensors):
+    # Drift-RAE distillation of a tiny flow teacher, checkpoints every 15 steps here
+    from drifting.recipes.flow import FlowTrainConfig, train_flow
+
+    teacher = train_flow(FlowTrainConfig(
+        data=tiny_data, generator="cpu-tiny", steps=4, batch=8, warmup=2, ema_warmup=0, ema_decays=(0.5,),
+        generator_overrides=dict(hidden=32, depth=1, heads=2, patch_size=7, in_context_tokens=2),
+        sample_every=100, sample_steps=1), tmp_path / "teacher", progress=False)["model_dir"]
+    args = ["distill", "--teacher", teacher, "--data", tiny_data, "--preset", "B", "--steps", "40",
+            "--ckpt-every", "15", "--classes-per-step", "2", "--n-pos", "3", "--n-neg", "2",
+            "--n-extra-neg", "1", "--temperatures", "0.05,0.2", "--no-progress", "--threads", "1"]
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    assert main([*args, "--out", str(ref)]) == 0
+    assert kill_after_first_checkpoint([*args, "--out", str(run)], run) == 15
+    assert main([*args, "--out", str(run)]) == 0
     assert_same_final_state(run, ref, ("model", "ema", "optimizer"), flat_tensors)

@@ -141,3 +141,33 @@ def test_hooks_run_before_the_checkpoint_and_nothing_is_written_without_out(tmp_
     run = Trainer(None, "t", {}, model, opt, steps=3, resume=False, progress=False, desc="x")
     run.fit(lambda i: ((model(torch.ones(1, 2)) ** 2).sum(), {}))
     assert run.history["step"] == [3] and not quiet.exists()
+
+
+def test_a_cache_build_killed_midway_continues_in_its_partial_dir(tmp_path, monkeypatch):
+    """cached_dir builds in KEY.partial: a second build after a crash finds what the first left there (a
+    trainer's checkpoint), and the finished entry drops the checkpoint."""
+    from drifting import cache
+
+    monkeypatch.setenv("DRIFTING_CACHE", str(tmp_path))
+    seen = []
+
+    def build(d, crash):
+        seen.append((d.name, (d / "checkpoint.pt").is_file()))
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "checkpoint.pt").write_text("step 4")
+        if crash:
+            raise RuntimeError("killed")
+        (d / "model.safetensors").write_text("weights")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        cache.cached_dir("mae", "k1", lambda d: build(d, True))
+    entry = cache.cached_dir("mae", "k1", lambda d: build(d, False))
+    assert seen == [("k1.partial", False), ("k1.partial", True)]  # the second build found the checkpoint
+    assert entry == tmp_path / "mae" / "k1" and (entry / ".complete").is_file()
+    assert (entry / "model.safetensors").is_file() and not (entry / "checkpoint.pt").exists()
+    assert not (tmp_path / "mae" / "k1.partial").exists()
+    assert cache.cached_dir("mae", "k1", lambda d: pytest.fail("built again")) == entry
+    # rebuild: a fresh partial dir, not the old one's checkpoint
+    seen.clear()
+    cache.cached_dir("mae", "k1", lambda d: build(d, False), rebuild=True)
+    assert seen == [("k1.partial", False)]

@@ -82,3 +82,31 @@ def add_threads_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=threads_arg, default=AUTO,
                    help="torch CPU threads, or 'auto' (default): as many as cores are idle at start, so that "
                         "a job beside another busy one does not fight it for a core")
+
+
+def add_resume_options(p) -> None:
+    """``--resume`` / ``--no-resume`` on a training command. Resume is one behaviour for every training
+    command: by default a run continues ``OUT/checkpoint.pt`` when it is there (written by the same kind of
+    run with the same configuration) and starts when it is not."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true",
+                   help="insist on continuing OUT/checkpoint.pt: an error when there is none (by default a "
+                        "run continues it when it is there and starts when it is not)")
+    g.add_argument("--no-resume", action="store_true",
+                   help="start over, deleting OUT/checkpoint.pt (by default a run continues it)")
+
+
+def resume_flag(a: argparse.Namespace, out) -> bool:
+    """The recipes' ``resume`` from ``--resume`` / ``--no-resume``. With ``--resume`` the checkpoint must be
+    there and readable: checked now, before any data is read or encoder trained."""
+    from pathlib import Path
+
+    from ..training.checkpoint import load_state
+
+    if getattr(a, "resume", False):
+        ckpt = Path(out) / "checkpoint.pt"
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"--resume: there is no checkpoint at {ckpt}; run without --resume to "
+                                    "start there, or give the --out of the run to continue")
+        load_state(ckpt)  # CorruptCheckpointError when it cannot be read; the recipe checks its configuration
+    return not getattr(a, "no_resume", False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..recipes.autoencoders import RAETrainConfig, VAETrainConfig, train_rae, train_vae
-from .args import add_threads_option, positive_int
+from .args import add_resume_options, add_threads_option, positive_int, resume_flag
 
 
 def _print_metrics(m: dict, out: str) -> None:
@@ -20,7 +20,8 @@ def cmd_train_rae(a: argparse.Namespace) -> int:
     over = {k: getattr(a, k)
             for k in ("data", "steps", "batch", "lr", "noise_tau", "stage", "seed", "decoder_width",
                       "mae_dir") if getattr(a, k, None) is not None}
-    m = train_rae(RAETrainConfig(**over).validate(), a.out, progress=not a.no_progress)
+    m = train_rae(RAETrainConfig(**over).validate(), a.out, progress=not a.no_progress,
+                  resume=resume_flag(a, a.out))
     _print_metrics(m, a.out)
     return 0
 
@@ -28,7 +29,8 @@ def cmd_train_rae(a: argparse.Namespace) -> int:
 def cmd_train_vae(a: argparse.Namespace) -> int:
     over = {k: getattr(a, k) for k in ("data", "steps", "batch", "lr", "kl_weight", "latent_channels", "seed")
             if getattr(a, k, None) is not None}
-    m = train_vae(VAETrainConfig(**over).validate(), a.out, progress=not a.no_progress)
+    m = train_vae(VAETrainConfig(**over).validate(), a.out, progress=not a.no_progress,
+                  resume=resume_flag(a, a.out))
     _print_metrics(m, a.out)
     return 0
 
@@ -59,6 +61,7 @@ def add_autoencoder_parsers(subparsers) -> None:
                    help="latent noise sigma ~ U[0, tau] (default 0.5)")
     r.add_argument("--seed", type=int, default=None)
     r.add_argument("--no-progress", action="store_true")
+    add_resume_options(r)
     add_threads_option(r)
     r.set_defaults(func=cmd_train_rae)
 
@@ -77,5 +80,6 @@ def add_autoencoder_parsers(subparsers) -> None:
     v.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3)")
     v.add_argument("--seed", type=int, default=None)
     v.add_argument("--no-progress", action="store_true")
+    add_resume_options(v)
     add_threads_option(v)
     v.set_defaults(func=cmd_train_vae)

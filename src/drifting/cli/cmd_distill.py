@@ -6,12 +6,13 @@ import argparse
 from dataclasses import replace
 
 from ..recipes.distill import FEATURES, INITS, PRESETS, DistillConfig, distill, distill_preset
-from .args import add_threads_option, positive_int
+from .args import add_resume_options, add_threads_option, positive_int, resume_flag
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
-    overrides = {k: getattr(a, k) for k in ("data", "init", "features", "steps", "classes_per_step", "n_pos",
-                                            "n_neg", "n_extra_neg", "lr", "lr_final", "seed")
+    overrides = {k: getattr(a, k) for k in ("data", "init", "features", "steps", "ckpt_every",
+                                            "classes_per_step", "n_pos", "n_neg", "n_extra_neg", "lr",
+                                            "lr_final", "seed")
                  if getattr(a, k) is not None}
     if a.temperatures:
         overrides["temperatures"] = tuple(float(v) for v in a.temperatures.split(","))
@@ -21,7 +22,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
         overrides["perturb"] = a.perturb
     cfg = (distill_preset(a.preset, a.teacher, **overrides) if a.preset
            else replace(DistillConfig(teacher=a.teacher), **overrides).validate())
-    res = distill(cfg, a.out, progress=not a.no_progress, resume=not a.no_resume, device=a.device)
+    res = distill(cfg, a.out, progress=not a.no_progress, resume=resume_flag(a, a.out), device=a.device)
     if "rank" in res:  # a rank > 0 of a torchrun job: rank 0 reports
         return 0
     print(f"distilled {res['steps']} steps in {res['train_seconds']:.0f}s ({res['steps_per_second']:.2f} "
@@ -50,6 +51,8 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     f.add_argument("--features", choices=FEATURES, default=None,
                    help="latent (Eq. 10) or decode-encode (App. C)")
     f.add_argument("--steps", type=positive_int, default=None)
+    f.add_argument("--ckpt-every", type=positive_int, default=None,
+                   help="steps between checkpoints (default: the preset's)")
     f.add_argument("--classes-per-step", type=positive_int, default=None, help="N_c")
     f.add_argument("--n-pos", type=positive_int, default=None, help="N_pos real latents per class")
     f.add_argument("--n-neg", type=positive_int, default=None,
@@ -65,7 +68,7 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=None)
     f.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     add_threads_option(f)
-    f.add_argument("--no-resume", action="store_true", help="start over even if OUT/checkpoint.pt exists")
+    add_resume_options(f)
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.set_defaults(func=cmd_distill)
     return f

@@ -7,7 +7,7 @@ import argparse
 
 from ..models.generators import generator_names
 from ..recipes.flow import OBJECTIVES, TIME_SAMPLING, FlowTrainConfig, train_flow
-from .args import add_threads_option, positive_float, positive_int
+from .args import add_resume_options, add_threads_option, positive_float, positive_int, resume_flag
 
 
 def cmd_train_flow(a: argparse.Namespace) -> int:
@@ -27,7 +27,7 @@ def cmd_train_flow(a: argparse.Namespace) -> int:
     if dit:
         overrides["generator_overrides"] = dit
     cfg = FlowTrainConfig(**overrides).validate()
-    res = train_flow(cfg, a.out, progress=not a.no_progress, resume=not a.no_resume, device=a.device)
+    res = train_flow(cfg, a.out, progress=not a.no_progress, resume=resume_flag(a, a.out), device=a.device)
     kind = "MeanFlow" if cfg.objective == "meanflow" else "flow-matching"
     print(f"trained {res['steps']} {kind} steps in {res['train_seconds']:.0f}s "
           f"({res['steps_per_second']:.2f} step/s); final loss {res['final_loss']:.4f}")
@@ -92,7 +92,7 @@ def add_flow_parser(subparsers) -> argparse.ArgumentParser:
                    help="DiT token width (default: the preset's)")
     f.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     add_threads_option(f)
-    f.add_argument("--no-resume", action="store_true", help="start over even if OUT/checkpoint.pt exists")
+    add_resume_options(f)
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.set_defaults(func=cmd_train_flow)
     return f

@@ -7,21 +7,13 @@ import argparse
 import math
 from pathlib import Path
 
-from .args import add_threads_option, positive_int, time_budget
+from .args import add_resume_options, add_threads_option, positive_int, resume_flag, time_budget
 
 
 def cmd_train(a: argparse.Namespace) -> int:
     from ..recipes.image_config import train_preset
     from ..recipes.image_training import train_images
-    from ..training.checkpoint import load_state
-
-    if a.resume:  # a missing or unreadable checkpoint is reported now, not after the dataset and the MAE
-        ckpt = Path(a.out) / "checkpoint.pt"
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"--resume: there is no checkpoint at {ckpt}; run without --resume to "
-                                    "start there, or give the --out of the run to continue")
-        # CorruptCheckpointError when it cannot be read; train_images checks its configuration
-        load_state(ckpt)
+    resume = resume_flag(a, a.out)  # a missing or unreadable checkpoint with --resume is reported now
     cfg = train_preset(
         a.preset, data=a.data, generator=a.generator, encoder=a.encoder, mae_dir=a.mae,
         mae_encoder=a.mae_preset, mae_steps=a.mae_steps, mae_batch=a.mae_batch, mae_cls_steps=a.mae_cls_steps,
@@ -34,7 +26,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         precision=a.precision, tokenizer=a.tokenizer, encoder_space=a.encoder_space,
         eval_samples=a.eval_samples, eval_every=a.eval_every,
     )
-    run = train_images(cfg, a.out, progress=not a.no_progress, resume=a.resume, device=a.device,
+    run = train_images(cfg, a.out, progress=not a.no_progress, resume=resume, device=a.device,
                        tensorboard=a.tensorboard, ranks_per_class=a.ranks_per_class,
                        compile_field=a.compile_field)
     if run.out is None:  # a rank > 0 of a torchrun job: rank 0 reports
@@ -81,7 +73,8 @@ def cmd_train_mae(a: argparse.Namespace) -> int:
                     cls_lambda=a.cls_lambda, cls_warmup=a.cls_warmup,
                     **({"batch": a.batch} if a.batch else {}))
     cfg.validate()  # before the dataset is read
-    pretrain_mae(load_dataset(a.data, "train"), cfg, a.out, progress=not a.no_progress)
+    resume = resume_flag(a, a.out)
+    pretrain_mae(load_dataset(a.data, "train"), cfg, a.out, progress=not a.no_progress, resume=resume)
     print(f"wrote the ResNet-MAE (EMA) to {a.out}/"
           + (" (with its classification head)" if a.cls_steps else ""))
     return 0
@@ -240,7 +233,7 @@ def _train_run_options(g) -> None:
                    "and negatives gathered)")
     g.add_argument("--compile-field", action="store_true",
                    help="torch.compile the drifting field's elementwise work")
-    g.add_argument("--resume", action="store_true")
+    add_resume_options(g)
     g.add_argument("--no-progress", action="store_true")
 
 
@@ -269,6 +262,7 @@ def _add_train_mae_parser(subparsers) -> None:
                     help="steps of lambda's linear warm-up from 0 (default 1000)")
     tm.add_argument("--seed", type=int, default=0)
     tm.add_argument("--no-progress", action="store_true")
+    add_resume_options(tm)
     add_threads_option(tm)
     tm.set_defaults(func=cmd_train_mae)
 

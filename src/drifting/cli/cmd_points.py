@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..data.points import TARGETS
 from ..field import NORMALIZE_CHOICES
-from .args import add_threads_option, positive_int, temperatures
+from .args import add_resume_options, add_threads_option, positive_int, resume_flag, temperatures
 
 
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
@@ -45,7 +45,7 @@ def cmd_fit_points(a: argparse.Namespace) -> int:
         data=a.data, steps=a.steps, seed=a.seed, batch=a.batch, n_pos=a.n_pos, lr=a.lr,
         temperatures=a.temperatures, normalize=a.normalize, n_samples=a.samples,
     )
-    res = fit_points(cfg, a.out, progress=not a.no_progress, resume=a.resume)
+    res = fit_points(cfg, a.out, progress=not a.no_progress, resume=resume_flag(a, a.out))
     out = Path(a.out)
     print(_summary_table(res.metrics))
     print(f"trained {cfg.steps} steps in {res.metrics['train_seconds']:.1f}s on {res.metrics['data']} "
@@ -67,7 +67,7 @@ def add_points_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"a .npy/.csv file of shape [n, d], or one of: {', '.join(TARGETS)}")
     f.add_argument("--out", required=True, help="output directory")
     f.add_argument("--samples", type=positive_int, default=5000, help="points to generate (default 5000)")
-    f.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    add_resume_options(f)
     _add_fit_args(f)
     add_threads_option(f)
     f.set_defaults(func=cmd_fit_points)

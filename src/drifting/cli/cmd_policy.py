@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..recipes.policy import evaluate_policy, format_table, load_policy, policy_recipe, train_policy
 from ..training.checkpoint import jsonable
-from .args import add_threads_option
+from .args import add_resume_options, add_threads_option, resume_flag
 
 _TRAIN_FLAGS = ("demos", "steps", "batch", "lr", "n_gen", "n_pos", "pos_radius", "scheduler",
                 "inference_steps", "eval_episodes", "snapshots", "ckpt_every", "seed", "horizon",
@@ -66,7 +66,7 @@ def cmd_policy(a: argparse.Namespace) -> int:
         for kind in kinds:
             cfg = policy_recipe(env, kind, **_train_overrides(a)).validate()
             sub = Path(a.out) if a.action == "train" else Path(a.out) / env / kind
-            rows.append(train_policy(cfg, sub, progress=not a.no_progress))
+            rows.append(train_policy(cfg, sub, progress=not a.no_progress, resume=resume_flag(a, sub)))
     print(format_table(rows))
     if a.action == "compare":
         (Path(a.out) / "table.md").write_text(format_table(rows) + "\n")
@@ -131,6 +131,7 @@ def add_policy_parser(subparsers) -> argparse.ArgumentParser:
                    help="curve: evaluate every K-th snapshot (and the last): one K for all runs, or one per "
                         "run")
     p.add_argument("--no-progress", action="store_true")
+    add_resume_options(p)
     add_threads_option(p)
     p.set_defaults(func=_checked_cmd)
     return p

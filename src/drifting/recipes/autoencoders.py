@@ -216,10 +216,10 @@ def _lr(cfg, step: int) -> float:
     return cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
 
 
-def _trainer(out: Path, kind: str, cfg, model, opt, ema, progress: bool) -> Trainer:
+def _trainer(out: Path, kind: str, cfg, model, opt, ema, progress: bool, resume: bool) -> Trainer:
     """The shared loop for the RAE decoder and the VAE: warm-up + cosine lr (:func:`_lr`), checkpoints in
-    ``out`` every tenth of the run (a killed run resumes there), the log every 10 steps."""
-    return Trainer(out, kind, jsonable(asdict(cfg)), model, opt, ema=ema, steps=cfg.steps, resume=True,
+    ``out`` every tenth of the run (a killed run resumes there with ``resume``), the log every 10 steps."""
+    return Trainer(out, kind, jsonable(asdict(cfg)), model, opt, ema=ema, steps=cfg.steps, resume=resume,
                    progress=progress, desc=f"train-{kind}", lr_at=lambda i, _: _lr(cfg, i), log_every=10,
                    ckpt_every=max(50, cfg.steps // 10), history_keys=("kl",) if kind == "vae" else (),
                    show=("rec", "kl"), defaults=jsonable(asdict(type(cfg)())))
@@ -250,7 +250,7 @@ def _evaluate(tok: Tokenizer, test: ImageDataset, out: Path, batch: int = 500) -
 
 
 # --------------------------------------------------------------------------- RAE
-def train_rae(cfg: RAETrainConfig, out: str | Path, progress: bool = True) -> dict:
+def train_rae(cfg: RAETrainConfig, out: str | Path, progress: bool = True, resume: bool = True) -> dict:
     """Train the small-scale RAE's pixel decoder on a frozen ResNet-MAE encoder; export to ``out``.
 
     Drift-RAE Sec. 1 / RAE: the representation encoder stays frozen; only the decoder learns.
@@ -289,7 +289,7 @@ def train_rae(cfg: RAETrainConfig, out: str | Path, progress: bool = True) -> di
     dec = copy.deepcopy(tok.decoder).requires_grad_(True).train()
     opt = torch.optim.AdamW(dec.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(dec, (cfg.ema_decay,), warmup_steps=max(1, cfg.steps // 10)) if cfg.ema_decay else None
-    run = _trainer(out, "rae", cfg, dec, opt, ema, progress)
+    run = _trainer(out, "rae", cfg, dec, opt, ema, progress, resume)
 
     def step(i: int):
         g = step_generator(cfg.seed, i, stream=5)
@@ -339,7 +339,7 @@ def build_vae(cfg: VAETrainConfig, in_channels: int, image_size: int):
     return vae
 
 
-def train_vae(cfg: VAETrainConfig, out: str | Path, progress: bool = True) -> dict:
+def train_vae(cfg: VAETrainConfig, out: str | Path, progress: bool = True, resume: bool = True) -> dict:
     """Train a small reconstruction VAE (``AutoencoderKL``) and save it where ``autoencoderkl:OUT`` loads it.
 
     The SD-VAE recipe at CPU scale (Sec. 4 "Tokenizer" of Deng et al.; the "reconstruction-based
@@ -366,7 +366,7 @@ def train_vae(cfg: VAETrainConfig, out: str | Path, progress: bool = True) -> di
     vae = build_vae(cfg, C, H).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(vae, (cfg.ema_decay,), warmup_steps=max(1, cfg.steps // 10)) if cfg.ema_decay else None
-    run = _trainer(out, "vae", cfg, vae, opt, ema, progress)
+    run = _trainer(out, "vae", cfg, vae, opt, ema, progress, resume)
 
     def step(i: int):
         g = step_generator(cfg.seed, i, stream=6)

@@ -54,6 +54,7 @@ def train_classifier(ds: ImageDataset, *, steps: int = 1500, batch: int = 128, l
     config = {"steps": steps, "batch": batch, "lr": lr, "seed": seed}
     run = Trainer(out, "classifier", config, model, opt, steps=steps, resume=True, progress=progress,
                   desc="classifier", parts={"rng": _GeneratorState(g)}, log_every=50,
+                  ckpt_every=max(100, steps // 10),
                   lr_at=lambda i, _: lr * 0.5 * (1 + math.cos(math.pi * i / steps)))
 
     def step(i: int):

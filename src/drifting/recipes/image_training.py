@@ -156,7 +156,7 @@ class DriftingStep:
             f_gen, f_real = self.features(x, real_idx)
         if not torch.isfinite(x).all():
             raise FloatingPointError(f"the generator produced non-finite samples at step {i}; the last "
-                                     f"good checkpoint is {self.ckpt} (resume with --resume, e.g. with a "
+                                     f"good checkpoint is {self.ckpt} (resume it, e.g. with a "
                                      "lower --lr)")
         subsets = sample_locations(f_gen, cfg.max_locations, g)
         queued = None  # earlier steps' generated features of these classes: [Nc*Q, L, C]
@@ -220,7 +220,7 @@ class DriftingStep:
 
 
 def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress: bool = True,
-                 resume: bool = False, device: str | torch.device | None = None,
+                 resume: bool = True, device: str | torch.device | None = None,
                  tensorboard: bool = False, ranks_per_class: int = 1,
                  compile_field: bool = False) -> ImageRun:
     """Train a class-conditional drifting generator: :class:`DriftingStep` under the shared
@@ -236,7 +236,8 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
     is wrapped in DistributedDataParallel, and rank 0 alone logs, samples, checkpoints and evaluates.
     Every draw of a step depends on ``(seed, step)`` and the class slot only, never on the world size,
     so a run resumed on another number of ranks trains on exactly the batches it would have seen.
-    ``compile_field``: ``torch.compile`` the field's elementwise work.
+    ``compile_field``: ``torch.compile`` the field's elementwise work. ``resume``: continue
+    ``OUT/checkpoint.pt`` when it is there (same configuration); False starts over.
     """
     job_start = time.perf_counter()  # the job budget (cfg.job_minutes) counts from here
     cfg.validate()
@@ -253,9 +254,6 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
         raise ValueError("neg_queue: the queue of generated negatives runs in one process only; set it to 0 "
                          "under torchrun")
     out = Path(out_dir) if out_dir is not None else None
-    if resume and (out is None or not (out / "checkpoint.pt").is_file()):
-        raise FileNotFoundError(f"resume requested but there is no checkpoint at "
-                                f"{None if out is None else out / 'checkpoint.pt'}")
     layout.check(cfg.classes_per_step, cfg.n_gen, cfg.n_pos, cfg.cfg_config.n_uncond)
 
     tok = build_tokenizer(cfg.tokenizer, pixel_channels=ds.shape[2]).to(dev)

@@ -175,13 +175,14 @@ def fit_points(
     out_dir: str | Path | None = None,
     *,
     progress: bool = True,
-    resume: bool = False,
+    resume: bool = True,
     figures: bool = True,
 ) -> FitResult:
     """Train an MLP generator on ``cfg.data`` with the drifting loss; write results to ``out_dir``.
 
     Files written: ``samples.npy``, ``metrics.json``, ``curves.png``, ``evolution.png`` (d = 2),
-    ``model/`` (``config.json`` + ``model.safetensors``) and ``checkpoint.pt`` (for ``resume``).
+    ``model/`` (``config.json`` + ``model.safetensors``), ``log.jsonl`` and ``checkpoint.pt``. ``resume``:
+    continue ``OUT/checkpoint.pt`` when it is there (same configuration); False starts over.
     """
     cfg.validate()
     data = prepare_data(cfg)
@@ -200,9 +201,6 @@ def fit_points(
     sampler = model if ema is None else ema.models[cfg.ema_decay]  # what samples are drawn from
 
     out = Path(out_dir) if out_dir is not None else None
-    if resume and (out is None or not (out / "checkpoint.pt").is_file()):
-        raise FileNotFoundError(f"resume requested but there is no checkpoint at "
-                                f"{None if out is None else out / 'checkpoint.pt'}")
     run = Trainer(out, "points", jsonable(asdict(cfg)), model, opt, ema=ema, steps=cfg.steps, resume=resume,
                   progress=progress, desc=f"fit-points {data.name}", lr_at=lambda i, _: _lr_at(cfg, i),
                   grad_clip=cfg.grad_clip, log_every=cfg.log_every, ckpt_every=cfg.ckpt_every,
