@@ -287,21 +287,8 @@ def distill(cfg: DistillConfig, out: str | Path, *, progress: bool = True, resum
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
                 else contextlib.nullcontext())
     out = Path(out)
-    teacher = load_flow_model(cfg.teacher)
-    tok = model_tokenizer(cfg.teacher)
-    if cfg.features == "decode-encode" and tok is None:
-        raise ValueError("features: 'decode-encode' needs a latent-space teacher (its model dir "
-                         "has no tokenizer.json)")
-    ds = load_dataset(cfg.data, "train")
+    teacher, tok, ds, real = _teacher_and_data(cfg, progress)  # real: [N, c, h, w], the teacher's space
     K = ds.num_classes
-    if teacher.config.num_classes != K + 1:
-        raise ValueError(f"teacher: {cfg.teacher} has {teacher.config.num_classes - 1} classes (+ null), "
-                         f"data {cfg.data} has {K}")
-    real = _real_latents(ds, tok, progress)  # [N, c, h, w]
-    if tuple(real.shape[1:]) != (teacher.config.in_channels, teacher.config.input_size,
-                                 teacher.config.input_size):
-        raise ValueError(f"teacher: its input is {teacher.config.in_channels}x{teacher.config.input_size}^2 "
-                         f"but the data in its space are {tuple(real.shape[1:])}")
     labels_all = torch.from_numpy(ds.labels).long()
     by_class = [torch.nonzero(labels_all == k).flatten() for k in range(K)]
     if cfg.classes_per_step > K:
@@ -363,6 +350,32 @@ def distill(cfg: DistillConfig, out: str | Path, *, progress: bool = True, resum
 
     if not main:
         return {"steps": cfg.steps, "rank": layout.rank}
+    return _export(run, best, cfg, config, out, K, tok) | {"params": student.num_params()}
+
+
+def _teacher_and_data(cfg: DistillConfig, progress: bool):
+    """The teacher, its tokenizer (None in pixel space), the training set and its images in the teacher's
+    space ``[N, c, h, w]``, checked against each other."""
+    teacher = load_flow_model(cfg.teacher)
+    tok = model_tokenizer(cfg.teacher)
+    if cfg.features == "decode-encode" and tok is None:
+        raise ValueError("features: 'decode-encode' needs a latent-space teacher (its model dir "
+                         "has no tokenizer.json)")
+    ds = load_dataset(cfg.data, "train")
+    if teacher.config.num_classes != ds.num_classes + 1:
+        raise ValueError(f"teacher: {cfg.teacher} has {teacher.config.num_classes - 1} classes (+ null), "
+                         f"data {cfg.data} has {ds.num_classes}")
+    real = _real_latents(ds, tok, progress)  # [N, c, h, w]
+    if tuple(real.shape[1:]) != (teacher.config.in_channels, teacher.config.input_size,
+                                 teacher.config.input_size):
+        raise ValueError(f"teacher: its input is {teacher.config.in_channels}x{teacher.config.input_size}^2 "
+                         f"but the data in its space are {tuple(real.shape[1:])}")
+    return teacher, tok, ds, real
+
+
+def _export(run: Trainer, best, cfg: DistillConfig, config: dict, out: Path, K: int, tok) -> dict:
+    """``OUT/model`` (the EMA student, with the teacher's tokenizer), ``samples.png``, ``history.json``; the
+    run's summary."""
     run.finish(best, config)
     teacher_tok = Path(cfg.teacher) / "tokenizer.json"
     if teacher_tok.is_file():  # the student lives in the teacher's space
@@ -372,8 +385,7 @@ def distill(cfg: DistillConfig, out: str | Path, *, progress: bool = True, resum
     secs = run.train_seconds
     return {"steps": cfg.steps, "train_seconds": secs, "steps_per_second": cfg.steps / max(secs, 1e-9),
             "final_loss": run.history["loss"][-1] if run.history["loss"] else None,
-            "model_dir": str(out / "model"), "samples": str(out / "samples.png"),
-            "params": student.num_params()}
+            "model_dir": str(out / "model"), "samples": str(out / "samples.png")}
 
 
 __all__ = ["DistillConfig", "PRESETS", "distill_preset", "one_step", "tokens", "drift_rae_loss", "distill"]

@@ -332,18 +332,10 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
                 else contextlib.nullcontext())
     out = Path(out)
-    ds = load_dataset(cfg.data, "train")
-    H, W, C = ds.shape
-    if H != W:
-        raise ValueError(f"data: the DiT needs square images, {cfg.data} has {H}x{W}")
+    ds, tok, latents = _flow_data(cfg, progress, dev)
     K = ds.num_classes
+    C, H = (ds.shape[2], ds.shape[0]) if latents is None else (latents.shape[1], latents.shape[2])
     labels_all = torch.from_numpy(ds.labels)  # [N]
-    tok = build_tokenizer(cfg.tokenizer, pixel_channels=C) if cfg.tokenizer is not None else None
-    latents = None
-    if tok is not None:  # encode the training set once; the network then works on latents
-        latents = tok.encode_dataset(ds.images, progress=progress)  # [N, c, h, w] fp32, CPU
-        C, H = latents.shape[1], latents.shape[2]
-        tok = tok.to(dev)
 
     torch.manual_seed(cfg.seed)
     model = build_generator(flow_net_config(cfg, C, H, K)).to(dev)
@@ -392,16 +384,28 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
     run.fit(step, after=curve_point)
 
     run.finish(best, config)
-    # how to decode its latents (model_tokenizer)
-    write_model_tokenizer(out / "model", cfg.tokenizer, ds.shape[2])
-    save_flow_grid(best, K, out / "samples.png", per_class=10, steps=cfg.sample_steps,
-                   cfg_scale=cfg.sample_cfg,
-                   seed=cfg.seed, tokenizer=tok)  # one row per class
+    write_model_tokenizer(out / "model", cfg.tokenizer, ds.shape[2])  # how to decode its latents
+    save_flow_grid(best, K, out / "samples.png", per_class=10, steps=cfg.sample_steps,  # one row per class
+                   cfg_scale=cfg.sample_cfg, seed=cfg.seed, tokenizer=tok)
     secs, steps = run.train_seconds, run.steps_done
     return {"steps": steps, "train_seconds": secs, "steps_per_second": steps / max(secs, 1e-9),
             "final_loss": run.history["loss"][-1] if run.history["loss"] else None,
             "model_dir": str(out / "model"), "samples": str(out / "samples.png"),
             "params": model.num_params()}
+
+
+def _flow_data(cfg: FlowTrainConfig, progress: bool, dev: torch.device):
+    """The training set, the tokenizer (None in pixel space) and, with one, the training set's latents
+    ``[N, c, h, w]`` (fp32, CPU), encoded once: the network then works on latents."""
+    ds = load_dataset(cfg.data, "train")
+    H, W, C = ds.shape
+    if H != W:
+        raise ValueError(f"data: the DiT needs square images, {cfg.data} has {H}x{W}")
+    if cfg.tokenizer is None:
+        return ds, None, None
+    tok = build_tokenizer(cfg.tokenizer, pixel_channels=C)
+    latents = tok.encode_dataset(ds.images, progress=progress)  # [N, c, h, w]
+    return ds, tok.to(dev), latents
 
 
 def flow_curve_point(model: OneStepGenerator, cfg: FlowTrainConfig, step: int, seconds: float,

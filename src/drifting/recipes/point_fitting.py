@@ -237,42 +237,53 @@ def fit_points(
     with torch.no_grad():
         samples = data.to_original(sampler.sample(cfg.n_samples,
                                                 generator=torch.Generator().manual_seed(cfg.seed + 2)))
+    metrics = _fit_metrics(cfg, data, samples, history)
+    samples_np = samples.numpy().astype(np.float32)
+    if out is not None:
+        _write_fit(out, cfg, data, sampler, mcfg, samples_np, metrics, history, figures)
+    return FitResult(sampler, data, samples_np, metrics, history)
+
+
+
+
+def _fit_metrics(cfg: PointsConfig, data: PointsData, samples: torch.Tensor, history: dict) -> dict:
+    """Energy distance and MMD^2 of the samples ``[n, d]`` against the held-out data, beside the floor of as
+    many real points (averaged over :data:`FLOOR_DRAWS` reference sets: a noisy V-statistic itself)."""
     k = min(cfg.n_samples, data.floor_refs[0].shape[0])
     floors = [compare(ref[:k], data.heldout) for ref in data.floor_refs]
     metrics = {
         "data": data.name,
-        "dim": d,
+        "dim": data.dim,
         "steps": cfg.steps,
         "train_seconds": history["time"][-1] if history["time"] else 0.0,
         "n_compared": k,
         "n_heldout": int(data.heldout.shape[0]),
         "samples_vs_heldout": compare(samples[:k], data.heldout),
-        # the floor is itself a noisy V-statistic: average it over FLOOR_DRAWS reference sets
         "data_vs_heldout": {key: float(np.mean([f[key] for f in floors])) for key in floors[0]},
         "floor_draws": floors,
     }
     floor = metrics["data_vs_heldout"]["energy_distance"]
     metrics["energy_ratio_to_floor"] = metrics["samples_vs_heldout"]["energy_distance"] / max(floor, 1e-30)
-    samples_np = samples.numpy().astype(np.float32)
-
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "samples.npy", samples_np)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        export_model(out / "model", sampler, {
-            "generator": "MLPGenerator", **asdict(mcfg),
-            "data_mean": data.mean.tolist(), "data_std": data.std.tolist(),
-            "points_config": jsonable(asdict(cfg)),
-        })
-        if figures:
-            from ..eval import figures as fig
-
-            fig.plot_curves(history, out / "curves.png", title=f"drifting loss on {data.name}")
-            if d == 2:
-                fig.plot_evolution(history, data.heldout, out / "evolution.png", title=data.name)
-    return FitResult(sampler, data, samples_np, metrics, history)
+    return metrics
 
 
+def _write_fit(out: Path, cfg: PointsConfig, data: PointsData, sampler, mcfg: MLPConfig, samples: np.ndarray,
+               metrics: dict, history: dict, figures: bool) -> None:
+    """``samples.npy``, ``metrics.json``, ``model/`` and (``figures``) ``curves.png`` / ``evolution.png``."""
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "samples.npy", samples)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    export_model(out / "model", sampler, {
+        "generator": "MLPGenerator", **asdict(mcfg),
+        "data_mean": data.mean.tolist(), "data_std": data.std.tolist(),
+        "points_config": jsonable(asdict(cfg)),
+    })
+    if figures:
+        from ..eval import figures as fig
+
+        fig.plot_curves(history, out / "curves.png", title=f"drifting loss on {data.name}")
+        if data.dim == 2:
+            fig.plot_evolution(history, data.heldout, out / "evolution.png", title=data.name)
 
 
 def load_point_generator(directory: str | Path) -> tuple[MLPGenerator, torch.Tensor, torch.Tensor]:
