@@ -89,7 +89,7 @@ def build_encoder(cfg: ImageTrainConfig, chw: tuple[int, int, int], overrides: d
 def bench_setting(name: str, a: argparse.Namespace) -> dict:
     cfg, chw, enc_over = setting_config(name, a)
     encoder = build_encoder(cfg, chw, enc_over)
-    cfgc = cfg.cfg_config
+    cfgc = cfg.guidance_config
     Nc, N, P, U = cfg.classes_per_step, cfg.n_gen, cfg.n_pos, cfgc.n_uncond
     g = torch.Generator().manual_seed(0)
     alpha = sample_alpha(Nc, cfgc, generator=g)  # [Nc]

@@ -56,7 +56,7 @@ VARIANTS: dict[str, dict] = {
     "lr4e-3": dict(lr=4e-3),
     "decay0.3": dict(lr_decay=0.3),
     "lr2e-3-decay0.5": dict(lr=2e-3, lr_decay=0.5),
-    "no-cfg": dict(cfg="none", n_uncond=0),
+    "no-cfg": dict(guidance="none", n_uncond=0),
     "p4-h128-d4": dict(dit=dict(patch_size=4, hidden=128, depth=4)),
     "p7-h128-d4": dict(dit=dict(hidden=128, depth=4)),
     "p4-h128-d6": dict(dit=dict(patch_size=4, hidden=128, depth=6)),
@@ -93,11 +93,11 @@ VARIANTS: dict[str, dict] = {
     "sets-ab": dict(feature_sets="ab"),
     "sets-ab-no-vanilla": dict(feature_sets="ab", vanilla=False),
     # session 6, on the session-5 preset: the throwaway prototype's recipe (a few tap maps, N = P = 32)
-    "proto-groups": dict(groups="tap1.loc,tap2.loc,tap*.mean", vanilla=False, n_gen=32, n_pos=32, cfg="none",
+    "proto-groups": dict(groups="tap1.loc,tap2.loc,tap*.mean", vanilla=False, n_gen=32, n_pos=32, guidance="none",
                          n_uncond=0),
-    "proto-groups-sq": dict(groups="tap1.loc,tap2.loc,tap*.mean,input.sq", n_gen=32, n_pos=32, cfg="none",
+    "proto-groups-sq": dict(groups="tap1.loc,tap2.loc,tap*.mean,input.sq", n_gen=32, n_pos=32, guidance="none",
                             n_uncond=0),
-    "proto-groups-sq-n16": dict(groups="tap1.loc,tap2.loc,tap*.mean,input.sq", n_gen=16, n_pos=32, cfg="none",
+    "proto-groups-sq-n16": dict(groups="tap1.loc,tap2.loc,tap*.mean,input.sq", n_gen=16, n_pos=32, guidance="none",
                                 n_uncond=0),
     # sessions 7-8: a width-16 MAE whose fine-tuning is labels only (lambda 1), recon + cls steps
     "mae16-cls1-800+800": dict(mae_width=16, mae_cls_lambda=1.0, mae_steps=800, mae_cls_steps=800,

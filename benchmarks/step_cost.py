@@ -59,7 +59,7 @@ def make_step(cfg, queue: int):
     ema = EMA(G, cfg.ema_decays, warmup_steps=cfg.ema_warmup)
     cache = (RealFeatureCache.build(enc, ds.to_tensor, len(ds), max_gb=cfg.real_feature_cache_gb)
              if cfg.real_feature_cache_gb > 0 else None)
-    cfgc = cfg.cfg_config
+    cfgc = cfg.guidance_config
     Nc, N, P, U = cfg.classes_per_step, cfg.n_gen, cfg.n_pos, cfgc.n_uncond
     g = torch.Generator().manual_seed(0)
 

@@ -90,7 +90,7 @@ def bench_preset(name: str, steps: int, **overrides) -> dict:
         "steps_per_second_after_first": len(rest) / sum(rest), "first_step_seconds": per_step[0],
         "median_step_seconds": statistics.median(rest), "min_step_seconds": min(rest),
         "step_seconds": per_step, "classes_per_step": cfg.classes_per_step, "n_gen": cfg.n_gen,
-        "n_pos": cfg.n_pos, "n_uncond": cfg.cfg_config.n_uncond, "generator": cfg.generator,
+        "n_pos": cfg.n_pos, "n_uncond": cfg.guidance_config.n_uncond, "generator": cfg.generator,
         "mae_encoder": cfg.mae.encoder, "max_locations": cfg.max_locations, "precision": cfg.precision,
     }
 

@@ -26,7 +26,7 @@ def run_dir(tmp_path_factory):
     return out
 
 
-def test_cfg_sweep_writes_json_and_png_per_alpha(run_dir, tmp_path, standin_path, monkeypatch):
+def test_guidance_sweep_writes_json_and_png_per_alpha(run_dir, tmp_path, standin_path, monkeypatch):
     calls = []  # (labels, alpha, seed) of each generate call: a 2-step model barely reacts to alpha itself
 
     def spy(model, labels, alpha, **kw):
@@ -34,9 +34,10 @@ def test_cfg_sweep_writes_json_and_png_per_alpha(run_dir, tmp_path, standin_path
         return generate(model, labels, alpha, **kw)
 
     monkeypatch.setattr(an, "generate", spy)
-    res = an.cfg_sweep(run_dir / "model", (1, 2), num=20, ref="fashion-mnist:test", metrics=("fid", "prdc"),
-                       seed=0, out_dir=tmp_path, progress=False, n_ref=40, inception=standin_path)
-    saved = json.loads((tmp_path / "cfg_sweep.json").read_text())
+    res = an.guidance_sweep(run_dir / "model", (1, 2), num=20, ref="fashion-mnist:test",
+                            metrics=("fid", "prdc"),
+                            seed=0, out_dir=tmp_path, progress=False, n_ref=40, inception=standin_path)
+    saved = json.loads((tmp_path / "guidance_sweep.json").read_text())
     assert saved == json.loads(json.dumps(res))
     assert saved["alphas"] == [1.0, 2.0] and [r["alpha"] for r in saved["results"]] == [1.0, 2.0]
     for r in saved["results"]:
@@ -46,7 +47,7 @@ def test_cfg_sweep_writes_json_and_png_per_alpha(run_dir, tmp_path, standin_path
     series = an._series(res["results"])
     assert {"FID", "precision", "recall"} <= set(series) and "classifier FID" not in series
     assert len(series["FID"]) == 2
-    assert (tmp_path / "cfg_sweep.png").stat().st_size > 1000
+    assert (tmp_path / "guidance_sweep.png").stat().st_size > 1000
 
 
 def test_series_and_plot_with_classifier_metrics_only(tmp_path):
@@ -54,7 +55,7 @@ def test_series_and_plot_with_classifier_metrics_only(tmp_path):
         {"alpha": 1.0, "classifier": {"accuracy": 0.5, "classifier_fid": 3.0}},
         {"alpha": 2.0, "classifier": {"accuracy": 0.7, "classifier_fid": 2.0}}]}
     assert an._series(sweep["results"]) == {"classifier accuracy": [0.5, 0.7], "classifier FID": [3.0, 2.0]}
-    an.plot_cfg_sweep(sweep, tmp_path / "p.png")
+    an.plot_guidance_sweep(sweep, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
 
 
@@ -99,11 +100,11 @@ def test_top_k_search_finds_an_identical_training_item():
 
 def test_bad_arguments_name_the_argument(run_dir, tmp_path):
     with pytest.raises(ValueError, match="alphas"):
-        an.cfg_sweep(run_dir / "model", (0.5, 2), num=4, metrics=("classifier",))
+        an.guidance_sweep(run_dir / "model", (0.5, 2), num=4, metrics=("classifier",))
     with pytest.raises(ValueError, match="alphas"):
-        an.cfg_sweep(run_dir / "model", (), num=4, metrics=("classifier",))
+        an.guidance_sweep(run_dir / "model", (), num=4, metrics=("classifier",))
     with pytest.raises(ValueError, match="metrics"):
-        an.cfg_sweep(run_dir / "model", (1,), num=4, metrics=("fidd",))
+        an.guidance_sweep(run_dir / "model", (1,), num=4, metrics=("fidd",))
     with pytest.raises(ValueError, match="k must be a positive integer"):
         an.nearest_neighbours(run_dir / "model", k=0)
     with pytest.raises(ValueError, match="k = 5 exceeds"):
@@ -119,12 +120,12 @@ def test_parsers_register_both_commands():
 
     p = argparse.ArgumentParser()
     cli_an.add_analysis_parsers(p.add_subparsers(dest="command"))
-    a = p.parse_args(["cfg-sweep", "M", "--alphas", "1,1.5", "--num", "8", "--ref", "fashion-mnist:test",
+    a = p.parse_args(["guidance-sweep", "M", "--alphas", "1,1.5", "--num", "8", "--ref", "fashion-mnist:test",
                       "--metrics", "fid,prdc", "--out", "D"])
-    assert a.alphas == (1.0, 1.5) and a.metrics == ("fid", "prdc") and a.func is cli_an.cmd_cfg_sweep
+    assert a.alphas == (1.0, 1.5) and a.metrics == ("fid", "prdc") and a.func is cli_an.cmd_guidance_sweep
     a = p.parse_args(["neighbours", "M", "--k", "3", "--out", "x.png"])
     assert a.k == 3 and a.num == 8 and a.data is None and a.func is cli_an.cmd_neighbours
-    for bad in (["cfg-sweep", "M", "--alphas", "0.5", "--ref", "r", "--out", "D"],
+    for bad in (["guidance-sweep", "M", "--alphas", "0.5", "--ref", "r", "--out", "D"],
                 ["neighbours", "M", "--k", "0", "--out", "x.png"]):
         with pytest.raises(SystemExit):
             p.parse_args(bad)

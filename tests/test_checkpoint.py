@@ -113,3 +113,28 @@ def test_fit_points_resume_on_a_corrupt_checkpoint_exits_2(tmp_path, capsys):
                "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "checkpoint.pt cannot be read" in err and "Traceback" not in err
+
+
+def test_a_config_saved_under_a_field_s_old_name_reads_under_the_new_one():
+    from drifting.training.checkpoint import fill_defaults
+
+    defaults = {"guidance": "ablation", "sample_guidance": 1.0, "lr": 1.0}
+    assert fill_defaults({"cfg": "none", "lr": 2.0}, defaults) == {"guidance": "none", "sample_guidance": 1.0,
+                                                                   "lr": 2.0}
+    assert fill_defaults({"sample_cfg": 3.0}, defaults)["sample_guidance"] == 3.0
+    # a config without the new field keeps an unrelated "cfg" key as it is
+    assert fill_defaults({"cfg": {"a": 1}}, {"lr": 1.0}) == {"cfg": {"a": 1}, "lr": 1.0}
+
+
+def test_the_old_guidance_flags_still_work_and_name_the_new_ones(capsys):
+    from drifting.cli import build_parser
+
+    p = build_parser()
+    a = p.parse_args(["train", "--out", "x", "--cfg", "none"])
+    assert a.guidance == "none" and "--cfg is deprecated; use --guidance" in capsys.readouterr().err
+    a = p.parse_args(["sample", "m", "--out", "s.npz", "--cfg", "1.5"])
+    assert a.guidance == 1.5 and "use --guidance" in capsys.readouterr().err
+    a = p.parse_args(["train-flow", "--out", "x", "--sample-cfg", "2"])
+    assert a.sample_guidance == 2.0 and "use --sample-guidance" in capsys.readouterr().err
+    assert p.parse_args(["train", "--out", "x", "--guidance", "B/2"]).guidance == "B/2"
+    assert capsys.readouterr().err == ""

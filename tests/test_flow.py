@@ -128,7 +128,7 @@ def test_one_euler_step_is_z_minus_v_at_t1(trained):
     assert torch.equal(euler_sample(trained, labels, 1, noise=z), z - v1)
     # CFG on the doubled batch equals the two separate forwards
     vu = trained(z, torch.full_like(labels, null_class(trained)), t=1.0)
-    x = euler_sample(trained, labels, 1, noise=z, cfg_scale=2.0)
+    x = euler_sample(trained, labels, 1, noise=z, guidance_scale=2.0)
     assert torch.allclose(x, z - (vu + 2.0 * (v1 - vu)), atol=1e-5)
     # seeded noise: reproducible, and the same as passing that noise
     a = euler_sample(trained, labels, 2, generator=torch.Generator().manual_seed(7))
@@ -174,7 +174,7 @@ def test_cfg_combines_conditional_and_null_velocities(scale):
     m = FakeVelocity(lambda y, labels, t: a[labels].view(-1, 1, 1, 1).expand_as(y))
     z = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1])
-    x = euler_sample(m, labels, 3, noise=z, cfg_scale=scale)
+    x = euler_sample(m, labels, 3, noise=z, guidance_scale=scale)
     v = a[2] + scale * (a[labels] - a[2])  # v_uncond + s (v_cond - v_uncond)
     assert torch.allclose(x, z - col(v), atol=1e-6)
     assert len(m.calls) == 3  # one forward per step
@@ -188,8 +188,8 @@ def test_euler_sample_argument_errors(trained):
         with pytest.raises(ValueError, match="steps"):
             euler_sample(trained, [0, 1], bad, noise=z)
     for bad in (-0.5, float("nan"), float("inf"), "2"):
-        with pytest.raises(ValueError, match="cfg_scale"):
-            euler_sample(trained, [0, 1], 2, noise=z, cfg_scale=bad)
+        with pytest.raises(ValueError, match="guidance_scale"):
+            euler_sample(trained, [0, 1], 2, noise=z, guidance_scale=bad)
     with pytest.raises(ValueError, match="labels"):
         euler_sample(trained, [[0, 1]], 2)
     with pytest.raises(ValueError, match="model"):
@@ -340,7 +340,7 @@ def test_config_validation_names_the_field():
              ("generator", dict(generator="huge")),
              ("generator_overrides", dict(generator_overrides={"time_cond": False})),
              ("generator_overrides", dict(generator_overrides={"width": 3})),
-             ("sample_steps", dict(sample_steps=0)), ("sample_cfg", dict(sample_cfg=-1.0)),
+             ("sample_steps", dict(sample_steps=0)), ("sample_guidance", dict(sample_guidance=-1.0)),
              ("weight_decay", dict(weight_decay=-0.1))]
     for name, kw in cases:
         with pytest.raises(ValueError, match=rf"FlowTrainConfig\.{name}:"):
@@ -455,6 +455,6 @@ def test_sample_cli_draws_euler_samples_from_a_flow_model(tiny_data, tmp_path, c
     capsys.readouterr()
     assert main(["sample", model_dir, "--num", "4", "--out", str(out)]) == 2  # a flow model needs the steps
     assert "--euler-steps" in capsys.readouterr().err
-    argv = ["sample", model_dir, "--num", "4", "--euler-steps", "2", "--cfg", "-1", "--out", str(out)]
+    argv = ["sample", model_dir, "--num", "4", "--euler-steps", "2", "--guidance", "-1", "--out", str(out)]
     assert main(argv) == 2
-    assert "--cfg" in capsys.readouterr().err
+    assert "--guidance" in capsys.readouterr().err

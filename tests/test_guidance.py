@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from drifting.guidance import (
-    CFG_PRESETS,
-    CFGConfig,
+    GUIDANCE_PRESETS,
+    GuidanceConfig,
     alpha_from_weight,
-    cfg_weight,
+    guidance_weight,
     sample_alpha,
     uncond_neg_weights,
 )
@@ -18,13 +18,13 @@ from drifting.guidance import (
 def test_weight_matches_A7():
     alpha = torch.tensor([1.0, 1.5, 2.0, 4.0])
     n_gen, n_unc = 64, 16
-    w = cfg_weight(alpha, n_gen, n_unc)
+    w = guidance_weight(alpha, n_gen, n_unc)
     assert torch.allclose(w, (alpha - 1) * 63 / 16)
     # gamma = N_unc w / ((N_neg - 1) + N_unc w) and alpha = 1 / (1 - gamma)   (A.7, Eq. 15-16)
     gamma = n_unc * w / ((n_gen - 1) + n_unc * w)
     assert torch.allclose(1 / (1 - gamma), alpha)
     assert torch.allclose(alpha_from_weight(w, n_gen, n_unc), alpha)
-    assert cfg_weight(1.0, n_gen, n_unc).item() == 0.0  # alpha = 1: no guidance
+    assert guidance_weight(1.0, n_gen, n_unc).item() == 0.0  # alpha = 1: no guidance
     W = uncond_neg_weights(alpha, n_gen, n_unc)
     assert W.shape == (4, 16) and torch.allclose(W[:, 0], w) and torch.allclose(W[:, -1], w)
 
@@ -38,7 +38,7 @@ def _cdf(a, k, lo=1.0, hi=4.0):
 
 @pytest.mark.parametrize("k", [1.0, 3.0, 5.0])
 def test_alpha_sampler_follows_power_law(k):
-    a = sample_alpha(200_000, CFGConfig(k=k), generator=torch.Generator().manual_seed(0)).double()
+    a = sample_alpha(200_000, GuidanceConfig(k=k), generator=torch.Generator().manual_seed(0)).double()
     assert a.min() >= 1.0 and a.max() <= 4.0
     for q in (1.2, 1.5, 2.0, 3.0):
         assert abs((a <= q).double().mean().item() - _cdf(q, k)) < 0.005
@@ -48,22 +48,22 @@ def test_alpha_sampler_follows_power_law(k):
 
 
 def test_no_cfg_fraction_and_presets():
-    cfg = CFG_PRESETS["L/2"]
+    cfg = GUIDANCE_PRESETS["L/2"]
     a = sample_alpha(100_000, cfg, generator=torch.Generator().manual_seed(1))
     assert abs((a == 1.0).float().mean().item() - 0.5) < 0.01
-    assert (sample_alpha(10, CFG_PRESETS["none"]) == 1.0).all()
+    assert (sample_alpha(10, GUIDANCE_PRESETS["none"]) == 1.0).all()
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     assert torch.equal(sample_alpha(50, generator=g1), sample_alpha(50, generator=g2))
 
 
 def test_bad_inputs():
     with pytest.raises(ValueError, match="alpha"):
-        cfg_weight(torch.tensor([0.5]), 64, 16)
+        guidance_weight(torch.tensor([0.5]), 64, 16)
     with pytest.raises(ValueError, match="n_gen"):
-        cfg_weight(2.0, 1, 16)
+        guidance_weight(2.0, 1, 16)
     with pytest.raises(ValueError, match="n_uncond"):
-        cfg_weight(2.0, 64, 0)
+        guidance_weight(2.0, 64, 0)
     with pytest.raises(ValueError, match="alpha_min"):
-        sample_alpha(3, CFGConfig(alpha_min=0.5))
+        sample_alpha(3, GuidanceConfig(alpha_min=0.5))
     with pytest.raises(ValueError, match="no_cfg_prob"):
-        sample_alpha(3, CFGConfig(no_cfg_prob=1.5))
+        sample_alpha(3, GuidanceConfig(no_cfg_prob=1.5))

@@ -40,7 +40,8 @@ def test_train_writes_model_and_samples(tmp_path, monkeypatch):
     h = json.loads((tmp_path / "history.json").read_text())
     assert len(h["step"]) == 1 and np.isfinite(h["V2"]).all()
     out = tmp_path / "s.npz"
-    assert main(["sample", str(tmp_path / "model"), "--num", "20", "--cfg", "1.5", "--out", str(out)]) == 0
+    assert main(["sample", str(tmp_path / "model"), "--num", "20", "--guidance", "1.5", "--out",
+                 str(out)]) == 0
     z = np.load(out)
     assert z["images"].shape == (20, 28, 28, 1) and z["images"].dtype == np.uint8
     assert z["labels"].tolist() == [i % 10 for i in range(20)]
@@ -258,11 +259,11 @@ def test_presets():
     b2 = train_preset("B/2")  # Table 8, "B/2, latent" column
     assert (b2.generator, b2.mae.encoder, b2.lr, b2.weight_decay, b2.warmup, b2.steps) == (
         "B/2", "latent-640", 4e-4, 0.0, 10_000, 200_000)
-    assert (b2.classes_per_step, b2.n_pos, b2.n_gen, b2.cfg_config.n_uncond, b2.cfg_config.k) == (
+    assert (b2.classes_per_step, b2.n_pos, b2.n_gen, b2.guidance_config.n_uncond, b2.guidance_config.k) == (
         128, 128, 64, 32, 5.0)
     assert b2.ema_decays == (0.999, 0.9995, 0.9998, 0.9999) and b2.grad_clip == 2.0
     l2 = train_preset("L/2")
-    assert (l2.n_pos, l2.cfg_config.no_cfg_prob, l2.weight_decay) == (64, 0.5, 0.01)
+    assert (l2.n_pos, l2.guidance_config.no_cfg_prob, l2.weight_decay) == (64, 0.5, 0.01)
     ab = train_preset("ablation", steps=7, mae_steps=3)
     assert (ab.steps, ab.mae.steps, ab.lr, ab.classes_per_step, ab.mae.encoder) == (
         7, 3, 2e-4, 64, "latent-256")
@@ -351,8 +352,8 @@ def test_a_job_budget_ends_training_on_the_clock(tmp_path, monkeypatch):
 def test_bad_config(tmp_path):
     with pytest.raises(ValueError, match="classes_per_step"):
         train_images(tiny(classes_per_step=11), None, progress=False)
-    with pytest.raises(ValueError, match="cfg"):
-        tiny(cfg="nope").validate()
+    with pytest.raises(ValueError, match="guidance"):
+        tiny(guidance="nope").validate()
     with pytest.raises(ValueError, match="n_gen"):
         tiny(n_gen=1).validate()
     with pytest.raises(ValueError, match="max_locations"):

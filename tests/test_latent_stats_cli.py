@@ -159,15 +159,15 @@ def test_dead_cells_are_left_out_of_pr_and_se():
 
 
 # --------------------------------------------------------------------------- Fig. 1
-@pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
-def test_euler_path_ends_exactly_at_euler_sample(cfg_scale):
+@pytest.mark.parametrize("guidance_scale", [1.0, 2.0])
+def test_euler_path_ends_exactly_at_euler_sample(guidance_scale):
     model = tiny_flow()
     z = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(5))
     labels = torch.tensor([0, 2, 1])
-    path = euler_path(model, labels, 4, z, cfg_scale=cfg_scale)
+    path = euler_path(model, labels, 4, z, guidance_scale=guidance_scale)
     assert path.shape == (5, 3, 1, 8, 8) and torch.equal(path[0], z)
-    assert torch.equal(path[-1], euler_sample(model, labels, 4, noise=z, cfg_scale=cfg_scale))
-    if cfg_scale == 1:  # the first step is z - dt v(z, 1)
+    assert torch.equal(path[-1], euler_sample(model, labels, 4, noise=z, guidance_scale=guidance_scale))
+    if guidance_scale == 1:  # the first step is z - dt v(z, 1)
         assert torch.equal(path[1], z - 0.25 * model(z, labels, t=torch.ones(3)).float())
     assert (path[1] - path[0]).abs().max() > 0
 

@@ -23,7 +23,7 @@ import torch
 
 
 @dataclass(frozen=True)
-class CFGConfig:
+class GuidanceConfig:
     """How alpha is drawn during training and how many unconditional negatives are used."""
 
     alpha_min: float = 1.0
@@ -45,17 +45,17 @@ class CFGConfig:
 
 
 # Table 8's CFG settings (train-time alpha distribution and N_unc).
-CFG_PRESETS = {
-    "ablation": CFGConfig(k=3.0, n_uncond=16),
-    "B/2": CFGConfig(k=5.0, n_uncond=32),
-    "L/2": CFGConfig(k=3.0, no_cfg_prob=0.5, n_uncond=32),
-    "B/16": CFGConfig(k=5.0, n_uncond=32),
-    "L/16": CFGConfig(k=5.0, n_uncond=32),
-    "none": CFGConfig(alpha_max=1.0, n_uncond=0),
+GUIDANCE_PRESETS = {
+    "ablation": GuidanceConfig(k=3.0, n_uncond=16),
+    "B/2": GuidanceConfig(k=5.0, n_uncond=32),
+    "L/2": GuidanceConfig(k=3.0, no_cfg_prob=0.5, n_uncond=32),
+    "B/16": GuidanceConfig(k=5.0, n_uncond=32),
+    "L/16": GuidanceConfig(k=5.0, n_uncond=32),
+    "none": GuidanceConfig(alpha_max=1.0, n_uncond=0),
 }
 
 
-def sample_alpha(n: int, config: CFGConfig = CFGConfig(), *,
+def sample_alpha(n: int, config: GuidanceConfig = GuidanceConfig(), *,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw ``n`` CFG scales ``[n]`` from ``p(alpha) ~ alpha^-k`` on ``[alpha_min, alpha_max]`` by
     inverse CDF (log-uniform for k = 1), each replaced by 1 with probability ``no_cfg_prob``."""
@@ -75,7 +75,7 @@ def sample_alpha(n: int, config: CFGConfig = CFGConfig(), *,
     return alpha.float()
 
 
-def cfg_weight(alpha: torch.Tensor | float, n_gen: int, n_uncond: int) -> torch.Tensor:
+def guidance_weight(alpha: torch.Tensor | float, n_gen: int, n_uncond: int) -> torch.Tensor:
     """The kernel weight ``w = (alpha - 1)(N_neg - 1) / N_unc`` of the unconditional negatives (A.7)."""
     alpha = torch.as_tensor(alpha, dtype=torch.float32)
     if (alpha < 1).any() or not torch.isfinite(alpha).all():
@@ -89,7 +89,7 @@ def cfg_weight(alpha: torch.Tensor | float, n_gen: int, n_uncond: int) -> torch.
 
 
 def alpha_from_weight(w: torch.Tensor | float, n_gen: int, n_uncond: int) -> torch.Tensor:
-    """Inverse of :func:`cfg_weight`: ``alpha = ((N_neg - 1) + N_unc w) / (N_neg - 1)``."""
+    """Inverse of :func:`guidance_weight`: ``alpha = ((N_neg - 1) + N_unc w) / (N_neg - 1)``."""
     w = torch.as_tensor(w, dtype=torch.float32)
     return ((n_gen - 1) + n_uncond * w) / (n_gen - 1)
 
@@ -97,5 +97,5 @@ def alpha_from_weight(w: torch.Tensor | float, n_gen: int, n_uncond: int) -> tor
 def uncond_neg_weights(alpha: torch.Tensor, n_gen: int, n_uncond: int) -> torch.Tensor:
     """Per-class weights ``[Nc, N_unc]`` for the unconditional negatives, for
     ``drifting_loss(neg_weights=...)``."""
-    w = cfg_weight(alpha, n_gen, n_uncond)  # [Nc]
+    w = guidance_weight(alpha, n_gen, n_uncond)  # [Nc]
     return w[:, None].expand(-1, n_uncond).contiguous()

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_latent_stats_parser(sub)
     add_policy_parser(sub)  # drifting policy collect|train|eval|compare: Drifting Policy vs Diffusion Policy
     add_peers_parser(sub)  # drifting peers: drifting vs flow matching vs MMD, side by side
-    # drifting cfg-sweep (Fig. 5), drifting neighbours (Fig. 6), drifting drift-norm
+    # drifting guidance-sweep (Fig. 5), drifting neighbours (Fig. 6), drifting drift-norm
     add_analysis_parsers(sub)
     return p
 

@@ -110,3 +110,17 @@ def resume_flag(a: argparse.Namespace, out) -> bool:
                                     "start there, or give the --out of the run to continue")
         load_state(ckpt)  # CorruptCheckpointError when it cannot be read; the recipe checks its configuration
     return not getattr(a, "no_resume", False)
+
+
+def add_deprecated_alias(p, old: str, new: str, dest: str, **kw) -> None:
+    """``old``: a hidden, deprecated spelling of the option ``new`` (same ``dest``); using it works and says
+    the new name on stderr."""
+    import sys
+
+    class _Alias(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"drifting: {option_string} is deprecated; use {new}", file=sys.stderr)
+            setattr(namespace, self.dest, values)
+
+    # no default of its own: the new option's stands
+    p.add_argument(old, dest=dest, action=_Alias, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw)

@@ -1,4 +1,4 @@
-"""``drifting cfg-sweep`` (Fig. 5), ``drifting neighbours`` (Fig. 6) and ``drifting drift-norm``: the
+"""``drifting guidance-sweep`` (Fig. 5), ``drifting neighbours`` (Fig. 6) and ``drifting drift-norm``: the
 analyses of a trained image generator (:mod:`drifting.recipes.analysis`)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..recipes.analysis import _check_alphas, _series, cfg_sweep, drift_diagnosis, nearest_neighbours
+from ..recipes.analysis import _check_alphas, _series, drift_diagnosis, guidance_sweep, nearest_neighbours
 from ..recipes.evaluate import METRICS
 from .args import add_threads_option, metric_list, positive_int
 
@@ -20,13 +20,13 @@ def _alphas_arg(s: str) -> tuple[float, ...]:
                                          f"numbers >= 1, got {s!r}") from None
 
 
-def cmd_cfg_sweep(a: argparse.Namespace) -> int:
-    """Handler of ``drifting cfg-sweep``."""
-    res = cfg_sweep(a.model, a.alphas, num=a.num, ref=a.ref, metrics=a.metrics, seed=a.seed,
+def cmd_guidance_sweep(a: argparse.Namespace) -> int:
+    """Handler of ``drifting guidance-sweep``."""
+    res = guidance_sweep(a.model, a.alphas, num=a.num, ref=a.ref, metrics=a.metrics, seed=a.seed,
                     out_dir=a.out, progress=not a.no_progress, n_ref=a.n_ref, inception=a.inception)
     for name, vals in _series(res["results"]).items():
         print(f"{name:20s} " + "  ".join(f"a={al:g}: {v:.4g}" for al, v in zip(res["alphas"], vals)))
-    print(f"wrote {Path(a.out) / 'cfg_sweep.json'} and {Path(a.out) / 'cfg_sweep.png'}")
+    print(f"wrote {Path(a.out) / 'guidance_sweep.json'} and {Path(a.out) / 'guidance_sweep.png'}")
     return 0
 
 
@@ -58,11 +58,12 @@ def cmd_drift_norm(a: argparse.Namespace) -> int:
 
 
 def add_analysis_parsers(subparsers) -> None:
-    """Register ``drifting cfg-sweep`` (Fig. 5), ``drifting neighbours`` (Fig. 6) and ``drifting
+    """Register ``drifting guidance-sweep`` (Fig. 5), ``drifting neighbours`` (Fig. 6) and ``drifting
     drift-norm``."""
 
-    c = subparsers.add_parser("cfg-sweep",
-                              help="FID / precision / recall vs CFG scale alpha (Fig. 5), JSON + PNG")
+    # cfg-sweep: the command's old, deprecated name
+    c = subparsers.add_parser("guidance-sweep", aliases=["cfg-sweep"],
+                              help="FID / precision / recall vs the guidance scale alpha (Fig. 5)")
     c.add_argument("model", help="a generator export (OUT/model of `drifting train`)")
     c.add_argument("--alphas", type=_alphas_arg, default=(1.0, 1.5, 2.0, 3.0),
                    help="comma-separated, >= 1 (default 1,1.5,2,3)")
@@ -74,10 +75,10 @@ def add_analysis_parsers(subparsers) -> None:
     c.add_argument("--n-ref", type=positive_int, default=None, help="use the first N reference images")
     c.add_argument("--inception", default=None, help="FID Inception weights (see `drifting eval`)")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--out", required=True, help="directory for cfg_sweep.json and cfg_sweep.png")
+    c.add_argument("--out", required=True, help="directory for guidance_sweep.json and guidance_sweep.png")
     c.add_argument("--no-progress", action="store_true")
     add_threads_option(c)
-    c.set_defaults(func=cmd_cfg_sweep)
+    c.set_defaults(func=cmd_guidance_sweep)
 
     n = subparsers.add_parser("neighbours",
                               help="generated samples beside their top-k training neighbours (Fig. 6)")

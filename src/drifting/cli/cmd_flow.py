@@ -7,13 +7,20 @@ import argparse
 
 from ..models.generators import generator_names
 from ..recipes.flow import OBJECTIVES, TIME_SAMPLING, FlowTrainConfig, train_flow
-from .args import add_resume_options, add_threads_option, positive_float, positive_int, resume_flag
+from .args import (
+    add_deprecated_alias,
+    add_resume_options,
+    add_threads_option,
+    positive_float,
+    positive_int,
+    resume_flag,
+)
 
 
 def cmd_train_flow(a: argparse.Namespace) -> int:
     overrides = {k: getattr(a, k)
                  for k in ("data", "generator", "steps", "minutes", "batch", "lr", "lr_decay", "warmup",
-                           "label_dropout", "time_sampling", "sample_steps", "sample_cfg", "seed",
+                           "label_dropout", "time_sampling", "sample_steps", "sample_guidance", "seed",
                            "tokenizer", "objective", "meanflow_ratio", "meanflow_p",
                            "eval_every", "eval_samples")
                  if getattr(a, k) is not None}
@@ -80,7 +87,9 @@ def add_flow_parser(subparsers) -> argparse.ArgumentParser:
                    help="MeanFlow: the adaptive loss weight's power p (default 1.0; 0 = plain L2)")
     f.add_argument("--sample-steps", type=positive_int, default=None,
                    help="Euler steps of the grids (default 50)")
-    f.add_argument("--sample-cfg", type=float, default=None, help="CFG scale of the grids (default 1)")
+    f.add_argument("--sample-guidance", type=float, default=None,
+                   help="guidance scale of the grids (default 1)")
+    add_deprecated_alias(f, "--sample-cfg", "--sample-guidance", "sample_guidance", type=float)
     f.add_argument("--seed", type=int, default=None)
     f.add_argument("--tokenizer", default=None,
                    help="train in a latent space: rae:DIR, autoencoderkl:DIR, "

@@ -7,7 +7,14 @@ import argparse
 import math
 from pathlib import Path
 
-from .args import add_resume_options, add_threads_option, positive_int, resume_flag, time_budget
+from .args import (
+    add_deprecated_alias,
+    add_resume_options,
+    add_threads_option,
+    positive_int,
+    resume_flag,
+    time_budget,
+)
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -18,7 +25,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         a.preset, data=a.data, generator=a.generator, encoder=a.encoder, mae_dir=a.mae,
         mae_encoder=a.mae_preset, mae_steps=a.mae_steps, mae_batch=a.mae_batch, mae_cls_steps=a.mae_cls_steps,
         mae_cls_lambda=a.mae_cls_lambda, mae_cls_warmup=a.mae_cls_warmup, mae_width=a.mae_width,
-        mae_seed=a.mae_seed, steps=a.steps, seed=a.seed, cfg=a.cfg,
+        mae_seed=a.mae_seed, steps=a.steps, seed=a.seed, guidance=a.guidance,
         n_uncond=a.n_uncond, sampler=a.sampler, lr=a.lr, classes_per_step=a.classes_per_step, n_gen=a.n_gen,
         n_pos=a.n_pos, neg_queue=a.neg_queue, max_locations=a.max_locations, groups=a.groups,
         vanilla=a.vanilla,
@@ -105,13 +112,14 @@ def cmd_sample(a: argparse.Namespace) -> int:
     if flow_model:
         from ..recipes.flow import flow_generate
 
-        if a.cfg < 0:
-            raise ValueError(f"--cfg (a flow model's guidance scale) must be >= 0, got {a.cfg}")
-        imgs = flow_generate(model, labels, a.euler_steps, cfg_scale=a.cfg, seed=a.seed, tokenizer=tokenizer)
+        if a.guidance < 0:
+            raise ValueError(f"--guidance (a flow model's guidance scale) must be >= 0, got {a.guidance}")
+        imgs = flow_generate(model, labels, a.euler_steps, guidance_scale=a.guidance, seed=a.seed,
+                             tokenizer=tokenizer)
     else:
-        if a.cfg < 1:
-            raise ValueError(f"--cfg (alpha) must be >= 1, got {a.cfg}")
-        imgs = generate(model, labels, a.cfg, seed=a.seed, tokenizer=tokenizer)
+        if a.guidance < 1:
+            raise ValueError(f"--guidance (alpha) must be >= 1, got {a.guidance}")
+        imgs = generate(model, labels, a.guidance, seed=a.seed, tokenizer=tokenizer)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, images=imgs, labels=labels.numpy().astype(np.int64))
@@ -203,7 +211,9 @@ def _train_run_options(g) -> None:
     g.add_argument("--eval-every", type=int, default=None,
                    help="a learning curve: the same metrics every this many steps, "
                    "OUT/curve.json (default 0: off)")
-    g.add_argument("--cfg", default=None, help="CFG preset for training (ablation, B/2, L/2, none, ...)")
+    g.add_argument("--guidance", default=None,
+                   help="classifier-free guidance preset for training (ablation, B/2, L/2, none, ...)")
+    add_deprecated_alias(g, "--cfg", "--guidance", "guidance")
     g.add_argument("--sampler", choices=("queue", "balanced"), default=None)
     g.add_argument("--lr", type=float, default=None)
     g.add_argument("--lr-decay", type=float, default=None,
@@ -272,7 +282,8 @@ def _add_sample_parser(subparsers) -> None:
     sp.add_argument("model", help="a model directory written by `drifting train` (OUT/model), or by "
                     "`drifting train-flow` (then with --euler-steps)")
     sp.add_argument("--num", type=positive_int, default=100)
-    sp.add_argument("--cfg", type=float, default=1.0,
+    add_deprecated_alias(sp, "--cfg", "--guidance", "guidance", type=float)
+    sp.add_argument("--guidance", type=float, default=1.0,
                     help="CFG scale alpha >= 1 (free at inference); for a flow model its guidance scale >= 0")
     sp.add_argument("--euler-steps", type=positive_int, default=None,
                     help="a flow-matching model's Euler steps (required for one; not for a one-step "

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from ..recipes.latent_stats import DEFAULT_PER_CLASS, format_latent_stats, run_latent_stats
-from .args import add_threads_option, positive_int
+from .args import add_deprecated_alias, add_threads_option, positive_int
 
 
 def _name_value(option: str, value_name: str):
@@ -68,7 +68,7 @@ def cmd_latent_stats(a: argparse.Namespace) -> int:
             patch[name] = p
     res = run_latent_stats(spaces, data=a.data, split=a.split, per_class=a.per_class, patch=patch, tau=a.tau,
                            teachers=teachers, curvature_n=a.curvature_n, curvature_steps=a.curvature_steps,
-                           cfg_scale=a.cfg_scale, seed=a.seed, device=a.device, batch=a.batch,
+                           guidance_scale=a.guidance_scale, seed=a.seed, device=a.device, batch=a.batch,
                            progress=not a.no_progress)
     print(format_latent_stats(res))
     if a.json:
@@ -115,7 +115,8 @@ def add_latent_stats_parser(subparsers) -> argparse.ArgumentParser:
     f.add_argument("--curvature-n", type=positive_int, default=32,
                    help="trajectories per teacher (default 32)")
     f.add_argument("--curvature-steps", type=positive_int, default=50, help="Euler steps (default 50, >= 2)")
-    f.add_argument("--cfg-scale", type=float, default=1.0, help="teacher guidance scale (default 1)")
+    f.add_argument("--guidance-scale", type=float, default=1.0, help="teacher guidance scale (default 1)")
+    add_deprecated_alias(f, "--cfg-scale", "--guidance-scale", "guidance_scale", type=float)
     f.add_argument("--seed", type=int, default=0, help="seed of the teachers' start noise")
     f.add_argument("--device", default="cpu", help="cpu, cuda, ... (encoders, teachers and statistics)")
     f.add_argument("--batch", type=positive_int, default=256, help="images per encoder call (default 256)")

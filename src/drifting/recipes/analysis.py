@@ -1,7 +1,7 @@
 """Analysis of a trained image generator: the CFG sweep (Fig. 5) and nearest neighbours (Fig. 6).
 
-* :func:`cfg_sweep` -- sample quality vs the CFG scale alpha (paper Fig. 5: FID, precision and
-  recall against alpha), written as ``cfg_sweep.json`` and ``cfg_sweep.png``.
+* :func:`guidance_sweep` -- sample quality vs the CFG scale alpha (paper Fig. 5: FID, precision and
+  recall against alpha), written as ``guidance_sweep.json`` and ``guidance_sweep.png``.
 * :func:`nearest_neighbours` -- generated samples beside their top-k training images in the
   ResNet-MAE feature space by cosine similarity (paper Fig. 6: the generator does not copy its
   training set), written as a PNG grid.
@@ -9,7 +9,7 @@
   feature group and temperature, its attraction and repulsion parts, against the same numbers with
   real images in place of the samples (the finite-sample floor the norm can fall to).
 
-Their commands (``drifting cfg-sweep``, ``drifting neighbours`` and ``drifting drift-norm``) are in
+Their commands (``drifting guidance-sweep``, ``drifting neighbours`` and ``drifting drift-norm``) are in
 :mod:`drifting.cli.cmd_analysis`.
 """
 
@@ -46,7 +46,7 @@ def _check_pos_int(name: str, v) -> int:
 
 
 # --------------------------------------------------------------------------- Fig. 5: CFG sweep
-def cfg_sweep(model_dir: str | Path, alphas=(1.0, 1.5, 2.0, 3.0), *, num: int = 1000,
+def guidance_sweep(model_dir: str | Path, alphas=(1.0, 1.5, 2.0, 3.0), *, num: int = 1000,
               ref: str = "fashion-mnist:test", metrics=("fid", "prdc"), seed: int = 0,
               out_dir: str | Path | None = None, progress: bool = True, n_ref: int | None = None,
               classifier_steps: int | None = None, **eval_kw) -> dict:
@@ -55,7 +55,8 @@ def cfg_sweep(model_dir: str | Path, alphas=(1.0, 1.5, 2.0, 3.0), *, num: int = 
     For each alpha, ``num`` samples with labels cycling through the classes (same seed for every
     alpha, so only alpha changes) are scored by :func:`drifting.recipes.evaluate.evaluate` against
     ``ref``. Returns ``{"model", "ref", "num", "seed", "metrics", "alphas": [...], "results": [{"alpha",
-    <evaluate's keys>}, ...]}``; with ``out_dir``, also writes ``cfg_sweep.json`` and ``cfg_sweep.png``.
+    <evaluate's keys>}, ...]}``; with ``out_dir``, also writes ``guidance_sweep.json`` and
+    ``guidance_sweep.png``.
     ``eval_kw`` goes to ``evaluate`` (``inception=``, ``batch=``, ``device=``, ...).
     """
     alphas = _check_alphas(alphas)
@@ -81,8 +82,8 @@ def cfg_sweep(model_dir: str | Path, alphas=(1.0, 1.5, 2.0, 3.0), *, num: int = 
     if out_dir is not None:
         d = Path(out_dir)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "cfg_sweep.json").write_text(json.dumps(out, indent=2))
-        plot_cfg_sweep(out, d / "cfg_sweep.png")
+        (d / "guidance_sweep.json").write_text(json.dumps(out, indent=2))
+        plot_guidance_sweep(out, d / "guidance_sweep.png")
     return out
 
 
@@ -105,7 +106,7 @@ def _series(results: list[dict]) -> dict[str, list[float]]:
     return out
 
 
-def plot_cfg_sweep(sweep: dict, path: str | Path) -> None:
+def plot_guidance_sweep(sweep: dict, path: str | Path) -> None:
     """Fig. 5 layout: distances (FID-like, lower is better) in the left panel, fractions
     (precision / recall / accuracy, in [0, 1]) in the right panel, both against alpha."""
     import matplotlib

@@ -119,7 +119,7 @@ class FlowTrainConfig:
     ckpt_every: int = 250
     sample_every: int = 250
     sample_steps: int = 50  # Euler steps of the sample grids
-    sample_cfg: float = 1.0  # CFG scale of the sample grids (1: conditional velocity only)
+    sample_guidance: float = 1.0  # CFG scale of the sample grids (1: conditional velocity only)
     # a learning curve, as ImageTrainConfig.eval_every: every eval_every steps (0 = off) and at the end, the
     # in-domain classifier metrics of eval_samples samples of the EMA network at each Euler step count of
     # eval_euler_steps, against the training time so far (the evaluations' time excluded); OUT/curve.json
@@ -169,7 +169,7 @@ class FlowTrainConfig:
         need(0.0 <= self.meanflow_ratio <= 1.0, "meanflow_ratio", "must be a fraction in [0, 1]")
         need(math.isfinite(self.meanflow_p) and self.meanflow_p >= 0, "meanflow_p", "must be a number >= 0")
         need(math.isfinite(self.meanflow_c) and self.meanflow_c > 0, "meanflow_c", "must be a number > 0")
-        need(math.isfinite(self.sample_cfg) and self.sample_cfg >= 0, "sample_cfg",
+        need(math.isfinite(self.sample_guidance) and self.sample_guidance >= 0, "sample_guidance",
              "must be a finite number >= 0")
         need(self.tokenizer is None or (isinstance(self.tokenizer, str) and self.tokenizer.strip() != ""),
              "tokenizer",
@@ -216,7 +216,7 @@ def flow_matching_loss(model, y: torch.Tensor, labels: torch.Tensor, t: torch.Te
 
 # --------------------------------------------------------------------------- sampling
 @torch.no_grad()
-def euler_sample(model, labels, steps: int, *, cfg_scale: float = 1.0, noise: torch.Tensor | None = None,
+def euler_sample(model, labels, steps: int, *, guidance_scale: float = 1.0, noise: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """Integrate Eq. 2 from t = 1 (noise) to t = 0 with ``steps`` uniform Euler steps:
     ``y_{t - dt} = y_t - dt v(y_t, t, c)``, ``dt = 1 / steps``, at ``t = 1, 1 - dt, ..., dt``.
@@ -224,18 +224,19 @@ def euler_sample(model, labels, steps: int, *, cfg_scale: float = 1.0, noise: to
     ``steps = 1`` is exactly the one-step map ``G(z) = z - v(z, 1)``. On a MeanFlow network
     (``config.interval_cond``) ``v`` is its average velocity over the step, ``u(y_t, r = t - dt, t)``:
     MeanFlow's K-step sampler, and with one step its one-step map ``x = z - u(z, 0, 1)``. With
-    ``cfg_scale != 1`` the velocity is ``v_uncond + cfg_scale (v_cond - v_uncond)``, ``v_uncond`` at the null
-    class (:func:`null_class`), both from one forward pass on the doubled batch; ``cfg_scale = 0`` is
-    unconditional sampling, 1 (default) plain conditional sampling, > 1 guidance.
+    ``guidance_scale != 1`` the velocity is ``v_uncond + guidance_scale (v_cond - v_uncond)``, ``v_uncond``
+    at the null class (:func:`null_class`), both from one forward pass on the doubled batch;
+    ``guidance_scale = 0`` is unconditional sampling, 1 (default) plain conditional sampling, > 1 guidance.
 
     labels ``[B]`` (sequence or tensor); noise ``[B, C, H, W]`` (the start ``z``; drawn with
     ``generator`` on its device when None). Returns ``[B, C, H, W]`` in fp32 on the model's device.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: the number of Euler steps must be an integer >= 1, got {steps!r}")
-    if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not (
-            math.isfinite(cfg_scale) and cfg_scale >= 0):
-        raise ValueError(f"cfg_scale: the guidance scale must be a finite number >= 0, got {cfg_scale!r}")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not (
+            math.isfinite(guidance_scale) and guidance_scale >= 0):
+        raise ValueError(f"guidance_scale: the guidance scale must be a finite number >= 0, "
+                         f"got {guidance_scale!r}")
     cfg = model.config
     if not cfg.time_cond:
         raise ValueError("model: euler_sample needs a flow model "
@@ -253,7 +254,7 @@ def euler_sample(model, labels, steps: int, *, cfg_scale: float = 1.0, noise: to
     style = None
     if getattr(cfg, "style_tokens", 0) > 0:  # not for the recipe's models; kept fixed along the path
         style = model.draw_style(B, generator)
-    guided = cfg_scale != 1
+    guided = guidance_scale != 1
     if guided:
         labels = torch.cat([labels, torch.full_like(labels, null_class(model))])  # [2B]: cond | uncond
         style = torch.cat([style, style]) if style is not None else None
@@ -264,7 +265,7 @@ def euler_sample(model, labels, steps: int, *, cfg_scale: float = 1.0, noise: to
         if guided:
             # [B, ...] each
             v_cond, v_uncond = model(torch.cat([y, y]), labels, style=style, t=t, **kw).float().chunk(2)
-            v = v_uncond + cfg_scale * (v_cond - v_uncond)
+            v = v_uncond + guidance_scale * (v_cond - v_uncond)
         else:
             v = model(y, labels, style=style, t=t, **kw).float()  # [B, C, H, W]
         y = y - dt * v  # Euler step of Eq. 2 toward t = 0
@@ -272,7 +273,7 @@ def euler_sample(model, labels, steps: int, *, cfg_scale: float = 1.0, noise: to
 
 
 @torch.no_grad()
-def flow_generate(model: OneStepGenerator, labels: torch.Tensor, steps: int, *, cfg_scale: float = 1.0,
+def flow_generate(model: OneStepGenerator, labels: torch.Tensor, steps: int, *, guidance_scale: float = 1.0,
                   seed: int = 0, batch: int = 500, tokenizer: Tokenizer | None = None) -> np.ndarray:
     """Euler samples as uint8 ``[n, H, W, C]`` for ``labels [n]`` (the flow counterpart of
     :func:`drifting.recipes.image_sampling.generate`); a latent-space model's samples are decoded by
@@ -281,17 +282,19 @@ def flow_generate(model: OneStepGenerator, labels: torch.Tensor, steps: int, *, 
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(0, labels.shape[0], batch):
-        x = euler_sample(model, labels[i: i + batch], steps, cfg_scale=cfg_scale, generator=g)  # [b, C, H, W]
+        # [b, C, H, W]
+        x = euler_sample(model, labels[i: i + batch], steps, guidance_scale=guidance_scale, generator=g)
         out.append(to_uint8(x, tokenizer))
     return np.concatenate(out)
 
 
 def save_flow_grid(model: OneStepGenerator, num_classes: int, path: str | Path, *, per_class: int = 8,
-                   steps: int = 50, cfg_scale: float = 1.0, seed: int = 0,
+                   steps: int = 50, guidance_scale: float = 1.0, seed: int = 0,
                    tokenizer: Tokenizer | None = None) -> None:
     """A PNG grid with one row per class of ``steps``-step Euler samples."""
     labels = torch.arange(num_classes).repeat_interleave(per_class)  # [K * per_class]
-    write_grid(flow_generate(model, labels, steps, cfg_scale=cfg_scale, seed=seed, tokenizer=tokenizer),
+    write_grid(flow_generate(model, labels, steps, guidance_scale=guidance_scale, seed=seed,
+                             tokenizer=tokenizer),
                per_class, path)
 
 
@@ -349,7 +352,8 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
                   grad_clip=cfg.grad_clip, log_every=cfg.log_every, ckpt_every=cfg.ckpt_every,
                   sample_every=cfg.sample_every,
                   sample=lambda path: save_flow_grid(best, K, path, steps=cfg.sample_steps,
-                                                     cfg_scale=cfg.sample_cfg, seed=cfg.seed, tokenizer=tok))
+                                                     guidance_scale=cfg.sample_guidance, seed=cfg.seed,
+                                                     tokenizer=tok))
     # the learning curve so far (a resumed run keeps the points up to its checkpoint)
     curve = [p for p in _read_curve(out) if p["step"] <= run.start] if cfg.eval_every else []
 
@@ -386,7 +390,7 @@ def train_flow(cfg: FlowTrainConfig, out: str | Path, *, progress: bool = True, 
     run.finish(best, config)
     write_model_tokenizer(out / "model", cfg.tokenizer, ds.shape[2])  # how to decode its latents
     save_flow_grid(best, K, out / "samples.png", per_class=10, steps=cfg.sample_steps,  # one row per class
-                   cfg_scale=cfg.sample_cfg, seed=cfg.seed, tokenizer=tok)
+                   guidance_scale=cfg.sample_guidance, seed=cfg.seed, tokenizer=tok)
     secs, steps = run.train_seconds, run.steps_done
     return {"steps": steps, "train_seconds": secs, "steps_per_second": steps / max(secs, 1e-9),
             "final_loss": run.history["loss"][-1] if run.history["loss"] else None,

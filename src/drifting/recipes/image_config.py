@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from ..features import parse_groups
 from ..field import NORMALIZE_CHOICES
-from ..guidance import CFG_PRESETS
+from ..guidance import GUIDANCE_PRESETS
 from ..loss import DEFAULT_TEMPERATURES, KERNELS
 from ..training.precision import PRECISIONS
 from .mae_pretrain import MAEConfig
@@ -42,7 +42,7 @@ class ImageTrainConfig:
     classes_per_step: int = 10  # Nc
     n_gen: int = 8  # N generated per class (also the generated negatives)
     n_pos: int = 8  # P positives per class
-    cfg: str = "ablation"  # CFG preset (guidance.CFG_PRESETS): alpha distribution and N_unc
+    guidance: str = "ablation"  # guidance preset (guidance.GUIDANCE_PRESETS): alpha distribution and N_unc
     n_uncond: int | None = 8  # override the preset's N_unc (None: the preset's)
     sampler: str = "queue"  # "queue" (A.8) or "balanced"
     # Q: keep the features of the last Q generated samples of every class as extra, detached negatives at
@@ -112,7 +112,8 @@ class ImageTrainConfig:
         need(self.classes_per_step >= 1, f"classes_per_step must be >= 1, got {self.classes_per_step}")
         need(self.n_gen >= 2, f"n_gen must be >= 2 (generated samples are also negatives), got {self.n_gen}")
         need(self.n_pos >= 1, f"n_pos must be >= 1, got {self.n_pos}")
-        need(self.cfg in CFG_PRESETS, f"cfg must be one of {sorted(CFG_PRESETS)}, got {self.cfg!r}")
+        need(self.guidance in GUIDANCE_PRESETS,
+             f"guidance must be one of {sorted(GUIDANCE_PRESETS)}, got {self.guidance!r}")
         need(self.sampler in ("queue", "balanced"), f"sampler must be 'queue' or 'balanced', got {self.sampler!r}")
         need(self.feature_sets in ("ab", "abc", "abcd"), f"feature_sets must be ab, abc or abcd, got {self.feature_sets!r}")
         parse_groups(self.groups)
@@ -134,8 +135,8 @@ class ImageTrainConfig:
              f"max_locations must be None or >= 1, got {self.max_locations}")
 
     @property
-    def cfg_config(self):
-        c = CFG_PRESETS[self.cfg]
+    def guidance_config(self):
+        c = GUIDANCE_PRESETS[self.guidance]
         if self.n_uncond is not None:
             c = replace(c, n_uncond=self.n_uncond)
         return c
@@ -193,15 +194,15 @@ TRAIN_PRESETS: dict[str, dict] = {
                      classes_per_step=4, n_gen=4, n_pos=4, n_uncond=4, max_locations=16, warmup=5,
                      ema_warmup=10, sample_every=10, ckpt_every=10, log_every=5),  # smoke tests, seconds
     "ablation": _imagenet_preset("B/2", "latent-256", 192, steps=30_000, lr=2e-4, weight_decay=0.01, warmup=5000,
-                                 classes_per_step=64, n_pos=64, cfg="ablation", ema_decays=(0.999,)),
+                                 classes_per_step=64, n_pos=64, guidance="ablation", ema_decays=(0.999,)),
     "B/2": _imagenet_preset("B/2", "latent-640", 1280, steps=200_000, lr=4e-4, weight_decay=0.0, warmup=10_000,
-                            classes_per_step=128, n_pos=128, cfg="B/2"),
+                            classes_per_step=128, n_pos=128, guidance="B/2"),
     "L/2": _imagenet_preset("L/2", "latent-640", 1280, steps=200_000, lr=4e-4, weight_decay=0.01, warmup=10_000,
-                            classes_per_step=128, n_pos=64, cfg="L/2"),
+                            classes_per_step=128, n_pos=64, guidance="L/2"),
     "B/16": _imagenet_preset("B/16", "pixel-640", 1280, steps=100_000, lr=2e-4, weight_decay=0.01, warmup=10_000,
-                             classes_per_step=128, n_pos=128, cfg="B/16"),
+                             classes_per_step=128, n_pos=128, guidance="B/16"),
     "L/16": _imagenet_preset("L/16", "pixel-640", 1280, steps=100_000, lr=4e-4, weight_decay=0.01, warmup=10_000,
-                             classes_per_step=128, n_pos=128, cfg="L/16"),
+                             classes_per_step=128, n_pos=128, guidance="L/16"),
 }
 
 

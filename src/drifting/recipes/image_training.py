@@ -140,7 +140,7 @@ class DriftingStep:
         C = self.ds.shape[2]
         self.shape = self.tok.latent_shape(C, *self.ds.shape[:2])  # (c, h, w): the generator's space
         self.decode_first = cfg.tokenizer is not None and cfg.encoder_space == "pixel"
-        self.U = cfg.cfg_config.n_uncond
+        self.U = cfg.guidance_config.n_uncond
         self.slots = range(cfg.classes_per_step)[L.classes(cfg.classes_per_step)]  # this rank's class slots
         # this rank's classes, and its generated, positive and unconditional samples per class
         self.Nc, self.N, self.P, self.U_loc = (len(self.slots), cfg.n_gen // L.ranks_per_class,
@@ -185,7 +185,7 @@ class DriftingStep:
         indices of its real images (positives, then unconditional samples) ``[Nc*(P+U_loc)]``."""
         cfg, L, Nc_all = self.cfg, self.layout, self.cfg.classes_per_step
         classes_all = torch.randperm(self.K, generator=g)[:Nc_all]  # [Nc_all]
-        alpha_all = sample_alpha(Nc_all, cfg.cfg_config, generator=g)  # [Nc_all]
+        alpha_all = sample_alpha(Nc_all, cfg.guidance_config, generator=g)  # [Nc_all]
         self.sampler.refill(self.ds.labels, generator=g)
         pos_all = self.sampler.sample_positives(classes_all, cfg.n_pos, generator=g)  # [Nc_all, P_all]
         real_idx = [pos_all[self.slots][:, L.rows(cfg.n_pos)].reshape(-1)]  # [Nc*P]
@@ -254,7 +254,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
         raise ValueError("neg_queue: the queue of generated negatives runs in one process only; set it to 0 "
                          "under torchrun")
     out = Path(out_dir) if out_dir is not None else None
-    layout.check(cfg.classes_per_step, cfg.n_gen, cfg.n_pos, cfg.cfg_config.n_uncond)
+    layout.check(cfg.classes_per_step, cfg.n_gen, cfg.n_pos, cfg.guidance_config.n_uncond)
 
     tok = build_tokenizer(cfg.tokenizer, pixel_channels=ds.shape[2]).to(dev)
     c, h, _ = tok.latent_shape(ds.shape[2], *ds.shape[:2])  # the generator's space

@@ -241,16 +241,16 @@ def _model_device(model) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _teacher_velocity(model, labels: torch.Tensor, cfg_scale: float):
+def _teacher_velocity(model, labels: torch.Tensor, guidance_scale: float):
     """``v(y, t)`` of :func:`drifting.recipes.flow.euler_sample`, for a batch with ``labels [B]``.
 
     The same forward calls and arithmetic: ``model(y, labels, style=None, t=t).float()``, or with
-    ``cfg_scale != 1`` one forward on the doubled batch (labels | null class) and
+    ``guidance_scale != 1`` one forward on the doubled batch (labels | null class) and
     ``v_u + s (v_c - v_u)``.
     """
     from .flow import null_class
 
-    guided = cfg_scale != 1
+    guided = guidance_scale != 1
     if guided:
         labels = torch.cat([labels, torch.full_like(labels, null_class(model))])  # [2B]: cond | uncond
 
@@ -258,22 +258,23 @@ def _teacher_velocity(model, labels: torch.Tensor, cfg_scale: float):
         if guided:
             v_cond, v_uncond = model(torch.cat([y, y]), labels, style=None,
                                      t=torch.cat([t, t])).float().chunk(2)
-            return v_uncond + cfg_scale * (v_cond - v_uncond)
+            return v_uncond + guidance_scale * (v_cond - v_uncond)
         return model(y, labels, style=None, t=t).float()
 
     return velocity
 
 
-def _check_teacher(model, labels, cfg_scale) -> tuple[torch.Tensor, torch.device]:
+def _check_teacher(model, labels, guidance_scale) -> tuple[torch.Tensor, torch.device]:
     cfg = getattr(model, "config", None)
     if cfg is None or not getattr(cfg, "time_cond", False):
         raise ValueError("model: a flow model (DiTConfig.time_cond=True) is needed, e.g. "
                          "from load_flow_model")
     if getattr(cfg, "style_tokens", 0) > 0:
         raise ValueError("model: style tokens are not supported here (flow teachers have style_tokens=0)")
-    if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not (
-            math.isfinite(cfg_scale) and cfg_scale >= 0):
-        raise ValueError(f"cfg_scale: the guidance scale must be a finite number >= 0, got {cfg_scale!r}")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not (
+            math.isfinite(guidance_scale) and guidance_scale >= 0):
+        raise ValueError(f"guidance_scale: the guidance scale must be a finite number >= 0, "
+                         f"got {guidance_scale!r}")
     dev = _model_device(model)
     labels = torch.as_tensor(labels, device=dev)
     if labels.ndim != 1 or labels.shape[0] < 1 or labels.is_floating_point():
@@ -282,9 +283,9 @@ def _check_teacher(model, labels, cfg_scale) -> tuple[torch.Tensor, torch.device
     return labels, dev
 
 
-def _integrate(model, labels, steps: int, noise: torch.Tensor, cfg_scale: float):
+def _integrate(model, labels, steps: int, noise: torch.Tensor, guidance_scale: float):
     """One Euler integration -> (curvature ``[B]`` float64, path ``[steps + 1, B, C, H, W]``)."""
-    labels, dev = _check_teacher(model, labels, cfg_scale)
+    labels, dev = _check_teacher(model, labels, guidance_scale)
     if not isinstance(noise, torch.Tensor) or noise.ndim != 4 or noise.shape[0] != labels.shape[0]:
         raise ValueError(f"noise: expected a tensor [B, C, H, W] with B = len(labels) = {labels.shape[0]}, "
                          "got "
@@ -292,16 +293,17 @@ def _integrate(model, labels, steps: int, noise: torch.Tensor, cfg_scale: float)
     z = noise.to(dev, torch.float32)  # [B, C, H, W], y_1 = z (as euler_sample)
     # trajectory_curvature's loop is euler_sample's: t = 1 - k/steps (a [B] float32 tensor),
     # y <- y - (1/steps) v(y, t); it records the path and the velocity variance in one pass.
-    return trajectory_curvature(_teacher_velocity(model, labels, float(cfg_scale)), z, steps,
+    return trajectory_curvature(_teacher_velocity(model, labels, float(guidance_scale)), z, steps,
                                 return_path=True)
 
 
-def euler_path(model, labels, steps: int, noise: torch.Tensor, *, cfg_scale: float = 1.0) -> torch.Tensor:
+def euler_path(model, labels, steps: int, noise: torch.Tensor, *,
+               guidance_scale: float = 1.0) -> torch.Tensor:
     """The whole Euler path of the flow ODE (Drift-RAE Eq. 2) from ``t = 1`` (noise) to ``t = 0``.
 
     Same update rule as :func:`drifting.recipes.flow.euler_sample`: ``y_{t - dt} = y_t - dt v(y_t, t, c)``,
     ``dt = 1/steps``, ``t = 1 - i dt`` for ``i = 0..steps-1`` (classifier-free guidance as there), so
-    ``euler_path(...)[-1]`` equals ``euler_sample(model, labels, steps, noise=noise, cfg_scale=...)``.
+    ``euler_path(...)[-1]`` equals ``euler_sample(model, labels, steps, noise=noise, guidance_scale=...)``.
 
     Args:
         model: a flow velocity network (``config.time_cond``; called as
@@ -313,10 +315,10 @@ def euler_path(model, labels, steps: int, noise: torch.Tensor, *, cfg_scale: flo
     Returns:
         float32 ``[steps + 1, B, C, H, W]`` on the model's device; ``path[0] = z``.
     """
-    return _integrate(model, labels, steps, noise, cfg_scale)[1]
+    return _integrate(model, labels, steps, noise, guidance_scale)[1]
 
 
-def teacher_curvature(flow_model, labels, *, steps: int = 50, seed: int = 0, cfg_scale: float = 1.0,
+def teacher_curvature(flow_model, labels, *, steps: int = 50, seed: int = 0, guidance_scale: float = 1.0,
                       noise: torch.Tensor | None = None, batch: int | None = None) -> dict:
     """Curvature of a flow teacher's ODE trajectories (Drift-RAE Fig. 1, §3.2, App. B.1).
 
@@ -338,19 +340,19 @@ def teacher_curvature(flow_model, labels, *, steps: int = 50, seed: int = 0, cfg
         labels: class ids ``[B]``, one trajectory each.
         steps: Euler steps (>= 2, so that there are intermediate points).
         seed: noise ``[B, C, H, W]`` is ``randn`` from a CPU generator seeded with it.
-        cfg_scale: guidance scale (1: conditional velocity, as the paper's curvature plots).
+        guidance_scale: guidance scale (1: conditional velocity, as the paper's curvature plots).
         noise: explicit start noise instead of ``seed``.
         batch: trajectories per integration (memory: the path is ``(steps + 1) B C H W`` floats);
             default all at once.
 
     Returns:
-        JSON-ready dict: ``n``, ``steps``, ``cfg_scale``, ``seed``, ``dim``, ``degenerate``,
+        JSON-ready dict: ``n``, ``steps``, ``guidance_scale``, ``seed``, ``dim``, ``degenerate``,
         ``curvature`` / ``curvature_per_dim`` / ``deviation`` / ``deviation_per_sqrt_dim`` each
         ``{"mean", "max"}`` (``curvature`` also ``per_trajectory``, ``deviation`` also
         ``per_step``: the mean over trajectories at each intermediate step, Fig. 1's curve).
     """
     steps = _check_int("steps", steps, 2)
-    labels, dev = _check_teacher(flow_model, labels, cfg_scale)
+    labels, dev = _check_teacher(flow_model, labels, guidance_scale)
     B = labels.shape[0]
     cfg = flow_model.config
     shape = (B, cfg.in_channels, cfg.input_size, cfg.input_size)
@@ -364,7 +366,7 @@ def teacher_curvature(flow_model, labels, *, steps: int = 50, seed: int = 0, cfg
     curv = torch.empty(B, dtype=torch.float64)  # [B]
     dev_tab = torch.full((B, steps - 1), math.nan, dtype=torch.float64)  # [B, S-1]
     for s in range(0, B, batch):
-        c, path = _integrate(flow_model, labels[s:s + batch], steps, noise[s:s + batch], cfg_scale)
+        c, path = _integrate(flow_model, labels[s:s + batch], steps, noise[s:s + batch], guidance_scale)
         curv[s:s + batch] = c.cpu()  # path [S+1, b, C, H, W]
         ok = (path[-1] - path[0]).flatten(1).norm(dim=1) > 0  # [b] trajectories with a chord
         if bool(ok.any()):
@@ -381,7 +383,7 @@ def teacher_curvature(flow_model, labels, *, steps: int = 50, seed: int = 0, cfg
     return {
         "n": B,
         "steps": steps,
-        "cfg_scale": float(cfg_scale),
+        "guidance_scale": float(guidance_scale),
         "seed": int(seed),
         "dim": D,
         "degenerate": int((~ok).sum()),
@@ -420,7 +422,7 @@ def _per_space(value, names: list[str], what: str, check) -> dict:
 def run_latent_stats(spaces: dict, data: str = "fashion-mnist", split: str = "test",
                      per_class: int = DEFAULT_PER_CLASS, *, patch: int | dict = 1, tau: float = 1.0,
                      teachers: dict | None = None, curvature_n: int = 32, curvature_steps: int = 50,
-                     cfg_scale: float = 1.0, seed: int = 0, device: str | torch.device = "cpu",
+                     guidance_scale: float = 1.0, seed: int = 0, device: str | torch.device = "cpu",
                      batch: int = 256, progress: bool = False) -> dict:
     """Tables 1-2 (and Fig. 1 for ``teachers``) of Drift-RAE §3.2 for several latent spaces.
 
@@ -480,7 +482,8 @@ def run_latent_stats(spaces: dict, data: str = "fashion-mnist", split: str = "te
             model = load_flow_model(d, device=dev)
             K = null_class(model)  # the real classes are 0..K-1
             lab = torch.arange(curvature_n) % max(K, 1)  # [n]
-            res = teacher_curvature(model, lab, steps=curvature_steps, seed=seed, cfg_scale=cfg_scale)
+            res = teacher_curvature(model, lab, steps=curvature_steps, seed=seed,
+                                    guidance_scale=guidance_scale)
             out["teachers"][name] = {"model_dir": str(d), "latent_space": _teacher_space(Path(d)), **res}
             del model
     return out
@@ -520,7 +523,8 @@ def format_latent_stats(result: dict) -> str:
     if te:
         first = next(iter(te.values()))
         lines += ["", f"Figure 1: Curvature of teacher ODE trajectories ({first['n']} trajectories, "
-                  f"{first['steps']} Euler steps, cfg {first['cfg_scale']:g}; curvature = velocity variance "
+                  f"{first['steps']} Euler steps, guidance {first['guidance_scale']:g}; curvature = velocity "
+                  "variance "
                   "along the path, deviation = distance from the chord; D = C·H·W)", "",
                   "| Teacher | latent space | D | curvature mean | curvature max | curvature / D | "
                   "deviation mean | deviation max | deviation / √D |",

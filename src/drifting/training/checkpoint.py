@@ -117,10 +117,16 @@ def jsonable(v):
     return v
 
 
+# config fields renamed since runs were first saved: old name -> new name (issue 34: guidance is "guidance")
+RENAMED_FIELDS = {"cfg": "guidance", "sample_cfg": "sample_guidance"}
+
+
 def fill_defaults(stored: dict, defaults: dict) -> dict:
     """``stored`` (a checkpoint's JSON config) with the keys it lacks taken from ``defaults``, nested dicts
-    included: a checkpoint written before an option existed reads as holding the option's default."""
-    out = dict(stored)
+    included: a checkpoint written before an option existed reads as holding the option's default, and one
+    written under a field's old name (:data:`RENAMED_FIELDS`) as holding it under the new one."""
+    out = {(RENAMED_FIELDS[k] if k in RENAMED_FIELDS and RENAMED_FIELDS[k] in defaults else k): v
+           for k, v in stored.items()}
     for k, v in defaults.items():
         if k not in out:
             out[k] = v
