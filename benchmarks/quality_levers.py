@@ -38,14 +38,14 @@ from drifting.recipes.mae_pretrain import cached_mae_dir  # noqa: E402
 
 NAME = "quality_levers"
 
-# name -> overrides of train_preset(PRESET, ...) (MAE fields with the mae_ prefix; "dit": fields of the
+# name -> overrides of train_preset(PRESET, ...) ("mae": a dict of MAE fields; "dit": fields of the
 # generator's DiTConfig changed from the preset's, registered as a DiT preset of the variant's name)
 VARIANTS: dict[str, dict] = {
     "default": {},
     "conv-cpu": dict(generator="conv-cpu"),
     "dit-p4": dict(generator="cpu-p4"),
-    "cls-ft": dict(mae_cls_steps=400, mae_cls_warmup=100),
-    "cls-ft-0.3": dict(mae_cls_steps=800, mae_cls_warmup=100, mae_cls_lambda=0.3),
+    "cls-ft": dict(mae=dict(cls_steps=400, cls_warmup=100)),
+    "cls-ft-0.3": dict(mae=dict(cls_steps=800, cls_warmup=100, cls_lambda=0.3)),
     "no-style": dict(style_tokens=0),
     "n16": dict(n_gen=16, n_pos=16, n_uncond=16),
     "n32": dict(n_gen=32, n_pos=32, n_uncond=16),
@@ -60,15 +60,15 @@ VARIANTS: dict[str, dict] = {
     "p4-h128-d4": dict(dit=dict(patch_size=4, hidden=128, depth=4)),
     "p7-h128-d4": dict(dit=dict(hidden=128, depth=4)),
     "p4-h128-d6": dict(dit=dict(patch_size=4, hidden=128, depth=6)),
-    "combo": dict(dit=dict(patch_size=4, hidden=128, depth=4, alpha_mlp=True), mae_cls_steps=400,
-                  mae_cls_warmup=100, n_pos=32, lr_decay=0.3),
+    "combo": dict(dit=dict(patch_size=4, hidden=128, depth=4, alpha_mlp=True),
+                  n_pos=32, lr_decay=0.3, mae=dict(cls_steps=400, cls_warmup=100)),
     "loc16": dict(max_locations=16),
     "loc256": dict(max_locations=256),
     "no-vanilla": dict(vanilla=False),
     "ema0.99": dict(ema_decays=(0.99,)),
     # the encoder, on the U-Net main job (--preset cpu): a stronger label fine-tuning, a wider MAE
-    "cls0.5": dict(mae_cls_steps=800, mae_cls_warmup=100, mae_cls_lambda=0.5),
-    "mae16-cls0.5": dict(mae_width=16, mae_cls_steps=800, mae_cls_warmup=100, mae_cls_lambda=0.5),
+    "cls0.5": dict(mae=dict(cls_steps=800, cls_warmup=100, cls_lambda=0.5)),
+    "mae16-cls0.5": dict(mae=dict(width=16, cls_steps=800, cls_warmup=100, cls_lambda=0.5)),
     "n16-u8": dict(n_gen=16, n_pos=16),
     "lr3e-3-decay0.5": dict(lr=3e-3, lr_decay=0.5),
     "decay0.5": dict(lr_decay=0.5),
@@ -76,13 +76,13 @@ VARIANTS: dict[str, dict] = {
     "lr6e-3-decay0.5": dict(lr=6e-3, lr_decay=0.5),
     "lr3e-3": dict(lr=3e-3),
     "pos32-lr3e-3-decay0.5": dict(n_pos=32, lr=3e-3, lr_decay=0.5),
-    "pos32-lr3e-3-decay0.5-mae16": dict(n_pos=32, lr=3e-3, lr_decay=0.5, mae_width=16, mae_cls_steps=800,
-                                        mae_cls_warmup=100, mae_cls_lambda=0.5),
+    "pos32-lr3e-3-decay0.5-mae16": dict(n_pos=32, lr=3e-3, lr_decay=0.5,
+                                        mae=dict(width=16, cls_steps=800, cls_warmup=100, cls_lambda=0.5)),
     # session 5, on the session-4 preset (--preset cpu: P = 32, lr 3e-3, decay 0.5)
     "gen16": dict(n_gen=16),
     "gen32-u16": dict(n_gen=32, n_uncond=16),
-    "cls0.5-800": dict(mae_cls_steps=800, mae_cls_lambda=0.5),
-    "cls1.0-800": dict(mae_cls_steps=800, mae_cls_lambda=1.0),
+    "cls0.5-800": dict(mae=dict(cls_steps=800, cls_lambda=0.5)),
+    "cls1.0-800": dict(mae=dict(cls_steps=800, cls_lambda=1.0)),
     "loc-all": dict(max_locations=None),
     "lr5e-3": dict(lr=5e-3),
     "tau0.05-0.2": dict(temperatures=(0.05, 0.2)),
@@ -100,16 +100,12 @@ VARIANTS: dict[str, dict] = {
     "proto-groups-sq-n16": dict(groups="tap1.loc,tap2.loc,tap*.mean,input.sq", n_gen=16, n_pos=32, guidance="none",
                                 n_uncond=0),
     # sessions 7-8: a width-16 MAE whose fine-tuning is labels only (lambda 1), recon + cls steps
-    "mae16-cls1-800+800": dict(mae_width=16, mae_cls_lambda=1.0, mae_steps=800, mae_cls_steps=800,
-                               mae_cls_warmup=100),
-    "mae16-cls1-200+800": dict(mae_width=16, mae_cls_lambda=1.0, mae_steps=200, mae_cls_steps=800,
-                               mae_cls_warmup=100),
-    "mae16-cls1-800+400": dict(mae_width=16, mae_cls_lambda=1.0, mae_steps=800, mae_cls_steps=400,
-                               mae_cls_warmup=100),
-    "mae16-cls1-400+400": dict(mae_width=16, mae_cls_lambda=1.0, mae_steps=400, mae_cls_steps=400,
-                               mae_cls_warmup=100),
-    "mae16-cls1-800+800-b64": dict(mae_width=16, mae_cls_lambda=1.0, mae_steps=800, mae_cls_steps=800,
-                                   mae_cls_warmup=100, mae_batch=64),
+    "mae16-cls1-800+800": dict(mae=dict(width=16, cls_lambda=1.0, steps=800, cls_steps=800, cls_warmup=100)),
+    "mae16-cls1-200+800": dict(mae=dict(width=16, cls_lambda=1.0, steps=200, cls_steps=800, cls_warmup=100)),
+    "mae16-cls1-800+400": dict(mae=dict(width=16, cls_lambda=1.0, steps=800, cls_steps=400, cls_warmup=100)),
+    "mae16-cls1-400+400": dict(mae=dict(width=16, cls_lambda=1.0, steps=400, cls_steps=400, cls_warmup=100)),
+    "mae16-cls1-800+800-b64": dict(mae=dict(width=16, cls_lambda=1.0, steps=800, cls_steps=800, cls_warmup=100,
+                                            batch=64)),
 }
 
 
@@ -130,7 +126,7 @@ def run_variant(name: str, overrides: dict, minutes: float | None, eval_n: int, 
     """One row: a wall-time budget (``minutes``) or, with ``steps``, a step budget (the same work whatever else
     runs on the machine; its wall time is then compared through the step cost of a quiet machine)."""
     budget = dict(minutes=0, steps=steps) if steps else dict(minutes=minutes, steps=10**6)  # 0: no time budget
-    cfg = train_preset(preset, seed=seed, mae_seed=0, eval_samples=0, sample_every=10**9, ckpt_every=10**9,
+    cfg = train_preset(preset, seed=seed, mae=dict(seed=0), eval_samples=0, sample_every=10**9, ckpt_every=10**9,
                        **budget, **_with_generator(name, overrides, preset))
     ds = load_dataset(cfg.data, "train")
     t0 = time.perf_counter()

@@ -264,7 +264,7 @@ def test_presets():
     assert b2.ema_decays == (0.999, 0.9995, 0.9998, 0.9999) and b2.grad_clip == 2.0
     l2 = train_preset("L/2")
     assert (l2.n_pos, l2.guidance_config.no_cfg_prob, l2.weight_decay) == (64, 0.5, 0.01)
-    ab = train_preset("ablation", steps=7, mae_steps=3)
+    ab = train_preset("ablation", steps=7, mae=dict(steps=3))
     assert (ab.steps, ab.mae.steps, ab.lr, ab.classes_per_step, ab.mae.encoder) == (
         7, 3, 2e-4, 64, "latent-256")
     cpu = train_preset("cpu")  # the main job (issue 15's lever study)
@@ -285,13 +285,19 @@ def test_presets():
     assert replace(wide, mae=train_preset("cpu").mae) == train_preset("cpu")
     assert train_preset("cpu-dit").generator == "cpu-p4"
     assert train_preset("cpu-v1") == ImageTrainConfig()  # the earlier main job: the dataclass defaults
-    assert train_preset("cpu", mae_cls_steps=0).mae.cls_steps == 0
+    assert train_preset("cpu", mae=dict(cls_steps=0)).mae.cls_steps == 0
+    assert train_preset("cpu", mae=dict(cls_steps=None)).mae.cls_steps == 400  # None: the preset's
+    # a preset is never changed by a run's config
+    train_preset("cpu").mae.steps = -1
+    assert train_preset("cpu").mae.steps == 800
     with pytest.raises(ValueError, match="preset"):
         train_preset("nope")
     with pytest.raises(ValueError, match=r"unknown ImageTrainConfig field\(s\) \['neg_queu'\]"):
         train_preset("cpu", neg_queu=3)
-    with pytest.raises(ValueError, match=r"unknown ImageTrainConfig field\(s\) \['mae_widht'\]"):
-        train_preset("cpu", mae_widht=16)
+    with pytest.raises(ValueError, match=r"overrides\['mae'\]: unknown MAEConfig field\(s\) \['widht'\]"):
+        train_preset("cpu", mae=dict(widht=16))
+    with pytest.raises(ValueError, match=r"unknown ImageTrainConfig field\(s\) \['mae_width'\]"):
+        train_preset("cpu", mae_width=16)  # nested configs, not name prefixes
     assert train_preset("cpu", neg_queue=3).neg_queue == 3
 
 

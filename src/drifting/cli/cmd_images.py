@@ -23,9 +23,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     resume = resume_flag(a, a.out)  # a missing or unreadable checkpoint with --resume is reported now
     cfg = train_preset(
         a.preset, data=a.data, generator=a.generator, encoder=a.encoder, mae_dir=a.mae,
-        mae_encoder=a.mae_preset, mae_steps=a.mae_steps, mae_batch=a.mae_batch, mae_cls_steps=a.mae_cls_steps,
-        mae_cls_lambda=a.mae_cls_lambda, mae_cls_warmup=a.mae_cls_warmup, mae_width=a.mae_width,
-        mae_seed=a.mae_seed, steps=a.steps, seed=a.seed, guidance=a.guidance,
+        mae=dict(encoder=a.mae_preset, steps=a.mae_steps, batch=a.mae_batch, cls_steps=a.mae_cls_steps,
+                 cls_lambda=a.mae_cls_lambda, cls_warmup=a.mae_cls_warmup, width=a.mae_width,
+                 seed=a.mae_seed),
+        steps=a.steps, seed=a.seed, guidance=a.guidance,
         n_uncond=a.n_uncond, sampler=a.sampler, lr=a.lr, classes_per_step=a.classes_per_step, n_gen=a.n_gen,
         n_pos=a.n_pos, neg_queue=a.neg_queue, max_locations=a.max_locations, groups=a.groups,
         vanilla=a.vanilla,

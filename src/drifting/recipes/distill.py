@@ -49,7 +49,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -60,6 +60,7 @@ from ..field import compute_V, drift_rae_field, laplace_norm_noise, pairwise_dis
 from ..loss import DEFAULT_TEMPERATURES
 from ..models.dit import DriftingDiT
 from ..models.generators import build_generator
+from ..presets import preset
 from ..training.checkpoint import jsonable
 from ..training.ema import EMA
 from ..training.loop import Trainer
@@ -139,19 +140,20 @@ class DistillConfig:
 
 # Table 3's rows (A, B, C) and Table 8's full-size counts. The CPU-sized rows divide Table 3's
 # sample counts by 4 (64 -> 16, 256 -> 64) and keep everything else.
-PRESETS: dict[str, dict] = {
-    "table8": dict(classes_per_step=32, n_pos=256, n_neg=64, n_extra_neg=192, steps=10_000),
-    "A": dict(y_softmax=True, perturb=False, n_pos=16, n_neg=16, n_extra_neg=0),  # baseline
-    "B": dict(y_softmax=False, perturb=True, n_pos=16, n_neg=16, n_extra_neg=0),  # + perturbation - y-softmax
-    "C": dict(y_softmax=False, perturb=True, n_pos=64, n_neg=16, n_extra_neg=48),  # + pos, + detached neg
+PRESETS: dict[str, DistillConfig] = {
+    "table8": DistillConfig(classes_per_step=32, n_pos=256, n_neg=64, n_extra_neg=192, steps=10_000),
+    "A": DistillConfig(y_softmax=True, perturb=False, n_pos=16, n_neg=16, n_extra_neg=0),  # baseline
+    # + perturbation - y-softmax
+    "B": DistillConfig(y_softmax=False, perturb=True, n_pos=16, n_neg=16, n_extra_neg=0),
+    # + positives, + detached negatives
+    "C": DistillConfig(y_softmax=False, perturb=True, n_pos=64, n_neg=16, n_extra_neg=48),
 }
 
 
 def distill_preset(name: str, teacher: str, **overrides) -> DistillConfig:
-    """A :class:`DistillConfig` from ``PRESETS[name]`` with ``overrides`` (e.g. ``steps=500``)."""
-    if name not in PRESETS:
-        raise ValueError(f"name: unknown distillation preset {name!r}; choose one of {sorted(PRESETS)}")
-    return replace(DistillConfig(teacher=teacher), **{**PRESETS[name], **overrides}).validate()
+    """A :class:`DistillConfig` from ``PRESETS[name]`` for ``teacher`` with ``overrides`` (e.g. ``steps=500``;
+    :func:`drifting.presets.preset`)."""
+    return preset(PRESETS, name, "distillation", teacher=teacher, **overrides)
 
 
 # --------------------------------------------------------------------------- the objective

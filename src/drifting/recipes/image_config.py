@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 from ..features import parse_groups
 from ..field import NORMALIZE_CHOICES
 from ..guidance import GUIDANCE_PRESETS
 from ..loss import DEFAULT_TEMPERATURES, KERNELS
+from ..presets import preset
 from ..training.precision import PRECISIONS
 from .mae_pretrain import MAEConfig
 
@@ -142,13 +143,13 @@ class ImageTrainConfig:
         return c
 
 
-def _imagenet_preset(generator: str, encoder: str, mae_epochs: int, **kw) -> dict:
+def _imagenet_preset(generator: str, encoder: str, mae_epochs: int, **kw) -> ImageTrainConfig:
     """Table 8 (ImageNet 256x256, 1.28M images): the MAE uses lr 4e-3, batch 8192, EMA 0.9995 (A.3)."""
     mae = MAEConfig(encoder=encoder, steps=round(mae_epochs * 1_281_167 / 8192), batch=8192, lr=4e-3,
                     ema_decay=0.9995, crop_scale=(0.2, 1.0))
     base = dict(generator=generator, mae=mae, grad_clip=2.0, n_gen=64, n_uncond=None, max_locations=None, ema_warmup=0,
                 ema_decays=(0.999, 0.9995, 0.9998, 0.9999), sample_every=5000, ckpt_every=2000, log_every=50)
-    return {**base, **kw}
+    return ImageTrainConfig(**{**base, **kw})
 
 
 # the README's main job (the `cpu` preset below; its comment there says why each value)
@@ -161,7 +162,7 @@ _WIDE_MAE = MAEConfig(width=16, cls_steps=800, cls_lambda=1.0, cls_warmup=100)
 # Named training configurations (``drifting train --preset NAME``); fields left out keep the
 # ImageTrainConfig defaults. The ImageNet rows are Table 8's columns; they expect ImageNet as an
 # image folder (``--data DIR``) and, for the latent presets, SD-VAE latents (``--tokenizer``).
-TRAIN_PRESETS: dict[str, dict] = {
+TRAIN_PRESETS: dict[str, ImageTrainConfig] = {
     # the README's main job: Fashion-MNIST, under 15 minutes on 2 CPU cores with the MAE pre-training. Chosen by
     # the lever study of docs/results.md (issue 15): A.3's classification fine-tuning of the MAE (400 steps,
     # lambda 0.1 after a 100-step warm-up), metrics on 2000 samples. Session 4 (600 steps each): P = 32
@@ -172,27 +173,28 @@ TRAIN_PRESETS: dict[str, dict] = {
     # package (`drifting train-mae --train-preset cpu --ship`) and the whole job has a 14.5-minute budget
     # (job_minutes): the generator trains until then on any CPU, less the preparation (the metrics' classifier
     # the first time) and the end's 0.5 minutes; the lr schedule follows the clock. The step cap is only a cap.
-    "cpu": _CPU,
+    "cpu": ImageTrainConfig(**_CPU),
     # the main job with a wider encoder trained on labels only after its reconstruction phase (width 16; A.3's
     # fine-tuning at lambda 1 for 800 steps): session 8, AMD EPYC, 3 seeds, 9.5 minutes each: classifier FID
     # 38.3 -> 27.4, accuracy 0.791 -> 0.819. Its MAE takes 10 minutes on an AMD EPYC (2.5x the cpu preset's); since
     # session 14 it ships with the package (2.6 MB; `drifting train-mae --train-preset cpu-wide --ship`)
-    "cpu-wide": {**_CPU, "mae": _WIDE_MAE},
+    "cpu-wide": ImageTrainConfig(**{**_CPU, "mae": _WIDE_MAE}),
     # issue 15 item 3: the main job for an hour on 2 cores with cpu-wide's encoder (at an hour its 10-minute MAE
     # is a small share; at 9.5 minutes it beat the default in every seed): 12000 steps or 60 minutes of
     # training, whichever comes first (about 1.8 steps/s on an AMD EPYC at 2 threads), with a learning curve
     # (accuracy and classifier FID every 500 steps against the training time, OUT/curve.json)
-    "cpu-long": {**_CPU, "mae": _WIDE_MAE, "steps": 12000, "minutes": 60.0, "job_minutes": None,
-                 "eval_every": 500},
+    "cpu-long": ImageTrainConfig(**{**_CPU, "mae": _WIDE_MAE, "steps": 12000, "minutes": 60.0,
+                                    "job_minutes": None, "eval_every": 500}),
     # the main job with the paper's DiT generator instead (the cpu-p4 DiT; the default before the U-Net)
-    "cpu-dit": dict(generator="cpu-p4", mae=MAEConfig(cls_steps=400, cls_warmup=100), real_feature_cache_gb=4.0,
-                    steps=1500, eval_samples=2000),
+    "cpu-dit": ImageTrainConfig(generator="cpu-p4", mae=MAEConfig(cls_steps=400, cls_warmup=100),
+                                real_feature_cache_gb=4.0, steps=1500, eval_samples=2000),
     # the main job before issue 15 (the ImageTrainConfig defaults: cpu-small DiT, plain MAE, 1000 steps): the
     # preset of the ablation and peer tables in docs/results.md measured before it
-    "cpu-v1": {},
-    "cpu-tiny": dict(generator="cpu-tiny", mae=MAEConfig(encoder="cpu-tiny", steps=30, batch=32), steps=20,
-                     classes_per_step=4, n_gen=4, n_pos=4, n_uncond=4, max_locations=16, warmup=5,
-                     ema_warmup=10, sample_every=10, ckpt_every=10, log_every=5),  # smoke tests, seconds
+    "cpu-v1": ImageTrainConfig(),
+    "cpu-tiny": ImageTrainConfig(generator="cpu-tiny", mae=MAEConfig(encoder="cpu-tiny", steps=30, batch=32),
+                                 steps=20, classes_per_step=4, n_gen=4, n_pos=4, n_uncond=4, max_locations=16,
+                                 warmup=5, ema_warmup=10, sample_every=10, ckpt_every=10,
+                                 log_every=5),  # smoke tests, seconds
     "ablation": _imagenet_preset("B/2", "latent-256", 192, steps=30_000, lr=2e-4, weight_decay=0.01, warmup=5000,
                                  classes_per_step=64, n_pos=64, guidance="ablation", ema_decays=(0.999,)),
     "B/2": _imagenet_preset("B/2", "latent-640", 1280, steps=200_000, lr=4e-4, weight_decay=0.0, warmup=10_000,
@@ -207,25 +209,16 @@ TRAIN_PRESETS: dict[str, dict] = {
 
 
 def train_preset(name: str, **overrides) -> ImageTrainConfig:
-    """``ImageTrainConfig`` of the preset ``name`` with ``overrides`` (None values are ignored; ``minutes=0``
-    lifts the preset's time budget, so that only ``steps`` ends the run)."""
-    if name not in TRAIN_PRESETS:
-        raise ValueError(f"preset: unknown training preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
-    cfg = ImageTrainConfig(**TRAIN_PRESETS[name])
-    mae_over = {k[4:]: v for k, v in overrides.items() if k.startswith("mae_") and k != "mae_dir" and v is not None}
-    rest = {k: v for k, v in overrides.items() if (not k.startswith("mae_") or k == "mae_dir") and v is not None}
-    names = {f.name for f in fields(ImageTrainConfig)} | {f"mae_{f.name}" for f in fields(MAEConfig)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ValueError(f"unknown ImageTrainConfig field(s) {unknown}; the fields are {sorted(names)} (mae_X: "
-                         "the field X of the MAE's config)")
-    if mae_over:
-        cfg.mae = replace(cfg.mae, **mae_over)
-    if "minutes" in rest and "job_minutes" not in rest:
-        rest["job_minutes"] = None  # a training budget given replaces the preset's job budget
+    """``ImageTrainConfig`` of the preset ``name`` with ``overrides`` (:func:`drifting.presets.preset`; None
+    values are ignored; ``mae`` takes a dict of :class:`MAEConfig` fields merged into the preset's MAE).
+    ``minutes`` replaces the preset's job budget unless ``job_minutes`` is given too, and 0 lifts a budget,
+    so that only ``steps`` ends the run."""
+    over = {k: {kk: vv for kk, vv in v.items() if vv is not None} if k == "mae" and isinstance(v, dict) else v
+            for k, v in overrides.items() if v is not None}
+    over = {k: v for k, v in over.items() if v != {}}
+    if "minutes" in over and "job_minutes" not in over:
+        over["job_minutes"] = None  # a training budget given replaces the preset's job budget
     for budget in ("minutes", "job_minutes"):
-        if rest.get(budget) == 0:
-            rest[budget] = None  # 0: no such budget, the preset's included (None means "keep the preset's")
-    cfg = replace(cfg, **rest)
-    cfg.validate()
-    return cfg
+        if over.get(budget) == 0:
+            over[budget] = None  # 0: no such budget, the preset's included
+    return preset(TRAIN_PRESETS, name, "training", **over)
