@@ -74,9 +74,10 @@ def test_cli_bad_inputs(tmp_path, capsys):
         fit_points(PointsConfig(batch=1), None, progress=False)
 
 
-@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
-def test_crash_leaves_checkpoint_and_resume_is_exact(tmp_path, monkeypatch, ema_decay):
-    cfg = PointsConfig(data="moons", steps=60, ckpt_every=20, n_samples=200, seed=3, ema_decay=ema_decay)
+@pytest.mark.parametrize("ema_decay, neg_queue", [(0.0, 0), (0.9, 0), (0.0, 300)])
+def test_crash_leaves_checkpoint_and_resume_is_exact(tmp_path, monkeypatch, ema_decay, neg_queue):
+    cfg = PointsConfig(data="moons", steps=60, ckpt_every=20, n_samples=200, seed=3, ema_decay=ema_decay,
+                       neg_queue=neg_queue)
     ref = fit_points(cfg, tmp_path / "ref", progress=False, figures=False)
 
     real_loss = points.drifting_loss
@@ -100,7 +101,8 @@ def test_crash_leaves_checkpoint_and_resume_is_exact(tmp_path, monkeypatch, ema_
     assert np.array_equal(ref.samples, res.samples)
     with pytest.raises(ValueError, match="different configuration"):
         fit_points(PointsConfig(data="moons", steps=60, ckpt_every=20, n_samples=200, seed=4,
-                                ema_decay=ema_decay), tmp_path / "run", progress=False, resume=True)
+                                ema_decay=ema_decay, neg_queue=neg_queue), tmp_path / "run", progress=False,
+                   resume=True)
 
 
 def test_ema_samples_come_from_the_moving_average():
@@ -117,3 +119,26 @@ def test_ema_samples_come_from_the_moving_average():
     assert not torch.equal(res.model.state_dict()[k], trained[k])
     with pytest.raises(ValueError, match="ema_decay"):
         fit_points(PointsConfig(ema_decay=1.0), None, progress=False)
+
+
+def test_the_queue_hands_earlier_samples_to_the_loss_as_detached_negatives(monkeypatch):
+    """neg_queue Q: once Q samples of earlier steps are queued, the loss gets them ``[1, Q, d]`` (oldest
+    first, no gradient) as extra negatives; before that, none."""
+    real_loss = points.drifting_loss
+    seen = []
+
+    def spy(gen, pos, neg=None, **k):
+        seen.append((gen.detach().clone(), None if neg is None else neg.clone(), neg is not None and
+                     neg.requires_grad))
+        return real_loss(gen, pos, neg, **k)
+
+    monkeypatch.setattr(points, "drifting_loss", spy)
+    fit_points(PointsConfig(data="moons", steps=4, batch=8, n_pos=8, neg_queue=16, n_samples=50), None,
+               progress=False, figures=False)
+    assert seen[0][1] is None and seen[1][1] is None  # 8, then 16 queued after the step
+    # a ring of 16 slots: step 2 sees steps 0 and 1; step 3 sees step 2 (in step 0's slots) and step 1
+    for i, slots in ((2, (0, 1)), (3, (2, 1))):
+        assert seen[i][1].shape == (1, 16, 2) and not seen[i][2]
+        assert torch.equal(seen[i][1], torch.cat([seen[j][0] for j in slots], dim=1))
+    with pytest.raises(ValueError, match="neg_queue"):
+        fit_points(PointsConfig(neg_queue=-1), None, progress=False)

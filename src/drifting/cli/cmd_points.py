@@ -18,6 +18,9 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
                    help="generated samples N per step (default 256)")
     p.add_argument("--n-pos", type=positive_int, default=256,
                    help="positive samples P per step (default 256)")
+    p.add_argument("--neg-queue", type=int, default=0,
+                   help="keep this many generated samples of the last steps as extra, detached negatives "
+                        "(default 0: off)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--temperatures", type=temperatures, default=(0.02, 0.05, 0.2),
                    help="comma-separated tau values")
@@ -42,7 +45,8 @@ def cmd_fit_points(a: argparse.Namespace) -> int:
     from ..recipes.point_fitting import PointsConfig, fit_points
 
     cfg = PointsConfig(
-        data=a.data, steps=a.steps, seed=a.seed, batch=a.batch, n_pos=a.n_pos, lr=a.lr,
+        data=a.data, steps=a.steps, seed=a.seed, batch=a.batch, n_pos=a.n_pos, neg_queue=a.neg_queue,
+        lr=a.lr,
         temperatures=a.temperatures, normalize=a.normalize, n_samples=a.samples,
     )
     res = fit_points(cfg, a.out, progress=not a.no_progress, resume=resume_flag(a, a.out))

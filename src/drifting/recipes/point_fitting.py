@@ -25,6 +25,7 @@ from ..eval.distances import compare
 from ..field import NORMALIZE_CHOICES
 from ..loss import DEFAULT_TEMPERATURES, drifting_loss
 from ..models.mlp import MLPConfig, MLPGenerator
+from ..negatives import NegativeQueue
 from ..training.checkpoint import export_model, jsonable
 from ..training.ema import EMA
 from ..training.loop import Trainer
@@ -42,6 +43,9 @@ class PointsConfig:
     steps: int = 4000
     batch: int = 256  # N generated samples per step (also the negatives)
     n_pos: int = 256  # P positive (data) samples per step
+    # the generated samples of the last steps, kept as extra negatives (detached, weight 1; 0 = off): V^- then
+    # averages over batch - 1 + neg_queue samples at no generator cost (drifting.negatives)
+    neg_queue: int = 0
     lr: float = 2e-3
     warmup: int = 100
     min_lr_ratio: float = 0.05  # cosine decay to lr * min_lr_ratio
@@ -77,6 +81,7 @@ class PointsConfig:
         need(self.batch >= 2,
              f"batch must be >= 2 (the generated samples are their own negatives), got {self.batch}")
         need(self.n_pos >= 1, f"n_pos must be >= 1, got {self.n_pos}")
+        need(self.neg_queue >= 0, f"neg_queue must be >= 0 (0 = off), got {self.neg_queue}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(self.n_samples >= 2, f"n_samples must be >= 2, got {self.n_samples}")
         need(0 < self.heldout_fraction < 1,
@@ -201,10 +206,12 @@ def fit_points(
     sampler = model if ema is None else ema.models[cfg.ema_decay]  # what samples are drawn from
 
     out = Path(out_dir) if out_dir is not None else None
+    queue = NegativeQueue(cfg.neg_queue, 1) if cfg.neg_queue else None
     run = Trainer(out, "points", jsonable(asdict(cfg)), model, opt, ema=ema, steps=cfg.steps, resume=resume,
                   progress=progress, desc=f"fit-points {data.name}", lr_at=lambda i, _: _lr_at(cfg, i),
                   grad_clip=cfg.grad_clip, log_every=cfg.log_every, ckpt_every=cfg.ckpt_every,
-                  history_keys=("V2",))
+                  history_keys=("V2",), parts={} if queue is None else {"neg_queue": queue},
+                  defaults=jsonable(asdict(PointsConfig())))
     history = run.history
     history.setdefault("snapshots", {})  # d = 2: samples at log-spaced steps (Fig. 4)
     snap_steps = _snapshot_steps(cfg.steps, cfg.n_snapshots)
@@ -221,8 +228,13 @@ def fit_points(
         noise, style = model.draw_noise(cfg.batch, g)  # [N, noise_dim], [N, tokens] or None
         y_pos = data.positives(cfg.n_pos, g)  # [P, d]
         x = model(noise, style=style)  # [N, d]
+        queued = None  # [1, Q, d]: earlier steps' samples
+        if queue is not None:
+            one = torch.zeros(1, dtype=torch.long)  # a single class
+            queued = queue.take(one)["x"][None, :, 0] if queue.ready(one) else None
+            queue.push({"x": x[:, None]}, one)
         loss, stats = drifting_loss(
-            x[None], y_pos[None], temperatures=cfg.temperatures, normalize=cfg.normalize,
+            x[None], y_pos[None], queued, temperatures=cfg.temperatures, normalize=cfg.normalize,
             attraction=cfg.attraction, repulsion=cfg.repulsion,
             normalize_features=cfg.normalize_features, normalize_drift=cfg.normalize_drift,
         )
