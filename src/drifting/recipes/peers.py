@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..data.images import load_dataset
-from ..training.checkpoint import jsonable
+from ..training.checkpoint import fill_defaults, jsonable
 from .distill import DistillConfig, distill
 from .evaluate import evaluate
 from .flow import FlowTrainConfig, flow_generate, load_flow_model, train_flow
@@ -97,9 +97,10 @@ def train_once(name: str, cfg, root: Path, progress: bool) -> tuple[Path, float]
     d = root / name
     done = d / "peer.json"
     want = jsonable(asdict(cfg))
+    # a config written before a field existed or was renamed reads as today's (fill_defaults)
     if done.is_file():
         rec = json.loads(done.read_text())
-        if rec["config"] == want:
+        if fill_defaults(rec["config"], jsonable(asdict(type(cfg)()))) == want:
             return d / "model", rec["train_seconds"]
     resume = (d / "checkpoint.pt").is_file()
     if isinstance(cfg, ImageTrainConfig):
