@@ -32,7 +32,7 @@ def test_every_row_is_a_valid_distinct_config():
 
 def test_knobs_reach_the_trainer(tmp_path, monkeypatch):
     """style_tokens, mae width and kernel are used, not just stored."""
-    cfg = ablation_config({"style_tokens": 0, "mae_width": 4, "kernel": "mmd", "normalize_drift": False,
+    cfg = ablation_config({"style_tokens": 0, "mae": {"width": 4}, "kernel": "mmd", "normalize_drift": False,
                            "temperatures": (0.5, 1.0)}, preset="cpu-tiny", steps=2, eval_samples=0)
     calls = []
     real = ablations.train_images.__globals__["drifting_loss"]

@@ -31,7 +31,7 @@ from .image_training import train_images
 @dataclass(frozen=True)
 class Ablation:
     title: str  # the paper table it mirrors
-    # (label, ImageTrainConfig overrides); "mae_width" sets MAEConfig.width
+    # (label, ImageTrainConfig overrides); "mae": a dict of MAEConfig fields
     rows: tuple[tuple[str, dict], ...]
 
 
@@ -60,15 +60,15 @@ ABLATIONS: dict[str, Ablation] = {
     "style": Ablation("A.2: style tokens", (
         ("32 style tokens (default)", {}), ("no style tokens", {"style_tokens": 0}), _SEED1)),
     "encoder-width": Ablation("Table 3: feature-encoder width (ResNet-MAE base width C)", (
-        ("C = 4", {"mae_width": 4}), ("C = 8 (default)", {}), ("C = 16", {"mae_width": 16}), _SEED1)),
+        ("C = 4", {"mae": {"width": 4}}), ("C = 8 (default)", {}), ("C = 16", {"mae": {"width": 16}}),
+        _SEED1)),
 }
 
 
 def ablation_config(overrides: dict, *, preset: str = "cpu", steps: int = 200, eval_samples: int = 1000,
                     **base) -> ImageTrainConfig:
     """The row config: ``preset`` with ``steps``/``eval_samples`` and ``base`` overrides, then the row's
-    (``mae_*`` keys set fields of the MAE config, as in
-    :func:`~drifting.recipes.image_config.train_preset`)."""
+    (``mae``: a dict of MAE config fields, as in :func:`~drifting.recipes.image_config.train_preset`)."""
     kw = {"steps": steps, "minutes": 0, "eval_samples": eval_samples, "sample_every": steps,  # a step budget
           "ckpt_every": max(1, min(100, steps)), **base, **overrides}
     return train_preset(preset, **kw)
