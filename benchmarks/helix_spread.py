@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from drifting.field import FieldOptions
 from drifting.recipes.point_fitting import PointsConfig, fit_points
 
 HELIX_NOISE = 0.05
@@ -50,25 +51,37 @@ def radial_spread(x: np.ndarray) -> tuple[float, float]:
 
 
 def _parse_set(items: list[str]) -> dict:
-    """``key=value`` overrides of PointsConfig fields (tuples as comma-separated numbers)."""
-    known = {f.name: f for f in fields(PointsConfig)}
-    out = {}
+    """``key=value`` overrides of PointsConfig fields or of its field options (FieldOptions: temperatures,
+    normalize, ...), tuples as comma-separated numbers."""
+    known = {f.name: getattr(PointsConfig(), f.name) for f in fields(PointsConfig)
+             if f.name != "field_options"}
+    field_known = {f.name: getattr(FieldOptions(), f.name) for f in fields(FieldOptions)}
+    out, field_over = {}, {}
     for item in items:
         key, _, value = item.partition("=")
-        if key not in known:
-            raise SystemExit(f"--set {item!r}: {key!r} is not a PointsConfig field ({', '.join(known)})")
-        default = getattr(PointsConfig(), key)
+        if key not in known and key not in field_known:
+            raise SystemExit(f"--set {item!r}: {key!r} is not a PointsConfig or FieldOptions field "
+                             f"({', '.join([*known, *field_known])})")
+        default = known[key] if key in known else field_known[key]
         if isinstance(default, tuple):
-            out[key] = tuple(float(v) for v in value.split(","))
+            v = tuple(float(v) for v in value.split(","))
         elif isinstance(default, bool):
-            out[key] = value.lower() in ("1", "true", "yes")
+            v = value.lower() in ("1", "true", "yes")
         elif isinstance(default, int):
-            out[key] = int(value)
+            v = int(value)
         elif isinstance(default, float):
-            out[key] = float(value)
+            v = float(value)
         else:
-            out[key] = value
+            v = value
+        (out if key in known else field_over)[key] = v
+    if field_over:
+        out["field_options"] = field_over
     return out
+
+
+def _config(data: Path, over: dict, **kw) -> PointsConfig:
+    fo = FieldOptions(**over.get("field_options", {}))
+    return PointsConfig(data=str(data), **{**over, "field_options": fo}, **kw)
 
 
 def main() -> None:
@@ -84,7 +97,7 @@ def main() -> None:
     over = _parse_set(a.set)
     rows = []
     for seed in a.seeds:
-        cfg = PointsConfig(data=str(data), seed=seed, **over)
+        cfg = _config(data, over, seed=seed)
         t0 = time.perf_counter()
         res = fit_points(cfg, out / f"seed{seed}", progress=False)
         secs = time.perf_counter() - t0
@@ -104,7 +117,7 @@ def main() -> None:
         print(f"| {r['seed']} | {r['data_spread']:.4f} | {r['sample_spread']:.4f} | **{r['ratio']:.2f}x** | "
               f"{r['data_on_helix']:.3f} | {r['samples_on_helix']:.3f} | "
               f"{'-' if ef is None else f'{ef:.2f}x'} | {r['seconds']:.0f} |")
-    cfg = asdict(PointsConfig(data=str(data), **over))
+    cfg = asdict(_config(data, over))
     (out / "helix_spread.json").write_text(json.dumps({"overrides": over, "config": cfg, "rows": rows},
                                                       indent=2, default=list))
     print(f"\nwrote {out / 'helix_spread.json'}")

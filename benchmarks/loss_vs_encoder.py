@@ -120,7 +120,7 @@ def bench_setting(name: str, a: argparse.Namespace) -> dict:
     if U > 0:
         neg = group_by_class({k: v[Nc * P:] for k, v in f_real.items()}, Nc)  # {j: [Nc, U, L, C]}
         w = uncond_neg_weights(alpha, N, U)  # [Nc, U]
-    K = len(cfg.temperatures)
+    K = len(cfg.field_options.temperatures)
     groups = {k: tuple(v.shape) for k, v in gen.items()}
     Y = P + N + U
     field_flops = sum(2 * s[0] * s[2] * N * Y * s[3] * (1 + K) for s in groups.values())
@@ -128,9 +128,7 @@ def bench_setting(name: str, a: argparse.Namespace) -> dict:
     def loss_step():
         for v in gen.values():
             v.grad = None
-        loss, _ = drifting_loss(gen, pos, neg, neg_weights=w, temperatures=cfg.temperatures,
-                                kernel=cfg.kernel, normalize=cfg.normalize, attraction=cfg.attraction,
-                                repulsion=cfg.repulsion, normalize_drift=cfg.normalize_drift)
+        loss, _ = drifting_loss(gen, pos, neg, neg_weights=w, options=cfg.field_options)
         loss.backward()
 
     t["loss"] = time_call(loss_step, **rep)
@@ -147,7 +145,7 @@ def bench_setting(name: str, a: argparse.Namespace) -> dict:
         "setting": name, "encoder": cfg.mae.encoder, "encoder_overrides": enc_over,
         "encoder_params": sum(p.numel() for p in encoder.parameters()), "input_chw": list(chw),
         "classes": Nc, "n_gen": N, "n_pos": P, "n_uncond": U, "max_locations": cfg.max_locations,
-        "feature_sets": sets, "vanilla": vanilla, "temperatures": list(cfg.temperatures),
+        "feature_sets": sets, "vanilla": vanilla, "temperatures": list(cfg.field_options.temperatures),
         "groups": {k: list(v) for k, v in groups.items()},
         "problems": sum(v[0] * v[2] for v in groups.values()),
         "field_gflop": field_flops / 1e9, "times": t, "encoder_seconds": enc, "loss_seconds": s["loss"],

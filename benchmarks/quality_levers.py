@@ -51,7 +51,7 @@ VARIANTS: dict[str, dict] = {
     "n32": dict(n_gen=32, n_pos=32, n_uncond=16),
     "pos32": dict(n_pos=32),
     "pos64": dict(n_pos=64),
-    "tau0.2": dict(temperatures=(0.2,)),
+    "tau0.2": dict(field_options=dict(temperatures=(0.2,))),
     "lr2e-3": dict(lr=2e-3),
     "lr4e-3": dict(lr=4e-3),
     "decay0.3": dict(lr_decay=0.3),
@@ -85,7 +85,7 @@ VARIANTS: dict[str, dict] = {
     "cls1.0-800": dict(mae=dict(cls_steps=800, cls_lambda=1.0)),
     "loc-all": dict(max_locations=None),
     "lr5e-3": dict(lr=5e-3),
-    "tau0.05-0.2": dict(temperatures=(0.05, 0.2)),
+    "tau0.05-0.2": dict(field_options=dict(temperatures=(0.05, 0.2))),
     "steps1500": {},  # the preset at a larger --steps: how much longer training buys
     "unet-w16": dict(dit=dict(widths=(16, 64, 64))),  # level 0 (28x28) at 16 channels: cheaper steps
     "unet-w24-96": dict(dit=dict(widths=(24, 96, 96))),

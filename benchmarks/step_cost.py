@@ -90,9 +90,7 @@ def make_step(cfg, queue: int):
             neg = {k: torch.cat([v, v[:, :1].expand(-1, queue, *v.shape[2:]).clone()], 1)
                    for k, v in neg.items()}
             w = torch.cat([w, torch.ones(Nc, queue)], 1)
-        loss, _ = drifting_loss(group_by_class(f_gen, Nc), pos, neg, neg_weights=w,
-                                temperatures=cfg.temperatures, normalize=cfg.normalize,
-                                normalize_drift=cfg.normalize_drift)
+        loss, _ = drifting_loss(group_by_class(f_gen, Nc), pos, neg, neg_weights=w, options=cfg.field_options)
         t["field + loss"], t0 = time.perf_counter() - t0, time.perf_counter()
         (gx,) = torch.autograd.grad(loss, xl)
         t["encoder bwd"], t0 = time.perf_counter() - t0, time.perf_counter()

@@ -46,7 +46,8 @@ from _common import (  # noqa: E402
     time_call,
     write_json,
 )
-from drifting.loss import DEFAULT_TEMPERATURES, drifting_loss  # noqa: E402
+from drifting.field import DEFAULT_TEMPERATURES  # noqa: E402
+from drifting.loss import drifting_loss  # noqa: E402
 
 NAME = "vs_xla"
 DEFAULT_SHAPES = [(640, 8, 8, 64), (640, 64, 64, 128), (64, 64, 128, 1024)]

@@ -66,11 +66,13 @@ def run_loss(out: Path) -> None:
 
 def run_train(out: Path, config: Path, ranks_per_class: int, crash_at: int | None) -> None:
     import drifting.recipes.image_training as images
+    from drifting.field import FieldOptions
     from drifting.recipes.image_config import ImageTrainConfig
     from drifting.recipes.mae_pretrain import MAEConfig
 
     cfg_dict = json.loads(config.read_text())
     cfg_dict["mae"] = MAEConfig(**cfg_dict["mae"])
+    cfg_dict["field_options"] = FieldOptions(**cfg_dict["field_options"])
     cfg = ImageTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict.items()})
     if crash_at is not None:
         real, calls = images.drifting_loss, {"n": 0}

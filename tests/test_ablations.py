@@ -21,19 +21,21 @@ def test_every_row_is_a_valid_distinct_config():
         assert len(set(keys)) == len(keys), name  # no two rows of a table train the same thing
         assert sum(1 for _, o in ab.rows if not o) == 1, name  # exactly one default row
     rows = dict(ABLATIONS["antisymmetry"].rows)
-    assert ablation_config(rows["attraction-only"]).repulsion == 0.0
+    assert ablation_config(rows["attraction-only"]).field_options.repulsion == 0.0
     assert ablation_config({}).minutes is None  # a step budget: the cpu preset's time budget is lifted
-    assert ablation_config(rows["1.5x attraction"]).attraction == 1.5
+    assert ablation_config(rows["1.5x attraction"]).field_options.attraction == 1.5
     assert ablation_config(dict(ABLATIONS["encoder-width"].rows)["C = 16"]).mae.width == 16
-    assert ablation_config(dict(ABLATIONS["temperatures"].rows)["tau 0.05"]).temperatures == (0.05,)
+    tau = ablation_config(dict(ABLATIONS["temperatures"].rows)["tau 0.05"])
+    assert tau.field_options.temperatures == (0.05,)
     alloc = [ablation_config(o) for _, o in ABLATIONS["allocation"].rows if "seed" not in o]
     assert {c.classes_per_step * c.n_gen for c in alloc} == {80}  # the fixed generated batch of Table 2
 
 
 def test_knobs_reach_the_trainer(tmp_path, monkeypatch):
     """style_tokens, mae width and kernel are used, not just stored."""
-    cfg = ablation_config({"style_tokens": 0, "mae": {"width": 4}, "kernel": "mmd", "normalize_drift": False,
-                           "temperatures": (0.5, 1.0)}, preset="cpu-tiny", steps=2, eval_samples=0)
+    field = {"kernel": "mmd", "normalize_drift": False, "temperatures": (0.5, 1.0)}
+    cfg = ablation_config({"style_tokens": 0, "mae": {"width": 4}, "field_options": field}, preset="cpu-tiny",
+                          steps=2, eval_samples=0)
     calls = []
     real = ablations.train_images.__globals__["drifting_loss"]
 
@@ -43,7 +45,8 @@ def test_knobs_reach_the_trainer(tmp_path, monkeypatch):
 
     monkeypatch.setitem(train_images.__globals__, "drifting_loss", spy)
     run = train_images(cfg, tmp_path, progress=False)
-    assert calls and all(c["kernel"] == "mmd" and c["normalize_drift"] is False for c in calls)
+    assert calls and all(c["options"].kernel == "mmd" and c["options"].normalize_drift is False
+                         for c in calls)
     assert DriftingDiT.from_pretrained(tmp_path / "model").config.style_tokens == 0
     assert json.loads((tmp_path / "mae" / "config.json").read_text())["base_width"] == 4
     assert all(torch.isfinite(p).all() for p in run.generator.parameters())

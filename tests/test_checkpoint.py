@@ -126,6 +126,37 @@ def test_a_config_saved_under_a_field_s_old_name_reads_under_the_new_one():
     assert fill_defaults({"cfg": {"a": 1}}, {"lr": 1.0}) == {"cfg": {"a": 1}, "lr": 1.0}
 
 
+def test_a_config_saved_before_the_field_options_moved_reads_as_nested(tmp_path):
+    """Runs saved with flat temperatures / normalize / attraction ... read as holding them in field_options,
+    so they resume; a fit-points run written in the old layout continues instead of starting over."""
+    from dataclasses import asdict
+
+    from drifting.recipes.image_config import ImageTrainConfig
+    from drifting.training.checkpoint import fill_defaults, jsonable
+
+    defaults = jsonable(asdict(ImageTrainConfig()))
+    old = {k: v for k, v in defaults.items() if k != "field_options"}
+    old.update(temperatures=[0.05], normalize="y", attraction=1.5, kernel="laplace", normalize_drift=True)
+    got = fill_defaults(old, defaults)
+    assert "temperatures" not in got and "normalize" not in got
+    assert got["field_options"] == {**defaults["field_options"], "temperatures": [0.05], "normalize": "y",
+                                    "attraction": 1.5}
+    moved = ("temperatures", "normalize", "attraction")
+    assert fill_defaults({k: v for k, v in old.items() if k not in moved}, defaults) == defaults
+    # a stored key that today's config does not nest stays where it is
+    assert fill_defaults({"temperatures": [1.0]}, {"lr": 1.0}) == {"temperatures": [1.0], "lr": 1.0}
+
+    out = tmp_path / "run"
+    assert main(["fit-points", "8gaussians", "--out", str(out), "--steps", "4", "--samples", "50",
+                 "--no-progress"]) == 0
+    state = load_state(out / "checkpoint.pt")
+    flat = {k: v for k, v in state["config"].items() if k != "field_options"}
+    state["config"] = {**flat, **state["config"]["field_options"]}  # the layout before the move
+    save_state(out / "checkpoint.pt", state)
+    assert main(["fit-points", "8gaussians", "--out", str(out), "--steps", "4", "--samples", "50",
+                 "--no-progress", "--resume"]) == 0
+
+
 def test_the_old_guidance_flags_still_work_and_name_the_new_ones(capsys):
     from drifting.cli import build_parser
 

@@ -216,3 +216,46 @@ def test_one_bad_feature_anywhere_is_named(normalize_features, kernel):
                 drifting_loss({"b": gen0, "a": t["gen"]}, {"b": pos0, "a": t["pos"]},
                               {"b": neg0, "a": t["neg"]}, neg_weights=torch.tensor([1.0, 0.0]),
                               normalize_features=normalize_features, kernel=kernel)
+
+
+def test_field_options_are_one_validated_frozen_carrier():
+    """FieldOptions: errors name the field; a list becomes a tuple; it cannot be changed in place."""
+    import dataclasses
+
+    from drifting import FieldOptions
+
+    assert FieldOptions(temperatures=[0.1, 0.2]).temperatures == (0.1, 0.2)
+    for kw, name in ((dict(temperatures=()), "temperatures"), (dict(temperatures=(0.1, -1)), "temperatures"),
+                     (dict(temperatures="abc"), "temperatures"), (dict(normalize="rows"), "normalize"),
+                     (dict(attraction=-1.0), "attraction"), (dict(repulsion=float("nan")), "repulsion"),
+                     (dict(kernel="gauss"), "kernel"), (dict(kernel="mmd", normalize="y"), "Laplace")):
+        with pytest.raises(ValueError, match=name):
+            FieldOptions(**kw)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        FieldOptions().normalize = "y"
+
+
+def test_field_options_and_keywords_are_the_same_loss():
+    """``options=FieldOptions(...)`` and the same fields as keywords give one loss; keywords override the
+    options; a keyword that is no field option is a TypeError that lists them."""
+    from drifting import FieldOptions, compute_V
+
+    g = torch.Generator().manual_seed(0)
+    gen = torch.randn(2, 6, 4, generator=g, requires_grad=True)
+    pos = torch.randn(2, 5, 4, generator=g)
+    opts = FieldOptions(temperatures=(0.05,), normalize="y", attraction=1.5)
+    a, sa = drifting_loss(gen, pos, options=opts)
+    b, sb = drifting_loss(gen, pos, temperatures=(0.05,), normalize="y", attraction=1.5)
+    c, _ = drifting_loss(gen, pos, options=FieldOptions(temperatures=(0.2,), normalize="y", attraction=1.5),
+                         temperatures=(0.05,))
+    default, _ = drifting_loss(gen, pos)
+    assert torch.equal(a, b) and torch.equal(a, c)
+    assert sa.keys() == sb.keys() == {"x/loss", "x/S", "x/V2@0.05", "x/lambda@0.05"}
+    assert not torch.equal(a, default)
+    with pytest.raises(TypeError, match="temperatures"):
+        drifting_loss(gen, pos, temprature=(0.05,))
+    x, yp = torch.randn(5, 3, generator=g), torch.randn(4, 3, generator=g)
+    V1 = compute_V(x, yp, x, 0.5, options=FieldOptions(normalize="y", repulsion=0.5))
+    assert torch.equal(V1, compute_V(x, yp, x, 0.5, normalize="y", repulsion=0.5))
+    with pytest.raises(TypeError, match="normalize"):  # a kernel takes T, not the loss's temperatures
+        compute_V(x, yp, x, 0.5, temperatures=(0.5,))

@@ -74,6 +74,36 @@ def test_cli_bad_inputs(tmp_path, capsys):
         fit_points(PointsConfig(batch=1), None, progress=False)
 
 
+def test_defaults_are_chosen_by_the_data_dimension():
+    """2-D keeps the toy studies' setting; from 3-D on twice the samples, noise_dim = d, cosine to 0 (the
+    helix of benchmarks/helix_spread.py); explicit values always win."""
+    two, three = PointsConfig().resolved(2), PointsConfig().resolved(3)
+    assert (two.batch, two.n_pos, two.min_lr_ratio, PointsConfig().noise_dim_for(2)) == (256, 256, 0.05, 8)
+    assert (three.batch, three.n_pos, three.min_lr_ratio) == (512, 512, 0.0)
+    assert PointsConfig().noise_dim_for(3) == 3
+    assert PointsConfig().noise_dim_for(1) == 8 and PointsConfig().noise_dim_for(5) == 5
+    mine = PointsConfig(batch=64, n_pos=32, noise_dim=4, min_lr_ratio=0.1)
+    r = mine.resolved(3)
+    assert (r.batch, r.n_pos, r.min_lr_ratio, mine.noise_dim_for(3)) == (64, 32, 0.1, 4)
+    assert PointsConfig(batch=100).resolved(3).n_pos == 100  # n_pos follows the batch
+    for bad, name in ((dict(batch=-1), "batch"), (dict(n_pos=-2), "n_pos"), (dict(noise_dim=-1), "noise_dim"),
+                      (dict(min_lr_ratio=1.5), "min_lr_ratio")):
+        with pytest.raises(ValueError, match=name):
+            PointsConfig(**bad).validate()
+
+
+def test_a_3d_run_uses_and_saves_the_3d_defaults(tmp_path):
+    rng = np.random.default_rng(0)
+    f = tmp_path / "pts.npy"
+    np.save(f, rng.normal(size=(200, 3)).astype(np.float32))
+    fit_points(PointsConfig(data=str(f), steps=3, n_samples=50), tmp_path / "run", progress=False,
+               figures=False)
+    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert saved["noise_dim"] == 3
+    assert (saved["points_config"]["batch"], saved["points_config"]["n_pos"]) == (512, 512)
+    assert saved["points_config"]["min_lr_ratio"] == 0.0
+
+
 @pytest.mark.parametrize("ema_decay, neg_queue", [(0.0, 0), (0.9, 0), (0.0, 300)])
 def test_crash_leaves_checkpoint_and_resume_is_exact(tmp_path, monkeypatch, ema_decay, neg_queue):
     cfg = PointsConfig(data="moons", steps=60, ckpt_every=20, n_samples=200, seed=3, ema_decay=ema_decay,

@@ -1,11 +1,19 @@
 """drifting: one-step generative models trained with a drifting field.
 
 Public API (see README): :func:`compute_V` (Alg. 2), :func:`mmd_field` (C.2),
-:func:`drift_rae_field` (Drift-RAE Eq. 11 / Prop. 1) and :func:`drifting_loss` (Eq. 14, A.6).
+:func:`drift_rae_field` (Drift-RAE Eq. 11 / Prop. 1) and :func:`drifting_loss` (Eq. 14, A.6), with the
+field's options in one :class:`FieldOptions`.
 """
 
-from .field import compute_V, drift_rae_field, mmd_field, pairwise_distances
-from .loss import DEFAULT_TEMPERATURES, drifting_loss
+from .field import (
+    DEFAULT_TEMPERATURES,
+    FieldOptions,
+    compute_V,
+    drift_rae_field,
+    mmd_field,
+    pairwise_distances,
+)
+from .loss import drifting_loss
 
 __version__ = "0.1.0"
 __all__ = [
@@ -14,6 +22,7 @@ __all__ = [
     "drift_rae_field",
     "pairwise_distances",
     "drifting_loss",
+    "FieldOptions",
     "DEFAULT_TEMPERATURES",
     "__version__",
 ]

@@ -26,25 +26,23 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 
 from .field import (
-    NORMALIZE_CHOICES,
+    DEFAULT_TEMPERATURES,  # noqa: F401 (its home was here; kept importable)
+    KERNELS,  # noqa: F401
     Distances,
-    Normalize,
+    FieldOptions,
     all_finite,
     broadcast_neg_weights,
     drift_fields,
     mmd_from_distances,
     pairwise_distances,
 )
+from .field.options import field_options
 
-DEFAULT_TEMPERATURES = (0.02, 0.05, 0.2)
-# "laplace": Alg. 2's softmax-normalized Laplace kernel; "mmd": C.2's unnormalized Gaussian kernel
-# (the drift of an MMD loss, Eq. 41-45), with bandwidth sigma = tau * sqrt(C) in normalized units
-KERNELS = ("laplace", "mmd")
 _EPS = 1e-12
 # keep a group's distances between the S_j pass and the field pass when there are at most this many
 CACHE_DISTANCES = 1 << 24
@@ -117,17 +115,12 @@ def drifting_loss(
     neg=None,
     *,
     neg_weights: torch.Tensor | None = None,
-    temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+    options: FieldOptions | None = None,
     gen_as_negatives: bool = True,
-    normalize_features: bool = True,
-    normalize_drift: bool = True,
-    normalize: Normalize = "both",
-    attraction: float = 1.0,
-    repulsion: float = 1.0,
-    kernel: str = "laplace",
     comm=None,
     max_elements: int | None = None,
     compile: bool = False,
+    **overrides,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Drifting loss summed over feature groups (Eq. 14 with A.6's normalizations).
 
@@ -139,16 +132,16 @@ def drifting_loss(
             keys, ``[B, M, C]`` / ``[B, M, L, C]``.
         neg_weights: weights of the extra negatives, ``[M]`` or ``[B, M]`` (the CFG weight w of
             A.7), shared by all groups; used in the kernel and in ``S_j``.
-        temperatures: the tau values; each gives one normalized drift, summed (A.6).
+        options: the field's options (:class:`drifting.FieldOptions`: temperatures, one normalized
+            drift each, summed (A.6); the kernel's normalization, attraction and repulsion (Tables 11, 1);
+            ``S_j`` (Eq. 21) and ``lambda_j`` (Eq. 25) on or off; the kernel). With ``kernel="mmd"`` the
+            field is that of an MMD loss with a Gaussian kernel of bandwidth ``tau * sqrt(C_j)`` per
+            temperature (C.2, Eq. 41-45, :func:`drifting.field.mmd_from_distances`); with
+            ``normalize_drift=False`` its gradient is that of the squared MMD (summed over bandwidths) in
+            the normalized feature space, up to a constant factor: the MMD-loss generator of C.2.
+        **overrides: any field of :class:`drifting.FieldOptions` as a keyword, applied over ``options``.
         gen_as_negatives: the generated samples are also the first N negatives, with the self
             pair masked (Alg. 1-2). If False, ``neg`` must be given and is the only negative set.
-        normalize_features, normalize_drift: apply ``S_j`` (Eq. 21) / ``lambda_j`` (Eq. 25).
-        normalize, attraction, repulsion: passed to the field (see :func:`drifting.compute_V`).
-        kernel: ``"laplace"`` (Alg. 2) or ``"mmd"``: the field of an MMD loss with a Gaussian
-            kernel of bandwidth ``tau * sqrt(C_j)`` per temperature (C.2, Eq. 41-45, see
-            :func:`drifting.field.mmd_from_distances`). With ``normalize_drift=False`` its
-            gradient is that of the squared MMD (summed over bandwidths) in the normalized
-            feature space, up to a constant factor: the MMD-loss generator of C.2.
         comm: a :class:`drifting.distributed.LossComm` when the batch is spread over ranks: ``gen``,
             ``pos``, ``neg`` and ``neg_weights`` are then this rank's share, targets are gathered
             across the ranks that share the classes, and ``S_j`` / ``lambda_j`` are global means.
@@ -159,12 +152,11 @@ def drifting_loss(
         ``(loss, stats)``: scalar loss (fp32) and a dict of detached scalars:
         ``{j}/loss``, ``{j}/S``, ``{j}/V2@{tau}`` (raw mean ``||V||^2``) and ``{j}/lambda@{tau}``.
     """
+    opts = field_options(options, overrides, "drifting_loss")
     gens, poss, negs = _as_groups("gen", gen), _as_groups("pos", pos), _as_groups("neg", neg)
-    temperatures = _check_loss_args(gens, poss, negs, neg_weights, temperatures, gen_as_negatives, normalize,
-                                    attraction, repulsion, kernel)
-    field = functools.partial(_group_field, temperatures=temperatures, normalize=normalize,
-                              attraction=attraction, repulsion=repulsion, kernel=kernel, comm=comm,
-                              max_elements=max_elements, compile=compile)
+    _check_loss_args(gens, poss, negs, neg_weights, gen_as_negatives)
+    temperatures = opts.temperatures
+    field = functools.partial(_group_field, opts=opts, comm=comm, max_elements=max_elements, compile=compile)
     total = None
     stats: dict[str, torch.Tensor] = {}
     for j, g in gens.items():
@@ -179,14 +171,14 @@ def drifting_loss(
                                                                  gen_as_negatives, comm)  # [BL, 1, M_all]
             self_col = None if not gen_as_negatives else P + (0 if comm is None else comm.group_rank * N)
             dists = Distances(x_sg, parts, self_col=self_col, cache_elements=CACHE_DISTANCES)
-            if normalize_features:  # Eq. (21)
+            if opts.normalize_features:  # Eq. (21)
                 S = _feature_scale(dists, P, w, comm, max_elements, len(temperatures))
                 if not all_finite(S):
                     name_bad()
             else:
                 S = torch.ones((), dtype=dists.dtype, device=x.device)
             V_all, unit = field(dists, x_sg, parts, P, S, w, gen_as_negatives)  # [BL, K, N, C]
-            goal, V2, lam = _drift_goal(x_sg, V_all, S, unit, normalize_drift, comm)  # Eq. 25-26
+            goal, V2, lam = _drift_goal(x_sg, V_all, S, unit, opts.normalize_drift, comm)  # Eq. 25-26
             for k, tau in enumerate(temperatures):
                 stats[f"{j}/V2@{tau:g}"] = V2[k]
                 stats[f"{j}/lambda@{tau:g}"] = lam[k]
@@ -199,10 +191,9 @@ def drifting_loss(
     return total, stats
 
 
-def _check_loss_args(gens: dict, poss: dict, negs: dict, neg_weights, temperatures, gen_as_negatives: bool,
-                     normalize: str, attraction: float, repulsion: float, kernel: str) -> tuple[float, ...]:
-    """Raise ``ValueError`` naming the first bad argument of :func:`drifting_loss`; return the temperatures
-    as a tuple of floats."""
+def _check_loss_args(gens: dict, poss: dict, negs: dict, neg_weights, gen_as_negatives: bool) -> None:
+    """Raise ``ValueError`` naming the first bad argument of :func:`drifting_loss` (its field options were
+    checked when their :class:`FieldOptions` was made)."""
     if not gens:
         raise ValueError("gen must hold at least one feature group")
     if set(poss) != set(gens):
@@ -213,17 +204,6 @@ def _check_loss_args(gens: dict, poss: dict, negs: dict, neg_weights, temperatur
         raise ValueError("gen_as_negatives=False needs explicit negatives in neg")
     if neg_weights is not None and not negs:
         raise ValueError("neg_weights given but there are no extra negatives (neg is None)")
-    temperatures = tuple(float(t) for t in temperatures)
-    if not temperatures or any(not (t > 0 and math.isfinite(t)) for t in temperatures):
-        raise ValueError(f"temperatures must be a non-empty list of positive numbers, got {temperatures}")
-    if normalize not in NORMALIZE_CHOICES:
-        raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    if kernel == "mmd" and (normalize != "both" or attraction != 1.0 or repulsion != 1.0):
-        raise ValueError("normalize, attraction and repulsion apply to the Laplace kernel of Alg. "
-                         "2, not to kernel='mmd'")
-    return temperatures
 
 
 def _group_targets(j, g: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None, gen_as_negatives: bool,
@@ -284,13 +264,12 @@ def _feature_scale(dists: Distances, P: int, w: torch.Tensor | None, comm, max_e
 
 
 def _group_field(dists: Distances, x_sg: torch.Tensor, parts: list[torch.Tensor], P: int, S: torch.Tensor,
-                 w: torch.Tensor | None, gen_as_negatives: bool, *, temperatures: tuple[float, ...],
-                 normalize: str, attraction: float, repulsion: float, kernel: str, comm,
+                 w: torch.Tensor | None, gen_as_negatives: bool, *, opts: FieldOptions, comm,
                  max_elements: int | None, compile: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``(V_all [BL, K, N, C], unit)``: the field at every temperature ``tau * sqrt(C)`` of the normalized
     features (Eq. 22), in units where ``V_all / unit`` is the normalized field."""
-    C = x_sg.shape[-1]
-    if kernel == "mmd":  # not scale-free: evaluate it on the normalized features themselves
+    C, temperatures = x_sg.shape[-1], opts.temperatures
+    if opts.kernel == "mmd":  # not scale-free: evaluate it on the normalized features themselves
         if comm is not None:
             raise ValueError("kernel='mmd' does not support multi-rank losses (comm)")
         y = torch.cat(parts, dim=1)  # [BL, P+M_all, C]
@@ -303,8 +282,7 @@ def _group_field(dists: Distances, x_sg: torch.Tensor, parts: list[torch.Tensor]
     # V is linear in the targets: V(x/S, y/S; dist/S, T) = V(x, y; dist, S T) / S, so the normalized
     # features phi~ = phi / S never need to be materialized; V_all is in raw units
     V_all = drift_fields(dists, P, [tau * math.sqrt(C) * float(S) for tau in temperatures],
-                         normalize=normalize, neg_weights=w, attraction=attraction, repulsion=repulsion,
-                         max_elements=max_elements, compile=compile,
+                         options=opts, neg_weights=w, max_elements=max_elements, compile=compile,
                          column_reduce=None if comm is None else comm.column_lse)  # [BL, K, N, C]
     return V_all, S
 

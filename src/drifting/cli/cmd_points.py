@@ -7,17 +7,17 @@ import argparse
 from pathlib import Path
 
 from ..data.points import TARGETS
-from ..field import NORMALIZE_CHOICES
+from ..field import NORMALIZE_CHOICES, FieldOptions
 from .args import add_resume_options, add_threads_option, positive_int, resume_flag, temperatures
 
 
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=4000, help="training steps (default 4000)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=positive_int, default=256,
-                   help="generated samples N per step (default 256)")
-    p.add_argument("--n-pos", type=positive_int, default=256,
-                   help="positive samples P per step (default 256)")
+    p.add_argument("--batch", type=int, default=0,
+                   help="generated samples N per step (default 0: 256 for 2-D data, 512 from 3-D on)")
+    p.add_argument("--n-pos", type=int, default=0,
+                   help="positive samples P per step (default 0: the batch)")
     p.add_argument("--neg-queue", type=int, default=0,
                    help="keep this many generated samples of the last steps as extra, detached negatives "
                         "(default 0: off)")
@@ -47,7 +47,7 @@ def cmd_fit_points(a: argparse.Namespace) -> int:
     cfg = PointsConfig(
         data=a.data, steps=a.steps, seed=a.seed, batch=a.batch, n_pos=a.n_pos, neg_queue=a.neg_queue,
         lr=a.lr,
-        temperatures=a.temperatures, normalize=a.normalize, n_samples=a.samples,
+        field_options=FieldOptions(temperatures=a.temperatures, normalize=a.normalize), n_samples=a.samples,
     )
     res = fit_points(cfg, a.out, progress=not a.no_progress, resume=resume_flag(a, a.out))
     out = Path(a.out)

@@ -43,7 +43,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .common import MASKED_LOGIT, NORMALIZE_CHOICES
+from .common import MASKED_LOGIT
+from .options import KERNEL_OPTION_NAMES, FieldOptions, field_options
 
 # The temporaries of one chunk (logits, their shifted copy, the chunk's centered samples) hold at
 # most this many values when no budget is given: 2^21 fp32 values = 8 MiB. Small enough to stay in
@@ -405,31 +406,32 @@ def drift_fields(
     P: int,
     temperatures: Sequence[float],
     *,
-    normalize: str = "both",
+    options: FieldOptions | None = None,
     neg_weights: torch.Tensor | None = None,
-    attraction: float = 1.0,
-    repulsion: float = 1.0,
     max_elements: int | None = None,
     column_reduce: ColumnReduce | None = None,
     compile: bool = False,
+    **overrides,
 ) -> torch.Tensor:
     """Alg. 2's field at every temperature, ``V [B, K, N, D]`` (no gradient), in the dtype of ``dists``.
 
     ``dists`` holds x and the targets ``y = [positives (P); negatives (M)]``; with ``dists.self_col``
     the self pairs are masked. ``neg_weights [B, 1, M]`` scale the negatives after normalization
-    (CFG, A.7). ``normalize``, ``attraction`` and ``repulsion`` as in :func:`drifting.compute_V`.
+    (CFG, A.7). ``temperatures`` are the kernel's own (already in the units of ``dists``); of ``options``
+    (or the keywords ``normalize``, ``attraction``, ``repulsion``) the kernel options are used, as in
+    :func:`drifting.compute_V`.
     ``max_elements`` bounds a chunk's temporaries (:func:`plan_chunks`); the output is ``B K N D``.
     ``column_reduce`` turns the local column log-sum-exp ``[b, K, 1, cb]`` into the global one when the
     N samples of a problem are spread over ranks (see :mod:`drifting.distributed`).
     """
-    if normalize not in NORMALIZE_CHOICES:
-        raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")
+    opts = field_options(options, overrides, "drift_fields", KERNEL_OPTION_NAMES)
+    normalize = opts.normalize
     if not 1 <= P <= dists.Y:
         raise ValueError(f"P must be in [1, Y={dists.Y}], got {P}")
     temps = [float(t) for t in temperatures]
     if not temps or any(not (t > 0 and math.isfinite(t)) for t in temps):
         raise ValueError(f"temperatures must be positive finite numbers, got {temperatures}")
-    a, r = float(attraction), float(repulsion)
+    a, r = float(opts.attraction), float(opts.repulsion)
     B, N, Y, K = dists.B, dists.N, dists.Y, len(temps)
     chunk, block = plan_chunks(B, N, Y, K, dists.D, max_elements)
     dt, dev = dists.dtype, dists.x.device

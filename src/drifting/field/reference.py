@@ -4,14 +4,10 @@ runs the fast implementation (:mod:`drifting.field.fast`) unless asked for the r
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .common import (
     MASKED_LOGIT,
-    NORMALIZE_CHOICES,
-    Normalize,
     _prepare,
     all_finite,
     broadcast_neg_weights,
@@ -19,6 +15,7 @@ from .common import (
     pairwise_distances,
 )
 from .fast import Distances, drift_fields
+from .options import KERNEL_OPTION_NAMES, FieldOptions, field_options
 
 
 def drift_from_distances(
@@ -27,18 +24,18 @@ def drift_from_distances(
     P: int,
     T: float,
     *,
-    normalize: Normalize = "both",
+    options: FieldOptions | None = None,
     mask_self: bool = True,
     neg_weights: torch.Tensor | None = None,
-    attraction: float = 1.0,
-    repulsion: float = 1.0,
     x: torch.Tensor | None = None,
+    **overrides,
 ) -> torch.Tensor:
     """Alg. 2 given the joint target set and its precomputed distances (batched, validated).
 
     ``y [B, P+M, D]`` holds the P positives followed by the M negatives (with ``mask_self`` the
     first N negatives are x itself); ``dist [B, N, P+M]`` the distances from x to them;
-    ``neg_weights [B, 1, M]`` or None. Returns ``V [B, N, D]`` in the dtype of ``dist``.
+    ``neg_weights [B, 1, M]`` or None. Returns ``V [B, N, D]`` in the dtype of ``dist``. The kernel
+    options (normalize, attraction, repulsion) come from ``options`` or keywords, as in :func:`compute_V`.
     ``x [B, N, D]`` is needed only when ``attraction != repulsion`` (the "- x" terms of
     Eq. (8) then no longer cancel).
 
@@ -51,6 +48,8 @@ def drift_from_distances(
     and before the cross-weighting, as in the authors' release (the paper says only that the
     unconditional negatives are "weighted by w when computing the kernel").
     """
+    opts = field_options(options, overrides, "drift_from_distances", KERNEL_OPTION_NAMES)
+    normalize, attraction, repulsion = opts.normalize, opts.attraction, opts.repulsion
     N = dist.shape[1]
     logit = dist * (-1.0 / T)  # [B, N, P+M], a fresh tensor that the steps below update in place
     if mask_self:  # ignore self: the pair (x_i, y_neg_i) for i < N
@@ -66,8 +65,8 @@ def drift_from_distances(
         A = logit.exp_()
     elif normalize == "separate":  # Eq. (8)-(9): Z_p and Z_q each normalize their own set
         A = torch.cat([logit[..., :P].softmax(dim=-1), logit[..., P:].softmax(dim=-1)], dim=-1)
-    else:
-        raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")
+    else:  # (FieldOptions admits no other value)
+        raise AssertionError(normalize)
 
     A_pos, A_neg = A[..., :P], A[..., P:]  # views [B, N, P], [B, N, M]
     if neg_weights is not None:
@@ -95,12 +94,11 @@ def compute_V(
     y_neg: torch.Tensor,
     T: float,
     *,
-    normalize: Normalize = "both",
+    options: FieldOptions | None = None,
     mask_self: bool = True,
     neg_weights: torch.Tensor | None = None,
-    attraction: float = 1.0,
-    repulsion: float = 1.0,
     impl: str = "fast",
+    **overrides,
 ) -> torch.Tensor:
     """The drifting field V_{p,q}(x) of Eq. (11), computed as in Alg. 2 (paper A.1).
 
@@ -114,6 +112,8 @@ def compute_V(
         y_pos: positives ``[P, D]`` or ``[B, P, D]``.
         y_neg: negatives ``[M, D]`` or ``[B, M, D]``; with ``mask_self`` the first N are x.
         T: temperature (> 0).
+        options: the field's options (:class:`drifting.FieldOptions`); the kernel's are used here:
+            ``normalize``, ``attraction`` and ``repulsion``, which may also be given as keywords.
         normalize: ``"both"`` (Alg. 2, default), ``"y"`` (softmax over y only) or ``"none"``
             (Z = 1) — the three rows of Table 11 — or ``"separate"``: Eq. (8)-(10) literally,
             ``V = V+_p - V-_q`` with ``Z_p`` and ``Z_q`` normalizing positives and negatives
@@ -130,33 +130,25 @@ def compute_V(
     Returns:
         ``V`` with the shape of ``x``, float32 (or float64 for float64 inputs), no gradient.
     """
+    opts = field_options(options, overrides, "compute_V", KERNEL_OPTION_NAMES)
     xb, pb, nb, batched, T = _prepare(x, y_pos, y_neg, T, check_finite=False)  # checked on V below
-    if normalize not in NORMALIZE_CHOICES:
-        raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")
     B, N, _ = xb.shape
     M = nb.shape[1]
     if mask_self and M < N:
         raise ValueError(
             f"mask_self=True needs the first N={N} negatives to be x itself, but y_neg has only M={M}"
         )
-    for name, v in (("attraction", attraction), ("repulsion", repulsion)):
-        if not (math.isfinite(float(v)) and float(v) >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {v}")
     if impl not in ("fast", "reference"):
         raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
     with torch.no_grad():
         w = broadcast_neg_weights(neg_weights, B, M, xb)
         if impl == "fast":  # the targets [positives; negatives] are read in place, not concatenated
             dists = Distances(xb, [pb, nb], self_col=pb.shape[1] if mask_self else None)  # Y = P + M
-            V = drift_fields(dists, pb.shape[1], [T], normalize=normalize, neg_weights=w,
-                             attraction=float(attraction), repulsion=float(repulsion))[:, 0]  # [B, N, D]
+            V = drift_fields(dists, pb.shape[1], [T], options=opts, neg_weights=w)[:, 0]  # [B, N, D]
         else:
             y = torch.cat([pb, nb], dim=1)  # [B, P+M, D]
-            V = drift_from_distances(
-                y, pairwise_distances(xb, y), pb.shape[1], T,
-                normalize=normalize, mask_self=mask_self, neg_weights=w,
-                attraction=float(attraction), repulsion=float(repulsion), x=xb,
-            )
+            V = drift_from_distances(y, pairwise_distances(xb, y), pb.shape[1], T, options=opts,
+                                     mask_self=mask_self, neg_weights=w, x=xb)
     if not all_finite(V):  # one pass over V [B, N, D] instead of over the inputs: name the bad one
         check_inputs_finite(xb, pb, nb)
     return V if batched else V.squeeze(0)

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..loss import DEFAULT_TEMPERATURES, drifting_loss
+from ..field import DEFAULT_TEMPERATURES
+from ..loss import drifting_loss
 from .data import Normalizer
 from .obs import OBS_FEATURES, feature_dim, obs_features
 from .unet import ConditionalUnet1D, UNet1DConfig

@@ -31,21 +31,26 @@ from .image_training import train_images
 @dataclass(frozen=True)
 class Ablation:
     title: str  # the paper table it mirrors
-    # (label, ImageTrainConfig overrides); "mae": a dict of MAEConfig fields
+    # (label, ImageTrainConfig overrides); "mae", "field_options": dicts of MAEConfig / FieldOptions fields
     rows: tuple[tuple[str, dict], ...]
 
 
 _DEFAULT = ("default", {})
 _SEED1 = ("default, seed 1", {"seed": 1})
 
+def _field(**options) -> dict:
+    """A row's overrides of the field's options (ImageTrainConfig.field_options)."""
+    return {"field_options": options}
+
+
 ABLATIONS: dict[str, Ablation] = {
     "antisymmetry": Ablation("Table 1: anti-symmetry of V (a V+ - r V-)", (
-        ("anti-symmetric (default)", {}), ("1.5x attraction", {"attraction": 1.5}),
-        ("1.5x repulsion", {"repulsion": 1.5}), ("2.0x attraction", {"attraction": 2.0}),
-        ("2.0x repulsion", {"repulsion": 2.0}), ("attraction-only", {"repulsion": 0.0}), _SEED1)),
+        ("anti-symmetric (default)", {}), ("1.5x attraction", _field(attraction=1.5)),
+        ("1.5x repulsion", _field(repulsion=1.5)), ("2.0x attraction", _field(attraction=2.0)),
+        ("2.0x repulsion", _field(repulsion=2.0)), ("attraction-only", _field(repulsion=0.0)), _SEED1)),
     "normalization": Ablation("Table 11: kernel normalization", (
-        ("softmax over x and y (default)", {}), ("softmax over y only", {"normalize": "y"}),
-        ("no normalization", {"normalize": "none"}), _SEED1)),
+        ("softmax over x and y (default)", {}), ("softmax over y only", _field(normalize="y")),
+        ("no normalization", _field(normalize="none")), _SEED1)),
     "allocation": Ablation("Table 2: positives and negatives at a fixed generated batch Nc x N = 80", (
         ("Nc 10, P 1, N 8", {"n_pos": 1}), ("Nc 10, P 2, N 8", {"n_pos": 2}),
         ("Nc 10, P 4, N 8", {"n_pos": 4}), ("Nc 10, P 8, N 8 (default)", {}),
@@ -55,8 +60,8 @@ ABLATIONS: dict[str, Ablation] = {
         ("(a, b)", {"feature_sets": "ab"}), ("(a-c)", {"feature_sets": "abc"}), ("(a-d) (default)", {}),
         _SEED1)),
     "temperatures": Ablation("A.6: temperatures", (
-        ("tau 0.02", {"temperatures": (0.02,)}), ("tau 0.05", {"temperatures": (0.05,)}),
-        ("tau 0.2", {"temperatures": (0.2,)}), ("tau {0.02, 0.05, 0.2} (default)", {}), _SEED1)),
+        ("tau 0.02", _field(temperatures=(0.02,))), ("tau 0.05", _field(temperatures=(0.05,))),
+        ("tau 0.2", _field(temperatures=(0.2,))), ("tau {0.02, 0.05, 0.2} (default)", {}), _SEED1)),
     "style": Ablation("A.2: style tokens", (
         ("32 style tokens (default)", {}), ("no style tokens", {"style_tokens": 0}), _SEED1)),
     "encoder-width": Ablation("Table 3: feature-encoder width (ResNet-MAE base width C)", (

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -254,6 +255,8 @@ def drift_diagnosis(run_dir: str | Path, *, batches: int = 4, n_gen: int | None 
     from ..features import group_by_class
     from ..loss import drifting_loss
     from ..models.resnet_mae import ResNetMAE
+    from ..training.checkpoint import fill_defaults, jsonable
+    from .image_config import ImageTrainConfig
     from .image_training import encode
 
     run_dir = Path(run_dir)
@@ -261,7 +264,7 @@ def drift_diagnosis(run_dir: str | Path, *, batches: int = 4, n_gen: int | None 
     if not tc.is_file():
         raise FileNotFoundError(f"run_dir {run_dir} has no model/train_config.json (a "
                                 "`drifting train --out` dir)")
-    cfg = json.loads(tc.read_text())
+    cfg = fill_defaults(json.loads(tc.read_text()), jsonable(asdict(ImageTrainConfig())))  # older runs too
     if cfg.get("tokenizer") or cfg.get("encoder", "mae") != "mae":
         raise ValueError("run_dir: drift_diagnosis supports pixel-space runs with the "
                          "ResNet-MAE encoder only")
@@ -272,7 +275,7 @@ def drift_diagnosis(run_dir: str | Path, *, batches: int = 4, n_gen: int | None 
     model, _ = load_generator(run_dir / "model")
     ds = load_dataset(cfg["data"], "train")
     K = model.config.num_classes
-    temps = tuple(cfg["temperatures"])
+    temps, normalize = tuple(cfg["field_options"]["temperatures"]), cfg["field_options"]["normalize"]
     rng = np.random.default_rng(seed)
     by_class = [np.flatnonzero(ds.labels == c) for c in range(K)]
     parts = {"": dict(), "_attr": dict(attraction=1.0, repulsion=0.0),
@@ -293,7 +296,7 @@ def drift_diagnosis(run_dir: str | Path, *, batches: int = 4, n_gen: int | None 
         stand_in = {j: v[:, P:] for j, v in f_real.items()}
         for tag, gen in (("", f_gen), ("floor_", stand_in)):
             for suffix, kw in parts.items():
-                _, st = drifting_loss(gen, pos, temperatures=temps, normalize=cfg["normalize"], **kw)
+                _, st = drifting_loss(gen, pos, temperatures=temps, normalize=normalize, **kw)
                 for key, v in st.items():
                     j, _, stat = key.rpartition("/")
                     if stat.startswith("V2@"):

@@ -56,8 +56,14 @@ import torch
 
 from ..data.images import load_dataset
 from ..distributed import init_from_env
-from ..field import compute_V, drift_rae_field, laplace_norm_noise, pairwise_distances
-from ..loss import DEFAULT_TEMPERATURES
+from ..field import (
+    DEFAULT_TEMPERATURES,
+    FieldOptions,
+    compute_V,
+    drift_rae_field,
+    laplace_norm_noise,
+    pairwise_distances,
+)
 from ..models.dit import DriftingDiT
 from ..models.generators import build_generator
 from ..presets import preset
@@ -123,10 +129,10 @@ class DistillConfig:
              "another negative besides itself)")
         need(self.init in INITS, "init", f"must be one of {list(INITS)}")
         need(self.features in FEATURES, "features", f"must be one of {list(FEATURES)}")
-        temps = tuple(self.temperatures)
-        need(len(temps) >= 1
-             and all(isinstance(t, (int, float)) and math.isfinite(t) and t > 0 for t in temps),
-             "temperatures", "must be a non-empty list of positive numbers")
+        try:
+            FieldOptions(temperatures=self.temperatures)
+        except ValueError:
+            need(False, "temperatures", "must be a non-empty list of positive numbers")
         for name in ("lr", "lr_final"):
             v = getattr(self, name)
             need(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, name,
@@ -211,9 +217,9 @@ def drift_rae_loss(
                                   or extra_neg.shape[2:] != x.shape[2:]):
         raise ValueError(f"extra_neg must be [G, E, c, h, w] like x {tuple(x.shape)}, "
                          f"got {tuple(extra_neg.shape)}")
-    temperatures = tuple(float(t) for t in temperatures)
-    if not temperatures or any(not (math.isfinite(t) and t > 0) for t in temperatures):
-        raise ValueError(f"temperatures must be a non-empty list of positive numbers, got {temperatures}")
+    # Drift-RAE's field (Eq. 11) and normalizations (S without sqrt(D), V / ||V|| per sample) are its own; of
+    # FieldOptions it shares the temperatures, checked the same way
+    temperatures = FieldOptions(temperatures=temperatures).temperatures
     x_tok = tokens(x)  # [G*L, N, D], with gradient
     N = x_tok.shape[1]
     stats: dict[str, float] = {}

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from ..features import parse_groups
-from ..field import NORMALIZE_CHOICES
-from ..guidance import GUIDANCE_PRESETS
-from ..loss import DEFAULT_TEMPERATURES, KERNELS
+from ..field import FieldOptions
+from ..guidance import GUIDANCE_PRESETS, GuidanceConfig
 from ..presets import preset
 from ..training.precision import PRECISIONS
 from .mae_pretrain import MAEConfig
@@ -61,7 +60,6 @@ class ImageTrainConfig:
     # EMA warm-up (Drift-RAE Table 8's formula; 0 = off as in the drifting paper). On for short CPU
     # runs: without it a 0.999 EMA still holds 82% of the zero-output init after 200 steps.
     ema_warmup: int = 1000
-    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
     feature_sets: str = "abcd"  # A.5 ablation: ab | abc | abcd
     # keep only the encoder's feature groups whose keys match these comma-separated fnmatch patterns, e.g.
     # "tap1.loc,tap2.loc,tap*.mean" (None: all of A.5's groups and input.sq; `vanilla` is separate). Each group
@@ -75,13 +73,9 @@ class ImageTrainConfig:
     # generator works in pixel space; the result is the same up to float rounding. On in the CPU presets.
     real_feature_cache_gb: float = 0.0
     vanilla: bool = True  # also drift the raw generator output
-    # the field (ablations and the MMD peer): Alg. 2's "laplace" kernel or C.2's "mmd" (loss.KERNELS),
-    # kernel normalization (Table 11: both | y | none), a V+ - r V- (Table 1), drift normalization (A.6)
-    kernel: str = "laplace"
-    normalize: str = "both"
-    attraction: float = 1.0
-    repulsion: float = 1.0
-    normalize_drift: bool = True
+    # the field (drifting.FieldOptions): temperatures (A.6), Alg. 2's "laplace" kernel or C.2's "mmd" (the MMD
+    # peer), kernel normalization (Table 11), a V+ - r V- (Table 1), feature and drift normalization (A.6)
+    field_options: FieldOptions = FieldOptions()
     style_tokens: int | None = None  # override the generator preset's style tokens (A.2; 0 = off)
     seed: int = 0
     # bf16 autocast of the generator and encoder (training.precision): "auto" (on CUDA only), "fp32" or
@@ -115,6 +109,7 @@ class ImageTrainConfig:
         need(self.n_pos >= 1, f"n_pos must be >= 1, got {self.n_pos}")
         need(self.guidance in GUIDANCE_PRESETS,
              f"guidance must be one of {sorted(GUIDANCE_PRESETS)}, got {self.guidance!r}")
+        need(self.n_uncond is None or self.n_uncond >= 0, f"n_uncond must be None or >= 0, got {self.n_uncond}")
         need(self.sampler in ("queue", "balanced"), f"sampler must be 'queue' or 'balanced', got {self.sampler!r}")
         need(self.feature_sets in ("ab", "abc", "abcd"), f"feature_sets must be ab, abc or abcd, got {self.feature_sets!r}")
         parse_groups(self.groups)
@@ -122,10 +117,8 @@ class ImageTrainConfig:
         need(0.0 <= self.lr_decay <= 1.0, f"lr_decay must be in [0, 1], got {self.lr_decay}")
         need(self.encoder_space in ("latent", "pixel"),
              f"encoder_space must be 'latent' or 'pixel', got {self.encoder_space!r}")
-        need(self.kernel in KERNELS, f"kernel must be one of {KERNELS}, got {self.kernel!r}")
-        need(self.normalize in NORMALIZE_CHOICES, f"normalize must be one of {NORMALIZE_CHOICES}, got {self.normalize!r}")
-        need(self.attraction >= 0 and self.repulsion >= 0,
-             f"attraction and repulsion must be >= 0, got {self.attraction}, {self.repulsion}")
+        need(isinstance(self.field_options, FieldOptions),
+             f"field_options must be a FieldOptions, got {type(self.field_options).__name__}")
         need(self.style_tokens is None or self.style_tokens >= 0, f"style_tokens must be None or >= 0, got {self.style_tokens}")
         need(self.mae.width is None or self.mae.width >= 1, f"mae.width must be None or >= 1, got {self.mae.width}")
         self.mae.validate()
@@ -136,11 +129,11 @@ class ImageTrainConfig:
              f"max_locations must be None or >= 1, got {self.max_locations}")
 
     @property
-    def guidance_config(self):
-        c = GUIDANCE_PRESETS[self.guidance]
-        if self.n_uncond is not None:
-            c = replace(c, n_uncond=self.n_uncond)
-        return c
+    def guidance_config(self) -> GuidanceConfig:
+        """The guidance preset this config names, with its ``n_uncond`` override (as ``generator`` names a
+        model preset: one :func:`~drifting.presets.preset` for every kind)."""
+        over = {} if self.n_uncond is None else {"n_uncond": self.n_uncond}
+        return preset(GUIDANCE_PRESETS, self.guidance, "guidance", **over)
 
 
 def _imagenet_preset(generator: str, encoder: str, mae_epochs: int, **kw) -> ImageTrainConfig:

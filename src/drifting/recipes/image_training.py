@@ -172,10 +172,8 @@ class DriftingStep:
             group_by_class({k: v[Nc * P:] for k, v in f_real.items()}, Nc) if U > 0 else None,
             uncond_neg_weights(alpha, cfg.n_gen, U)[:, :self.U_loc] if U > 0 else None,  # [Nc, U_loc]
             None if queued is None else group_by_class(queued, Nc))
-        loss, stats = drifting_loss(gen, pos, neg, neg_weights=w, temperatures=cfg.temperatures,
-                                    kernel=cfg.kernel, normalize=cfg.normalize, attraction=cfg.attraction,
-                                    repulsion=cfg.repulsion, normalize_drift=cfg.normalize_drift,
-                                    comm=self.comm, compile=self.compile_field)
+        loss, stats = drifting_loss(gen, pos, neg, neg_weights=w, options=cfg.field_options, comm=self.comm,
+                                    compile=self.compile_field)
         v2 = {k: v for k, v in stats.items() if "/V2@" in k}  # raw ||V||^2 per group and temperature
         return loss, {"V2": sum(v2.values()), **v2}
 

@@ -72,8 +72,9 @@ def peer_configs(*, preset: str = "cpu", steps: int | None = None, flow_steps: i
     # minutes 0: not the preset's time budget; no learning curve (cpu-long's would eat into the equal time)
     budget = dict(steps=steps, minutes=0 if minutes is None else minutes, eval_samples=0, eval_every=0)
     drift = train_preset(preset, **budget, **overrides)
-    mmd = train_preset(preset, **budget, kernel="mmd",
-                       normalize_drift=False, temperatures=MMD_BANDWIDTHS, **overrides)
+    mmd_field = dict(kernel="mmd", normalize_drift=False, temperatures=MMD_BANDWIDTHS)
+    mmd = train_preset(preset, **budget, **{**overrides, "field_options": {
+        **mmd_field, **overrides.get("field_options", {})}})
     base = dict(data=drift.data, generator=drift.generator, steps=flow_steps or drift.steps, minutes=minutes,
                 batch=drift.classes_per_step * drift.n_gen, seed=drift.seed)
     fm = FlowTrainConfig(**_merged(base, FLOW_PEER, flow)).validate()

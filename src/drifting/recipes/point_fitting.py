@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,8 @@ import torch
 
 from ..data.points import TARGETS, load_points, sample_target
 from ..eval.distances import compare
-from ..field import NORMALIZE_CHOICES
-from ..loss import DEFAULT_TEMPERATURES, drifting_loss
+from ..field import FieldOptions
+from ..loss import drifting_loss
 from ..models.mlp import MLPConfig, MLPGenerator
 from ..negatives import NegativeQueue
 from ..training.checkpoint import export_model, jsonable
@@ -41,28 +41,27 @@ class PointsConfig:
 
     data: str = "checkerboard"  # built-in target name or path to .npy/.csv [n, d]
     steps: int = 4000
-    batch: int = 256  # N generated samples per step (also the negatives)
-    n_pos: int = 256  # P positive (data) samples per step
+    # 0 in batch, n_pos, noise_dim and min_lr_ratio < 0: chosen by the data's dimension d (resolved(); the
+    # saved config holds the resolved values, except noise_dim: the model's config.json has it)
+    batch: int = 0  # N generated samples per step (also the negatives); 0: 256 for d <= 2, 512 for d >= 3
+    n_pos: int = 0  # P positive (data) samples per step; 0: = batch
     # the generated samples of the last steps, kept as extra negatives (detached, weight 1; 0 = off): V^- then
     # averages over batch - 1 + neg_queue samples at no generator cost (drifting.negatives)
     neg_queue: int = 0
     lr: float = 2e-3
     warmup: int = 100
-    min_lr_ratio: float = 0.05  # cosine decay to lr * min_lr_ratio
+    min_lr_ratio: float = -1.0  # cosine decay to lr * min_lr_ratio; < 0: 0.05 for d <= 2, 0 for d >= 3
     grad_clip: float = 2.0
     # an exponential moving average of the weights (0 = off): samples, snapshots and the export come from it
     ema_decay: float = 0.0
     hidden: int = 256
     depth: int = 3
-    noise_dim: int = 0  # 0: max(8, 2 d)
+    noise_dim: int = 0  # 0: 8 for d <= 2, d for d >= 3
     style_tokens: int = 0  # random style embeddings (A.2); 0 = Gaussian noise only
     codebook_size: int = 64
-    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
-    normalize: str = "both"  # kernel normalization: both | y | none (Table 11) | separate (Eq. 8-10)
-    attraction: float = 1.0  # a in a V+ - r V- (Table 1)
-    repulsion: float = 1.0  # r in a V+ - r V- (Table 1)
-    normalize_features: bool = True
-    normalize_drift: bool = True
+    # the field (drifting.FieldOptions): temperatures, kernel normalization (Table 11: both | y | none, or
+    # separate, Eq. 8-10), a V+ - r V- (Table 1), feature and drift normalization (A.6)
+    field_options: FieldOptions = FieldOptions()
     seed: int = 0
     n_samples: int = 5000  # k points written to samples.npy and used for the metrics
     heldout_fraction: float = 0.2  # for a user file: rows kept out of training for the metrics
@@ -78,20 +77,41 @@ class PointsConfig:
                 raise ValueError(msg)
 
         need(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        need(self.batch >= 2,
-             f"batch must be >= 2 (the generated samples are their own negatives), got {self.batch}")
-        need(self.n_pos >= 1, f"n_pos must be >= 1, got {self.n_pos}")
+        need(self.batch == 0 or self.batch >= 2,
+             f"batch must be >= 2 (the generated samples are their own negatives) or 0 (by the data's "
+             f"dimension), got {self.batch}")
+        need(self.n_pos >= 0, f"n_pos must be >= 1 or 0 (= batch), got {self.n_pos}")
+        need(self.noise_dim >= 0,
+             f"noise_dim must be >= 1 or 0 (by the data's dimension), got {self.noise_dim}")
+        need(self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1] or < 0 (by the data's dimension), "
+             f"got {self.min_lr_ratio}")
         need(self.neg_queue >= 0, f"neg_queue must be >= 0 (0 = off), got {self.neg_queue}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(self.n_samples >= 2, f"n_samples must be >= 2, got {self.n_samples}")
         need(0 < self.heldout_fraction < 1,
              f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
-        need(self.normalize in NORMALIZE_CHOICES,
-             f"normalize must be one of {', '.join(NORMALIZE_CHOICES)}; got {self.normalize!r}")
-        need(len(self.temperatures) > 0 and all(t > 0 for t in self.temperatures),
-             f"temperatures must be positive numbers, got {self.temperatures}")
-        need(self.attraction >= 0 and self.repulsion >= 0, "attraction and repulsion must be >= 0")
+        need(isinstance(self.field_options, FieldOptions),
+             f"field_options must be a FieldOptions, got {type(self.field_options).__name__}")
         need(0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1) (0 = no EMA), got {self.ema_decay}")
+
+
+    def resolved(self, d: int) -> PointsConfig:
+        """This config with the dimension-chosen defaults filled in for data of dimension ``d``.
+
+        In 2-D the batch of 256 with 8 noise dimensions is the toy studies' setting. From d = 3 on, thin
+        structures need more samples per step and no spare noise dimensions: on a helix of radius 1 and
+        noise 0.05 (benchmarks/helix_spread.py, docs/results.md) 256 samples and noise_dim 8 leave the helix
+        1.64-1.69x too thick, 512 samples with noise_dim = d and the lr decayed to 0 1.40-1.48x (3 seeds on
+        each of the two CPU kinds)."""
+        wide = d >= 3
+        batch = self.batch or (512 if wide else 256)
+        return replace(self, batch=batch, n_pos=self.n_pos or batch,
+                       min_lr_ratio=self.min_lr_ratio if self.min_lr_ratio >= 0 else (0.0 if wide else 0.05))
+
+    def noise_dim_for(self, d: int) -> int:
+        """The generator's noise dimension for data of dimension ``d`` (``noise_dim``, or the default of
+        :meth:`resolved`: 8 for d <= 2, d from 3 on)."""
+        return self.noise_dim or (d if d >= 3 else max(8, 2 * d))
 
 
 @dataclass
@@ -192,8 +212,9 @@ def fit_points(
     cfg.validate()
     data = prepare_data(cfg)
     d = data.dim
+    cfg = cfg.resolved(d)
     torch.manual_seed(cfg.seed)
-    mcfg = MLPConfig(noise_dim=cfg.noise_dim or max(8, 2 * d), out_dim=d, hidden=cfg.hidden, depth=cfg.depth,
+    mcfg = MLPConfig(noise_dim=cfg.noise_dim_for(d), out_dim=d, hidden=cfg.hidden, depth=cfg.depth,
                      style_tokens=cfg.style_tokens, codebook_size=cfg.codebook_size)
     model = MLPGenerator(mcfg)
     if cfg.init_center is not None:
@@ -233,12 +254,8 @@ def fit_points(
             one = torch.zeros(1, dtype=torch.long)  # a single class
             queued = queue.take(one)["x"][None, :, 0] if queue.ready(one) else None
             queue.push({"x": x[:, None]}, one)
-        loss, stats = drifting_loss(
-            x[None], y_pos[None], queued, temperatures=cfg.temperatures, normalize=cfg.normalize,
-            attraction=cfg.attraction, repulsion=cfg.repulsion,
-            normalize_features=cfg.normalize_features, normalize_drift=cfg.normalize_drift,
-        )
-        return loss, {"V2": sum(stats[f"x/V2@{t:g}"] for t in cfg.temperatures), **stats}
+        loss, stats = drifting_loss(x[None], y_pos[None], queued, options=cfg.field_options)
+        return loss, {"V2": sum(stats[f"x/V2@{t:g}"] for t in cfg.field_options.temperatures), **stats}
 
     if run.start == 0:
         snapshot(0)

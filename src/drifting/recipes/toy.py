@@ -84,7 +84,7 @@ def figure4(out: str | Path, *, steps: int = 4000, seed: int = 0, progress: bool
     return {"table": table, "results": results, "files": files}
 
 
-# (section, label, overrides of PointsConfig)
+# (section, label, overrides of the field's options, PointsConfig.field_options)
 ABLATION_VARIANTS: list[tuple[str, str, dict]] = [
     ("Table 1: anti-symmetry", "anti-symmetric V+ - V- (default)", {}),
     ("Table 1: anti-symmetry", "1.5x attraction", {"attraction": 1.5}),
@@ -117,7 +117,8 @@ def ablation(out: str | Path, *, target: str = "checkerboard", steps: int = 2000
     for section, label, ov in variants:
         key = json.dumps(ov, sort_keys=True)
         if key not in cache:
-            r = fit_points(replace(base, **ov), None, progress=progress)
+            r = fit_points(replace(base, field_options=replace(base.field_options, **ov)), None,
+                           progress=progress)
             cache[key] = {**_brief(r.metrics), "V2_last": r.history["V2"][-1]}
         results.append({"section": section, "variant": label, "overrides": ov, **cache[key]})
     parts = []

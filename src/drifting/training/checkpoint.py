@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..field.options import FIELD_OPTION_NAMES
+
 
 def save_state(path: str | os.PathLike, state: dict) -> None:
     path = Path(path)
@@ -121,12 +123,22 @@ def jsonable(v):
 RENAMED_FIELDS = {"cfg": "guidance", "sample_cfg": "sample_guidance"}
 
 
+# config fields moved into a nested config since runs were first saved: field -> the nested config that holds
+# it now (issue 34: the field's options are one FieldOptions, `field_options`)
+MOVED_FIELDS = {name: "field_options" for name in FIELD_OPTION_NAMES}
+
+
 def fill_defaults(stored: dict, defaults: dict) -> dict:
     """``stored`` (a checkpoint's JSON config) with the keys it lacks taken from ``defaults``, nested dicts
-    included: a checkpoint written before an option existed reads as holding the option's default, and one
-    written under a field's old name (:data:`RENAMED_FIELDS`) as holding it under the new one."""
+    included: a checkpoint written before an option existed reads as holding the option's default, one
+    written under a field's old name (:data:`RENAMED_FIELDS`) as holding it under the new one, and one written
+    before a field moved into a nested config (:data:`MOVED_FIELDS`) as holding it there."""
     out = {(RENAMED_FIELDS[k] if k in RENAMED_FIELDS and RENAMED_FIELDS[k] in defaults else k): v
            for k, v in stored.items()}
+    for k in [k for k in out if k not in defaults and k in MOVED_FIELDS]:
+        nest = MOVED_FIELDS[k]
+        if isinstance(defaults.get(nest), dict) and k in defaults[nest]:
+            out[nest] = {**out.get(nest, {}), k: out.pop(k)}
     for k, v in defaults.items():
         if k not in out:
             out[k] = v
