@@ -235,7 +235,10 @@ def test_train_cli_seed_leaves_the_encoders_seed(tmp_path, monkeypatch):
     monkeypatch.setattr(image_training, "train_images", record)
     with pytest.raises(SystemExit):
         main(["train", "--out", str(tmp_path), "--seed", "5"])
-    assert (seen[0].seed, seen[0].mae.seed) == (5, train_preset("cpu").mae.seed)
+    from drifting.cli.cmd_images import DEFAULT_PRESET
+
+    assert DEFAULT_PRESET == "cpu-wide" and seen[0].mae == train_preset(DEFAULT_PRESET).mae  # the shipped one
+    assert (seen[0].seed, seen[0].mae.seed) == (5, train_preset(DEFAULT_PRESET).mae.seed)
 
 
 

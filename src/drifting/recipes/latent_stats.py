@@ -123,6 +123,28 @@ def to_tokens(latents: torch.Tensor, patch: int = 1) -> torch.Tensor:
     return x.reshape(N, (h // p) * (w // p), c * p * p)  # [N, T, D]
 
 
+def _tokens_by_class(latents: torch.Tensor, labels, per_class: int | None, patch: int):
+    """Checked inputs of :func:`latent_statistics`: ``(tokens [N, T, D], y [n], idx [n], classes, counts)``
+    with ``idx`` the rows used (grouped by class, :func:`first_per_class`) and ``y`` their labels."""
+    if not isinstance(latents, torch.Tensor) or latents.ndim != 4 or min(latents.shape) < 1:
+        raise ValueError(
+            "latents must be a tensor [N, c, h, w] with every size >= 1, got "
+            f"{tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__}")
+    y = torch.as_tensor(labels)
+    if y.ndim != 1 or y.shape[0] != latents.shape[0]:
+        raise ValueError(f"labels must be 1-D with one class id per latent ({latents.shape[0]}), "
+                         f"got shape {tuple(y.shape)}")
+    idx = torch.from_numpy(first_per_class(y, per_class))  # [n], grouped by class
+    tokens = to_tokens(latents, patch)  # [N, T, D]
+    y = y.cpu()[idx]  # [n]
+    classes = [int(c) for c in torch.unique(y, sorted=True)]
+    counts = [int((y == c).sum()) for c in classes]
+    for c, m in zip(classes, counts):
+        if m < 2:
+            raise ValueError(f"labels: class {c} has {m} sample(s); the per-class statistics need at least 2")
+    return tokens, y, idx, classes, counts
+
+
 def latent_statistics(latents: torch.Tensor, labels, *, per_class: int | None = None, patch: int = 1,
                       tau: float = 1.0, device: str | torch.device | None = None) -> dict:
     """PR, SE (Table 1) and NN-d, S-MMD (Table 2) of class-labelled latents (Drift-RAE §3.2, App. B.1).
@@ -158,24 +180,9 @@ def latent_statistics(latents: torch.Tensor, labels, *, per_class: int | None = 
         (``rank_bound / D``, the largest PR/SE any cell can reach), ``dead_cells``, ``cells``,
         ``tau`` and ``by_class`` (``pr``, ``se``, ``nn_d``, ``s_mmd`` lists per class).
     """
-    if not isinstance(latents, torch.Tensor) or latents.ndim != 4 or min(latents.shape) < 1:
-        raise ValueError(
-            "latents must be a tensor [N, c, h, w] with every size >= 1, got "
-            f"{tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__}")
-    y = torch.as_tensor(labels)
-    if y.ndim != 1 or y.shape[0] != latents.shape[0]:
-        raise ValueError(f"labels must be 1-D with one class id per latent ({latents.shape[0]}), "
-                         f"got shape {tuple(y.shape)}")
+    tokens, y, idx, classes, counts = _tokens_by_class(latents, labels, per_class, patch)
     tau = _check_tau(tau)
-    idx = torch.from_numpy(first_per_class(y, per_class))  # [n], grouped by class
-    tokens = to_tokens(latents, patch)  # [N, T, D]
-    y = y.cpu()[idx]  # [n]
     N, T, D = tokens.shape
-    classes = [int(c) for c in torch.unique(y, sorted=True)]
-    counts = [int((y == c).sum()) for c in classes]
-    for c, m in zip(classes, counts):
-        if m < 2:
-            raise ValueError(f"labels: class {c} has {m} sample(s); the per-class statistics need at least 2")
     dev = torch.device(device) if device is not None else tokens.device
 
     pr_sum = se_sum = 0.0
