@@ -38,6 +38,7 @@ class Ablation:
 _DEFAULT = ("default", {})
 _SEED1 = ("default, seed 1", {"seed": 1})
 
+
 def _field(**options) -> dict:
     """A row's overrides of the field's options (ImageTrainConfig.field_options)."""
     return {"field_options": options}
