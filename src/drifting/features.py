@@ -49,11 +49,14 @@ def _check_sets(sets: str) -> str:
 
 def _patch_stats(f: torch.Tensor, k: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std over ``k x k`` patches (partial at the border): ``[B, C, H, W]`` -> 2 x ``[B, C, h,
-    w]``."""
-    H, W = f.shape[-2:]
-    mean = F.avg_pool2d(f, k, k, ceil_mode=True)  # [B, C, ceil(H/k), ceil(W/k)]
-    mean_up = mean.repeat_interleave(k, 2).repeat_interleave(k, 3)[..., :H, :W]  # [B, C, H, W]
-    var = F.avg_pool2d((f - mean_up).square(), k, k, ceil_mode=True)  # centred: no cancellation
+    w]``. The variance is centred (no cancellation): each patch's mean is spread over its pixels by one
+    expand-and-copy (a broadcast over the map viewed as ``[B, C, h, k, w, k]`` vectorizes poorly, two
+    ``repeat_interleave`` copy twice)."""
+    B, C, H, W = f.shape
+    mean = F.avg_pool2d(f, k, k, ceil_mode=True)  # [B, C, h, w], h = ceil(H/k), w = ceil(W/k)
+    h, w = mean.shape[-2:]
+    mean_up = mean[:, :, :, None, :, None].expand(B, C, h, k, w, k).reshape(B, C, h * k, w * k)[..., :H, :W]
+    var = F.avg_pool2d((f - mean_up).square_(), k, k, ceil_mode=True)  # [B, C, h, w]
     return mean, (var + eps).sqrt()
 
 
@@ -100,7 +103,7 @@ def feature_sets(
         name = f"{prefix}{k}"
         out[f"{name}.loc"] = _vectors(f)  # (a) [B, H*W, C]
         mean = f.mean(dim=(2, 3), keepdim=True)  # [B, C, 1, 1]
-        var = (f - mean).square().mean(dim=(2, 3), keepdim=True)
+        var = (f - mean).square_().mean(dim=(2, 3), keepdim=True)
         out[f"{name}.mean"] = _vectors(mean)  # (b) [B, 1, C]
         out[f"{name}.std"] = _vectors((var + eps).sqrt())  # (b) [B, 1, C]
         for s in sets[2:]:  # (c), (d)
