@@ -208,6 +208,21 @@ def test_a_subset_of_feature_groups_trains(tmp_path, capsys):
     assert cfg["groups"] == "tap2.loc" and cfg["vanilla"] is False
 
 
+def test_train_cli_sets_the_field_temperatures(tmp_path, capsys, drop_thread_note):
+    """``train --temperatures`` reaches the run's field options (its log has a V2 per given tau) and keeps
+    the preset's other options; a bad value is an error naming the flag."""
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "cpu-tiny", "--steps", "1", "--eval-samples", "0", "--out", str(out),
+                 "--temperatures", "0.05,0.2", "--no-progress"]) == 0
+    opts = json.loads((out / "model" / "train_config.json").read_text())["field_options"]
+    assert opts["temperatures"] == [0.05, 0.2] and opts["normalize"] == "both"
+    line = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert {k.split("@")[1] for k in line["V2_groups"]} == {"0.05", "0.2"}
+    with pytest.raises(SystemExit):
+        main(["train", "--out", str(tmp_path / "bad"), "--temperatures", "0.05,-1"])
+    assert "--temperatures must be positive" in drop_thread_note(capsys.readouterr().err)
+
+
 def test_train_cli_sets_the_mae_width_and_its_label_fine_tuning(tmp_path):
     """``train --mae-width --mae-cls-steps --mae-cls-lambda --mae-cls-warmup`` reach the MAE that the run
     pre-trains: its exported config has the width and a classification head."""

@@ -13,6 +13,7 @@ from .args import (
     add_threads_option,
     positive_int,
     resume_flag,
+    temperatures,
     time_budget,
 )
 
@@ -33,7 +34,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         steps=a.steps, seed=a.seed, guidance=a.guidance,
         n_uncond=a.n_uncond, sampler=a.sampler, lr=a.lr, classes_per_step=a.classes_per_step, n_gen=a.n_gen,
         n_pos=a.n_pos, neg_queue=a.neg_queue, max_locations=a.max_locations, groups=a.groups,
-        vanilla=a.vanilla,
+        vanilla=a.vanilla, field_options=dict(temperatures=a.temperatures),
         lr_decay=a.lr_decay, minutes=a.minutes, job_minutes=a.job_minutes,
         precision=a.precision, tokenizer=a.tokenizer, encoder_space=a.encoder_space,
         eval_samples=a.eval_samples, eval_every=a.eval_every,
@@ -209,6 +210,8 @@ def _train_step_options(g) -> None:
                    "e.g. 'tap1.loc,tap2.loc,tap*.mean' (default: all of A.5's)")
     g.add_argument("--vanilla", action=argparse.BooleanOptionalAction, default=None,
                    help="also drift the raw generator output (default: the preset's)")
+    g.add_argument("--temperatures", type=temperatures, default=None,
+                   help="the field's taus, comma-separated (A.6; default: the preset's, 0.02,0.05,0.2)")
 
 
 def _train_run_options(g) -> None:

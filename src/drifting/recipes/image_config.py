@@ -206,10 +206,11 @@ TRAIN_PRESETS: dict[str, ImageTrainConfig] = {
 
 def train_preset(name: str, **overrides) -> ImageTrainConfig:
     """``ImageTrainConfig`` of the preset ``name`` with ``overrides`` (:func:`drifting.presets.preset`; None
-    values are ignored; ``mae`` takes a dict of :class:`MAEConfig` fields merged into the preset's MAE).
+    values are ignored, at the top and inside a nested dict; ``mae`` and ``field_options`` take a dict of
+    :class:`MAEConfig` or :class:`~drifting.FieldOptions` fields merged into the preset's).
     ``minutes`` replaces the preset's job budget unless ``job_minutes`` is given too, and 0 lifts a budget,
     so that only ``steps`` ends the run."""
-    over = {k: {kk: vv for kk, vv in v.items() if vv is not None} if k == "mae" and isinstance(v, dict) else v
+    over = {k: {kk: vv for kk, vv in v.items() if vv is not None} if isinstance(v, dict) else v
             for k, v in overrides.items() if v is not None}
     over = {k: v for k, v in over.items() if v != {}}
     if "minutes" in over and "job_minutes" not in over:
