@@ -60,8 +60,9 @@ def main() -> int:
     runs = [Path(r) for r in a.runs]
     if a.quick:
         tmp = Path(tempfile.mkdtemp()) / "tiny"
-        cfg: ImageTrainConfig = train_preset("cpu-tiny", steps=6, ema_warmup=0, eval_samples=0, sample_every=0)
-        train_images(cfg, tmp, progress=False)
+        tiny: ImageTrainConfig = train_preset("cpu-tiny", steps=6, ema_warmup=0, eval_samples=0,
+                                              sample_every=0)
+        train_images(tiny, tmp, progress=False)
         runs, a.n = [tmp], 100
     if not runs:
         p.error("runs: give at least one run folder (or --quick)")
