@@ -12,6 +12,7 @@ last checkpoint (``OUT/checkpoint.pt``), and scores the raw weights and every EM
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import tempfile
 from pathlib import Path
@@ -20,34 +21,29 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_common_args, markdown_table, print_report, setup_threads, write_json  # noqa: E402
-from drifting.models.generators import build_generator, generator_config  # noqa: E402
 from drifting.recipes.image_config import ImageTrainConfig, train_preset  # noqa: E402
+from drifting.recipes.image_sampling import load_generator  # noqa: E402
 from drifting.recipes.image_training import evaluate_generator, train_images  # noqa: E402
 from drifting.training.checkpoint import load_state  # noqa: E402
 
 NAME = "ema_choice"
 
 
-def weights_of(run: Path) -> tuple[dict, dict[str, torch.nn.Module]]:
-    """``(config, {"raw": G, "ema 0.99": ..., ...})`` of the run's last checkpoint."""
+def weights_of(run: Path) -> tuple[dict, dict[str, torch.nn.Module], object]:
+    """``(config, {"raw": G, "ema 0.99": ..., ...}, tokenizer)``: the run's exported generator (its
+    architecture and tokenizer) with the weights of the last checkpoint loaded into a copy per weight set."""
     state = load_state(run / "checkpoint.pt")
-    cfg = state["config"]
-    from drifting.data.images import load_dataset
-
-    ds = load_dataset(cfg["data"], "train")
-    H, _, C = ds.shape
-    style = {} if cfg.get("style_tokens") is None else {"style_tokens": cfg["style_tokens"]}
+    exported, tok = load_generator(run / "model")
 
     def model(sd: dict) -> torch.nn.Module:
-        G = build_generator(generator_config(cfg["generator"], input_size=H, in_channels=C,
-                                             num_classes=ds.num_classes, **style))
+        G = copy.deepcopy(exported)
         G.load_state_dict(sd)
         return G.eval()
 
     out = {"raw": model(state["model"])}
     for d, sd in state["ema"]["models"].items():
         out[f"ema {d}"] = model(sd)
-    return {**cfg, "step": int(state["step"])}, out
+    return {**state["config"], "step": int(state["step"])}, out, tok
 
 
 def main() -> int:
@@ -68,10 +64,10 @@ def main() -> int:
         p.error("runs: give at least one run folder (or --quick)")
     rows, record = [], {}
     for run in runs:
-        cfg, models = weights_of(run)
+        cfg, models, tok = weights_of(run)
         record[str(run)] = {"step": cfg["step"], "seed": cfg["seed"], "results": {}}
         for name, G in models.items():
-            m = evaluate_generator(G, cfg["data"], a.n, seed=cfg["seed"] + 1)
+            m = evaluate_generator(G, cfg["data"], a.n, tokenizer=tok, seed=cfg["seed"] + 1)
             record[str(run)]["results"][name] = m
             rows.append([run.name, cfg["step"], name, f"{m['accuracy']:.3f}", f"{m['classifier_fid']:.1f}"])
     table = markdown_table(["run", "steps", "weights", "accuracy", "classifier FID"], rows)

@@ -58,6 +58,11 @@ def test_odd_and_small_maps():
     torch.testing.assert_close(out["tap0.p4mean"][:, 3], f7[:, :, 4:, 4:].mean((2, 3)))
     std00 = f7[:, :, :4, :4].std((2, 3), unbiased=False)
     torch.testing.assert_close(out["tap0.p4std"][:, 0], std00, atol=1e-5, rtol=1e-5)
+    # partial patches: the std of their own pixels only (the default eps 1e-6 inside the root)
+    corner = (f7[:, :, 4:, 4:].var((2, 3), unbiased=False) + 1e-6).sqrt()  # the 3x3 corner of the 4x4 tiling
+    torch.testing.assert_close(out["tap0.p4std"][:, 3], corner)
+    edge = (f7[:, :, 0:2, 6].var(-1, unbiased=False) + 1e-6).sqrt()  # a 2x1 edge patch of the 2x2 tiling
+    torch.testing.assert_close(out["tap0.p2std"][:, 3], edge)
     assert torch.allclose(out["tap0.p2std"][:, -1], torch.full((2, 3), 1e-3))  # sqrt(eps)
     # 4x4: one 4x4 patch (= the global statistics); 2x2: no p4; 1x1: neither
     assert out["tap1.p4mean"].shape == (2, 1, 3)

@@ -609,3 +609,18 @@ def test_train_mae_for_a_preset_ships_into_the_package(tmp_path, capsys, monkeyp
     assert built
     assert main(["train-mae", "--ship", "--out", str(tmp_path / "z")]) == 2
     assert "--ship: only with --train-preset" in capsys.readouterr().err
+
+
+def test_temperatures_flag_is_one_parser_for_train_and_distill(capsys):
+    """``train`` and ``distill`` read ``--temperatures`` alike (cli.args.temperatures): a tuple of floats, and
+    a bad value is an error naming the flag."""
+    from drifting.cli import build_parser
+
+    p = build_parser()
+    assert p.parse_args(["train", "--out", "x", "--temperatures", "0.05,0.2"]).temperatures == (0.05, 0.2)
+    distill = p.parse_args(["distill", "--out", "x", "--teacher", "t", "--temperatures", "0.1"])
+    assert distill.temperatures == (0.1,)
+    for cmd in (["train", "--out", "x"], ["distill", "--out", "x", "--teacher", "t"]):
+        with pytest.raises(SystemExit):
+            p.parse_args([*cmd, "--temperatures", "a,b"])
+        assert "--temperatures must be comma-separated numbers" in capsys.readouterr().err

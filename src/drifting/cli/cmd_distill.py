@@ -6,7 +6,7 @@ import argparse
 from dataclasses import replace
 
 from ..recipes.distill import FEATURES, INITS, PRESETS, DistillConfig, distill, distill_preset
-from .args import add_resume_options, add_threads_option, positive_int, resume_flag
+from .args import add_resume_options, add_threads_option, positive_int, resume_flag, temperatures
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
@@ -15,7 +15,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
                                             "lr_final", "seed")
                  if getattr(a, k) is not None}
     if a.temperatures:
-        overrides["temperatures"] = tuple(float(v) for v in a.temperatures.split(","))
+        overrides["temperatures"] = a.temperatures
     if a.y_softmax is not None:
         overrides["y_softmax"] = a.y_softmax
     if a.perturb is not None:
@@ -58,7 +58,8 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     f.add_argument("--n-neg", type=positive_int, default=None,
                    help="N_neg gradient-carrying samples per class")
     f.add_argument("--n-extra-neg", type=int, default=None, help="N_extra_neg detached negatives per class")
-    f.add_argument("--temperatures", default=None, help="comma-separated taus (default 0.02,0.05,0.2)")
+    f.add_argument("--temperatures", type=temperatures, default=None,
+                   help="comma-separated taus (default 0.02,0.05,0.2)")
     f.add_argument("--y-softmax", action=argparse.BooleanOptionalAction, default=None,
                    help="Alg. 2's two softmaxes (baseline) instead of Eq. 11's single softmax")
     f.add_argument("--perturb", action=argparse.BooleanOptionalAction, default=None,
