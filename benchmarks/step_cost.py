@@ -5,10 +5,11 @@ The parts, in the order of ``train_images``' step (same modules, shapes and feat
 positives, unconditional negatives and classes drawn at random, no sample queue):
 
 * ``generator fwd``: ``x = G(noise, labels, alpha)``, ``[Nc*N, C, H, W]``;
-* ``real features``: the real images' tap maps from the feature cache and their A.5 groups (no grad);
-* ``encoder fwd``: the generated samples' tap maps and groups, with the graph for the backward;
-* ``field + loss``: the location subset, the drifting field (Alg. 2) of every group and temperature, and
-  the loss (``drifting_loss``' forward);
+* ``encoder fwd``: the generated samples' tap maps and groups, with the graph for the backward, and the
+  step's location subset;
+* ``real features``: the real images' groups at those locations, gathered from the feature cache (no grad);
+* ``field + loss``: the drifting field (Alg. 2) of every group and temperature, and the loss
+  (``drifting_loss``' forward);
 * ``encoder bwd``: the gradient of the loss with respect to ``x`` (through the groups and the encoder);
 * ``generator bwd``: ``x.backward(dL/dx)`` into the generator's weights;
 * ``optimizer + EMA``: gradient clipping, AdamW and the EMA update.
@@ -44,7 +45,7 @@ from drifting.recipes.image_training import encode, feature_encoder  # noqa: E40
 from drifting.training.ema import EMA  # noqa: E402
 
 NAME = "step_cost"
-PARTS = ("generator fwd", "real features", "encoder fwd", "field + loss", "encoder bwd", "generator bwd",
+PARTS = ("generator fwd", "encoder fwd", "real features", "field + loss", "encoder bwd", "generator bwd",
          "optimizer + EMA")
 
 
@@ -57,7 +58,9 @@ def make_step(cfg, queue: int):
     G = build_generator(generator_config(cfg.generator, input_size=H, in_channels=C, num_classes=K))
     opt = torch.optim.AdamW(G.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(G, cfg.ema_decays, warmup_steps=cfg.ema_warmup)
-    cache = (RealFeatureCache.build(enc, ds.to_tensor, len(ds), max_gb=cfg.real_feature_cache_gb)
+    cache = (RealFeatureCache.build(lambda i: encode(enc, ds.to_tensor(i.numpy()), cfg.feature_sets, cfg.vanilla,
+                                                     groups=cfg.groups),
+                                    len(ds), max_gb=cfg.real_feature_cache_gb)
              if cfg.real_feature_cache_gb > 0 else None)
     cfgc = cfg.guidance_config
     Nc, N, P, U = cfg.classes_per_step, cfg.n_gen, cfg.n_pos, cfgc.n_uncond
@@ -73,16 +76,18 @@ def make_step(cfg, queue: int):
         t0 = time.perf_counter()
         x = G(noise, classes.repeat_interleave(N), alpha.repeat_interleave(N))  # [Nc*N, C, H, W]
         t["generator fwd"], t0 = time.perf_counter() - t0, time.perf_counter()
-        with torch.no_grad():
-            real = ds.to_tensor(idx.numpy())
-            f_real = encode(enc, real, cfg.feature_sets, cfg.vanilla, real,
-                            maps=None if cache is None else cache.take(idx), groups=cfg.groups)
-        t["real features"], t0 = time.perf_counter() - t0, time.perf_counter()
         xl = x.detach().requires_grad_(True)  # the encoder's backward is timed apart from the generator's
         f_gen = encode(enc, xl, cfg.feature_sets, cfg.vanilla, xl, groups=cfg.groups)
-        t["encoder fwd"], t0 = time.perf_counter() - t0, time.perf_counter()
         subsets = sample_locations(f_gen, cfg.max_locations, g)
-        f_gen, f_real = take_locations(f_gen, subsets), take_locations(f_real, subsets)
+        f_gen = take_locations(f_gen, subsets)
+        t["encoder fwd"], t0 = time.perf_counter() - t0, time.perf_counter()
+        with torch.no_grad():  # as DriftingStep.real_features
+            if cache is not None:
+                f_real = cache.take(idx, subsets)
+            else:
+                real = ds.to_tensor(idx.numpy())
+                f_real = take_locations(encode(enc, real, cfg.feature_sets, cfg.vanilla, groups=cfg.groups), subsets)
+        t["real features"], t0 = time.perf_counter() - t0, time.perf_counter()
         pos = group_by_class({k: v[: Nc * P] for k, v in f_real.items()}, Nc)
         neg = group_by_class({k: v[Nc * P:] for k, v in f_real.items()}, Nc)
         w = uncond_neg_weights(alpha, N, U)

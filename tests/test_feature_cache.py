@@ -1,15 +1,19 @@
 """The real-feature cache: the same maps and groups as a fresh encoder forward, the same training, exact
 resume."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from drifting.feature_cache import RealFeatureCache
-from drifting.models.encoders import MultiEncoder, encode_groups, groups_from_maps, tap_maps
-from drifting.models.resnet_mae import ResNetMAE, resnet_mae_config
+from drifting.cache import shipped_root
+from drifting.features import count_features, sample_locations, take_locations
+from drifting.models.encoders import MultiEncoder, encode_groups
+from drifting.models.resnet_mae import ResNetMAE, ResNetMAEConfig, resnet_mae_config
 from drifting.recipes.image_config import ImageTrainConfig, train_preset
-from drifting.recipes.image_training import train_images
+from drifting.recipes.image_training import encode, train_images
 from drifting.recipes.mae_pretrain import MAEConfig
 
 
@@ -18,32 +22,39 @@ def _encoder(seed):
     return ResNetMAE(resnet_mae_config("cpu-tiny")).encoder.eval()
 
 
-def test_cached_maps_equal_a_fresh_forward():
+def _features(enc, images, sets="abcd"):
+    return lambda idx: encode(enc, images[idx], sets, vanilla=True)
+
+
+def test_cached_groups_equal_a_fresh_forward():
     enc = _encoder(0)
     images = torch.rand(70, 1, 28, 28) * 2 - 1
-    cache = RealFeatureCache.build(enc, lambda idx: images[idx], 70, max_gb=1.0, batch=32)
+    cache = RealFeatureCache.build(_features(enc, images), 70, max_gb=1.0, batch=32)
     assert cache is not None and cache.n_images == 70
     idx = torch.tensor([69, 3, 3, 40, 0])  # across batches, repeated, out of order
-    fresh = tap_maps(enc, images[idx])
+    fresh = encode(enc, images[idx], "abcd", vanilla=True)
     got = cache.take(idx)
-    assert list(got) == ["tap"] and len(got["tap"]) == len(fresh["tap"])
-    for a, b in zip(got["tap"], fresh["tap"]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    # the groups built from the cached maps are those of encode_groups on the images
-    ga, gb = groups_from_maps(got, images[idx], "abcd"), encode_groups(enc, images[idx], "abcd")
-    assert sorted(ga) == sorted(gb) and "input.sq" in ga
-    for k in ga:
-        torch.testing.assert_close(ga[k], gb[k], rtol=1e-5, atol=1e-6)
+    assert sorted(got) == sorted(fresh) and {"input.sq", "vanilla", "tap0.p4std"} <= set(got)
+    for k in got:
+        torch.testing.assert_close(got[k], fresh[k], rtol=1e-5, atol=1e-6)
+    # rows and locations in one gather: what take_locations does to the fresh groups
+    subsets = sample_locations(fresh, 5, torch.Generator().manual_seed(0))
+    assert "tap0.loc" in subsets and "tap0.mean" not in subsets
+    got = cache.take(idx, subsets)
+    want = take_locations(fresh, subsets)
+    for k in want:
+        assert got[k].shape == want[k].shape, k
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6)
+    assert got["tap0.loc"].shape[1] == 5
 
 
 def test_multi_encoder_keeps_its_prefixes():
     multi = MultiEncoder({"a": _encoder(0), "b": _encoder(1)})
     images = torch.rand(10, 1, 28, 28) * 2 - 1
-    cache = RealFeatureCache.build(multi, lambda idx: images[idx], 10, max_gb=1.0, batch=4)
-    idx = torch.arange(10)
-    ga, gb = groups_from_maps(cache.take(idx), images, "ab"), encode_groups(multi, images, "ab")
-    assert sorted(ga) == sorted(gb) and any(k.startswith("b/tap") for k in ga)
-    for k in ga:
+    cache = RealFeatureCache.build(_features(multi, images, "ab"), 10, max_gb=1.0, batch=4)
+    ga, gb = cache.take(torch.arange(10)), encode_groups(multi, images, "ab")
+    assert any(k.startswith("b/tap") for k in ga) and sorted(ga) == sorted([*gb, "vanilla"])
+    for k in gb:
         torch.testing.assert_close(ga[k], gb[k], rtol=1e-5, atol=1e-6)
 
 
@@ -51,19 +62,21 @@ def test_cache_is_refused_over_its_budget():
     enc = _encoder(0)
     images = torch.rand(8, 1, 28, 28)
     calls = []
-    per_image = sum(m[0].numel() * 4 for m in tap_maps(enc, images[:1])["tap"])
+    per_image = sum(t[0].numel() * 4 for t in encode(enc, images[:1], "abcd", vanilla=True).values())
 
     def load(idx):
         calls.append(len(idx))
-        return images[idx]
+        return encode(enc, images[idx], "abcd", vanilla=True)
 
-    assert RealFeatureCache.build(enc, load, 8, max_gb=per_image * 7.5 / 1024**3, batch=2) is None
+    assert RealFeatureCache.build(load, 8, max_gb=per_image * 7.5 / 1024**3, batch=2) is None
     assert calls == [2]  # one batch encoded, then given up
-    assert RealFeatureCache.build(enc, load, 8, max_gb=per_image * 8.5 / 1024**3, batch=2) is not None
+    assert RealFeatureCache.build(load, 8, max_gb=per_image * 8.5 / 1024**3, batch=2) is not None
     with pytest.raises(ValueError, match="max_gb"):
-        RealFeatureCache.build(enc, load, 8, max_gb=0)
+        RealFeatureCache.build(load, 8, max_gb=0)
     with pytest.raises(ValueError, match="real_feature_cache_gb"):
         ImageTrainConfig(real_feature_cache_gb=-1).validate()
+    with pytest.raises(ValueError, match="n_images"):
+        RealFeatureCache({"a": torch.zeros(3, 1, 2), "b": torch.zeros(4, 1, 2)})
 
 
 @pytest.fixture
@@ -122,4 +135,14 @@ def test_interrupted_run_with_the_cache_resumes_bit_for_bit(tmp_path, small_data
 def test_the_cpu_presets_use_the_cache_and_the_tests_preset_does_not():
     assert (train_preset("cpu").real_feature_cache_gb > 0
             and train_preset("cpu-long").real_feature_cache_gb > 0)
+    # the groups of Fashion-MNIST's 60k training images (and their raw pixels) under every shipped MAE fit the
+    # budget of the presets that use them (else the main job would encode its real images every step)
+    budget = min(train_preset(p).real_feature_cache_gb for p in ("cpu", "cpu-wide", "cpu-long"))
+    shipped = sorted((shipped_root() / "mae").glob("*/config.json"))
+    assert len(shipped) >= 2
+    for path in shipped:
+        cfg = json.loads(path.read_text())
+        cfg.pop("_class_name", None)
+        per_image = sum(L * C for L, C in count_features(ResNetMAEConfig(**cfg), 28).values()) + 28 * 28
+        assert per_image * 4 * 60_000 <= budget * 1024**3, path
     assert train_preset("cpu-tiny").real_feature_cache_gb == 0

@@ -35,7 +35,7 @@ from ..feature_cache import RealFeatureCache
 from ..features import group_by_class, sample_locations, select_groups, take_locations, vanilla_group
 from ..guidance import sample_alpha, uncond_neg_weights
 from ..loss import drifting_loss
-from ..models.encoders import build_encoder, groups_from_maps, tap_maps
+from ..models.encoders import build_encoder, encode_groups
 from ..models.generators import build_generator, generator_config
 from ..models.onestep import OneStepGenerator
 from ..models.tokenizer import Tokenizer
@@ -87,13 +87,11 @@ def _chw(ds: ImageDataset) -> tuple[int, int, int]:
 
 
 def encode(encoder, x: torch.Tensor, sets: str, vanilla: bool, raw: torch.Tensor | None = None,
-           maps: dict[str, list[torch.Tensor]] | None = None, groups: str | None = None
-           ) -> dict[str, torch.Tensor]:
+           groups: str | None = None) -> dict[str, torch.Tensor]:
     """Per-sample feature groups ``{name: [B, L, C]}`` (A.5) of the encoder input ``x``, plus the raw
-    generator-space sample ``raw`` (default ``x``) as the "vanilla" group. ``maps``: the encoder's tap maps
-    of ``x`` when already known (a :class:`RealFeatureCache`), else computed here. ``groups``: keep only
-    the encoder groups that match these patterns (:func:`drifting.features.select_groups`)."""
-    feats = select_groups(groups_from_maps(tap_maps(encoder, x) if maps is None else maps, x, sets), groups)
+    generator-space sample ``raw`` (default ``x``) as the "vanilla" group. ``groups``: keep only the encoder
+    groups that match these patterns (:func:`drifting.features.select_groups`)."""
+    feats = select_groups(encode_groups(encoder, x, sets), groups)
     if vanilla:
         feats["vanilla"] = vanilla_group(x if raw is None else raw)
     return feats
@@ -117,7 +115,7 @@ class DriftingStep:
     and the real images (:meth:`features`) and returns the drifting loss with its raw drift norms.
 
     Under several processes each rank computes its share of the global batch (``layout``); ``comm`` sums the
-    field's statistics over the ranks. ``cache``: the real images' tap maps, when they fit in memory."""
+    field's statistics over the ranks. ``cache``: the real images' feature groups, when they fit in memory."""
 
     cfg: ImageTrainConfig
     ds: ImageDataset
@@ -153,7 +151,7 @@ class DriftingStep:
         with self.autocast:
             # [Nc*N, c, h, w]
             x = self.G(noise, classes.repeat_interleave(N), alpha.repeat_interleave(N), style)
-            f_gen, f_real = self.features(x, real_idx)
+            f_gen = self.gen_features(x)
         if not torch.isfinite(x).all():
             raise FloatingPointError(f"the generator produced non-finite samples at step {i}; the last "
                                      f"good checkpoint is {self.ckpt} (resume it, e.g. with a "
@@ -163,7 +161,7 @@ class DriftingStep:
         if self.queue is not None:
             queued = take_locations(self.queue.take(classes), subsets) if self.queue.ready(classes) else None
             self.queue.push(f_gen, classes)
-        f_gen, f_real = take_locations(f_gen, subsets), take_locations(f_real, subsets)
+        f_gen, f_real = take_locations(f_gen, subsets), self.real_features(real_idx, subsets)
         gen = group_by_class(f_gen, Nc)  # {j: [Nc, N, L, C]}
         pos = group_by_class({k: v[: Nc * P] for k, v in f_real.items()}, Nc)  # {j: [Nc, P, L, C]}
         # the extra negatives: unconditional real samples (weights w(alpha), A.7), then the queue's
@@ -202,19 +200,29 @@ class DriftingStep:
     def G_module(self) -> OneStepGenerator:
         return getattr(self.G, "module", self.G)
 
-    def features(self, x: torch.Tensor, real_idx: torch.Tensor):
-        """The feature groups ``{name: [B, L, C]}`` (A.5) of the generated ``x`` and of the real images
-        ``real_idx`` (no gradient; from the cache's tap maps when there is one)."""
+    def gen_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The feature groups ``{name: [B, L, C]}`` (A.5) of the generated ``x`` (with their gradient)."""
         cfg, tok = self.cfg, self.tok
-        with torch.no_grad():
-            real = self.ds.to_tensor(real_idx.numpy()).to(self.dev)  # [Nc*(P+U_loc), C, H, W]
-            real_z = tok.encode(real)  # the generator's space
-            maps = None if self.cache is None else self.cache.take(real_idx.to(self.dev))
-            f_real = encode(self.encoder, real if self.decode_first else real_z, cfg.feature_sets,
-                            cfg.vanilla, real_z, maps=maps, groups=cfg.groups)
-        f_gen = encode(self.encoder, tok.decode(x) if self.decode_first else x, cfg.feature_sets, cfg.vanilla,
-                       x, groups=cfg.groups)
-        return f_gen, f_real
+        return encode(self.encoder, tok.decode(x) if self.decode_first else x, cfg.feature_sets, cfg.vanilla,
+                      x, groups=cfg.groups)
+
+    @torch.no_grad()
+    def real_features(self, real_idx: torch.Tensor, subsets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The feature groups ``{name: [B, L', C]}`` of the real images ``real_idx`` at the step's locations
+        ``subsets``: gathered from the cache when there is one, else encoded here (no gradient)."""
+        if self.cache is not None:
+            return self.cache.take(real_idx.to(self.dev), subsets)
+        with self.autocast:
+            return take_locations(self.encode_real(real_idx), subsets)
+
+    def encode_real(self, real_idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The feature groups ``{name: [B, L, C]}`` of the real images ``real_idx``, all locations (what the
+        cache holds)."""
+        cfg, tok = self.cfg, self.tok
+        real = self.ds.to_tensor(real_idx.numpy()).to(self.dev)  # [B, C, H, W]
+        real_z = tok.encode(real)  # the generator's space
+        return encode(self.encoder, real if self.decode_first else real_z, cfg.feature_sets, cfg.vanilla,
+                      real_z, groups=cfg.groups)
 
 
 def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress: bool = True,
@@ -286,8 +294,8 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
     step = DriftingStep(cfg, ds, G if comm is None else torch.nn.parallel.DistributedDataParallel(
                             G, device_ids=[dev.index] if dev.type == "cuda" else None),
                         encoder, tok, sampler, layout, comm, dev, precision_autocast(dev, cfg.precision),
-                        queue=queue, cache=_real_feature_cache(cfg, encoder, ds, dev, main),
-                        compile_field=compile_field, ckpt=run.ckpt)
+                        queue=queue, compile_field=compile_field, ckpt=run.ckpt)
+    step.cache = _real_feature_cache(cfg, step, len(ds), main)
 
     def curve_point(done: int, last: bool) -> None:  # the learning curve (its evaluations: not training time)
         if cfg.eval_every and main and (done % cfg.eval_every == 0 or last):
@@ -305,15 +313,19 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
     return ImageRun(G, ema, ds, run.history, out if main else None, metrics)
 
 
-def _real_feature_cache(cfg: ImageTrainConfig, encoder, ds: ImageDataset, dev: torch.device, main: bool):
-    """The real images' tap maps, computed once (counted in the training time), or None: pixel space only (a
-    tokenizer's encoding is part of the step there), and only within ``cfg.real_feature_cache_gb``."""
+def _real_feature_cache(cfg: ImageTrainConfig, step: DriftingStep, n_images: int, main: bool):
+    """The real images' feature groups, computed once (counted in the training time), or None: pixel space only
+    (a tokenizer's encoding is part of the step there), and only within ``cfg.real_feature_cache_gb``."""
     if cfg.real_feature_cache_gb <= 0 or cfg.tokenizer is not None:
         return None
-    cache = RealFeatureCache.build(encoder, ds.to_tensor, len(ds), max_gb=cfg.real_feature_cache_gb,
-                                   device=dev, autocast=precision_autocast(dev, cfg.precision))
+
+    def features(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad(), step.autocast:
+            return step.encode_real(idx)
+
+    cache = RealFeatureCache.build(features, n_images, max_gb=cfg.real_feature_cache_gb)
     if cache is None and main:
-        print(f"real-feature cache off: the maps of {len(ds)} images exceed real_feature_cache_gb="
+        print(f"real-feature cache off: the feature groups of {n_images} images exceed real_feature_cache_gb="
               f"{cfg.real_feature_cache_gb:g}", flush=True)
     return cache
 
