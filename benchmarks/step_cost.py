@@ -58,9 +58,10 @@ def make_step(cfg, queue: int):
     G = build_generator(generator_config(cfg.generator, input_size=H, in_channels=C, num_classes=K))
     opt = torch.optim.AdamW(G.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     ema = EMA(G, cfg.ema_decays, warmup_steps=cfg.ema_warmup)
-    cache = (RealFeatureCache.build(lambda i: encode(enc, ds.to_tensor(i.numpy()), cfg.feature_sets, cfg.vanilla,
-                                                     groups=cfg.groups),
-                                    len(ds), max_gb=cfg.real_feature_cache_gb)
+    def real(i: torch.Tensor) -> dict[str, torch.Tensor]:
+        return encode(enc, ds.to_tensor(i.numpy()), cfg.feature_sets, cfg.vanilla, groups=cfg.groups)
+
+    cache = (RealFeatureCache.build(real, len(ds), max_gb=cfg.real_feature_cache_gb)
              if cfg.real_feature_cache_gb > 0 else None)
     cfgc = cfg.guidance_config
     Nc, N, P, U = cfg.classes_per_step, cfg.n_gen, cfg.n_pos, cfgc.n_uncond
@@ -85,8 +86,7 @@ def make_step(cfg, queue: int):
             if cache is not None:
                 f_real = cache.take(idx, subsets)
             else:
-                real = ds.to_tensor(idx.numpy())
-                f_real = take_locations(encode(enc, real, cfg.feature_sets, cfg.vanilla, groups=cfg.groups), subsets)
+                f_real = take_locations(real(idx), subsets)
         t["real features"], t0 = time.perf_counter() - t0, time.perf_counter()
         pos = group_by_class({k: v[: Nc * P] for k, v in f_real.items()}, Nc)
         neg = group_by_class({k: v[Nc * P:] for k, v in f_real.items()}, Nc)

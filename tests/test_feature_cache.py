@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from drifting.feature_cache import RealFeatureCache
 from drifting.cache import shipped_root
+from drifting.feature_cache import RealFeatureCache
 from drifting.features import count_features, sample_locations, take_locations
 from drifting.models.encoders import MultiEncoder, encode_groups
 from drifting.models.resnet_mae import ResNetMAE, ResNetMAEConfig, resnet_mae_config

@@ -41,7 +41,8 @@ class RealFeatureCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.groups.values())
 
-    def take(self, idx: torch.Tensor, subsets: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    def take(self, idx: torch.Tensor,
+             subsets: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The groups of the images ``idx`` (``[n]`` ints): ``{key: [n, L, C]}``, with only the locations
         ``subsets[key]`` of the groups named there (:func:`drifting.features.sample_locations`; one gather,
         the rows and locations together, as ``take_locations`` after a plain take would give)."""

@@ -207,7 +207,8 @@ class DriftingStep:
                       x, groups=cfg.groups)
 
     @torch.no_grad()
-    def real_features(self, real_idx: torch.Tensor, subsets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def real_features(self, real_idx: torch.Tensor,
+                      subsets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The feature groups ``{name: [B, L', C]}`` of the real images ``real_idx`` at the step's locations
         ``subsets``: gathered from the cache when there is one, else encoded here (no gradient)."""
         if self.cache is not None:
@@ -314,8 +315,8 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
 
 
 def _real_feature_cache(cfg: ImageTrainConfig, step: DriftingStep, n_images: int, main: bool):
-    """The real images' feature groups, computed once (counted in the training time), or None: pixel space only
-    (a tokenizer's encoding is part of the step there), and only within ``cfg.real_feature_cache_gb``."""
+    """The real images' feature groups, computed once (counted in the training time), or None: pixel space
+    only (a tokenizer's encoding is part of the step there), and only within ``cfg.real_feature_cache_gb``."""
     if cfg.real_feature_cache_gb <= 0 or cfg.tokenizer is not None:
         return None
 
@@ -325,8 +326,8 @@ def _real_feature_cache(cfg: ImageTrainConfig, step: DriftingStep, n_images: int
 
     cache = RealFeatureCache.build(features, n_images, max_gb=cfg.real_feature_cache_gb)
     if cache is None and main:
-        print(f"real-feature cache off: the feature groups of {n_images} images exceed real_feature_cache_gb="
-              f"{cfg.real_feature_cache_gb:g}", flush=True)
+        print(f"real-feature cache off: the feature groups of {n_images} images exceed "
+              f"real_feature_cache_gb={cfg.real_feature_cache_gb:g}", flush=True)
     return cache
 
 
