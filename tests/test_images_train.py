@@ -299,7 +299,7 @@ def test_presets():
     assert train_preset("cpu", job_minutes=0).job_minutes is None
     assert train_preset("cpu-long").job_minutes is None and train_preset("cpu-long").minutes == 60
     wide = train_preset("cpu-wide")  # the cpu preset with a width-16 MAE fine-tuned on labels alone
-    assert (wide.mae.width, wide.mae.cls_steps, wide.mae.cls_lambda, wide.mae.steps) == (16, 800, 1.0, 800)
+    assert (wide.mae.width, wide.mae.cls_steps, wide.mae.cls_lambda, wide.mae.steps) == (16, 1600, 1.0, 1600)
     assert replace(wide, mae=train_preset("cpu").mae) == train_preset("cpu")
     assert train_preset("cpu-dit").generator == "cpu-p4"
     assert train_preset("cpu-v1") == ImageTrainConfig()  # the earlier main job: the dataclass defaults

@@ -149,8 +149,10 @@ def _imagenet_preset(generator: str, encoder: str, mae_epochs: int, **kw) -> Ima
 # the README's main job (the `cpu` preset below; its comment there says why each value)
 _CPU = dict(generator="conv-small", mae=MAEConfig(cls_steps=400, cls_warmup=100), real_feature_cache_gb=12.0,
             steps=1_000_000, job_minutes=14.5, eval_samples=2000, n_pos=32, lr=3e-3, lr_decay=0.5)
-# a width-16 MAE fine-tuned on labels alone after its reconstruction phase (A.3 at lambda 1, 800 + 800 steps)
-_WIDE_MAE = MAEConfig(width=16, cls_steps=800, cls_lambda=1.0, cls_warmup=100)
+# a width-16 MAE fine-tuned on labels alone after its reconstruction phase (A.3 at lambda 1). Session 19: 1600 +
+# 1600 steps instead of 800 + 800 (18-21 minutes at 2 threads, once: it ships), the same cost per generator step;
+# the 15-minute job's classifier FID went 20.8 -> 8-9 (docs/results.md, session 19)
+_WIDE_MAE = MAEConfig(width=16, steps=1600, cls_steps=1600, cls_lambda=1.0, cls_warmup=100)
 
 
 # Named training configurations (``drifting train --preset NAME``); fields left out keep the
@@ -171,13 +173,13 @@ TRAIN_PRESETS: dict[str, ImageTrainConfig] = {
     "cpu": ImageTrainConfig(**_CPU),
     # the main job with a wider encoder trained on labels only after its reconstruction phase (width 16; A.3's
     # fine-tuning at lambda 1 for 800 steps): session 8, AMD EPYC, 3 seeds, 9.5 minutes each: classifier FID
-    # 38.3 -> 27.4, accuracy 0.791 -> 0.819. Its MAE takes 10 minutes on an AMD EPYC (2.5x the cpu preset's); since
-    # session 14 it ships with the package (2.6 MB; `drifting train-mae --train-preset cpu-wide --ship`). The
-    # main job (`drifting train`'s default) since session 17: 15-minute jobs at 2 free threads, 2 seeds, accuracy
-    # 0.843 / 0.848 against cpu's 0.843 / 0.809, classifier FID 23.4 / 18.9 against 27.8 / 28.5
+    # 38.3 -> 27.4, accuracy 0.791 -> 0.819. Since session 14 its MAE ships with the package (2.6 MB;
+    # `drifting train-mae --train-preset cpu-wide --ship`; since session 19 twice the MAE steps, 18-21 minutes on
+    # an AMD EPYC). The main job (`drifting train`'s default) since session 17: 15-minute jobs at 2 free threads,
+    # 2 seeds, accuracy 0.843 / 0.848 against cpu's 0.843 / 0.809, classifier FID 23.4 / 18.9 against 27.8 / 28.5
     "cpu-wide": ImageTrainConfig(**{**_CPU, "mae": _WIDE_MAE}),
-    # issue 15 item 3: the main job for an hour on 2 cores with cpu-wide's encoder (at an hour its 10-minute MAE
-    # is a small share; at 9.5 minutes it beat the default in every seed): 12000 steps or 60 minutes of
+    # issue 15 item 3: the main job for an hour on 2 cores with cpu-wide's encoder (shipped; the hours measured
+    # in sessions 9-16 used its 800 + 800-step version): 12000 steps or 60 minutes of
     # training, whichever comes first (about 1.8 steps/s on an AMD EPYC at 2 threads), with a learning curve
     # (accuracy and classifier FID every 500 steps against the training time, OUT/curve.json)
     "cpu-long": ImageTrainConfig(**{**_CPU, "mae": _WIDE_MAE, "steps": 12000, "minutes": 60.0,
