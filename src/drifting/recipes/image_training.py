@@ -112,7 +112,8 @@ class ImageRun:
 class DriftingStep:
     """The main job's step (A.9) as the :class:`~drifting.training.loop.Trainer` runs it: ``step(i) -> (loss,
     scalars)``. It draws the step's batch from ``(seed, i)`` (:meth:`draw`), generates, encodes the generated
-    and the real images (:meth:`features`) and returns the drifting loss with its raw drift norms.
+    and the real images (:meth:`gen_features`, :meth:`real_features`) and returns the drifting loss with its
+    raw drift norms.
 
     Under several processes each rank computes its share of the global batch (``layout``); ``comm`` sums the
     field's statistics over the ranks. ``cache``: the real images' feature groups, when they fit in memory."""
