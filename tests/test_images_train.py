@@ -51,14 +51,15 @@ def test_train_writes_model_and_samples(tmp_path, monkeypatch):
     assert main(argv) == 2
 
 
-def test_interrupted_run_resumes_bit_for_bit(tmp_path, monkeypatch, crash_at):
-    ref = train_images(tiny(), tmp_path / "ref", progress=False)
+@pytest.mark.parametrize("n_extra_neg", [0, 2])
+def test_interrupted_run_resumes_bit_for_bit(tmp_path, monkeypatch, crash_at, n_extra_neg):
+    ref = train_images(tiny(n_extra_neg=n_extra_neg), tmp_path / "ref", progress=False)
     real = image_training.drifting_loss
     crash = crash_at(real, 5)
 
     # same MAE for both runs: reuse the reference's pre-trained encoder
     monkeypatch.setattr(image_training, "drifting_loss", crash)
-    cfg = tiny(mae_dir=str(tmp_path / "ref" / "mae"), log_every=1)
+    cfg = tiny(mae_dir=str(tmp_path / "ref" / "mae"), log_every=1, n_extra_neg=n_extra_neg)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_images(cfg, tmp_path / "run", progress=False)
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 3
@@ -78,6 +79,46 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path, monkeypatch, crash_at):
     assert [ln["loss"] for ln in lines] == [ln["loss"] for ln in ref_lines]
     assert set(lines[0]) >= {"step", "loss", "V2", "lr", "grad_norm", "time", "V2_groups"}
     assert any(k.startswith("tap0.loc/V2@") for k in lines[0]["V2_groups"])
+
+
+def test_detached_extra_negatives_are_the_generators_samples_of_each_class(tmp_path, monkeypatch):
+    """n_extra_neg E: the loss gets E more negatives per class after the U unconditional ones, at weight 1,
+    without gradient, in the features of the current generator's samples of that class at the step's classes
+    and alpha. With a generator made blind to its noise, every sample of a class is the same image, so the
+    extra negatives of class c must equal class c's generated features exactly (a wrong class order or label
+    would not)."""
+    build = image_training.build_generator
+
+    def noise_blind(config):
+        G = build(config)
+        fwd = G.forward
+        G.forward = lambda noise, labels, alpha, style=None: fwd(
+            torch.zeros_like(noise), labels, alpha, None if style is None else torch.zeros_like(style))
+        return G
+
+    seen = []
+    real = image_training.drifting_loss
+
+    def spy(gen, pos, neg=None, *, neg_weights=None, **kw):
+        seen.append((gen, neg, neg_weights))
+        return real(gen, pos, neg, neg_weights=neg_weights, **kw)
+
+    monkeypatch.setattr(image_training, "build_generator", noise_blind)
+    monkeypatch.setattr(image_training, "drifting_loss", spy)
+    E, U = 3, 2
+    train_images(tiny(steps=2, n_extra_neg=E, n_uncond=U, max_locations=5), tmp_path, progress=False)
+    assert len(seen) == 2
+    for gen, neg, w in seen:
+        assert w.shape == (3, U + E) and torch.equal(w[:, U:], torch.ones(3, E))
+        for j, g in gen.items():
+            assert neg[j].shape[:2] == (3, U + E) and neg[j].shape[2:] == g.shape[2:]
+            assert not neg[j].requires_grad and g.requires_grad
+            extra = neg[j][:, U:]  # [Nc, E, L, C]
+            torch.testing.assert_close(extra, g.detach()[:, :1].expand_as(extra), rtol=1e-5, atol=1e-6)
+    # E = 0 (the default): the unconditional samples alone
+    seen.clear()
+    train_images(tiny(steps=1, n_uncond=U), tmp_path / "off", progress=False)
+    assert seen[0][2].shape == (3, U)
 
 
 def test_checkpoint_from_before_an_option_existed_still_resumes(tmp_path):
@@ -382,6 +423,8 @@ def test_bad_config(tmp_path):
         tiny(n_gen=1).validate()
     with pytest.raises(ValueError, match="max_locations"):
         tiny(max_locations=0).validate()
+    with pytest.raises(ValueError, match="n_extra_neg must be >= 0"):
+        tiny(n_extra_neg=-1).validate()
     with pytest.raises(ValueError, match="groups: expected comma-separated"):
         tiny(groups="tap1.loc,").validate()
     with pytest.raises(ValueError, match="encoder_space"):

@@ -84,7 +84,7 @@ class Layout:
     def group_rank(self) -> int:
         return self.rank % self.ranks_per_class
 
-    def check(self, classes: int, n_gen: int, n_pos: int, n_uncond: int) -> None:
+    def check(self, classes: int, n_gen: int, n_pos: int, n_uncond: int, n_extra_neg: int = 0) -> None:
         """Raise a ValueError unless the global batch splits evenly over this layout."""
         S, G = self.ranks_per_class, self.class_groups
         if S < 1 or self.world % S:
@@ -92,7 +92,8 @@ class Layout:
         if classes % G:
             raise ValueError(f"classes_per_step={classes} must be a multiple of the {G} class groups "
                              f"(world size {self.world} / ranks_per_class {S})")
-        for name, n in (("n_gen", n_gen), ("n_pos", n_pos), ("n_uncond", n_uncond)):
+        counts = (("n_gen", n_gen), ("n_pos", n_pos), ("n_uncond", n_uncond), ("n_extra_neg", n_extra_neg))
+        for name, n in counts:
             if n % S:
                 raise ValueError(f"{name}={n} must be a multiple of ranks_per_class={S}")
         if n_gen // S < 1:

@@ -33,8 +33,8 @@ def cmd_train(a: argparse.Namespace) -> int:
                  seed=a.mae_seed),
         steps=a.steps, seed=a.seed, guidance=a.guidance,
         n_uncond=a.n_uncond, sampler=a.sampler, lr=a.lr, classes_per_step=a.classes_per_step, n_gen=a.n_gen,
-        n_pos=a.n_pos, neg_queue=a.neg_queue, max_locations=a.max_locations, groups=a.groups,
-        vanilla=a.vanilla, field_options=dict(temperatures=a.temperatures),
+        n_pos=a.n_pos, neg_queue=a.neg_queue, n_extra_neg=a.n_extra_neg, max_locations=a.max_locations,
+        groups=a.groups, vanilla=a.vanilla, field_options=dict(temperatures=a.temperatures),
         lr_decay=a.lr_decay, minutes=a.minutes, job_minutes=a.job_minutes,
         precision=a.precision, tokenizer=a.tokenizer, encoder_space=a.encoder_space,
         eval_samples=a.eval_samples, eval_every=a.eval_every,
@@ -203,6 +203,10 @@ def _train_step_options(g) -> None:
     g.add_argument("--neg-queue", type=int, default=None,
                    help="Q: the features of the last Q generated samples per class are extra, detached "
                    "negatives (0: off, the default)")
+    g.add_argument("--n-extra-neg", type=int, default=None,
+                   help="E: E more samples per class of the current generator, made and encoded without "
+                   "gradient, are extra negatives at weight 1 (Drift-RAE's detached negatives; 0: off, the "
+                   "default)")
     g.add_argument("--max-locations", type=positive_int, default=None,
                    help="drift at most this many random locations per feature map and step")
     g.add_argument("--groups", default=None,

@@ -290,7 +290,7 @@ def distill(cfg: DistillConfig, out: str | Path, *, progress: bool = True, resum
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     dev = torch.device(device if device is not None else "cpu")
     layout, comm = init_from_env(1, dev)  # under torchrun: the classes of a step are sharded over the ranks
-    layout.check(cfg.classes_per_step, cfg.n_neg, cfg.n_pos, cfg.n_extra_neg)
+    layout.check(cfg.classes_per_step, cfg.n_neg, cfg.n_pos, 0, cfg.n_extra_neg)
     main = layout.rank == 0
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
                 else contextlib.nullcontext())

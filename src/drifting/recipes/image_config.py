@@ -49,6 +49,11 @@ class ImageTrainConfig:
     # weight 1 (drifting.negatives; 0 = off): the repulsion then averages over N - 1 + Q samples. Measured harmful
     # at Q = 16 (the stale negatives move the fixed point; docs/results.md, session 14)
     neg_queue: int = 0
+    # E: Drift-RAE's detached extra negatives (Zhang et al., Table 8's N_extra_neg) in the image job: E more samples
+    # per class of the current generator, generated and encoded without gradient, join the negatives at weight 1,
+    # so the repulsion averages over N - 1 + E samples of the generator as it is now (unlike the queue's) for a
+    # forward pass each, no backward (0 = off)
+    n_extra_neg: int = 0
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: int = 100
@@ -124,6 +129,7 @@ class ImageTrainConfig:
         need(self.mae.width is None or self.mae.width >= 1, f"mae.width must be None or >= 1, got {self.mae.width}")
         self.mae.validate()
         need(self.neg_queue >= 0, f"neg_queue must be >= 0 (0 = off), got {self.neg_queue}")
+        need(self.n_extra_neg >= 0, f"n_extra_neg must be >= 0 (0 = off), got {self.n_extra_neg}")
         need(self.real_feature_cache_gb >= 0,
              f"real_feature_cache_gb must be >= 0 (0 = no cache), got {self.real_feature_cache_gb}")
         need(self.max_locations is None or self.max_locations >= 1,

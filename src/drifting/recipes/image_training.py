@@ -163,14 +163,16 @@ class DriftingStep:
             queued = take_locations(self.queue.take(classes), subsets) if self.queue.ready(classes) else None
             self.queue.push(f_gen, classes)
         f_gen, f_real = take_locations(f_gen, subsets), self.real_features(real_idx, subsets)
+        fresh = self.detached_negatives(i, classes, alpha, subsets)  # [Nc*E, L, C] or None
         gen = group_by_class(f_gen, Nc)  # {j: [Nc, N, L, C]}
         pos = group_by_class({k: v[: Nc * P] for k, v in f_real.items()}, Nc)  # {j: [Nc, P, L, C]}
-        # the extra negatives: unconditional real samples (weights w(alpha), A.7), then the queue's
+        # the extra negatives: unconditional real samples (weights w(alpha), A.7), then the queue's and the
+        # detached fresh ones (weight 1)
         U = self.U
         neg, w = _extra_negatives(
             group_by_class({k: v[Nc * P:] for k, v in f_real.items()}, Nc) if U > 0 else None,
             uncond_neg_weights(alpha, cfg.n_gen, U)[:, :self.U_loc] if U > 0 else None,  # [Nc, U_loc]
-            None if queued is None else group_by_class(queued, Nc))
+            *(None if t is None else group_by_class(t, Nc) for t in (queued, fresh)))
         loss, stats = drifting_loss(gen, pos, neg, neg_weights=w, options=cfg.field_options, comm=self.comm,
                                     compile=self.compile_field)
         v2 = {k: v for k, v in stats.items() if "/V2@" in k}  # raw ||V||^2 per group and temperature
@@ -196,6 +198,26 @@ class DriftingStep:
         d = self.dev
         return (classes_all[self.slots].to(d), alpha_all[self.slots].to(d), noise.to(d), style.to(d),
                 torch.cat(real_idx))
+
+    @torch.no_grad()
+    def detached_negatives(self, i: int, classes: torch.Tensor, alpha: torch.Tensor,
+                           subsets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """Drift-RAE's detached extra negatives in the image job (``cfg.n_extra_neg`` = E): E more samples per
+        class of the current generator from their own noise stream ``(seed, i, slot)``, generated and encoded
+        without gradient, at the step's locations ``subsets``: ``{name: [Nc*E_loc, L', C]}`` class-major, or
+        None when E = 0. They are negatives only: no loss term of their own, no backward."""
+        cfg = self.cfg
+        if cfg.n_extra_neg == 0:
+            return None
+        rows = self.layout.rows(cfg.n_extra_neg)
+        draws = [_slot_noise(self.G_module, cfg.seed, i, k, cfg.n_extra_neg, self.shape,
+                             stream=EXTRA_NEG_STREAM + k) for k in self.slots]
+        noise = torch.cat([z[rows] for z, _ in draws]).to(self.dev)  # [Nc*E_loc, c, h, w]
+        style = torch.cat([s[rows] for _, s in draws]).to(self.dev)
+        E = noise.shape[0] // self.Nc
+        with self.autocast:
+            x = self.G_module(noise, classes.repeat_interleave(E), alpha.repeat_interleave(E), style)
+            return take_locations(self.gen_features(x), subsets)
 
     @property
     def G_module(self) -> OneStepGenerator:
@@ -262,7 +284,7 @@ def train_images(cfg: ImageTrainConfig, out_dir: str | Path | None, *, progress:
         raise ValueError("neg_queue: the queue of generated negatives runs in one process only; set it to 0 "
                          "under torchrun")
     out = Path(out_dir) if out_dir is not None else None
-    layout.check(cfg.classes_per_step, cfg.n_gen, cfg.n_pos, cfg.guidance_config.n_uncond)
+    layout.check(cfg.classes_per_step, cfg.n_gen, cfg.n_pos, cfg.guidance_config.n_uncond, cfg.n_extra_neg)
 
     tok = build_tokenizer(cfg.tokenizer, pixel_channels=ds.shape[2]).to(dev)
     c, h, _ = tok.latent_shape(ds.shape[2], *ds.shape[:2])  # the generator's space
@@ -364,16 +386,18 @@ def _final_metrics(cfg: ImageTrainConfig, best: OneStepGenerator, history: dict,
     return metrics
 
 
-def _extra_negatives(uncond: dict | None, w: torch.Tensor | None, queued: dict | None):
+def _extra_negatives(uncond: dict | None, w: torch.Tensor | None, *generated: dict | None):
     """The loss's extra negatives ``{j: [Nc, M, L, C]}`` and their weights ``[Nc, M]``: the unconditional
-    real samples ``uncond`` ``{j: [Nc, U, L, C]}`` with their CFG weights ``w`` ``[Nc, U]``, followed by the
-    queued generated samples ``queued`` ``{j: [Nc, Q, L, C]}`` at weight 1; ``(None, None)`` when neither."""
-    if queued is None:
-        return uncond, w
-    ones = torch.ones(*next(iter(queued.values())).shape[:2], device=next(iter(queued.values())).device)
-    if uncond is None:
-        return queued, ones
-    return {k: torch.cat([uncond[k], queued[k]], dim=1) for k in uncond}, torch.cat([w, ones], dim=1)
+    real samples ``uncond`` ``{j: [Nc, U, L, C]}`` with their CFG weights ``w`` ``[Nc, U]``, followed by each
+    set of detached generated samples in ``generated`` (the queue's, the fresh ones; ``{j: [Nc, Q, L, C]}`` or
+    None) at weight 1; ``(None, None)`` when there are none."""
+    parts = ([] if uncond is None else [(uncond, w)]) + [
+        (g, torch.ones(*next(iter(g.values())).shape[:2], device=next(iter(g.values())).device))
+        for g in generated if g is not None]
+    if len(parts) < 2:
+        return parts[0] if parts else (uncond, w)
+    return ({k: torch.cat([f[k] for f, _ in parts], dim=1) for k in parts[0][0]},
+            torch.cat([ws for _, ws in parts], dim=1))
 
 
 def _config_defaults() -> dict:
@@ -383,6 +407,8 @@ def _config_defaults() -> dict:
 
 # minutes the end of a job keeps for itself (final metrics of 2000 samples, grids, export): ~20 s on 2 cores
 JOB_END_MINUTES = 0.5
+# the noise streams of the detached extra negatives: EXTRA_NEG_STREAM + slot (the generated: 1000 + slot)
+EXTRA_NEG_STREAM = 1_000_000
 
 
 def training_minutes(cfg: ImageTrainConfig, job_start: float, report: bool) -> float | None:
@@ -408,10 +434,12 @@ def training_minutes(cfg: ImageTrainConfig, job_start: float, report: bool) -> f
     return minutes
 
 
-def _slot_noise(G: OneStepGenerator, seed: int, step: int, slot: int, n: int, shape: tuple[int, int, int]):
+def _slot_noise(G: OneStepGenerator, seed: int, step: int, slot: int, n: int, shape: tuple[int, int, int],
+                stream: int | None = None):
     """Noise ``[n, c, h, w]`` and style draws of class slot ``slot`` at ``step``, from their own stream
-    ``(seed, step, slot)``: a rank draws only its slots, and no draw depends on the world size."""
-    g = step_generator(seed, step, stream=1000 + slot)
+    ``(seed, step, slot)`` (``stream``, default ``1000 + slot``): a rank draws only its slots, and no draw
+    depends on the world size."""
+    g = step_generator(seed, step, stream=1000 + slot if stream is None else stream)
     return torch.randn(n, *shape, generator=g), G.draw_style(n, generator=g)
 
 
