@@ -261,3 +261,38 @@ def test_reduced_matmul_precision_does_not_reach_the_field(precision):
         assert torch.get_float32_matmul_precision() == precision
     finally:
         torch.set_float32_matmul_precision(old)
+
+
+def test_per_problem_temperatures_equal_each_problem_alone():
+    """``drift_fields`` with a ``[B, K]`` tensor of temperatures gives every problem the field of its own
+    temperatures, in the dense and the streaming (column-blocked) paths; a wrong shape is an error."""
+    g = torch.Generator().manual_seed(8)
+    B, N, P, M, D = 4, 5, 6, 3, 3
+    x = torch.randn(B, N, D, generator=g, dtype=torch.float64)
+    y = torch.cat([torch.randn(B, P, D, generator=g, dtype=torch.float64), x,
+                   torch.randn(B, M, D, generator=g, dtype=torch.float64)], 1)
+    T = torch.tensor([[0.5, 2.0], [1.0, 4.0], [0.1, 0.3], [3.0, 9.0]], dtype=torch.float64)
+    for max_elements in (None, 3 * 2 * N * 4 + 4 * D + N * D):  # the second streams blocks of columns
+        V = drift_fields(Distances(x, y, self_col=P), P, T, max_elements=max_elements)
+        for b in range(B):
+            alone = drift_fields(Distances(x[b:b + 1], y[b:b + 1], self_col=P), P, T[b].tolist())
+            assert torch.allclose(V[b], alone[0], rtol=1e-10, atol=1e-14), (b, max_elements)
+    with pytest.raises(ValueError, match=r"per-problem temperatures must be \[B=4"):
+        drift_fields(Distances(x, y, self_col=P), P, T[:3])
+    with pytest.raises(ValueError, match="positive finite"):
+        drift_fields(Distances(x, y, self_col=P), P, -T)
+
+
+def test_weighted_sum_per_problem():
+    """``weighted_sum(per_problem=True)``: each problem's weighted distance sum, ``[B]``, summing to the total."""
+    g = torch.Generator().manual_seed(9)
+    B, N, P, M, D = 3, 4, 5, 2, 3
+    x = torch.randn(B, N, D, generator=g, dtype=torch.float64)
+    y = torch.cat([torch.randn(B, P, D, generator=g, dtype=torch.float64),
+                   torch.randn(B, M, D, generator=g, dtype=torch.float64)], 1)
+    w = torch.rand(B, 1, M, generator=g, dtype=torch.float64)
+    d = torch.cdist(x, y)
+    want = d[..., :P].sum((1, 2)) + (d[..., P:] * w).sum((1, 2))
+    got = Distances(x, y).weighted_sum(P, w, per_problem=True)
+    assert got.shape == (B,) and torch.allclose(got, want, rtol=1e-12)
+    assert torch.allclose(Distances(x, y).weighted_sum(P, w), want.sum(), rtol=1e-12)

@@ -264,6 +264,22 @@ def test_train_cli_sets_the_field_temperatures(tmp_path, capsys, drop_thread_not
     assert "--temperatures must be positive" in drop_thread_note(capsys.readouterr().err)
 
 
+def test_train_cli_sets_the_extra_negatives(tmp_path, capsys, drop_thread_note):
+    """``train --n-extra-neg E`` reaches the run's config, and a negative count (here and in ``distill``) is
+    an error naming the flag, before any work."""
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "cpu-tiny", "--steps", "1", "--eval-samples", "0", "--out", str(out),
+                 "--n-extra-neg", "3", "--no-progress"]) == 0
+    assert json.loads((out / "model" / "train_config.json").read_text())["n_extra_neg"] == 3
+    for cmd in (["train", "--out", str(tmp_path / "bad")],
+                ["distill", "--out", str(tmp_path / "bad"), "--teacher", "t"]):
+        with pytest.raises(SystemExit):
+            main([*cmd, "--n-extra-neg", "-1"])
+        err = drop_thread_note(capsys.readouterr().err)
+        assert "--n-extra-neg" in err and "expected a whole number >= 0" in err, err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_train_cli_sets_the_mae_width_and_its_label_fine_tuning(tmp_path):
     """``train --mae-width --mae-cls-steps --mae-cls-lambda --mae-cls-warmup`` reach the MAE that the run
     pre-trains: its exported config has the width and a classification head."""

@@ -259,3 +259,39 @@ def test_field_options_and_keywords_are_the_same_loss():
     assert torch.equal(V1, compute_V(x, yp, x, 0.5, normalize="y", repulsion=0.5))
     with pytest.raises(TypeError, match="normalize"):  # a kernel takes T, not the loss's temperatures
         compute_V(x, yp, x, 0.5, temperatures=(0.5,))
+
+
+@pytest.mark.parametrize("kernel", ["laplace", "mmd"])
+def test_groups_of_one_width_computed_together_equal_each_alone(kernel):
+    """Groups of equal width (a tap's locations and its pooled statistics) are stacked and computed in one
+    pass, each with its own S_j and lambda_j: the loss, every statistic and the gradient equal those of each
+    group computed alone, with CFG weights and a group of another width beside them."""
+    from drifting.loss import _group_targets, _stackable
+
+    g = torch.Generator().manual_seed(5)
+    B, N, P, U, C = 3, 6, 7, 2, 5
+    shapes = {"loc": (B, N, 4, C), "mean": (B, N, C), "p2": (B, N, 2, C), "other": (B, N, 3)}
+    scale = {"loc": 1.0, "mean": 5.0, "p2": 0.2, "other": 2.0}  # S_j differ by 25x between the groups
+    gen = {j: (scale[j] * torch.randn(*s, generator=g, dtype=torch.float64)).requires_grad_(True)
+           for j, s in shapes.items()}
+    pos = {j: scale[j] * (torch.randn(s[0], P, *s[2:], generator=g, dtype=torch.float64) + 0.3)
+           for j, s in shapes.items()}
+    neg = {j: scale[j] * torch.randn(s[0], U, *s[2:], generator=g, dtype=torch.float64) for j, s in shapes.items()}
+    w = torch.rand(B, U, generator=g, dtype=torch.float64) * 3
+    groups = {j: _group_targets(j, gen[j], pos[j], neg[j], True, None) for j in gen}
+    assert _stackable(groups) == [["loc", "mean", "p2"], ["other"]]
+    opts = dict(kernel=kernel) if kernel == "mmd" else {}
+    total, stats = drifting_loss(gen, pos, neg, neg_weights=w, **opts)
+    grads = torch.autograd.grad(total, list(gen.values()))
+    alone_total = 0.0
+    for (j, x), grad in zip(gen.items(), grads):
+        alone, alone_stats = drifting_loss({j: x}, {j: pos[j]}, {j: neg[j]}, neg_weights=w, **opts)
+        alone_total = alone_total + alone
+        assert set(alone_stats) <= set(stats)
+        for k, v in alone_stats.items():
+            assert torch.allclose(stats[k], v, rtol=1e-10, atol=0), k
+        (alone_grad,) = torch.autograd.grad(alone, x)
+        assert torch.allclose(grad, alone_grad, rtol=1e-9, atol=1e-14), j
+    assert torch.allclose(total, alone_total, rtol=1e-12)
+    # the groups' S_j really differ, so one shared S would fail the comparison above
+    assert stats["mean/S"] / stats["p2/S"] > 5

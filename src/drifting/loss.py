@@ -24,7 +24,6 @@ before ``lambda``), the number that goes down as q approaches p.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
 
@@ -62,31 +61,36 @@ def _to_problems(name: str, t: torch.Tensor, B: int | None = None) -> tuple[torc
     return t.permute(0, 2, 1, 3).reshape(b * L, n, C), L  # [B*L, n, C]
 
 
-class _FrozenTargetMSE(torch.autograd.Function):
-    """``mean((x / S - goal)^2)`` with ``S`` and ``goal`` constants (Eq. 26's stop-gradient target), ``x``
-    and ``goal`` ``[BL, N, C]``: one pass for the difference, one for its norm, one for the gradient
-    ``2 (x / S - goal) / (n S)`` (autograd's chain of division, difference, square and mean makes about
-    seven)."""
+class _FrozenTargetSq(torch.autograd.Function):
+    """Each problem's ``sum((x / S - goal)^2)``, ``[BL]``, with ``S`` (a scalar or ``[BL, 1, 1]``) and
+    ``goal`` constants (Eq. 26's stop-gradient target), ``x`` and ``goal`` ``[BL, N, C]``: one pass for the
+    difference, one for its norm, one for the gradient ``2 g_b (x / S - goal) / S`` (autograd's chain of
+    division, difference, square and sum makes about seven)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, S: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
         diff = x.detach().to(goal.dtype).div(S).sub_(goal)  # [BL, N, C]
         ctx.save_for_backward(diff, S)
         ctx.in_dtype = x.dtype
-        # per problem, then summed: one norm over all B*N*C values accumulates an error of ~1e-5 in fp32
-        per_problem = torch.linalg.vector_norm(diff.reshape(diff.shape[0], -1), dim=-1)  # [BL]
-        return per_problem.square_().sum() / diff.numel()
+        # per problem: one norm over all B*N*C values accumulates an error of ~1e-5 in fp32
+        return torch.linalg.vector_norm(diff.reshape(diff.shape[0], -1), dim=-1).square_()  # [BL]
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         diff, S = ctx.saved_tensors
-        g = diff.mul(grad * 2.0 / (diff.numel() * S)).to(ctx.in_dtype)
+        g = diff.mul((grad * 2.0).view(-1, 1, 1) / S).to(ctx.in_dtype)
         return g, None, None
 
 
+def _frozen_target_sq(x: torch.Tensor, S: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+    """Each problem's ``sum((x / S - goal)^2)``, ``[BL]``, differentiable in ``x`` only
+    (:class:`_FrozenTargetSq`)."""
+    return _FrozenTargetSq.apply(x, S.detach(), goal.detach())
+
+
 def _frozen_target_mse(x: torch.Tensor, S: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
-    """``mean((x / S - goal)^2)``, differentiable in ``x`` only (see :class:`_FrozenTargetMSE`)."""
-    return _FrozenTargetMSE.apply(x, S.detach(), goal.detach())
+    """``mean((x / S - goal)^2)``, differentiable in ``x`` only."""
+    return _frozen_target_sq(x, S, goal).sum() / goal.numel()
 
 
 def _as_groups(name: str, v) -> dict[str, torch.Tensor]:
@@ -155,40 +159,83 @@ def drifting_loss(
     opts = field_options(options, overrides, "drifting_loss")
     gens, poss, negs = _as_groups("gen", gen), _as_groups("pos", pos), _as_groups("neg", neg)
     _check_loss_args(gens, poss, negs, neg_weights, gen_as_negatives)
-    temperatures = opts.temperatures
-    field = functools.partial(_group_field, opts=opts, comm=comm, max_elements=max_elements, compile=compile)
-    total = None
+    groups = {j: _group_targets(j, g, poss[j], negs.get(j), gen_as_negatives, comm) for j, g in gens.items()}
+    losses: dict[str, torch.Tensor] = {}
     stats: dict[str, torch.Tensor] = {}
-    for j, g in gens.items():
-        x, parts, P, M_extra, L = _group_targets(j, g, poss[j], negs.get(j), gen_as_negatives, comm)
-        BL, N, C = x.shape
-        x_sg = x.detach()
-        # No validation pass over the features: a NaN or inf in any of them makes S and the group's loss
-        # non-finite, and only then are the inputs checked, to name the bad one
-        name_bad = functools.partial(_name_non_finite, j, x_sg, parts)
-        with torch.no_grad():
-            w = None if neg_weights is None else _target_weights(neg_weights, x_sg, parts, P, M_extra, L,
-                                                                 gen_as_negatives, comm)  # [BL, 1, M_all]
-            self_col = None if not gen_as_negatives else P + (0 if comm is None else comm.group_rank * N)
-            dists = Distances(x_sg, parts, self_col=self_col, cache_elements=CACHE_DISTANCES)
-            if opts.normalize_features:  # Eq. (21)
-                S = _feature_scale(dists, P, w, comm, max_elements, len(temperatures))
-                if not all_finite(S):
-                    name_bad()
-            else:
-                S = torch.ones((), dtype=dists.dtype, device=x.device)
-            V_all, unit = field(dists, x_sg, parts, P, S, w, gen_as_negatives)  # [BL, K, N, C]
-            goal, V2, lam = _drift_goal(x_sg, V_all, S, unit, opts.normalize_drift, comm)  # Eq. 25-26
-            for k, tau in enumerate(temperatures):
-                stats[f"{j}/V2@{tau:g}"] = V2[k]
-                stats[f"{j}/lambda@{tau:g}"] = lam[k]
-        loss_j = _frozen_target_mse(x, S, goal)  # mean (x / S - goal)^2, gradient into x only
+    for names in _stackable(groups):
+        _stacked_loss(names, groups, losses, stats, neg_weights=neg_weights, opts=opts, comm=comm,
+                      gen_as_negatives=gen_as_negatives, max_elements=max_elements, compile=compile)
+    total = None
+    for j in gens:  # summed in the groups' order, whatever their stacking
+        total = losses[j] if total is None else total + losses[j]
+    return total, stats
+
+
+def _stackable(groups: dict) -> list[list[str]]:
+    """The groups in lists whose problems can be stacked along the problem axis and computed as one: equal
+    width C, samples N, target sets and dtypes (e.g. a tap's locations and its pooled statistics). Each
+    keeps its own ``S_j`` and ``lambda_j``; one call per list instead of one per group saves the per-call
+    cost of the field's many small operations."""
+    lists: dict[tuple, list[str]] = {}
+    for j, (x, parts, P, M_extra, _) in groups.items():
+        key = (x.shape[1:], x.dtype, P, M_extra, tuple((t.shape[1], t.dtype) for t in parts))
+        lists.setdefault(key, []).append(j)
+    return list(lists.values())
+
+
+def _stacked_loss(names: list[str], groups: dict, losses: dict, stats: dict, *, neg_weights,
+                  opts: FieldOptions, gen_as_negatives: bool, comm, max_elements: int | None,
+                  compile: bool) -> None:
+    """Eq. 21-26 for the groups ``names`` (of one :func:`_stackable` list) at once, their problems stacked:
+    ``S``, ``lambda`` and the loss per group, the distances and the field in one pass. Writes each group's
+    loss into ``losses`` and its statistics into ``stats``."""
+    one = len(names) == 1
+    xs = [groups[j][0] for j in names]  # [BL_g, N, C] each
+    _, _, P, M_extra, _ = groups[names[0]]
+    x = xs[0] if one else torch.cat(xs)  # [BL, N, C], the gradient flows back to each group
+    parts = groups[names[0]][1] if one else [torch.cat(ts) for ts in zip(*(groups[j][1] for j in names))]
+    sizes = [t.shape[0] for t in xs]
+    BL, N, C = x.shape
+    x_sg = x.detach()
+    temperatures = opts.temperatures
+
+    def name_bad():  # no validation pass over the features: only a non-finite S or loss has them checked
+        for j in names:
+            _name_non_finite(j, groups[j][0].detach(), groups[j][1])
+
+    with torch.no_grad():
+        w = None
+        if neg_weights is not None:  # [BL, 1, M_all]
+            ws = [_target_weights(neg_weights, groups[j][0].detach(), groups[j][1], P, M_extra, groups[j][4],
+                                  gen_as_negatives, comm) for j in names]
+            w = ws[0] if one else torch.cat(ws)
+        seg = torch.repeat_interleave(torch.arange(len(names), device=x.device),
+                                      torch.tensor(sizes, device=x.device))  # [BL]: each problem's group
+        self_col = None if not gen_as_negatives else P + (0 if comm is None else comm.group_rank * N)
+        dists = Distances(x_sg, parts, self_col=self_col, cache_elements=CACHE_DISTANCES)
+        if opts.normalize_features:  # Eq. (21)
+            S = _feature_scale(dists, P, w, seg, sizes, comm, max_elements, len(temperatures))  # [G]
+            if not all_finite(S):
+                name_bad()
+        else:
+            S = torch.ones(len(names), dtype=dists.dtype, device=x.device)
+        S_b = S[seg].view(BL, 1, 1)  # [BL, 1, 1]: each problem's S_j
+        V_all, unit = _group_field(dists, x_sg, parts, P, S_b, w, gen_as_negatives, opts=opts, comm=comm,
+                                   max_elements=max_elements, compile=compile)  # [BL, K, N, C]
+        # Eq. 25-26
+        goal, V2, lam = _drift_goal(x_sg, V_all, S_b, unit, seg, sizes, opts.normalize_drift, comm)
+    # mean (x / S - goal)^2 per group, gradient into x only
+    sq = _frozen_target_sq(x, S_b, goal).split(sizes)  # [BL_g] each
+    for g, j in enumerate(names):
+        loss_j = sq[g].sum() / (sizes[g] * N * C)
         if not all_finite(loss_j):
             name_bad()
+        for k, tau in enumerate(temperatures):
+            stats[f"{j}/V2@{tau:g}"] = V2[g, k]
+            stats[f"{j}/lambda@{tau:g}"] = lam[g, k]
         stats[f"{j}/loss"] = loss_j.detach()
-        stats[f"{j}/S"] = S
-        total = loss_j if total is None else total + loss_j
-    return total, stats
+        stats[f"{j}/S"] = S[g]
+        losses[j] = loss_j
 
 
 def _check_loss_args(gens: dict, poss: dict, negs: dict, neg_weights, gen_as_negatives: bool) -> None:
@@ -249,15 +296,17 @@ def _target_weights(neg_weights: torch.Tensor, x_sg: torch.Tensor, parts: list[t
     return torch.cat([torch.ones(BL, 1, N_all, dtype=w_extra.dtype, device=x_sg.device), w_extra], -1)
 
 
-def _feature_scale(dists: Distances, P: int, w: torch.Tensor | None, comm, max_elements: int | None,
-                   K: int) -> torch.Tensor:
-    """``S_j`` (Eq. 21): the weighted mean distance over every (x, y) pair of the group, over ``sqrt(C)``
-    (a global mean over the ranks of ``comm``)."""
-    BL, N, C = dists.B, dists.N, dists.D
-    num = dists.weighted_sum(P, w, max_elements, K=K)
-    den = torch.tensor(float(N * BL * (dists.Y if w is None else P)), dtype=num.dtype, device=num.device)
+def _feature_scale(dists: Distances, P: int, w: torch.Tensor | None, seg: torch.Tensor, sizes: list[int],
+                   comm, max_elements: int | None, K: int) -> torch.Tensor:
+    """``S_j`` (Eq. 21) of each group stacked in ``dists`` (problem ``b`` belongs to group ``seg[b]``; group
+    ``g`` has ``sizes[g]`` problems), ``[G]``: the weighted mean distance over every (x, y) pair of the
+    group, over ``sqrt(C)`` (a global mean over the ranks of ``comm``)."""
+    N, C, G = dists.N, dists.D, len(sizes)
+    per_problem = dists.weighted_sum(P, w, max_elements, K=K, per_problem=True)  # [BL]
+    num = per_problem.new_zeros(G).index_add_(0, seg, per_problem)  # [G]
+    den = torch.tensor(sizes, dtype=num.dtype, device=num.device) * float(N * (dists.Y if w is None else P))
     if w is not None:
-        den = den + N * w.sum()
+        den.index_add_(0, seg, w.sum(dim=(1, 2)).to(num.dtype) * N)
     if comm is not None:
         num, den = comm.sum(num), comm.sum(den)
     return (num / den / math.sqrt(C)).clamp_min(_EPS)
@@ -266,9 +315,10 @@ def _feature_scale(dists: Distances, P: int, w: torch.Tensor | None, comm, max_e
 def _group_field(dists: Distances, x_sg: torch.Tensor, parts: list[torch.Tensor], P: int, S: torch.Tensor,
                  w: torch.Tensor | None, gen_as_negatives: bool, *, opts: FieldOptions, comm,
                  max_elements: int | None, compile: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(V_all [BL, K, N, C], unit)``: the field at every temperature ``tau * sqrt(C)`` of the normalized
-    features (Eq. 22), in units where ``V_all / unit`` is the normalized field."""
-    C, temperatures = x_sg.shape[-1], opts.temperatures
+    """``(V_all [BL, K, N, C], unit [BL, 1, 1])``: the field at every temperature ``tau * sqrt(C)`` of the
+    normalized features (Eq. 22), each problem's features over its own ``S [BL, 1, 1]``, in units where
+    ``V_all / unit`` is the normalized field."""
+    BL, C, temperatures = x_sg.shape[0], x_sg.shape[-1], opts.temperatures
     if opts.kernel == "mmd":  # not scale-free: evaluate it on the normalized features themselves
         if comm is not None:
             raise ValueError("kernel='mmd' does not support multi-rank losses (comm)")
@@ -278,28 +328,32 @@ def _group_field(dists: Distances, x_sg: torch.Tensor, parts: list[torch.Tensor]
         V_all = torch.stack([mmd_from_distances(ys, dists_s, P, float(tau * math.sqrt(C)),
                                                 mask_self=gen_as_negatives, neg_weights=w, x=xs)
                              for tau in temperatures], dim=1)  # [BL, K, N, C], normalized units
-        return V_all, torch.ones((), dtype=S.dtype, device=S.device)
+        return V_all, torch.ones_like(S)
     # V is linear in the targets: V(x/S, y/S; dist/S, T) = V(x, y; dist, S T) / S, so the normalized
     # features phi~ = phi / S never need to be materialized; V_all is in raw units
-    V_all = drift_fields(dists, P, [tau * math.sqrt(C) * float(S) for tau in temperatures],
-                         options=opts, neg_weights=w, max_elements=max_elements, compile=compile,
+    taus = torch.tensor(temperatures, dtype=S.dtype, device=S.device) * math.sqrt(C)  # [K]
+    V_all = drift_fields(dists, P, S.view(BL, 1) * taus, options=opts, neg_weights=w,  # T [BL, K]
+                         max_elements=max_elements, compile=compile,
                          column_reduce=None if comm is None else comm.column_lse)  # [BL, K, N, C]
     return V_all, S
 
 
 def _drift_goal(x_sg: torch.Tensor, V_all: torch.Tensor, S: torch.Tensor, unit: torch.Tensor,
-                normalize_drift: bool, comm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(goal [BL, N, C], V2 [K], lambda [K])``: the frozen target ``x~ + sum_k V~_k / lambda_k`` (Eq. 26)
-    with ``lambda_k = sqrt(E ||V~_k||^2 / C)`` (Eq. 25), and the raw mean ``||V~_k||^2`` per temperature."""
+                seg: torch.Tensor, sizes: list[int], normalize_drift: bool, comm
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(goal [BL, N, C], V2 [G, K], lambda [G, K])``: the frozen target ``x~ + sum_k V~_k / lambda_k``
+    (Eq. 26) with ``lambda_k = sqrt(E ||V~_k||^2 / C)`` (Eq. 25) over each group's problems (problem ``b`` in
+    group ``seg[b]``, ``sizes[g]`` problems in group ``g``), and each group's raw mean ``||V~_k||^2``."""
     BL, K, N, C = V_all.shape
     # a norm over each problem's contiguous N*C values (a strided reduction over (b, n, c) is 5x slower)
-    V2 = torch.linalg.vector_norm(V_all.reshape(BL, K, N * C), dim=-1).square_().sum(0)
-    V2 = V2 / (BL * N) / unit.square()
+    per = torch.linalg.vector_norm(V_all.reshape(BL, K, N * C), dim=-1).square_() / unit.view(BL, 1).square()
+    count = torch.tensor(sizes, dtype=per.dtype, device=per.device).view(-1, 1) * N  # [G, 1]
+    V2 = per.new_zeros(len(sizes), K).index_add_(0, seg, per) / count  # [G, K]
     if comm is not None:
         V2 = comm.mean(V2)  # equal shares: the mean of the ranks' means
-    lam = (V2 / C).sqrt().clamp_min(_EPS) if normalize_drift else torch.ones_like(V2)  # [K]
-    coef = (lam * unit).reciprocal()  # V_all[:, k] * coef[k] = V~_k / lambda_k
+    lam = (V2 / C).sqrt().clamp_min(_EPS) if normalize_drift else torch.ones_like(V2)  # [G, K]
+    coef = (lam[seg] * unit.view(BL, 1)).reciprocal()  # [BL, K]: V_all[:, k] * coef[:, k] = V~_k / lambda_k
     goal = x_sg.to(S.dtype) / S  # [BL, N, C], built in place
     for k in range(K):
-        goal.addcmul_(V_all[:, k], coef[k])
+        goal.addcmul_(V_all[:, k], coef[:, k].view(BL, 1, 1))
     return goal, V2, lam

@@ -22,6 +22,17 @@ def positive_int(s: str) -> int:
     return v
 
 
+def count(s: str) -> int:
+    """A whole number >= 0 (a count where 0 means none or off)."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0 (0: off), got {v}")
+    return v
+
+
 def positive_float(s: str) -> float:
     try:
         v = float(s)

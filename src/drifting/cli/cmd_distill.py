@@ -6,7 +6,7 @@ import argparse
 from dataclasses import replace
 
 from ..recipes.distill import FEATURES, INITS, PRESETS, DistillConfig, distill, distill_preset
-from .args import add_resume_options, add_threads_option, positive_int, resume_flag, temperatures
+from .args import add_resume_options, add_threads_option, count, positive_int, resume_flag, temperatures
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
@@ -57,7 +57,7 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     f.add_argument("--n-pos", type=positive_int, default=None, help="N_pos real latents per class")
     f.add_argument("--n-neg", type=positive_int, default=None,
                    help="N_neg gradient-carrying samples per class")
-    f.add_argument("--n-extra-neg", type=int, default=None, help="N_extra_neg detached negatives per class")
+    f.add_argument("--n-extra-neg", type=count, default=None, help="N_extra_neg detached negatives per class")
     f.add_argument("--temperatures", type=temperatures, default=None,
                    help="comma-separated taus (default 0.02,0.05,0.2)")
     f.add_argument("--y-softmax", action=argparse.BooleanOptionalAction, default=None,

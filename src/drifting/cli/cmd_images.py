@@ -11,6 +11,7 @@ from .args import (
     add_deprecated_alias,
     add_resume_options,
     add_threads_option,
+    count,
     positive_int,
     resume_flag,
     temperatures,
@@ -185,11 +186,11 @@ def _train_mae_options(g) -> None:
                    help="ResNet-MAE preset to pre-train (cpu-tiny, cpu-small, ...)")
     g.add_argument("--mae-steps", type=positive_int, default=None)
     g.add_argument("--mae-batch", type=positive_int, default=None)
-    g.add_argument("--mae-cls-steps", type=int, default=None,
+    g.add_argument("--mae-cls-steps", type=count, default=None,
                    help="steps of A.3's classification fine-tuning of the MAE (0: none)")
     g.add_argument("--mae-cls-lambda", type=float, default=None,
                    help="the fine-tuning's final lambda in lambda L_cls + (1 - lambda) L_recon (A.3: 0.1)")
-    g.add_argument("--mae-cls-warmup", type=int, default=None, help="steps of lambda's warm-up from 0")
+    g.add_argument("--mae-cls-warmup", type=count, default=None, help="steps of lambda's warm-up from 0")
     g.add_argument("--mae-width", type=positive_int, default=None,
                    help="the MAE's base width C (default: its preset's)")
 
@@ -198,12 +199,12 @@ def _train_step_options(g) -> None:
     g.add_argument("--classes-per-step", type=positive_int, default=None, help="Nc")
     g.add_argument("--n-gen", type=positive_int, default=None, help="N generated samples per class")
     g.add_argument("--n-pos", type=positive_int, default=None, help="P positives per class")
-    g.add_argument("--n-uncond", type=int, default=None,
+    g.add_argument("--n-uncond", type=count, default=None,
                    help="N_unc unconditional negatives (default: the CFG preset's)")
-    g.add_argument("--neg-queue", type=int, default=None,
+    g.add_argument("--neg-queue", type=count, default=None,
                    help="Q: the features of the last Q generated samples per class are extra, detached "
                    "negatives (0: off, the default)")
-    g.add_argument("--n-extra-neg", type=int, default=None,
+    g.add_argument("--n-extra-neg", type=count, default=None,
                    help="E: E more samples per class of the current generator, made and encoded without "
                    "gradient, are extra negatives at weight 1 (Drift-RAE's detached negatives; 0: off, the "
                    "default)")
@@ -220,9 +221,9 @@ def _train_step_options(g) -> None:
 
 def _train_run_options(g) -> None:
     g.add_argument("--steps", type=positive_int, default=None)
-    g.add_argument("--eval-samples", type=int, default=None,
+    g.add_argument("--eval-samples", type=count, default=None,
                    help="samples for the final in-domain classifier metrics (default 1000; 0 skips)")
-    g.add_argument("--eval-every", type=int, default=None,
+    g.add_argument("--eval-every", type=count, default=None,
                    help="a learning curve: the same metrics every this many steps, "
                    "OUT/curve.json (default 0: off)")
     g.add_argument("--guidance", default=None,

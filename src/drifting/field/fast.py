@@ -167,24 +167,24 @@ class Distances:
         i0, i1 = max(0, c0 - self.self_col), min(self.N, c1 - self.self_col)
         return (i0, i1, self.self_col + i0 - c0) if i0 < i1 else None
 
-    def weighted_sum(self, P: int, w: torch.Tensor | None, max_elements: int | None = None, K: int = 1
-                     ) -> torch.Tensor:
-        """``sum_b,i [sum_{j<P} d_bij + sum_{j>=P} w_bj d_bij]`` (the numerator of Eq. 21), ``w [B, 1, Y-P]``.
-        Chunked as a ``K``-temperature :func:`drift_fields` call with the same ``max_elements`` is, so
-        that call finds these distances in the cache (``cache_elements``)."""
+    def weighted_sum(self, P: int, w: torch.Tensor | None, max_elements: int | None = None, K: int = 1,
+                     per_problem: bool = False) -> torch.Tensor:
+        """``sum_b,i [sum_{j<P} d_bij + sum_{j>=P} w_bj d_bij]`` (the numerator of Eq. 21), ``w [B, 1, Y-P]``;
+        with ``per_problem`` the sum over ``i, j`` of each problem ``b``, ``[B]``. Chunked as a
+        ``K``-temperature :func:`drift_fields` call with the same ``max_elements`` is, so that call finds
+        these distances in the cache (``cache_elements``)."""
         chunk, block = plan_chunks(self.B, self.N, self.Y, K, self.D, max_elements)
-        total = torch.zeros((), dtype=self.dtype, device=self.x.device)
+        total = torch.zeros(self.B, dtype=self.dtype, device=self.x.device)  # [B]
         for b0 in range(0, self.B, chunk):
             ch = self.chunk(b0, min(self.B, b0 + chunk))
             for c0 in range(0, self.Y, block):
                 c1 = min(self.Y, c0 + block)
                 d = ch.distances(c0, c1)  # [b, N, cb]
                 p = min(max(P - c0, 0), c1 - c0)  # positive columns in this block
-                if w is None or p == c1 - c0:
-                    total += d.sum()
-                else:
-                    total += d[..., :p].sum() + (d[..., p:] * w[ch.b0:ch.b1, :, c0 + p - P: c1 - P]).sum()
-        return total
+                if w is not None and p < c1 - c0:
+                    d[..., p:] *= w[ch.b0:ch.b1, :, c0 + p - P: c1 - P]  # (d is the caller's copy)
+                total[ch.b0:ch.b1] += d.sum(dim=(1, 2))
+        return total if per_problem else total.sum()
 
 
 def _sq_norms(t: torch.Tensor) -> torch.Tensor:
@@ -269,7 +269,7 @@ def _mask_self_(d: torch.Tensor, self_pairs) -> None:
 def _dense_weights(d, neg_inv_T, w, P: int, normalize: str, a: float, r: float, col_reduce):
     """Alg. 2's cross-weighted affinities from the distances of a chunk, every temperature at once.
 
-    ``d [b, N, Y]`` with the self pairs masked (:func:`_mask_self_`), ``neg_inv_T [1, K, 1, 1]``,
+    ``d [b, N, Y]`` with the self pairs masked (:func:`_mask_self_`), ``neg_inv_T [1 or b, K, 1, 1]``,
     ``w [b, 1, 1, M]`` or None. Returns ``W [b, K, N, Y]`` (``a A_pos s_neg`` then ``-r A_neg s_pos``)
     and ``s_pos s_neg [b, K, N, 1]``; ``W @ y`` is the field. Pure, so ``torch.compile`` can fuse it.
     """
@@ -279,7 +279,7 @@ def _dense_weights(d, neg_inv_T, w, P: int, normalize: str, a: float, r: float, 
         # L / 2 = c d (c = -1 / 2T), Q_row = exp(L/2 - max_j L/2), R_i = sum_j Q_row^2 (likewise over i
         # for the columns): two exps per logit instead of three. The maxima come from the distances
         # (max_j c d_ij = c min_j d_ij, once for all K); Q >= exp(-87 / 2), so Q_row Q_col stays normal.
-        c = neg_inv_T * 0.5  # [1, K, 1, 1]
+        c = neg_inv_T * 0.5  # [1 or b, K, 1, 1]
         # [b, 1, Y] (over a non-last dim: a [b, N, Y] pass, not K of them)
         d_col = d.amin(dim=-2, keepdim=True)
         Q_row = _exp_((d - d.amin(dim=-1, keepdim=True)).unsqueeze(1) * c, _EXP_FLOOR / 2)  # [b, K, N, Y]
@@ -401,10 +401,27 @@ def _streaming_chunk(ch: _Chunk, out, P, neg_inv_T, normalize, w, a, r, col_redu
     torch.mul(V, log_scale.exp_(), out=out)
 
 
+def _neg_inverse_temperatures(temperatures, B: int, dtype, device) -> torch.Tensor:
+    """``-1 / T`` as ``[1, K, 1, 1]`` (K temperatures shared by every problem) or ``[B, K, 1, 1]`` (from a
+    ``[B, K]`` tensor: each problem its own, e.g. feature groups of different ``S_j`` computed together)."""
+    if isinstance(temperatures, torch.Tensor) and temperatures.dim() == 2:
+        if temperatures.shape[0] != B or temperatures.shape[1] < 1:
+            raise ValueError(f"per-problem temperatures must be [B={B}, K >= 1], "
+                             f"got {tuple(temperatures.shape)}")
+        T = temperatures.detach().to(dtype=dtype, device=device)
+        if not bool(((T > 0) & torch.isfinite(T)).all()):
+            raise ValueError("temperatures must be positive finite numbers")
+        return T.reciprocal().neg_().view(B, -1, 1, 1)
+    temps = [float(t) for t in temperatures]
+    if not temps or any(not (t > 0 and math.isfinite(t)) for t in temps):
+        raise ValueError(f"temperatures must be positive finite numbers, got {temperatures}")
+    return torch.tensor([-1.0 / t for t in temps], dtype=dtype, device=device).view(1, len(temps), 1, 1)
+
+
 def drift_fields(
     dists: Distances,
     P: int,
-    temperatures: Sequence[float],
+    temperatures: Sequence[float] | torch.Tensor,
     *,
     options: FieldOptions | None = None,
     neg_weights: torch.Tensor | None = None,
@@ -417,7 +434,8 @@ def drift_fields(
 
     ``dists`` holds x and the targets ``y = [positives (P); negatives (M)]``; with ``dists.self_col``
     the self pairs are masked. ``neg_weights [B, 1, M]`` scale the negatives after normalization
-    (CFG, A.7). ``temperatures`` are the kernel's own (already in the units of ``dists``); of ``options``
+    (CFG, A.7). ``temperatures`` are the kernel's own (already in the units of ``dists``): K numbers shared
+    by every problem, or a ``[B, K]`` tensor, one row per problem; of ``options``
     (or the keywords ``normalize``, ``attraction``, ``repulsion``) the kernel options are used, as in
     :func:`drifting.compute_V`.
     ``max_elements`` bounds a chunk's temporaries (:func:`plan_chunks`); the output is ``B K N D``.
@@ -428,24 +446,22 @@ def drift_fields(
     normalize = opts.normalize
     if not 1 <= P <= dists.Y:
         raise ValueError(f"P must be in [1, Y={dists.Y}], got {P}")
-    temps = [float(t) for t in temperatures]
-    if not temps or any(not (t > 0 and math.isfinite(t)) for t in temps):
-        raise ValueError(f"temperatures must be positive finite numbers, got {temperatures}")
-    a, r = float(opts.attraction), float(opts.repulsion)
-    B, N, Y, K = dists.B, dists.N, dists.Y, len(temps)
-    chunk, block = plan_chunks(B, N, Y, K, dists.D, max_elements)
     dt, dev = dists.dtype, dists.x.device
-    neg_inv_T = torch.tensor([-1.0 / t for t in temps], dtype=dt, device=dev).view(1, K, 1, 1)
+    neg_inv_T = _neg_inverse_temperatures(temperatures, dists.B, dt, dev)  # [1 or B, K, 1, 1]
+    a, r = float(opts.attraction), float(opts.repulsion)
+    B, N, Y, K = dists.B, dists.N, dists.Y, neg_inv_T.shape[1]
+    chunk, block = plan_chunks(B, N, Y, K, dists.D, max_elements)
     w = None if neg_weights is None else neg_weights.detach().to(dt).unsqueeze(1)  # [B, 1, 1, M]
     V = torch.empty(B, K, N, dists.D, dtype=dt, device=dev)
     with torch.no_grad(), ieee_fp32(dev):  # the aggregation's products too
         for b0 in range(0, B, chunk):
             b1 = min(B, b0 + chunk)
             wc = None if w is None else w[b0:b1]
+            Tc = neg_inv_T if neg_inv_T.shape[0] == 1 else neg_inv_T[b0:b1]  # [1 or b, K, 1, 1]
             if block >= Y:  # (the chunk is built in the call, so it is freed before the next)
-                _dense_chunk(dists.chunk(b0, b1), V[b0:b1], P, neg_inv_T, normalize, wc, a, r, column_reduce,
+                _dense_chunk(dists.chunk(b0, b1), V[b0:b1], P, Tc, normalize, wc, a, r, column_reduce,
                              compile)
             else:
-                _streaming_chunk(dists.chunk(b0, b1), V[b0:b1], P, neg_inv_T, normalize, wc, a, r,
+                _streaming_chunk(dists.chunk(b0, b1), V[b0:b1], P, Tc, normalize, wc, a, r,
                                  column_reduce, block)
     return V
