@@ -12,25 +12,23 @@ from ..recipes.evaluate import METRICS
 from ..threads import AUTO
 
 
-def positive_int(s: str) -> int:
+def _whole_number(s: str, minimum: int, expected: str) -> int:
     try:
         v = int(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {s!r}") from None
+    if v < minimum:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {v}")
     return v
+
+
+def positive_int(s: str) -> int:
+    return _whole_number(s, 1, "a positive integer")
 
 
 def count(s: str) -> int:
     """A whole number >= 0 (a count where 0 means none or off)."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0 (0: off), got {v}")
-    return v
+    return _whole_number(s, 0, "a whole number >= 0 (0: off)")
 
 
 def positive_float(s: str) -> float:
