@@ -284,7 +284,8 @@ def test_per_problem_temperatures_equal_each_problem_alone():
 
 
 def test_weighted_sum_per_problem():
-    """``weighted_sum(per_problem=True)``: each problem's weighted distance sum, ``[B]``, summing to the total."""
+    """``weighted_sum(per_problem=True)``: each problem's weighted distance sum, ``[B]``, summing to the
+    total."""
     g = torch.Generator().manual_seed(9)
     B, N, P, M, D = 3, 4, 5, 2, 3
     x = torch.randn(B, N, D, generator=g, dtype=torch.float64)

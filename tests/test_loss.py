@@ -276,7 +276,8 @@ def test_groups_of_one_width_computed_together_equal_each_alone(kernel):
            for j, s in shapes.items()}
     pos = {j: scale[j] * (torch.randn(s[0], P, *s[2:], generator=g, dtype=torch.float64) + 0.3)
            for j, s in shapes.items()}
-    neg = {j: scale[j] * torch.randn(s[0], U, *s[2:], generator=g, dtype=torch.float64) for j, s in shapes.items()}
+    neg = {j: scale[j] * torch.randn(s[0], U, *s[2:], generator=g, dtype=torch.float64)
+           for j, s in shapes.items()}
     w = torch.rand(B, U, generator=g, dtype=torch.float64) * 3
     groups = {j: _group_targets(j, gen[j], pos[j], neg[j], True, None) for j in gen}
     assert _stackable(groups) == [["loc", "mean", "p2"], ["other"]]
