@@ -181,21 +181,27 @@ def test_mmd_kernel_rejects_laplace_options():
         drifting_loss(x, x, kernel="mmd", normalize="none")
 
 
+@pytest.mark.parametrize("per_problem_S", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_frozen_target_mse_equals_autograd_of_the_plain_formula(dtype):
-    from drifting.loss import _frozen_target_mse
+def test_frozen_target_sq_equals_autograd_of_the_plain_formula(dtype, per_problem_S):
+    """Each problem's sum((x / S - goal)^2), with S a scalar or one per problem, and its gradient under an
+    upstream gradient that differs per problem, equal autograd of the plain formula."""
+    from drifting.loss import _frozen_target_sq
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(7, 5, 6, generator=g, dtype=dtype).requires_grad_(True)
     S = torch.tensor(1.7, dtype=dtype)
+    if per_problem_S:
+        S = torch.rand(7, 1, 1, generator=g, dtype=dtype) + 0.5
     goal = torch.randn(7, 5, 6, generator=g, dtype=dtype)
-    loss = _frozen_target_mse(x, S, goal)
-    (grad,) = torch.autograd.grad(3.0 * loss, x)  # an upstream gradient other than 1
+    up = torch.arange(1.0, 8.0, dtype=dtype)  # an upstream gradient other than 1, one per problem
+    sq = _frozen_target_sq(x, S, goal)
+    (grad,) = torch.autograd.grad((up * sq).sum(), x)
     x_ref = x.detach().clone().requires_grad_(True)
-    ref = ((x_ref / S - goal) ** 2).mean()
-    (grad_ref,) = torch.autograd.grad(3.0 * ref, x_ref)
+    ref = ((x_ref / S - goal) ** 2).sum(dim=(1, 2))
+    (grad_ref,) = torch.autograd.grad((up * ref).sum(), x_ref)
     tol = 1e-12 if dtype == torch.float64 else 1e-6
-    assert loss.dtype == dtype and abs(loss.item() - ref.item()) <= tol * ref.item()
+    assert sq.dtype == dtype and sq.shape == (7,) and torch.allclose(sq, ref.detach(), rtol=tol, atol=0)
     assert torch.allclose(grad, grad_ref, rtol=tol, atol=0)
 
 

@@ -88,11 +88,6 @@ def _frozen_target_sq(x: torch.Tensor, S: torch.Tensor, goal: torch.Tensor) -> t
     return _FrozenTargetSq.apply(x, S.detach(), goal.detach())
 
 
-def _frozen_target_mse(x: torch.Tensor, S: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
-    """``mean((x / S - goal)^2)``, differentiable in ``x`` only."""
-    return _frozen_target_sq(x, S, goal).sum() / goal.numel()
-
-
 def _as_groups(name: str, v) -> dict[str, torch.Tensor]:
     if v is None:
         return {}
